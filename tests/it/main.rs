@@ -1,0 +1,4 @@
+//! One integration-test binary: each module checks a behaviour across crates, through their
+//! public APIs only.
+
+mod plan_drives_throttle;
