@@ -120,4 +120,16 @@ fn contended(c: &mut Criterion) {
 }
 
 criterion_group!(benches, uncontended, contended);
-criterion_main!(benches);
+criterion_main!(benches, clock_benches);
+
+fn clocks(c: &mut Criterion) {
+    let mut group = c.benchmark_group("clock");
+    group.bench_function("tokio_now", |b| {
+        b.iter(|| black_box(tokio::time::Instant::now()))
+    });
+    group.bench_function("std_now", |b| {
+        b.iter(|| black_box(std::time::Instant::now()))
+    });
+    group.finish();
+}
+criterion_group!(clock_benches, clocks);

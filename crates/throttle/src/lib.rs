@@ -12,8 +12,9 @@
 //! It is not a general-purpose rate limiter for request admission (it never rejects, it waits),
 //! and it knows nothing about what the bytes are.
 //!
-//! Time comes from [`tokio::time`], so tests run on a paused clock
-//! (`#[tokio::test(start_paused = true)]`).
+//! Waiting uses [`tokio::time`]. The time the bucket counts on comes from tokio's clock when
+//! it is paused (tests: `#[tokio::test(start_paused = true)]`), and otherwise from the CPU's
+//! time-stamp counter, which is several times cheaper to read than the OS clock; see [`Clock`].
 //!
 //! # Guarantees
 //! - Over any window of length `W`, the bytes granted are at most `rate × W + burst` while
@@ -67,6 +68,26 @@ pub use crate::error::{Error, Result};
 /// than the rate requires.
 pub const DEFAULT_MIN_BURST: ByteSize = ByteSize::mib(1);
 
+/// Where a throttle reads the time.
+///
+/// Reading the clock is most of what an uncontended [`Throttle::acquire`] costs: the OS clock
+/// (`clock_gettime`, which `tokio::time::Instant::now` uses) takes about 22 ns on the machines
+/// Ferry is benchmarked on, the CPU's time-stamp counter a few. Tests, on the other hand, want
+/// tokio's clock, which `#[tokio::test(start_paused = true)]` pauses and advances. Waiting
+/// always uses tokio's timer, whichever clock is read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Clock {
+    /// tokio's clock if it is paused when the throttle is built (a test), else [`Clock::Fast`].
+    /// Build the throttle inside the paused runtime, or pick [`Clock::Tokio`] explicitly.
+    #[default]
+    Auto,
+    /// Always `tokio::time::Instant`: follows a paused clock wherever the throttle was built.
+    Tokio,
+    /// The time-stamp counter through `quanta` (which falls back to the OS clock where the
+    /// counter is not reliable); ignores a paused tokio clock.
+    Fast,
+}
+
 /// A token bucket in bytes per second (and optionally objects per second), shareable and
 /// adjustable at runtime.
 ///
@@ -74,6 +95,9 @@ pub const DEFAULT_MIN_BURST: ByteSize = ByteSize::mib(1);
 /// shared. See the [crate docs](crate) for the guarantees.
 #[derive(Clone, Debug)]
 pub struct Throttle {
+    /// This throttle's own level (the same as `levels[0]`, one pointer hop nearer for the
+    /// fast path).
+    own: Arc<Level>,
     /// This throttle's own level first, then the levels of the throttles it is within.
     levels: Arc<[Arc<Level>]>,
 }
@@ -94,7 +118,10 @@ impl Throttle {
     /// A throttle of `rate` bytes per second with the default burst (rate × 100 ms, at least
     /// [`DEFAULT_MIN_BURST`]) and no objects limit.
     pub fn new(rate: Rate) -> Throttle {
-        Throttle::from_level(Level::new(rate, None, DEFAULT_MIN_BURST, None), None)
+        Throttle::builder()
+            .rate(rate)
+            .build()
+            .unwrap_or_else(|_| unreachable!("the default burst is never zero"))
     }
 
     /// A throttle that never waits (until [`set_rate`](Self::set_rate) gives it a limit).
@@ -108,18 +135,19 @@ impl Throttle {
     }
 
     fn from_level(level: Level, within: Option<&Throttle>) -> Throttle {
-        let mut levels = vec![Arc::new(level)];
+        let own = Arc::new(level);
+        let mut levels = vec![own.clone()];
         if let Some(parent) = within {
             levels.extend(parent.levels.iter().cloned());
         }
         Throttle {
+            own,
             levels: levels.into(),
         }
     }
 
     fn own(&self) -> &Level {
-        // `levels` is built non-empty by `from_level` and never changes.
-        &self.levels[0]
+        &self.own
     }
 
     /// Waits until `bytes` may pass, in this throttle and every one it is within, then takes
@@ -132,18 +160,17 @@ impl Throttle {
     /// Cancel safe: if the future is dropped before it completes, it leaves the line, and the
     /// tokens it had already taken from this throttle while waiting for an outer one are given
     /// back.
+    #[inline]
     pub async fn acquire(&self, bytes: u64) {
-        let mut taken = Taken::new(&self.levels, Kind::Bytes, bytes);
-        for level in self.levels.iter() {
-            level.bytes.acquire(bytes).await;
-            taken.count += 1;
+        if !self.try_acquire(bytes) {
+            Box::pin(acquire_all(&self.levels, Kind::Bytes, bytes)).await;
         }
-        taken.keep();
     }
 
     /// Takes `bytes` if they may pass now in every level and nobody is waiting; never waits.
+    #[inline]
     pub fn try_acquire(&self, bytes: u64) -> bool {
-        try_acquire_all(&self.levels, Kind::Bytes, bytes)
+        self.try_acquire_all(Kind::Bytes, bytes)
     }
 
     /// Waits until `objects` more objects may start under the objects-per-second limit of this
@@ -152,17 +179,14 @@ impl Throttle {
     /// # Cancel safety
     /// Cancel safe, as [`acquire`](Self::acquire).
     pub async fn acquire_objects(&self, objects: u64) {
-        let mut taken = Taken::new(&self.levels, Kind::Objects, objects);
-        for level in self.levels.iter() {
-            level.objects.acquire(objects).await;
-            taken.count += 1;
+        if !self.try_acquire_objects(objects) {
+            Box::pin(acquire_all(&self.levels, Kind::Objects, objects)).await;
         }
-        taken.keep();
     }
 
     /// Takes `objects` if they may start now in every level and nobody is waiting.
     pub fn try_acquire_objects(&self, objects: u64) -> bool {
-        try_acquire_all(&self.levels, Kind::Objects, objects)
+        self.try_acquire_all(Kind::Objects, objects)
     }
 
     /// Sets this throttle's byte rate. Takes effect at once, for the callers already waiting
@@ -209,9 +233,37 @@ impl Throttle {
         ByteSize(self.own().bytes.burst())
     }
 
+    /// Whether this throttle reads tokio's clock (so a paused clock drives it) rather than the
+    /// time-stamp counter; see [`Clock`].
+    pub fn follows_tokio_clock(&self) -> bool {
+        self.own().bytes.follows_tokio_clock()
+    }
+
     /// This throttle's own objects-per-second limit.
     pub fn objects_per_sec(&self) -> Option<NonZeroU64> {
         NonZeroU64::new(self.own().objects.rate())
+    }
+}
+
+impl Throttle {
+    #[inline]
+    fn try_acquire_all(&self, kind: Kind, n: u64) -> bool {
+        if !self.own.bucket(kind).try_acquire(n) {
+            return false;
+        }
+        // The throttles this one is within (`len` is in the fat pointer: no extra hop).
+        if self.levels.len() > 1 {
+            for (i, level) in self.levels[1..].iter().enumerate() {
+                if !level.bucket(kind).try_acquire(n) {
+                    // Nothing awaits or panics between the takes: no guard needed.
+                    for taken in &self.levels[..=i] {
+                        taken.bucket(kind).refund(n);
+                    }
+                    return false;
+                }
+            }
+        }
+        true
     }
 }
 
@@ -227,13 +279,20 @@ impl Level {
         burst: Option<ByteSize>,
         min_burst: ByteSize,
         objects: Option<NonZeroU64>,
+        clock: Clock,
     ) -> Level {
         Level {
-            bytes: Bucket::new(units(rate), burst.map(ByteSize::as_u64), min_burst.as_u64()),
-            objects: Bucket::new(objects.map_or(0, NonZeroU64::get), None, 1),
+            bytes: Bucket::new(
+                units(rate),
+                burst.map(ByteSize::as_u64),
+                min_burst.as_u64(),
+                clock,
+            ),
+            objects: Bucket::new(objects.map_or(0, NonZeroU64::get), None, 1, clock),
         }
     }
 
+    #[inline]
     fn bucket(&self, kind: Kind) -> &Bucket {
         match kind {
             Kind::Bytes => &self.bytes,
@@ -259,16 +318,15 @@ enum Kind {
     Objects,
 }
 
-fn try_acquire_all(levels: &[Arc<Level>], kind: Kind, n: u64) -> bool {
+/// The waiting path: level after level, in line at each. Boxed by the callers so the future
+/// of an `acquire` that passes at once stays small.
+async fn acquire_all(levels: &[Arc<Level>], kind: Kind, n: u64) {
     let mut taken = Taken::new(levels, kind, n);
     for level in levels {
-        if !level.bucket(kind).try_acquire(n) {
-            return false;
-        }
+        level.bucket(kind).acquire(n).await;
         taken.count += 1;
     }
     taken.keep();
-    true
 }
 
 /// Tokens taken from the first `count` levels; given back on drop unless kept.
@@ -311,6 +369,7 @@ pub struct Builder {
     min_burst: ByteSize,
     objects_per_sec: Option<NonZeroU64>,
     within: Option<Throttle>,
+    clock: Clock,
 }
 
 impl Default for Builder {
@@ -321,6 +380,7 @@ impl Default for Builder {
             min_burst: DEFAULT_MIN_BURST,
             objects_per_sec: None,
             within: None,
+            clock: Clock::Auto,
         }
     }
 }
@@ -359,13 +419,25 @@ impl Builder {
         self
     }
 
+    /// Where the throttle reads the time (default [`Clock::Auto`]).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Builds the throttle, full (a first burst passes at once).
     ///
     /// # Errors
     /// [`Error::ZeroBurst`] when the burst is zero.
     pub fn build(self) -> Result<Throttle> {
         check_burst(self.burst)?;
-        let level = Level::new(self.rate, self.burst, self.min_burst, self.objects_per_sec);
+        let level = Level::new(
+            self.rate,
+            self.burst,
+            self.min_burst,
+            self.objects_per_sec,
+            self.clock,
+        );
         Ok(Throttle::from_level(level, self.within.as_ref()))
     }
 }

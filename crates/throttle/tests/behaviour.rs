@@ -445,3 +445,24 @@ fn a_zero_burst_is_refused_with_a_clear_error() {
     assert_eq!(err, Error::ZeroBurst { burst: ByteSize(0) });
     assert!(err.to_string().contains("burst"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_throttle_built_on_a_paused_clock_follows_it() {
+    assert!(Throttle::new(rate(1000)).follows_tokio_clock());
+    let fast = Throttle::builder()
+        .rate(rate(1000))
+        .clock(ferry_throttle::Clock::Fast)
+        .build()
+        .unwrap();
+    assert!(!fast.follows_tokio_clock());
+}
+
+#[test]
+fn an_explicit_tokio_clock_is_kept_outside_a_runtime() {
+    let throttle = Throttle::builder()
+        .rate(rate(1000))
+        .clock(ferry_throttle::Clock::Tokio)
+        .build()
+        .unwrap();
+    assert!(throttle.follows_tokio_clock());
+}
