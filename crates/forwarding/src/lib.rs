@@ -1,0 +1,137 @@
+//! Routing overlay for keys that are moving between storage nodes.
+//!
+//! A storage system that rebalances, drains a node or moves to another backend asks this
+//! table, on every read and write of a key, where that key lives right now. While the
+//! migration engine copies a key the table sends reads and writes to the source and counts the
+//! writes; the engine's flip moves the key to its target atomically, and is refused if a
+//! write could have been missed by the copy. This is what keeps a migration zero-downtime:
+//! reads never fail because of it (SPEC I2) and no acknowledged write is lost (I3).
+//!
+//! It is not a cache and not a placement map: it knows nothing about how objects are stored,
+//! holds entries only for keys that are moving or recently moved, and forgets them after a
+//! TTL (by then the caller's own placement says where they are).
+//!
+//! # Example: the request path
+//! ```
+//! use ferry_forwarding::{Config, Route, Table};
+//! use ferry_types::{NodeId, ObjectKey};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let table = Table::new(Config::default());
+//! let (a, b) = (NodeId::new("node-a")?, NodeId::new("node-b")?);
+//! let key = ObjectKey::new("photos/cat.jpg")?;
+//!
+//! // The storage system, on a read: where is the key now?
+//! assert_eq!(table.route_read("photos/cat.jpg"), Route::Source);
+//!
+//! // The engine starts moving the key and notes the generation as its copy begins.
+//! table.register(&key, a, b)?;
+//! let observed = table.generation("photos/cat.jpg").ok_or("registered above")?;
+//!
+//! // A write arrives during the copy: it goes to the source and moves the generation.
+//! let ticket = table.try_begin_write("photos/cat.jpg")?;
+//! assert_eq!(ticket.route(), Route::Source);
+//! // ... write to the node the ticket names, then acknowledge ...
+//! drop(ticket);
+//!
+//! // The copy may have missed that write: the flip is refused and the engine copies again.
+//! assert!(table.try_flip("photos/cat.jpg", observed).is_err());
+//! let observed = table.generation("photos/cat.jpg").ok_or("still moving")?;
+//! // ... copy again ...
+//! table.try_flip("photos/cat.jpg", observed)?;
+//! assert_eq!(table.route_read("photos/cat.jpg"), Route::Target(b));
+//! # Ok(()) }
+//! ```
+//!
+//! # The protocol, precisely
+//! - Every write goes through a [`WriteTicket`] ([`Table::try_begin_write`], or the async
+//!   [`Table::begin_write`] that waits through a fence). The ticket names where to write; the
+//!   write is in flight until the ticket is dropped, which must happen after the node
+//!   acknowledged it. A write's start and its end both add one to the key's generation.
+//! - The engine registers the key ([`Table::register`], state `Copying`), reads
+//!   [`Table::generation`] *before* its copy reads the source, copies, then calls
+//!   [`Table::try_flip`] with that generation. The flip succeeds only if the generation did not
+//!   move and no write is in flight: every write that overlapped the copy either started or
+//!   ended inside it (the generation moved) or is still running (in flight). A write that began
+//!   before the key was registered is counted in a per-shard slot and refuses the flip too.
+//! - After a few refused flips (the engine's choice; SPEC says 3) the engine calls
+//!   [`Table::fence`]: new writers wait, [`Table::wait_drained`] returns once the writes in
+//!   flight ended, with the generation to use; the engine copies once more and flips, which no
+//!   write can refuse now. Waiting writers then get tickets for the target. [`Table::unfence`]
+//!   (or [`Table::remove`]) lets them proceed to the source instead; a writer that waits longer
+//!   than [`Config::fence_timeout`] gets [`Error::FenceTimeout`].
+//! - A flipped entry routes to the target until its TTL (default 24 h, from the flip, or
+//!   restarted with [`Table::set_ttl`] after cleanup) runs out; then it is absent at once, and
+//!   the sweeper frees it later. Moving entries never expire.
+//!
+//! # Design
+//! - **Lock striping.** A power-of-two number of shards, each a
+//!   `CachePadded<parking_lot::RwLock<_>>` around a `hashbrown::HashTable`, so the key is
+//!   hashed once and the hash reused for the shard, the inner table and the filter. The shard
+//!   index is taken from bits 32.. of the hash, which hashbrown uses neither for bucket indexes
+//!   (low bits) nor for its control tags (top 7 bits). No call holds two shard locks and no
+//!   guard is handed out.
+//! - **Hasher.** Keys come from clients, so the hash is seeded at random per table:
+//!   `foldhash::quality::RandomState` (the hasher hashbrown itself defaults to; fast on short
+//!   strings, with a per-instance seed and a final avalanche that makes the high bits used for
+//!   the shard index as good as the low ones). `ahash` would do too; FxHash is unseeded.
+//! - **Miss fast path.** Each shard has a presence filter: a blocked Bloom filter, two bits
+//!   per key in one `AtomicU64` word, 8 bits per expected entry ([`Config::expected_entries`]).
+//!   A read whose bits are not both set returns [`Route::Source`] without touching the lock,
+//!   which a plain read lock (an atomic read-modify-write on a shared cache line) would cost.
+//!   Bits are set under the write lock before the entry is inserted; a read that misses them
+//!   is ordered before that insert. Removal leaves bits set (a false positive only costs the
+//!   locked lookup) until the shard's filter is rebuilt from its entries, in place, once
+//!   removals exceed its live entries.
+//! - **Counters.** Lookups and hits are counted in 64 per-thread cache-padded stripes with a
+//!   plain load and store, so the read path has no shared atomic read-modify-write.
+//! - **Expiry order.** Each shard keeps its forwarded entries in a `BTreeSet` ordered by
+//!   deadline, so a sweep visits only expired entries, never the live ones. The sweeper (a
+//!   std thread, no runtime needed) collects up to [`Config::sweep_batch`] expired entries
+//!   under the read lock, removes them under a short write lock re-checking each deadline,
+//!   and moves on shard by shard. It holds a `Weak` between sweeps and stops when the last
+//!   [`Table`] clone is dropped ([`SweeperHandle`] shows it).
+//! - **Time.** TTLs use an injected [`Clock`]: the system's monotonic clock, or a
+//!   [`ManualClock`] in tests. The read path reads it only on hits of forwarded entries. The
+//!   fence timeout is a `tokio::time` timeout, so it follows a paused tokio clock.
+//!
+//! # Testing
+//! A proptest state machine checks the table against a `HashMap` model step by step; a stress
+//! test runs real reader, writer and engine threads over a simulated two-node store and checks
+//! that no read fails (I2) and no acknowledged write is lost (I3); an exhaustive test runs every
+//! interleaving of a write's steps with a flip's. There is no loom model: the table's locks are
+//! `parking_lot`'s, which loom cannot instrument, and swapping every primitive behind a
+//! `cfg(loom)` would test a different table; the exhaustive interleaving test covers the
+//! ticket/flip/fence steps instead (each step is one critical section).
+//!
+//! # Feature flags
+//! None. Snapshots are always serializable with `serde`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::print_stdout,
+        clippy::print_stderr
+    )
+)]
+
+mod clock;
+mod config;
+mod error;
+mod snapshot;
+mod sweep;
+mod table;
+
+pub use clock::{Clock, ManualClock};
+pub use config::Config;
+pub use error::{Error, Result};
+pub use snapshot::{EntrySnapshot, TableSnapshot};
+pub use sweep::SweeperHandle;
+pub use table::{
+    Conflict, EntryInfo, EntryState, Fenced, Registration, Route, Stats, Table, WriteTicket,
+};
+
+#[cfg(test)]
+mod tests;
