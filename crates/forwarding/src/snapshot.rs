@@ -7,7 +7,7 @@ use ferry_types::{NodeId, ObjectKey};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::duration_nanos;
-use crate::table::{Entry, NEVER};
+use crate::table::{Cold, Entry, KeyBuf, NEVER};
 use crate::{Config, EntryState, Error, Result, Table};
 
 /// The entries of a [`Table`] as plain, serializable data, so a restarted process can reload
@@ -66,14 +66,14 @@ impl Table {
                 state => state,
             };
             entries.push(EntrySnapshot {
-                key: entry.key.clone(),
-                source: entry.source,
-                copy_from: entry.copy_from,
+                key: entry.key.to_key(),
+                source: entry.cold.source,
+                copy_from: entry.cold.copy_from,
                 target: entry.target,
                 state,
                 generation: entry.generation.load(std::sync::atomic::Ordering::Relaxed),
-                hops: entry.hops,
-                ttl: Duration::from_nanos(entry.ttl),
+                hops: entry.cold.hops,
+                ttl: Duration::from_nanos(entry.cold.ttl),
                 expires_in: (entry.state == EntryState::Forwarded)
                     .then(|| Duration::from_nanos(entry.expires_at.saturating_sub(now))),
             });
@@ -120,7 +120,7 @@ impl Table {
             };
             table.inner.insert_restored(Entry {
                 hash: 0,
-                key: record.key,
+                key: KeyBuf::new(&record.key),
                 state: if forwarded {
                     EntryState::Forwarded
                 } else {
@@ -128,15 +128,17 @@ impl Table {
                 },
                 chained: !forwarded && record.copy_from != record.source,
                 maybe_untracked: false,
-                hops: record.hops,
                 in_flight: AtomicU32::new(0),
                 generation: AtomicU64::new(record.generation),
                 incarnation: 0,
                 expires_at,
-                ttl,
-                source: record.source,
-                copy_from: record.copy_from,
                 target: record.target,
+                cold: Box::new(Cold {
+                    hops: record.hops,
+                    ttl,
+                    source: record.source,
+                    copy_from: record.copy_from,
+                }),
             });
         }
         Ok(table)

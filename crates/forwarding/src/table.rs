@@ -172,22 +172,86 @@ const STRIPES: usize = 64;
 
 pub(crate) struct Entry {
     pub(crate) hash: u64,
-    pub(crate) key: ObjectKey,
+    pub(crate) key: KeyBuf,
     pub(crate) state: EntryState,
     /// True when `copy_from` differs from `source` (a chained move is copying).
     pub(crate) chained: bool,
     /// Set when writes without an entry were in flight in this key's slot at registration;
     /// cleared once the slot was seen empty.
     pub(crate) maybe_untracked: bool,
-    pub(crate) hops: u32,
     pub(crate) in_flight: AtomicU32,
     pub(crate) generation: AtomicU64,
     pub(crate) incarnation: u64,
     pub(crate) expires_at: u64,
+    pub(crate) target: NodeId,
+    /// What the read and write paths do not look at, out of line: a smaller bucket is most of
+    /// what a hit saves once the table outgrows the caches.
+    pub(crate) cold: Box<Cold>,
+}
+
+/// The longest key kept inline in an entry (most object keys are shorter).
+const INLINE_KEY: usize = 38;
+
+/// An entry's key: inline when short, so a lookup compares it in the bucket instead of
+/// following a pointer to it (that pointer chase was the largest part of a hit); a shared
+/// [`ObjectKey`] otherwise.
+pub(crate) enum KeyBuf {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Shared(ObjectKey),
+}
+
+impl KeyBuf {
+    pub(crate) fn new(key: &ObjectKey) -> KeyBuf {
+        let text = key.as_str().as_bytes();
+        match u8::try_from(text.len()) {
+            Ok(len) if text.len() <= INLINE_KEY => {
+                let mut bytes = [0; INLINE_KEY];
+                bytes[..text.len()].copy_from_slice(text);
+                KeyBuf::Inline { len, bytes }
+            }
+            _ => KeyBuf::Shared(key.clone()),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is(&self, key: &str) -> bool {
+        self.as_bytes() == key.as_bytes()
+    }
+
+    #[inline]
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            KeyBuf::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            KeyBuf::Shared(key) => key.as_str().as_bytes(),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            // Copied from a `str` whole, in `KeyBuf::new`, so it is UTF-8.
+            #[allow(clippy::expect_used)]
+            KeyBuf::Inline { .. } => {
+                std::str::from_utf8(self.as_bytes()).expect("an inline key is a whole str")
+            }
+            KeyBuf::Shared(key) => key.as_str(),
+        }
+    }
+
+    pub(crate) fn to_key(&self) -> ObjectKey {
+        match self {
+            KeyBuf::Inline { .. } => ObjectKey::new(self.as_str())
+                .unwrap_or_else(|_| unreachable!("copied from a valid ObjectKey")),
+            KeyBuf::Shared(key) => key.clone(),
+        }
+    }
+}
+
+/// The fields of an [`Entry`] that only registration, chains, TTL changes and snapshots use.
+pub(crate) struct Cold {
+    pub(crate) hops: u32,
     pub(crate) ttl: u64,
     pub(crate) source: NodeId,
     pub(crate) copy_from: NodeId,
-    pub(crate) target: NodeId,
 }
 
 impl Entry {
@@ -200,22 +264,22 @@ impl Entry {
     fn route(&self) -> Route {
         match self.state {
             EntryState::Forwarded => Route::Target(self.target),
-            _ if self.chained => Route::Target(self.copy_from),
+            _ if self.chained => Route::Target(self.cold.copy_from),
             _ => Route::Source,
         }
     }
 
     fn info(&self, now: u64) -> EntryInfo {
         EntryInfo {
-            key: self.key.clone(),
-            source: self.source,
-            copy_from: self.copy_from,
+            key: self.key.to_key(),
+            source: self.cold.source,
+            copy_from: self.cold.copy_from,
             target: self.target,
             state: self.state,
             generation: self.generation.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
-            hops: self.hops,
-            ttl: Duration::from_nanos(self.ttl),
+            hops: self.cold.hops,
+            ttl: Duration::from_nanos(self.cold.ttl),
             expires_in: (self.state == EntryState::Forwarded)
                 .then(|| Duration::from_nanos(self.expires_at.saturating_sub(now))),
         }
@@ -392,10 +456,7 @@ impl Inner {
             return Route::Source;
         }
         let map = shard.map.read();
-        let Some(entry) = map
-            .entries
-            .find(hash, |e| e.hash == hash && e.key.as_str() == key)
-        else {
+        let Some(entry) = map.entries.find(hash, |e| e.hash == hash && e.key.is(key)) else {
             return Route::Source;
         };
         if entry.state == EntryState::Forwarded && entry.expires_at <= self.clock.now() {
@@ -465,7 +526,7 @@ impl Inner {
 
     fn find_live<'m>(map: &'m ShardMap, hash: u64, key: &str, now: u64) -> Option<&'m Entry> {
         map.entries
-            .find(hash, |e| e.hash == hash && e.key.as_str() == key)
+            .find(hash, |e| e.hash == hash && e.key.is(key))
             .filter(|e| e.live(now))
     }
 
@@ -476,7 +537,7 @@ impl Inner {
         now: u64,
     ) -> Option<&'m mut Entry> {
         map.entries
-            .find_mut(hash, |e| e.hash == hash && e.key.as_str() == key)
+            .find_mut(hash, |e| e.hash == hash && e.key.is(key))
             .filter(|e| e.live(now))
     }
 
@@ -499,7 +560,7 @@ impl Inner {
         let now = self.clock.now();
         let existing = map
             .entries
-            .find(hash, |e| e.hash == hash && e.key.as_str() == key.as_str())
+            .find(hash, |e| e.hash == hash && e.key.is(key.as_str()))
             .map(|e| (e.live(now), e.incarnation));
         match existing {
             Some((true, incarnation)) => {
@@ -527,13 +588,13 @@ impl Inner {
                         given: source,
                     });
                 }
-                if target == entry.source {
+                if target == entry.cold.source {
                     return Err(Error::Cycle {
                         key: key.as_str().to_owned(),
                         target,
                     });
                 }
-                let hops = entry.hops.saturating_add(1);
+                let hops = entry.cold.hops.saturating_add(1);
                 if hops > max_hops {
                     return Err(Error::TooManyHops {
                         key: key.as_str().to_owned(),
@@ -545,16 +606,16 @@ impl Inner {
                 expiry.remove(&(entry.expires_at, entry.incarnation, hash));
                 entry.state = EntryState::Copying;
                 entry.chained = true;
-                entry.copy_from = source;
+                entry.cold.copy_from = source;
                 entry.target = target;
-                entry.hops = hops;
+                entry.cold.hops = hops;
                 entry.expires_at = NEVER;
                 entry.maybe_untracked |= untracked.load(Relaxed) > 0;
                 self.counters.registrations.fetch_add(1, Relaxed);
                 return Ok(Registration {
                     generation: entry.generation.load(Relaxed),
                     hops,
-                    source: entry.source,
+                    source: entry.cold.source,
                     copy_from: source,
                 });
             }
@@ -575,19 +636,21 @@ impl Inner {
         map.next_incarnation += 1;
         let entry = Entry {
             hash,
-            key: key.clone(),
+            key: KeyBuf::new(key),
             state: EntryState::Copying,
             chained: false,
             maybe_untracked: untracked.load(Relaxed) > 0,
-            hops: 1,
             in_flight: AtomicU32::new(0),
             generation: AtomicU64::new(0),
             incarnation,
             expires_at: NEVER,
-            ttl: self.default_ttl,
-            source,
-            copy_from: source,
             target,
+            cold: Box::new(Cold {
+                hops: 1,
+                ttl: self.default_ttl,
+                source,
+                copy_from: source,
+            }),
         };
         self.set_filter(shard, hash);
         map.entries.insert_unique(hash, entry, |e| e.hash);
@@ -606,10 +669,9 @@ impl Inner {
         entry.hash = hash;
         let shard = self.shard(hash);
         let mut map = shard.map.write();
-        let key = entry.key.clone();
         if let Some(incarnation) = map
             .entries
-            .find(hash, |e| e.hash == hash && e.key == key)
+            .find(hash, |e| e.hash == hash && e.key.is(entry.key.as_str()))
             .map(|e| e.incarnation)
         {
             self.remove_entry(shard, &mut map, hash, incarnation);
@@ -731,7 +793,7 @@ impl Inner {
         now: u64,
     ) -> Option<&'m mut Entry> {
         entries
-            .find_mut(hash, |e| e.hash == hash && e.key.as_str() == key)
+            .find_mut(hash, |e| e.hash == hash && e.key.is(key))
             .filter(|e| e.live(now))
     }
 
@@ -768,7 +830,7 @@ impl Inner {
         let was_fenced = entry.state == EntryState::Fenced;
         entry.state = EntryState::Forwarded;
         entry.chained = false;
-        entry.expires_at = now.saturating_add(entry.ttl);
+        entry.expires_at = now.saturating_add(entry.cold.ttl);
         Ok(was_fenced)
     }
 
@@ -849,7 +911,7 @@ impl Inner {
         let now = self.clock.now();
         let Some((live, incarnation)) = map
             .entries
-            .find(hash, |e| e.hash == hash && e.key.as_str() == key)
+            .find(hash, |e| e.hash == hash && e.key.is(key))
             .map(|e| (e.live(now), e.incarnation))
         else {
             return false;
@@ -867,7 +929,7 @@ impl Inner {
                 let map = shard.map.read();
                 map.entries
                     .iter()
-                    .filter(|e| e.source == node)
+                    .filter(|e| e.cold.source == node)
                     .map(|e| (e.hash, e.incarnation, e.live(now)))
                     .collect()
             };
@@ -900,10 +962,10 @@ impl Inner {
             Self::find_live_mut_in(entries, hash, key, now).ok_or_else(|| Error::NotFound {
                 key: key.to_owned(),
             })?;
-        entry.ttl = duration_nanos(ttl);
+        entry.cold.ttl = duration_nanos(ttl);
         if entry.state == EntryState::Forwarded {
             expiry.remove(&(entry.expires_at, entry.incarnation, hash));
-            entry.expires_at = now.saturating_add(entry.ttl);
+            entry.expires_at = now.saturating_add(entry.cold.ttl);
             expiry.insert((entry.expires_at, entry.incarnation, hash));
         }
         Ok(())
