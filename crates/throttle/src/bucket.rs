@@ -169,10 +169,16 @@ impl Bucket {
     /// Takes `n` units if the line is empty and they are there now.
     #[inline]
     pub(crate) fn try_acquire(&self, n: u64) -> bool {
-        if self.unit_time.load(Ordering::Relaxed) == 0 {
+        let unit_time = self.unit_time.load(Ordering::Relaxed);
+        if unit_time == 0 {
             return true;
         }
-        self.waiting.load(Ordering::Acquire) == 0 && self.try_take(n, self.now_nanos()).is_ok()
+        if self.waiting.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        let now = self.now_nanos();
+        let tat = self.tat.load(Ordering::Acquire);
+        self.take_from(n, now, tat, unit_time).is_ok()
     }
 
     /// Waits in line until `n` units can be taken, then takes them.
@@ -211,12 +217,18 @@ impl Bucket {
     /// when (in nanoseconds since `epoch`) they will be there.
     #[inline]
     fn try_take(&self, n: u64, now: u64) -> Result<(), u64> {
-        let mut tat = self.tat.load(Ordering::Acquire);
+        let tat = self.tat.load(Ordering::Acquire);
+        let unit_time = self.unit_time.load(Ordering::Relaxed);
+        if unit_time == 0 {
+            return Ok(());
+        }
+        self.take_from(n, now, tat, unit_time)
+    }
+
+    /// [`try_take`](Self::try_take) from a `tat` and `unit_time` already read (non-zero).
+    #[inline]
+    fn take_from(&self, n: u64, now: u64, mut tat: u64, mut unit_time: u64) -> Result<(), u64> {
         loop {
-            let unit_time = self.unit_time.load(Ordering::Relaxed);
-            if unit_time == 0 {
-                return Ok(());
-            }
             let tau = self.tau.load(Ordering::Relaxed);
             let cost = cost(n, unit_time);
             let base = tat.max(now);
@@ -243,6 +255,11 @@ impl Bucket {
             ) {
                 Ok(_) => return Ok(()),
                 Err(actual) => tat = actual,
+            }
+            // Lost a race: the rate may have changed too.
+            unit_time = self.unit_time.load(Ordering::Relaxed);
+            if unit_time == 0 {
+                return Ok(());
             }
         }
     }
