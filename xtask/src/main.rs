@@ -5,6 +5,11 @@
 //!   warnings denied. If this passes locally, `.ci/run` passes.
 //! - `bench [ARGS…]`: the criterion benches of every crate; extra arguments go to criterion
 //!   (for example `cargo xtask bench -- acquire`).
+//! - `crash [-n CYCLES]`: the crash tests, long: CYCLES (default 1000) SIGKILL cycles of a
+//!   checkpointing child process, then the simulated crash at every I/O step. CI runs 8 cycles.
+//! - `fuzz [SECONDS]`: each fuzz target in `fuzz/` for SECONDS (default 60) on the nightly
+//!   toolchain, installing `cargo-fuzz` first if it is missing; new inputs land in
+//!   `fuzz/corpus/`, which CI replays as a regular test on stable.
 
 use std::env;
 use std::process::{Command, ExitCode};
@@ -14,8 +19,12 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
+        Some("crash") => crash(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
-            eprintln!("usage: cargo xtask <ci | bench [-- CRITERION ARGS]>");
+            eprintln!(
+                "usage: cargo xtask <ci | bench [-- CRITERION ARGS] | crash [-n CYCLES] | fuzz [SECONDS]>"
+            );
             return ExitCode::from(2);
         }
         Some(other) => {
@@ -62,6 +71,97 @@ fn bench(extra: &[String]) -> Result<(), String> {
     let mut args = vec!["bench", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args, &[])
+}
+
+fn crash(args: &[String]) -> Result<(), String> {
+    let cycles = match args {
+        [] => "1000".to_owned(),
+        [flag, n] if flag == "-n" && n.parse::<u64>().is_ok() => n.clone(),
+        _ => return Err("usage: cargo xtask crash [-n CYCLES]".to_owned()),
+    };
+    cargo(
+        &[
+            "test",
+            "--release",
+            "-p",
+            "ferry-checkpoint",
+            "--test",
+            "crash",
+        ],
+        &[("FERRY_CRASH_CYCLES", &cycles)],
+    )?;
+    cargo(
+        &[
+            "test",
+            "--release",
+            "-p",
+            "ferry-checkpoint",
+            "--lib",
+            "i5_",
+        ],
+        &[],
+    )
+}
+
+/// Fuzz targets and the corpus directory each one grows.
+const FUZZ_TARGETS: &[&str] = &["checkpoint_decode"];
+
+fn fuzz(args: &[String]) -> Result<(), String> {
+    let seconds = match args {
+        [] => "60".to_owned(),
+        [s] if s.parse::<u64>().is_ok() => s.clone(),
+        _ => return Err("usage: cargo xtask fuzz [SECONDS]".to_owned()),
+    };
+    let has_cargo_fuzz = Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !has_cargo_fuzz {
+        eprintln!("xtask: installing cargo-fuzz (once)");
+        run(
+            "cargo",
+            &["+nightly", "install", "cargo-fuzz", "--locked"],
+            &[],
+        )?;
+    }
+    for target in FUZZ_TARGETS {
+        let corpus = format!("fuzz/corpus/{target}");
+        let max_time = format!("-max_total_time={seconds}");
+        run(
+            "cargo",
+            &[
+                "+nightly",
+                "fuzz",
+                "run",
+                "--fuzz-dir",
+                "fuzz",
+                target,
+                &corpus,
+                "--",
+                &max_time,
+            ],
+            &[],
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs a program other than the current cargo (e.g. `cargo +nightly`, which must go through
+/// rustup's proxy rather than the pinned toolchain's cargo).
+fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
+    eprintln!("xtask: $ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .status()
+        .map_err(|e| format!("could not run `{program}`: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{program} {}` failed ({status})", args.join(" ")))
+    }
 }
 
 fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {

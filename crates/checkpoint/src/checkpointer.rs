@@ -1,0 +1,433 @@
+//! `Checkpointer`: progress recorded in memory, saved in batches by a background task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_types::{CheckpointInterval, JobId, JobStatus};
+use parking_lot::Mutex;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::CheckpointStore;
+use crate::error::{Error, Result};
+use crate::record::{Lease, Progress, ProgressUpdate};
+
+/// What the last successful save of a [`Checkpointer`] wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Saved {
+    /// Saves done by this checkpointer.
+    pub saves: u64,
+    /// The record's generation after the last save (0 before the first).
+    pub generation: u64,
+    /// `done_objects` as saved.
+    pub done_objects: u64,
+    /// `done_bytes` as saved.
+    pub done_bytes: u64,
+}
+
+/// Batches a running job's progress and saves it every N finished objects or T seconds,
+/// whichever comes first ([`CheckpointInterval`]), and whenever asked ([`flush`]).
+///
+/// [`record`](Checkpointer::record) only updates memory under a short lock, so recording
+/// never waits for a disk. Saves run on a background task, one at a time, in order; the
+/// stores do their blocking I/O on tokio's blocking threads (`spawn_blocking`), so the async
+/// workers never wait for an fsync. After a crash, resume re-does at most the objects in
+/// flight plus one interval (I4).
+///
+/// A failed save stops the background saves: the job must stop, since its progress can no
+/// longer be made durable, and [`flush`] reports the failure as [`Error::Background`].
+///
+/// Time comes from [`tokio::time`], so tests run on a paused clock. Dropping the
+/// checkpointer stops its task without a last save: call [`close`](Checkpointer::close).
+///
+/// [`flush`]: Checkpointer::flush
+#[derive(Debug)]
+pub struct Checkpointer {
+    shared: Arc<Shared>,
+    cmds: mpsc::UnboundedSender<Cmd>,
+    saved: watch::Receiver<Saved>,
+    task: Option<JoinHandle<()>>,
+    lease: Lease,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Notify,
+    objects: u64,
+    every: Duration,
+}
+
+#[derive(Debug)]
+struct State {
+    progress: Progress,
+    status: JobStatus,
+    /// Objects finished since the last save began.
+    unsaved: u64,
+    /// When the first change since the last save was recorded.
+    dirty_since: Option<Instant>,
+}
+
+#[derive(Debug)]
+enum Cmd {
+    Flush(oneshot::Sender<Result<u64>>),
+    Close(oneshot::Sender<Result<u64>>),
+}
+
+impl Checkpointer {
+    /// Starts checkpointing the job of `lease` in `store`, from `progress` (the progress of
+    /// the acquired record) with `status`.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime: it spawns its background task.
+    pub fn new(
+        store: Arc<dyn CheckpointStore>,
+        lease: Lease,
+        progress: Progress,
+        status: JobStatus,
+        interval: CheckpointInterval,
+    ) -> Checkpointer {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                progress,
+                status,
+                unsaved: 0,
+                dirty_since: None,
+            }),
+            wake: Notify::new(),
+            objects: interval.objects.max(1),
+            every: interval.every.max(Duration::from_millis(1)),
+        });
+        let (cmds, rx) = mpsc::unbounded_channel();
+        let (saved_tx, saved) = watch::channel(Saved::default());
+        let task = tokio::spawn(run(Arc::clone(&shared), store, lease.clone(), rx, saved_tx));
+        Checkpointer {
+            shared,
+            cmds,
+            saved,
+            task: Some(task),
+            lease,
+        }
+    }
+
+    /// Records one change in memory; a save follows when the interval is due. Cheap: a
+    /// short lock, no I/O, no await.
+    pub fn record(&self, update: ProgressUpdate) {
+        let finishes = update.finishes_object();
+        let wake = {
+            let mut state = self.shared.state.lock();
+            state.progress.apply(update);
+            let first = state.dirty_since.is_none();
+            if first {
+                state.dirty_since = Some(Instant::now());
+            }
+            if finishes {
+                state.unsaved += 1;
+            }
+            first || state.unsaved == self.shared.objects
+        };
+        if wake {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Sets the status saved with the next save (call [`flush`](Checkpointer::flush) to save
+    /// it now, e.g. at pause).
+    pub fn set_status(&self, status: JobStatus) {
+        let mut state = self.shared.state.lock();
+        state.status = status;
+        if state.dirty_since.is_none() {
+            state.dirty_since = Some(Instant::now());
+            drop(state);
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// The progress as recorded so far (saved or not).
+    pub fn progress(&self) -> Progress {
+        self.shared.state.lock().progress.clone()
+    }
+
+    /// The lease the saves carry.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// What the last successful save wrote, and a way to wait for the next one.
+    pub fn saved(&self) -> watch::Receiver<Saved> {
+        self.saved.clone()
+    }
+
+    /// Saves now, whatever the interval, and waits until the save is durable; returns the
+    /// record's generation.
+    ///
+    /// # Errors
+    /// [`Error::Background`] with the cause when this save or an earlier one failed.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the save goes on if the future is dropped, and saves stay in order.
+    pub async fn flush(&self) -> Result<u64> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Flush(tx))?;
+        rx.await.map_err(|_| self.gone())?
+    }
+
+    /// Saves a last time, stops the background task and returns the lease (to
+    /// [`release`](CheckpointStore::release) it, or to start a new checkpointer).
+    ///
+    /// # Errors
+    /// As [`flush`](Checkpointer::flush).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping the future drops the checkpointer, whose task stops after
+    /// the last save.
+    pub async fn close(mut self) -> Result<Lease> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Close(tx))?;
+        let result = rx.await.map_err(|_| self.gone())?;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        result.map(|_| self.lease.clone())
+    }
+
+    fn send(&self, cmd: Cmd) -> Result<()> {
+        self.cmds.send(cmd).map_err(|_| self.gone())
+    }
+
+    fn gone(&self) -> Error {
+        Error::Background {
+            job: self.lease.job.clone(),
+            source: Arc::new(Error::NotOwner {
+                job: self.lease.job.clone(),
+                epoch: self.lease.epoch,
+            }),
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn background(job: &JobId, e: &Arc<Error>) -> Error {
+    Error::Background {
+        job: job.clone(),
+        source: Arc::clone(e),
+    }
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    store: Arc<dyn CheckpointStore>,
+    lease: Lease,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    saved: watch::Sender<Saved>,
+) {
+    let mut failed: Option<Arc<Error>> = None;
+    let save = async |failed: &mut Option<Arc<Error>>| -> Result<u64> {
+        if let Some(e) = failed {
+            return Err(background(&lease.job, e));
+        }
+        let (status, progress) = {
+            let mut state = shared.state.lock();
+            state.unsaved = 0;
+            state.dirty_since = None;
+            (state.status, state.progress.clone())
+        };
+        let (objects, bytes) = (progress.done_objects, progress.done_bytes);
+        match store.save(&lease, status, progress).await {
+            Ok(generation) => {
+                saved.send_modify(|s| {
+                    s.saves += 1;
+                    s.generation = generation;
+                    s.done_objects = objects;
+                    s.done_bytes = bytes;
+                });
+                Ok(generation)
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                *failed = Some(Arc::clone(&e));
+                Err(background(&lease.job, &e))
+            }
+        }
+    };
+    loop {
+        let deadline = shared.state.lock().dirty_since.map(|t| t + shared.every);
+        tokio::select! {
+            biased;
+            cmd = cmds.recv() => match cmd {
+                Some(Cmd::Flush(reply)) => {
+                    let _ = reply.send(save(&mut failed).await);
+                    continue;
+                }
+                Some(Cmd::Close(reply)) => {
+                    let _ = reply.send(save(&mut failed).await);
+                    return;
+                }
+                None => return,
+            },
+            () = shared.wake.notified() => {}
+            () = sleep_until(deadline), if deadline.is_some() => {}
+        }
+        let due = {
+            let mut state = shared.state.lock();
+            if failed.is_some() {
+                // Nothing more is saved; forget the deadline so the loop sleeps.
+                state.dirty_since = None;
+                state.unsaved = 0;
+                false
+            } else {
+                state.unsaved >= shared.objects
+                    || state
+                        .dirty_since
+                        .is_some_and(|t| Instant::now() >= t + shared.every)
+            }
+        };
+        if due {
+            let _ = save(&mut failed).await;
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_types::{MigrationPlan, NodeId, ObjectKey, ObjectSelection};
+
+    use super::*;
+    use crate::MemoryStore;
+
+    fn done(n: u64) -> ProgressUpdate {
+        ProgressUpdate::Done {
+            key: ObjectKey::new(format!("k{n:04}")).unwrap(),
+            bytes: 10,
+        }
+    }
+
+    async fn setup(
+        interval: CheckpointInterval,
+    ) -> (Arc<dyn CheckpointStore>, JobId, Checkpointer) {
+        let store: Arc<dyn CheckpointStore> = Arc::new(MemoryStore::new());
+        let job = JobId::new("j").unwrap();
+        let plan = MigrationPlan::new(
+            NodeId::new("a").unwrap(),
+            NodeId::new("b").unwrap(),
+            ObjectSelection::all(),
+        );
+        store.create(&job, &plan).await.unwrap();
+        let acquired = store.acquire(&job).await.unwrap();
+        let cp = Checkpointer::new(
+            Arc::clone(&store),
+            acquired.lease,
+            acquired.record.progress,
+            JobStatus::Running,
+            interval,
+        );
+        (store, job, cp)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn i4_saves_after_n_objects_or_t_seconds_whichever_first() {
+        let interval = CheckpointInterval {
+            objects: 3,
+            every: Duration::from_secs(10),
+        };
+        let (store, job, cp) = setup(interval).await;
+        let mut saved = cp.saved();
+        let t0 = Instant::now();
+        cp.record(done(1));
+        cp.record(done(2));
+        // Two objects are below N: the save comes at T.
+        let s = *saved.wait_for(|s| s.saves == 1).await.unwrap();
+        assert_eq!(Instant::now() - t0, Duration::from_secs(10));
+        assert_eq!(s.done_objects, 2);
+        // N objects: saved at once, no time passes.
+        let t1 = Instant::now();
+        for n in 3..6 {
+            cp.record(done(n));
+        }
+        let s = *saved.wait_for(|s| s.saves == 2).await.unwrap();
+        assert_eq!(Instant::now(), t1);
+        assert_eq!(s.done_objects, 5);
+        let record = store.load(&job).await.unwrap().unwrap().record;
+        assert_eq!(record.progress.done_objects, 5);
+        assert_eq!(record.generation, s.generation);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flush_saves_now_and_close_saves_the_last_status() {
+        let (store, job, cp) = setup(CheckpointInterval {
+            objects: 1000,
+            every: Duration::from_secs(3600),
+        })
+        .await;
+        let t0 = Instant::now();
+        cp.record(done(1));
+        cp.record(ProgressUpdate::Watermark(ObjectKey::new("k0001").unwrap()));
+        let generation = cp.flush().await.unwrap();
+        assert_eq!(Instant::now(), t0);
+        let record = store.load(&job).await.unwrap().unwrap().record;
+        assert_eq!(record.generation, generation);
+        assert!(record.progress.is_done(&ObjectKey::new("k0001").unwrap()));
+        assert!(record.progress.done_above.is_empty());
+
+        cp.set_status(JobStatus::Paused);
+        let lease = cp.close().await.unwrap();
+        assert_eq!(
+            store.load(&job).await.unwrap().unwrap().record.status,
+            JobStatus::Paused
+        );
+        store.release(&lease).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn i6_failed_save_stops_saving_and_is_reported_by_flush() {
+        let (store, job, cp) = setup(CheckpointInterval {
+            objects: 1,
+            every: Duration::from_secs(1),
+        })
+        .await;
+        // Another engine takes the job over behind the checkpointer's back.
+        store.release(cp.lease()).await.unwrap();
+        let _new = store.acquire(&job).await.unwrap();
+        cp.record(done(1));
+        match cp.flush().await {
+            Err(Error::Background { source, .. }) => {
+                assert!(
+                    matches!(*source, Error::NotOwner { .. } | Error::StaleEpoch { .. }),
+                    "{source}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Later changes are not saved, and every flush reports the failure.
+        cp.record(done(2));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(matches!(cp.flush().await, Err(Error::Background { .. })));
+        assert_eq!(cp.saved().borrow().saves, 0);
+        assert_eq!(
+            store
+                .load(&job)
+                .await
+                .unwrap()
+                .unwrap()
+                .record
+                .progress
+                .done_objects,
+            0
+        );
+    }
+}

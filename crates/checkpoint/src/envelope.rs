@@ -1,0 +1,377 @@
+//! The envelope every record is stored in, by every backend.
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `FCKP` (`46 43 4b 50`) |
+//! | 4 | 2 | format version, u16 little endian ([`FORMAT_VERSION`]) |
+//! | 6 | 2 | record kind, u16 little endian (1 = job record) |
+//! | 8 | 4 | payload length `n`, u32 little endian |
+//! | 12 | 4 | CRC32C (Castagnoli), u32 little endian, of bytes 0..12 followed by the payload |
+//! | 16 | n | payload: the record, postcard 1.x encoded |
+//!
+//! The 16-byte header and its checksum rule are frozen for every format version; a newer
+//! version may change the payload only. So the checks run in this order: length of the
+//! header, magic, payload length against the bytes present, CRC32C, then the version (a
+//! record that passes its checksum with a version above [`FORMAT_VERSION`] is
+//! [`DecodeError::UnsupportedVersion`]), then the kind and the payload. Every flipped byte
+//! and every truncation of a valid record is therefore [`DecodeError::Corrupt`].
+//!
+//! [`decode`] is a pure function of its input: it never panics, whatever the bytes (the
+//! fuzz target calls it).
+
+use ferry_types::JobId;
+
+use crate::error::{CorruptReason, Error, Result};
+use crate::record::{JobRecord, JobRecordRef};
+
+/// The first four bytes of every record.
+pub const MAGIC: [u8; 4] = *b"FCKP";
+/// The newest format version this build writes and reads.
+pub const FORMAT_VERSION: u16 = 1;
+/// The size of the header in front of the payload.
+pub const HEADER_LEN: usize = 16;
+/// The record kind of a [`JobRecord`].
+pub const KIND_JOB: u16 = 1;
+
+/// Why bytes did not decode to a record; a store turns it into an [`Error`] naming the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The bytes are not a valid record.
+    Corrupt(CorruptReason),
+    /// A valid record of a newer format version.
+    UnsupportedVersion {
+        /// Its version.
+        found: u16,
+        /// The newest version this build reads.
+        supported: u16,
+    },
+}
+
+impl DecodeError {
+    /// The error naming `path` as the record's place.
+    pub fn at(self, path: impl Into<std::path::PathBuf>) -> Error {
+        let path = path.into();
+        match self {
+            DecodeError::Corrupt(reason) => Error::Corrupt { path, reason },
+            DecodeError::UnsupportedVersion { found, supported } => Error::UnsupportedVersion {
+                path,
+                found,
+                supported,
+            },
+        }
+    }
+}
+
+fn corrupt(reason: CorruptReason) -> DecodeError {
+    DecodeError::Corrupt(reason)
+}
+
+fn checksum(header: &[u8], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(header), payload)
+}
+
+/// Encodes `record` in the envelope.
+///
+/// # Errors
+/// [`Error::Encode`] when the payload exceeds 4 GiB.
+pub fn encode(record: &JobRecord) -> Result<Vec<u8>> {
+    encode_ref(&record.as_ref())
+}
+
+pub(crate) fn encode_ref(record: &JobRecordRef<'_>) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(&[0; HEADER_LEN]);
+    let mut buf = postcard::to_extend(record, buf).map_err(|e| encode_error(record.job, e))?;
+    let len = u32::try_from(buf.len() - HEADER_LEN).map_err(|_| Error::Encode {
+        job: record.job.clone(),
+        reason: format!("payload of {} bytes exceeds 4 GiB", buf.len() - HEADER_LEN),
+    })?;
+    buf[0..4].copy_from_slice(&MAGIC);
+    buf[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    buf[6..8].copy_from_slice(&KIND_JOB.to_le_bytes());
+    buf[8..12].copy_from_slice(&len.to_le_bytes());
+    let crc = checksum(&buf[0..12], &buf[HEADER_LEN..]);
+    buf[12..16].copy_from_slice(&crc.to_le_bytes());
+    Ok(buf)
+}
+
+fn encode_error(job: &JobId, e: postcard::Error) -> Error {
+    Error::Encode {
+        job: job.clone(),
+        reason: e.to_string(),
+    }
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// Decodes one record: checks the header, the length, the CRC32C and the version, then
+/// decodes the payload.
+///
+/// # Errors
+/// [`DecodeError::Corrupt`] for anything but a whole, valid record of a known version;
+/// [`DecodeError::UnsupportedVersion`] for a valid record of a newer version.
+pub fn decode(bytes: &[u8]) -> Result<JobRecord, DecodeError> {
+    let payload = open(bytes)?;
+    let (record, rest) = postcard::take_from_bytes::<JobRecord>(payload)
+        .map_err(|e| corrupt(CorruptReason::Payload(e.to_string())))?;
+    if !rest.is_empty() {
+        return Err(corrupt(CorruptReason::Payload(format!(
+            "{} bytes left after the record",
+            rest.len()
+        ))));
+    }
+    Ok(record)
+}
+
+/// Checks the envelope and returns the payload.
+fn open(bytes: &[u8]) -> Result<&[u8], DecodeError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(corrupt(CorruptReason::Truncated {
+            expected: HEADER_LEN,
+            found: bytes.len(),
+        }));
+    }
+    let magic = [bytes[0], bytes[1], bytes[2], bytes[3]];
+    if magic != MAGIC {
+        return Err(corrupt(CorruptReason::BadMagic(magic)));
+    }
+    let len = u32_at(bytes, 8) as usize;
+    let expected = HEADER_LEN.saturating_add(len);
+    if bytes.len() < expected {
+        return Err(corrupt(CorruptReason::Truncated {
+            expected,
+            found: bytes.len(),
+        }));
+    }
+    if bytes.len() > expected {
+        return Err(corrupt(CorruptReason::TrailingBytes {
+            expected,
+            found: bytes.len(),
+        }));
+    }
+    let payload = &bytes[HEADER_LEN..];
+    let stored = u32_at(bytes, 12);
+    let computed = checksum(&bytes[0..12], payload);
+    if stored != computed {
+        return Err(corrupt(CorruptReason::ChecksumMismatch {
+            stored,
+            computed,
+        }));
+    }
+    let version = u16_at(bytes, 4);
+    if version > FORMAT_VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if version == 0 {
+        return Err(corrupt(CorruptReason::BadHeader("format version 0".into())));
+    }
+    let kind = u16_at(bytes, 6);
+    if kind != KIND_JOB {
+        return Err(corrupt(CorruptReason::BadHeader(format!(
+            "unknown record kind {kind}"
+        ))));
+    }
+    Ok(payload)
+}
+
+/// The owner epoch and generation of a record, read from the first bytes of its envelope
+/// without checking the CRC (which needs the whole record). For fence checks only.
+pub(crate) fn peek_head(prefix: &[u8]) -> Option<(u64, u64)> {
+    if prefix.len() < HEADER_LEN || prefix[0..4] != MAGIC || u16_at(prefix, 4) != FORMAT_VERSION {
+        return None;
+    }
+    let (epoch, rest) = postcard::take_from_bytes::<u64>(&prefix[HEADER_LEN..]).ok()?;
+    let (generation, _) = postcard::take_from_bytes::<u64>(rest).ok()?;
+    Some((epoch, generation))
+}
+
+/// Bytes enough for [`peek_head`]: the header and two varints.
+pub(crate) const HEAD_PREFIX_LEN: usize = HEADER_LEN + 20;
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeSet;
+
+    use ferry_types::{JobStatus, MigrationPlan, NodeId, ObjectKey, ObjectSelection};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::record::{Failure, Progress};
+
+    pub(crate) fn sample(job: &str, failed: usize) -> JobRecord {
+        let id = JobId::new(job).unwrap();
+        let plan = MigrationPlan::new(
+            NodeId::new("a").unwrap(),
+            NodeId::new("b").unwrap(),
+            ObjectSelection::prefix("photos/"),
+        )
+        .with_id(id.clone());
+        let mut progress = Progress {
+            watermark: Some(ObjectKey::new("photos/0100").unwrap()),
+            done_above: BTreeSet::from([ObjectKey::new("photos/0102").unwrap()]),
+            done_objects: 101,
+            done_bytes: 101 << 16,
+            skipped_objects: 1,
+            ..Progress::default()
+        };
+        for i in 0..failed {
+            progress.failed.insert(
+                ObjectKey::new(format!("photos/f{i:06}")).unwrap(),
+                Failure {
+                    attempts: 3,
+                    last_error: "connection reset".into(),
+                },
+            );
+        }
+        JobRecord {
+            epoch: 3,
+            generation: 17,
+            job: id,
+            plan,
+            status: JobStatus::Running,
+            progress,
+        }
+    }
+
+    fn with_version(mut bytes: Vec<u8>, version: u16) -> Vec<u8> {
+        bytes[4..6].copy_from_slice(&version.to_le_bytes());
+        let crc = checksum(&bytes[0..12], &bytes[HEADER_LEN..]);
+        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn i5_round_trip_and_borrowed_encoding_match() {
+        let record = sample("job-1", 5);
+        let bytes = encode(&record).unwrap();
+        assert_eq!(&bytes[0..4], b"FCKP");
+        assert_eq!(u32_at(&bytes, 8) as usize, bytes.len() - HEADER_LEN);
+        assert_eq!(decode(&bytes).unwrap(), record);
+        // The borrowed view encodes like the owned record (same field order).
+        assert_eq!(
+            postcard::to_allocvec(&record.as_ref()).unwrap(),
+            postcard::to_allocvec(&record).unwrap()
+        );
+        assert_eq!(peek_head(&bytes[..HEAD_PREFIX_LEN]), Some((3, 17)));
+    }
+
+    #[test]
+    fn i5_newer_version_is_unsupported_not_corrupt() {
+        let bytes = with_version(encode(&sample("j", 0)).unwrap(), FORMAT_VERSION + 1);
+        assert_eq!(
+            decode(&bytes),
+            Err(DecodeError::UnsupportedVersion {
+                found: FORMAT_VERSION + 1,
+                supported: FORMAT_VERSION
+            })
+        );
+        let err = DecodeError::UnsupportedVersion {
+            found: 2,
+            supported: 1,
+        }
+        .at("/x/j.0.ckpt");
+        assert!(err.to_string().contains("/x/j.0.ckpt"), "{err}");
+    }
+
+    #[test]
+    fn i5_wrong_magic_and_version_zero_are_corrupt() {
+        let mut bytes = encode(&sample("j", 0)).unwrap();
+        bytes[0] = b'X';
+        assert!(matches!(
+            decode(&bytes),
+            Err(DecodeError::Corrupt(CorruptReason::BadMagic(_)))
+        ));
+        let bytes = with_version(encode(&sample("j", 0)).unwrap(), 0);
+        assert!(matches!(
+            decode(&bytes),
+            Err(DecodeError::Corrupt(CorruptReason::BadHeader(_)))
+        ));
+        assert!(matches!(
+            decode(b""),
+            Err(DecodeError::Corrupt(CorruptReason::Truncated { .. }))
+        ));
+    }
+
+    #[test]
+    fn i5_every_byte_flip_and_truncation_is_corrupt() {
+        let bytes = encode(&sample("job-flip", 3)).unwrap();
+        for i in 0..bytes.len() {
+            for mask in [0x01u8, 0x80, 0xff] {
+                let mut b = bytes.clone();
+                b[i] ^= mask;
+                assert!(
+                    matches!(decode(&b), Err(DecodeError::Corrupt(_))),
+                    "flip {mask:#x} at {i} not detected: {:?}",
+                    decode(&b)
+                );
+            }
+        }
+        for len in 0..bytes.len() {
+            assert!(
+                matches!(decode(&bytes[..len]), Err(DecodeError::Corrupt(_))),
+                "truncation to {len} not detected"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            decode(&longer),
+            Err(DecodeError::Corrupt(CorruptReason::TrailingBytes { .. }))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn i5_decode_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn i5_round_trip_random_progress(
+            watermark in proptest::option::of("[a-z]{1,8}"),
+            done in proptest::collection::btree_set("[a-z]{1,8}", 0..16),
+            counters in (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+            failed in proptest::collection::btree_map("[a-z]{1,8}", (any::<u32>(), ".{0,20}"), 0..8),
+        ) {
+            let mut record = sample("prop", 0);
+            record.epoch = counters.0;
+            record.generation = counters.1;
+            record.progress = Progress {
+                watermark: watermark.map(|w| ObjectKey::new(w).unwrap()),
+                done_above: done.into_iter().map(|k| ObjectKey::new(k).unwrap()).collect(),
+                done_objects: counters.2,
+                done_bytes: counters.3,
+                skipped_objects: counters.4,
+                failed: failed
+                    .into_iter()
+                    .map(|(k, (attempts, last_error))| {
+                        (ObjectKey::new(k).unwrap(), Failure { attempts, last_error })
+                    })
+                    .collect(),
+            };
+            let bytes = encode(&record).unwrap();
+            prop_assert_eq!(peek_head(&bytes[..HEAD_PREFIX_LEN.min(bytes.len())]), Some((record.epoch, record.generation)));
+            prop_assert_eq!(decode(&bytes).unwrap(), record);
+        }
+
+        #[test]
+        fn i5_random_flip_or_truncation_is_corrupt(at in any::<prop::sample::Index>(), mask in 1u8..=255, cut in any::<prop::sample::Index>()) {
+            let bytes = encode(&sample("prop-flip", 2)).unwrap();
+            let mut flipped = bytes.clone();
+            flipped[at.index(bytes.len())] ^= mask;
+            prop_assert!(matches!(decode(&flipped), Err(DecodeError::Corrupt(_))));
+            let cut = cut.index(bytes.len());
+            prop_assert!(matches!(decode(&bytes[..cut]), Err(DecodeError::Corrupt(_))));
+        }
+    }
+}

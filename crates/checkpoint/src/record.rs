@@ -1,0 +1,315 @@
+//! What a checkpoint stores per job: the record, its progress, leases and load results.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::PathBuf;
+
+use ferry_types::{JobId, JobStatus, MigrationPlan, ObjectKey};
+use serde::{Deserialize, Serialize};
+
+/// Everything stored for one job: its spec, status, progress and owner epoch.
+///
+/// # Layout
+/// The record is the postcard payload of one [envelope](crate::envelope) and its fields are
+/// encoded in declaration order: `epoch` and `generation` first (varints), so a store can read
+/// them from a short prefix of the payload when it checks its fence; then `job` (string),
+/// `plan` ([`MigrationPlan`]), `status` ([`JobStatus`], a varint variant index) and
+/// `progress` ([`Progress`]). New fields are only added by a new format version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The owner epoch: how many times the job was acquired. 0 until the first
+    /// [`acquire`](crate::CheckpointStore::acquire); a save must carry the current one (I6).
+    pub epoch: u64,
+    /// Bumped by every write of the record; the file store keeps the two newest generations.
+    pub generation: u64,
+    /// The job.
+    pub job: JobId,
+    /// What the job does; its `id` is `Some(job)`.
+    pub plan: MigrationPlan,
+    /// Where the job stands.
+    pub status: JobStatus,
+    /// Which objects are done.
+    pub progress: Progress,
+}
+
+/// The same fields as [`JobRecord`], borrowed, for encoding without a clone. Must stay in
+/// the same order (a unit test checks that both encode alike).
+#[derive(Serialize)]
+pub(crate) struct JobRecordRef<'a> {
+    pub(crate) epoch: u64,
+    pub(crate) generation: u64,
+    pub(crate) job: &'a JobId,
+    pub(crate) plan: &'a MigrationPlan,
+    pub(crate) status: JobStatus,
+    pub(crate) progress: &'a Progress,
+}
+
+impl JobRecord {
+    pub(crate) fn as_ref(&self) -> JobRecordRef<'_> {
+        JobRecordRef {
+            epoch: self.epoch,
+            generation: self.generation,
+            job: &self.job,
+            plan: &self.plan,
+            status: self.status,
+            progress: &self.progress,
+        }
+    }
+}
+
+/// Which objects of a job are done, and the counters.
+///
+/// Every key `<=` [`watermark`](Progress::watermark) is done; above it, the keys in
+/// [`done_above`](Progress::done_above) are done (a small set: at most the objects in flight
+/// when the watermark could not move, since objects finish out of order). An object is
+/// recorded done only after its last step (SPEC I4). Failed objects are kept with their
+/// attempts and last error so `retry-failed` can run them again; the watermark may pass them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Every key up to and including this one is done; `None`: no prefix is done yet.
+    pub watermark: Option<ObjectKey>,
+    /// Keys above the watermark that are done.
+    pub done_above: BTreeSet<ObjectKey>,
+    /// Objects done (skipped ones included).
+    pub done_objects: u64,
+    /// Bytes of the objects done.
+    pub done_bytes: u64,
+    /// Objects skipped because the source vanished (SPEC I3); counted in `done_objects` too.
+    pub skipped_objects: u64,
+    /// Objects that failed, by key.
+    pub failed: BTreeMap<ObjectKey, Failure>,
+}
+
+/// An object that failed: how often it was tried and why it failed last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error, as text.
+    pub last_error: String,
+}
+
+/// One change to a job's progress, for [`Checkpointer::record`](crate::Checkpointer::record)
+/// and [`Progress::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProgressUpdate {
+    /// The object finished its last step.
+    Done {
+        /// The object.
+        key: ObjectKey,
+        /// Its size.
+        bytes: u64,
+    },
+    /// The object vanished from the source during the copy; nothing to move.
+    Skipped {
+        /// The object.
+        key: ObjectKey,
+    },
+    /// The object failed for good (its retries are spent).
+    Failed {
+        /// The object.
+        key: ObjectKey,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error, as text.
+        error: String,
+    },
+    /// Every key up to and including this one is done.
+    Watermark(ObjectKey),
+}
+
+impl ProgressUpdate {
+    /// Whether the update finishes an object (counts towards the save interval).
+    pub fn finishes_object(&self) -> bool {
+        !matches!(self, ProgressUpdate::Watermark(_))
+    }
+}
+
+impl Progress {
+    /// Whether `key` is recorded done.
+    pub fn is_done(&self, key: &ObjectKey) -> bool {
+        self.watermark.as_ref().is_some_and(|w| key <= w) || self.done_above.contains(key)
+    }
+
+    /// Records `key` done with `bytes`; a retried failure is no longer failed.
+    pub fn mark_done(&mut self, key: ObjectKey, bytes: u64) {
+        self.failed.remove(&key);
+        self.done_objects += 1;
+        self.done_bytes += bytes;
+        if self.watermark.as_ref().is_none_or(|w| &key > w) {
+            self.done_above.insert(key);
+        }
+    }
+
+    /// Records `key` skipped (done, nothing moved).
+    pub fn mark_skipped(&mut self, key: ObjectKey) {
+        self.skipped_objects += 1;
+        self.mark_done(key, 0);
+    }
+
+    /// Records `key` failed after `attempts` with `error`.
+    pub fn mark_failed(&mut self, key: ObjectKey, attempts: u32, error: String) {
+        self.failed.insert(
+            key,
+            Failure {
+                attempts,
+                last_error: error,
+            },
+        );
+    }
+
+    /// Moves the watermark up to `key` (never down) and drops the keys it now covers from
+    /// [`done_above`](Progress::done_above).
+    pub fn advance_watermark(&mut self, key: ObjectKey) {
+        if self.watermark.as_ref().is_some_and(|w| &key <= w) {
+            return;
+        }
+        let mut above = self.done_above.split_off(&key);
+        above.remove(&key);
+        self.done_above = above;
+        self.watermark = Some(key);
+    }
+
+    /// Applies one update.
+    pub fn apply(&mut self, update: ProgressUpdate) {
+        match update {
+            ProgressUpdate::Done { key, bytes } => self.mark_done(key, bytes),
+            ProgressUpdate::Skipped { key } => self.mark_skipped(key),
+            ProgressUpdate::Failed {
+                key,
+                attempts,
+                error,
+            } => self.mark_failed(key, attempts, error),
+            ProgressUpdate::Watermark(key) => self.advance_watermark(key),
+        }
+    }
+}
+
+/// Proof of ownership of a job at one owner epoch, from
+/// [`CheckpointStore::acquire`](crate::CheckpointStore::acquire).
+///
+/// Saves carry it; the store refuses a lease whose epoch is not the job's current one
+/// (SPEC I6). Cloning it does not make a second owner: clones share the epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub(crate) job: JobId,
+    pub(crate) epoch: u64,
+}
+
+impl Lease {
+    /// The job.
+    pub fn job(&self) -> &JobId {
+        &self.job
+    }
+
+    /// The owner epoch this lease was granted at.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+/// What [`CheckpointStore::acquire`](crate::CheckpointStore::acquire) returns: the lease, the
+/// record as of the acquire (with the new epoch) and any warnings from reading it.
+#[derive(Debug)]
+pub struct Acquired {
+    /// The lease; pass it to every save.
+    pub lease: Lease,
+    /// The record, with the new epoch: resume from its progress.
+    pub record: JobRecord,
+    /// Things the caller should log (e.g. a fallback to the previous generation).
+    pub warnings: Vec<Warning>,
+}
+
+/// What [`CheckpointStore::load`](crate::CheckpointStore::load) returns.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The record.
+    pub record: JobRecord,
+    /// Things the caller should log (e.g. a fallback to the previous generation).
+    pub warnings: Vec<Warning>,
+}
+
+/// Something a read got past but the caller should know (and log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Warning {
+    /// One generation of a record was unreadable, and the other one was used. When the
+    /// unreadable one was the newest, progress since the previous save is re-done (I4 holds:
+    /// nothing is skipped).
+    UsedPreviousGeneration {
+        /// The unreadable file.
+        unreadable: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+        /// The file that was used.
+        used: PathBuf,
+        /// The generation that was used.
+        generation: u64,
+    },
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warning::UsedPreviousGeneration {
+                unreadable,
+                reason,
+                used,
+                generation,
+            } => write!(
+                f,
+                "checkpoint {} is unreadable ({reason}); using {} (generation {generation})",
+                unreadable.display(),
+                used.display()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: &str) -> ObjectKey {
+        ObjectKey::new(k).unwrap()
+    }
+
+    #[test]
+    fn i4_watermark_covers_done_keys_and_prunes_done_set() {
+        let mut p = Progress::default();
+        p.mark_done(key("b"), 10);
+        p.mark_done(key("d"), 10);
+        p.mark_skipped(key("a"));
+        assert!(p.is_done(&key("a")) && p.is_done(&key("b")) && !p.is_done(&key("c")));
+        p.advance_watermark(key("b"));
+        assert_eq!(p.done_above.iter().collect::<Vec<_>>(), vec![&key("d")]);
+        assert!(p.is_done(&key("a")) && !p.is_done(&key("c")) && p.is_done(&key("d")));
+        // Never moves down.
+        p.advance_watermark(key("a"));
+        assert_eq!(p.watermark, Some(key("b")));
+        // Done below the watermark does not grow the set.
+        p.mark_done(key("a0"), 1);
+        assert_eq!(p.done_above.len(), 1);
+        assert_eq!(
+            (p.done_objects, p.done_bytes, p.skipped_objects),
+            (4, 21, 1)
+        );
+    }
+
+    #[test]
+    fn retried_failure_is_no_longer_failed() {
+        let mut p = Progress::default();
+        p.apply(ProgressUpdate::Failed {
+            key: key("x"),
+            attempts: 3,
+            error: "timeout".into(),
+        });
+        assert_eq!(p.failed[&key("x")].attempts, 3);
+        p.apply(ProgressUpdate::Done {
+            key: key("x"),
+            bytes: 5,
+        });
+        assert!(p.failed.is_empty());
+    }
+}
