@@ -1,0 +1,90 @@
+//! The durability barrier of `DirStore`: one fsync per file and directory (in parallel)
+//! against one `syncfs`, against no sync at all (the cost of writing and renaming alone).
+//!
+//! Each iteration puts 2,000 new objects of 64 KiB (20 directories of 100) and then syncs, as
+//! one checkpoint batch of the engine would; deleting them afterwards is not measured. Throughput is in files: criterion prints the
+//! files per second; the time per file is its inverse.
+//!
+//! `cargo bench -p ferry-engine --bench sync`
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use ferry_engine::store::{DirStore, Store, SyncStrategy, body_from_bytes};
+use ferry_types::ObjectKey;
+
+const FILES: usize = 2_000;
+const SIZE: usize = 64 << 10;
+
+fn sync(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // On the disk of the target directory, not a tmpfs.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let keys: Vec<ObjectKey> = (0..FILES)
+        .map(|i| ObjectKey::new(format!("d{:02}/f{i:05}", i % 20)).unwrap())
+        .collect();
+    let data = Bytes::from(vec![0x5a; SIZE]);
+
+    let mut group = c.benchmark_group("sync_2000_files_of_64KiB");
+    group.sampling_mode(SamplingMode::Flat);
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(10));
+    group.throughput(Throughput::Elements(FILES as u64));
+    let cases = [
+        ("per_file_fsync", Some(SyncStrategy::PerFileFsync)),
+        ("syncfs", Some(SyncStrategy::Syncfs)),
+        ("no_sync", None),
+    ];
+    for (name, strategy) in cases {
+        let store = rt.block_on(async {
+            let store = DirStore::open(dir.path().join(name)).await.unwrap();
+            let store = store.with_sync_strategy(strategy.unwrap_or(SyncStrategy::Syncfs));
+            // Start from a clean page cache for this store's tree.
+            store.sync().await.unwrap();
+            store
+        });
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut measured = Duration::ZERO;
+                    for _ in 0..iters {
+                        let start = Instant::now();
+                        for key in &keys {
+                            store
+                                .put(key, body_from_bytes(data.clone(), SIZE))
+                                .await
+                                .unwrap();
+                        }
+                        if strategy.is_some() {
+                            store.sync().await.unwrap();
+                        }
+                        measured += start.elapsed();
+                        // Not measured: back to an empty, clean tree, so that every put makes
+                        // a new file (as a migration's target does) and no case pays for the
+                        // write-back of the previous one.
+                        for key in &keys {
+                            store.delete(key).await.unwrap();
+                        }
+                        write_back(&store).await;
+                    }
+                    measured
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+async fn write_back(store: &DirStore) {
+    let store = store.clone().with_sync_strategy(SyncStrategy::Syncfs);
+    store.sync().await.unwrap();
+}
+
+criterion_group!(benches, sync);
+criterion_main!(benches);

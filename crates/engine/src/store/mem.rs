@@ -1,0 +1,196 @@
+//! [`MemStore`]: objects in a `BTreeMap`.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use ferry_types::{ObjectKey, ObjectMeta, Version};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+
+use super::{BoxFuture, BoxStream, DEFAULT_CHUNK_SIZE, MetaStream, Object, Store, body_from_bytes};
+use crate::error::{Error, Result};
+
+/// How many entries a listing takes from the map per lock.
+const LIST_BATCH: usize = 256;
+
+/// A store in memory: a `BTreeMap` from key to content behind a mutex.
+///
+/// Clones are cheap and share the same objects. Versions come from a counter that every put
+/// advances, so two writes of the same bytes still have different versions. `put` collects
+/// the body (the store holds objects in memory, after all); `get` hands out zero-copy slices
+/// of at most the chunk size. `sync` is a no-op: nothing here is durable, and nothing needs
+/// to be made so. Checksums are not computed (`None`).
+#[derive(Clone, Debug)]
+pub struct MemStore {
+    inner: Arc<Mutex<State>>,
+    chunk_size: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    objects: BTreeMap<ObjectKey, (Bytes, u64)>,
+    next_version: u64,
+}
+
+fn meta(key: &ObjectKey, data: &Bytes, version: u64) -> ObjectMeta {
+    ObjectMeta {
+        key: key.clone(),
+        size: data.len() as u64,
+        version: Version::new(version.to_string()),
+        checksum: None,
+    }
+}
+
+impl Default for MemStore {
+    fn default() -> Self {
+        MemStore::new()
+    }
+}
+
+impl MemStore {
+    /// An empty store whose bodies come in chunks of [`DEFAULT_CHUNK_SIZE`].
+    pub fn new() -> MemStore {
+        MemStore::with_chunk_size(DEFAULT_CHUNK_SIZE)
+    }
+
+    /// An empty store whose bodies come in chunks of at most `chunk_size` bytes (at least 1).
+    pub fn with_chunk_size(chunk_size: usize) -> MemStore {
+        MemStore {
+            inner: Arc::default(),
+            chunk_size: chunk_size.max(1),
+        }
+    }
+
+    /// The number of objects.
+    pub fn len(&self) -> usize {
+        self.inner.lock().objects.len()
+    }
+
+    /// Whether the store holds no object.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The content of `key`, in one piece, if present (a test helper; no copy is made).
+    pub fn bytes(&self, key: &str) -> Option<Bytes> {
+        self.inner
+            .lock()
+            .objects
+            .get(key)
+            .map(|(data, _)| data.clone())
+    }
+
+    /// Stores `data` as `key` at once (a test helper; the same as a one-chunk put).
+    pub fn insert(&self, key: ObjectKey, data: impl Into<Bytes>) -> ObjectMeta {
+        let data = data.into();
+        let mut state = self.inner.lock();
+        state.next_version += 1;
+        let version = state.next_version;
+        let meta = meta(&key, &data, version);
+        state.objects.insert(key, (data, version));
+        meta
+    }
+}
+
+impl Store for MemStore {
+    fn head<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Option<ObjectMeta>>> {
+        let found = self
+            .inner
+            .lock()
+            .objects
+            .get(key)
+            .map(|(data, version)| meta(key, data, *version));
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn get<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Object>> {
+        let found = self.inner.lock().objects.get(key).cloned();
+        let result = match found {
+            Some((data, version)) => Ok(Object {
+                meta: meta(key, &data, version),
+                body: body_from_bytes(data, self.chunk_size),
+            }),
+            None => Err(Error::NotFound { key: key.clone() }),
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        mut body: BoxStream<'a, Result<Bytes>>,
+    ) -> BoxFuture<'a, Result<ObjectMeta>> {
+        Box::pin(async move {
+            // The object becomes visible only once it is whole: atomic for readers.
+            let mut first: Option<Bytes> = None;
+            let mut buf = BytesMut::new();
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                match first.take() {
+                    None if buf.is_empty() => first = Some(chunk),
+                    Some(prev) => {
+                        buf.extend_from_slice(&prev);
+                        buf.extend_from_slice(&chunk);
+                    }
+                    None => buf.extend_from_slice(&chunk),
+                }
+            }
+            let data = first.unwrap_or_else(|| buf.freeze());
+            Ok(self.insert(key.clone(), data))
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<bool>> {
+        let removed = self.inner.lock().objects.remove(key).is_some();
+        Box::pin(std::future::ready(Ok(removed)))
+    }
+
+    fn list(&self, prefix: &str, start_after: Option<&ObjectKey>) -> MetaStream {
+        let inner = Arc::clone(&self.inner);
+        let prefix: Arc<str> = Arc::from(prefix);
+        // The last key produced; the next batch starts after it.
+        let after: Option<ObjectKey> = start_after.cloned();
+        let state = (after, false);
+        Box::pin(
+            futures_util::stream::unfold(state, move |(after, done)| {
+                let inner = Arc::clone(&inner);
+                let prefix = Arc::clone(&prefix);
+                async move {
+                    if done {
+                        return None;
+                    }
+                    let batch: Vec<ObjectMeta> = {
+                        let state = inner.lock();
+                        let lower = match &after {
+                            Some(k) => Bound::Excluded(k.as_str()),
+                            None => Bound::Included(&*prefix),
+                        };
+                        state
+                            .objects
+                            .range::<str, _>((lower, Bound::Unbounded))
+                            .skip_while(|(k, _)| k.as_str() < &*prefix)
+                            .take_while(|(k, _)| k.as_str().starts_with(&*prefix))
+                            .take(LIST_BATCH)
+                            .map(|(k, (data, v))| meta(k, data, *v))
+                            .collect()
+                    };
+                    let done = batch.len() < LIST_BATCH;
+                    let next = batch.last().map(|m| m.key.clone());
+                    next.map(|next| {
+                        (
+                            futures_util::stream::iter(batch.into_iter().map(Ok)),
+                            (Some(next), done),
+                        )
+                    })
+                }
+            })
+            .flatten(),
+        )
+    }
+
+    fn sync(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}

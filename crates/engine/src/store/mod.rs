@@ -1,0 +1,273 @@
+//! Where objects live: the [`Store`] trait and the built-in stores.
+//!
+//! - [`MemStore`]: in memory, for tests and benchmarks.
+//! - [`DirStore`] (unix): a local directory, keys mapped to relative paths.
+//! - [`FaultyStore`]: wraps any store and injects errors, latency, truncated or corrupted
+//!   bodies and power cuts, for tests.
+//!
+//! # Why boxed futures rather than `async fn` in the trait
+//! The engine holds its nodes as `Arc<dyn Store>`, so the trait must be dyn-compatible, which
+//! `async fn` in traits is not. Each method returns a [`BoxFuture`] (or a [`BoxStream`]) by
+//! hand, as `#[async_trait]` would generate, without a proc-macro dependency and with the
+//! lifetimes in plain sight: futures borrow `self` and the key, while bodies and listings are
+//! `'static` so that they can be moved into spawned tasks.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use ferry_types::{ObjectKey, ObjectMeta};
+use futures_core::Stream;
+pub use futures_core::future::BoxFuture;
+pub use futures_core::stream::BoxStream;
+
+use crate::error::Result;
+
+#[cfg(unix)]
+mod dir;
+mod faulty;
+mod mem;
+
+#[cfg(unix)]
+pub use self::dir::{DirStore, SyncStrategy, TEMP_PREFIX};
+pub use self::faulty::{Fault, FaultyStore, InjectedFault, Trigger};
+pub use self::mem::MemStore;
+
+/// The default chunk size of bodies the built-in stores produce: 1 MiB (SPEC I7).
+pub const DEFAULT_CHUNK_SIZE: usize = 1 << 20;
+
+/// An object's content as a stream of chunks. Owns what it needs (`'static`), so it can be
+/// moved into a task; an error ends it.
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+/// A stream of object metadata, as [`Store::list`] returns it.
+pub type MetaStream = BoxStream<'static, Result<ObjectMeta>>;
+
+/// An object being read: what the store knew about it when the read began, and its body.
+///
+/// `meta` describes exactly the content `body` delivers (the built-in stores read both from
+/// the same open file or the same in-memory value), so the version a copy was made from is
+/// known without a racy second `head`.
+pub struct Object {
+    /// Size, version and (when the store knows one) checksum of the content in `body`.
+    pub meta: ObjectMeta,
+    /// The content, in chunks.
+    pub body: ByteStream,
+}
+
+impl std::fmt::Debug for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Object")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Object {
+    /// The body, checked against `meta.size`: a body that ends short of it (or runs past it)
+    /// ends with [`Error::Truncated`](crate::Error::Truncated) instead of looking like a
+    /// complete, shorter object. Give this to [`Store::put`] when copying, so a truncated
+    /// transfer fails the put instead of storing a short object.
+    pub fn checked_body(self) -> ByteStream {
+        Box::pin(CheckedBody {
+            key: self.meta.key,
+            expected: self.meta.size,
+            got: 0,
+            inner: Some(self.body),
+        })
+    }
+}
+
+struct CheckedBody {
+    key: ObjectKey,
+    expected: u64,
+    got: u64,
+    inner: Option<ByteStream>,
+}
+
+impl Stream for CheckedBody {
+    type Item = Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let item = match inner.as_mut().poll_next(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(item) => item,
+        };
+        let truncated = |got| crate::Error::Truncated {
+            key: this.key.clone(),
+            expected: this.expected,
+            got,
+        };
+        let out = match item {
+            Some(Ok(chunk)) => {
+                this.got += chunk.len() as u64;
+                if this.got > this.expected {
+                    Some(Err(truncated(this.got)))
+                } else {
+                    return Poll::Ready(Some(Ok(chunk)));
+                }
+            }
+            Some(Err(err)) => Some(Err(err)),
+            None if this.got == this.expected => None,
+            None => Some(Err(truncated(this.got))),
+        };
+        this.inner = None;
+        Poll::Ready(out)
+    }
+}
+
+/// A place objects are stored: a node of the storage system being migrated.
+///
+/// Dyn-compatible: the engine holds stores as `Arc<dyn Store>`. Every method may be called
+/// concurrently from many tasks.
+///
+/// # Durability (SPEC §6)
+/// Durability is grouped, like a database's group commit. [`put`](Store::put) and
+/// [`delete`](Store::delete) are atomic — a reader sees the old object or the whole new one,
+/// never a part — but need not be durable when they return. [`sync`](Store::sync) is the
+/// barrier: every put and delete that returned before a `sync` began is durable when that
+/// `sync` returns. A store with no cheaper way may make each put durable itself and make
+/// `sync` a no-op.
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// What the store knows about `key`, or `None` when it is absent.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`](crate::Error::InvalidKey) when the store cannot hold `key`; I/O
+    /// or backend failures, classified by [`Error::kind`](crate::Error::kind).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    fn head<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Option<ObjectMeta>>>;
+
+    /// Opens `key` for reading: its metadata and its content as a stream of chunks (of at
+    /// most the store's chunk size; [`DEFAULT_CHUNK_SIZE`] for the built-in stores). The body
+    /// is read lazily, a chunk at a time, so memory stays bounded whatever the size (SPEC I7).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`](crate::Error::NotFound) when `key` is absent; otherwise as
+    /// [`head`](Store::head). Errors while reading end the body with an error item.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads; dropping the body closes the object.
+    fn get<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Object>>;
+
+    /// Stores `body` as the content of `key`, replacing any previous object, and returns the
+    /// new object's metadata.
+    ///
+    /// Atomic: a concurrent reader sees the previous object or the whole new one, never a
+    /// part. Not necessarily durable until the next [`sync`](Store::sync) returns. The body
+    /// is consumed a chunk at a time. When the body yields an error, the put fails with that
+    /// error and the previous object (or its absence) stays as it was.
+    ///
+    /// # Errors
+    /// The body's own error; [`Error::InvalidKey`](crate::Error::InvalidKey) when the store
+    /// cannot hold `key`; I/O or backend failures, classified by
+    /// [`Error::kind`](crate::Error::kind).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe in what it leaves, but safe in what readers see: a put dropped before
+    /// it returns may or may not have replaced the object — entirely, or not at all.
+    fn put<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        body: BoxStream<'a, Result<Bytes>>,
+    ) -> BoxFuture<'a, Result<ObjectMeta>>;
+
+    /// Removes `key`. Returns whether it was there: deleting an absent key is fine (SPEC I4:
+    /// every step is idempotent). Not necessarily durable until the next
+    /// [`sync`](Store::sync) returns.
+    ///
+    /// # Errors
+    /// As [`head`](Store::head).
+    ///
+    /// # Cancel safety
+    /// A delete dropped before it returns may or may not have removed the object.
+    fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<bool>>;
+
+    /// The objects whose keys start with `prefix` and come after `start_after` (when given),
+    /// in key order (byte order of the keys), produced lazily: the whole listing is never
+    /// held in memory at once. Objects put or deleted while the listing runs may or may not
+    /// appear.
+    ///
+    /// # Errors
+    /// Failures are items of the stream; the stream ends after the first one.
+    fn list(&self, prefix: &str, start_after: Option<&ObjectKey>) -> MetaStream;
+
+    /// The durability barrier: when it returns `Ok`, every put and delete that returned
+    /// before it began is durable (survives a crash or power loss).
+    ///
+    /// # Errors
+    /// When durability cannot be guaranteed; the operations stay pending and a later `sync`
+    /// tries them again.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped sync guarantees nothing, and a later one covers the same
+    /// operations.
+    fn sync(&self) -> BoxFuture<'_, Result<()>>;
+}
+
+/// Splits `data` into a body of chunks of at most `chunk` bytes (zero-copy slices), for
+/// tests, examples and stores that hold their objects in memory.
+pub fn body_from_bytes(data: Bytes, chunk: usize) -> ByteStream {
+    let chunk = chunk.max(1);
+    let mut rest = data;
+    Box::pin(futures_util::stream::iter(std::iter::from_fn(move || {
+        if rest.is_empty() {
+            None
+        } else {
+            let n = chunk.min(rest.len());
+            Some(Ok(rest.split_to(n)))
+        }
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[tokio::test]
+    async fn checked_body_reports_truncation_instead_of_ending_short() {
+        let key = ObjectKey::new("k").unwrap();
+        let meta = ObjectMeta {
+            key,
+            size: 10,
+            version: ferry_types::Version::new("1"),
+            checksum: None,
+        };
+        let short = Object {
+            meta: meta.clone(),
+            body: body_from_bytes(Bytes::from_static(b"12345"), 2),
+        };
+        let items: Vec<_> = short.checked_body().collect().await;
+        let last = items.last().unwrap();
+        assert!(
+            matches!(
+                last,
+                Err(crate::Error::Truncated {
+                    expected: 10,
+                    got: 5,
+                    ..
+                })
+            ),
+            "{last:?}"
+        );
+        let long = Object {
+            meta: meta.clone(),
+            body: body_from_bytes(Bytes::from_static(b"0123456789ab"), 4),
+        };
+        let items: Vec<_> = long.checked_body().collect().await;
+        assert!(items.last().unwrap().is_err());
+        let exact = Object {
+            meta,
+            body: body_from_bytes(Bytes::from_static(b"0123456789"), 4),
+        };
+        let items: Vec<_> = exact.checked_body().collect().await;
+        assert!(items.iter().all(Result::is_ok));
+        assert_eq!(items.len(), 3);
+    }
+}

@@ -1,0 +1,203 @@
+//! What is particular to `DirStore`: key rules, links, temp files, sync strategies.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use ferry_engine::store::{DirStore, Store, SyncStrategy, TEMP_PREFIX, body_from_bytes};
+use ferry_engine::{Error, ErrorKind};
+use ferry_types::ObjectKey;
+
+use crate::util::{key, keys, put, read};
+
+fn tree(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            out.push(path.strip_prefix(root).unwrap().display().to_string());
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn keys_that_could_escape_the_root_are_rejected_before_touching_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let store = DirStore::open(&root).await.unwrap();
+    let table = [
+        ("../x", "'..' segment"),
+        ("/abs", "absolute"),
+        ("/", "absolute"),
+        ("a//b", "empty segment"),
+        ("a/./b", "'.' segment"),
+        ("a/../b", "'..' segment"),
+        ("..", "'..' segment"),
+        (".", "'.' segment"),
+        ("a/", "ends with '/'"),
+        ("a\\..\\b", "backslash"),
+        (".ferry-tmp-x", "reserved prefix"),
+    ];
+    for (text, reason) in table {
+        let k = ObjectKey::new(text).unwrap();
+        let body = body_from_bytes(Bytes::from_static(b"x"), 1);
+        let errors = [
+            store.put(&k, body).await.map(drop).unwrap_err(),
+            store.get(&k).await.map(drop).unwrap_err(),
+            store.head(&k).await.map(drop).unwrap_err(),
+            store.delete(&k).await.map(drop).unwrap_err(),
+        ];
+        for err in errors {
+            let Error::InvalidKey { key, reason: got } = &err else {
+                panic!("{text}: {err}");
+            };
+            assert_eq!(key.as_str(), text);
+            assert!(got.contains(reason), "{text}: {got}");
+            assert!(err.to_string().contains(&format!("{text:?}")), "{err}");
+            assert_eq!(err.kind(), ErrorKind::Permanent);
+        }
+    }
+    // NUL and empty keys cannot even be made.
+    assert!(ObjectKey::new("a\0b").is_err());
+    assert!(ObjectKey::new("").is_err());
+    assert!(
+        tree(dir.path()) == ["root"],
+        "nothing created: {:?}",
+        tree(dir.path())
+    );
+}
+
+#[tokio::test]
+async fn symlinks_inside_the_root_are_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"S").unwrap();
+    let store = DirStore::open(&root).await.unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("dirlink")).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret"), root.join("filelink")).unwrap();
+    put(&store, "real/x", b"x").await;
+    let unsafe_path = |r: Result<(), Error>| {
+        let err = r.unwrap_err();
+        assert!(matches!(err, Error::UnsafePath { .. }), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Permanent);
+    };
+
+    unsafe_path(store.get(&key("dirlink/secret")).await.map(drop));
+    unsafe_path(store.get(&key("filelink")).await.map(drop));
+    unsafe_path(store.head(&key("dirlink/secret")).await.map(drop));
+    unsafe_path(store.head(&key("filelink")).await.map(drop));
+    unsafe_path(store.delete(&key("dirlink/secret")).await.map(drop));
+    unsafe_path(store.delete(&key("filelink")).await.map(drop));
+    let body = body_from_bytes(Bytes::from_static(b"evil"), 4);
+    unsafe_path(store.put(&key("dirlink/new"), body).await.map(drop));
+    let body = body_from_bytes(Bytes::from_static(b"evil"), 4);
+    unsafe_path(store.put(&key("dirlink/secret"), body).await.map(drop));
+    assert_eq!(
+        keys(&store, "", None).await,
+        ["real/x"],
+        "links are not listed"
+    );
+
+    // A put onto a link's own name replaces the link, never writes through it.
+    put(&store, "filelink", b"mine").await;
+    assert_eq!(read(&store, "filelink").await.unwrap(), b"mine");
+    assert!(
+        !std::fs::symlink_metadata(root.join("filelink"))
+            .unwrap()
+            .is_symlink()
+    );
+
+    assert_eq!(
+        std::fs::read(outside.join("secret")).unwrap(),
+        b"S",
+        "outside unchanged"
+    );
+    assert_eq!(tree(&outside), ["secret"], "nothing created outside");
+}
+
+#[tokio::test]
+async fn temp_leftovers_are_never_listed_and_removed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let store = DirStore::open(root).await.unwrap();
+    put(&store, "a/kept", b"k").await;
+    // What a crash in the middle of puts leaves.
+    std::fs::write(root.join(format!("{TEMP_PREFIX}1")), b"partial").unwrap();
+    std::fs::write(root.join("a").join(format!("{TEMP_PREFIX}2")), b"partial").unwrap();
+    std::fs::create_dir_all(root.join("deep/er")).unwrap();
+    std::fs::write(root.join("deep/er").join(format!("{TEMP_PREFIX}3")), b"p").unwrap();
+    assert_eq!(keys(&store, "", None).await, ["a/kept"]);
+    let temp_key = key(&format!("a/{TEMP_PREFIX}2"));
+    let err = store.get(&temp_key).await.unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidKey { .. }),
+        "temp files are not objects: {err}"
+    );
+    drop(store);
+
+    let store = DirStore::open(root).await.unwrap();
+    let left: Vec<String> = tree(root)
+        .into_iter()
+        .filter(|p| p.contains(TEMP_PREFIX))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(read(&store, "a/kept").await.unwrap(), b"k");
+    // A failed put leaves no temp file either.
+    let body: ferry_engine::store::ByteStream = Box::pin(futures_util::stream::iter([
+        Ok(Bytes::from_static(b"x")),
+        Err(Error::NotFound { key: key("src") }),
+    ]));
+    assert!(store.put(&key("a/failed"), body).await.is_err());
+    assert!(
+        tree(root)
+            .iter()
+            .all(|p| !p.contains(TEMP_PREFIX) && !p.ends_with("failed"))
+    );
+}
+
+#[tokio::test]
+async fn a_key_under_an_object_is_a_permanent_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DirStore::open(dir.path()).await.unwrap();
+    put(&store, "a", b"file").await;
+    let body = body_from_bytes(Bytes::from_static(b"x"), 1);
+    let err = store.put(&key("a/b"), body).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(store.head(&key("a/b")).await.unwrap(), None);
+    // A directory is not an object.
+    put(&store, "d/x", b"x").await;
+    assert_eq!(store.head(&key("d")).await.unwrap(), None);
+    assert!(store.get(&key("d")).await.unwrap_err().is_not_found());
+    assert!(!store.delete(&key("d")).await.unwrap());
+}
+
+#[tokio::test]
+async fn every_sync_strategy_syncs_puts_and_deletes() {
+    for strategy in [SyncStrategy::PerFileFsync, SyncStrategy::Syncfs] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::open(dir.path())
+            .await
+            .unwrap()
+            .with_sync_strategy(strategy);
+        assert_eq!(store.sync_strategy(), strategy);
+        for i in 0..40 {
+            put(&store, &format!("s/{}/{i}", i % 4), b"data").await;
+        }
+        store.delete(&key("s/0/0")).await.unwrap();
+        store.sync().await.unwrap();
+        store.sync().await.unwrap();
+        assert_eq!(keys(&store, "s/", None).await.len(), 39);
+    }
+    assert_eq!(
+        SyncStrategy::default(),
+        SyncStrategy::Syncfs,
+        "the faster one measured"
+    );
+}

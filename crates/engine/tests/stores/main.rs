@@ -1,0 +1,9 @@
+//! The store tests, in one binary: a conformance suite run against every built-in store, and
+//! the behaviour particular to each.
+
+mod conformance;
+#[cfg(unix)]
+mod dir;
+mod faulty;
+mod model;
+mod util;
