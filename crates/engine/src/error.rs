@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use ferry_types::ObjectKey;
+use ferry_types::{JobId, JobStatus, NodeId, ObjectKey};
 
 /// A boxed error from below a store (a network client, an injected fault…).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -132,6 +132,58 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A plan names a node the engine was not built with.
+    #[error("unknown node {node}: the engine has no store for it")]
+    UnknownNode {
+        /// The node the plan named.
+        node: NodeId,
+    },
+    /// The engine builder lacks a required part.
+    #[error("engine builder: {missing} is required")]
+    MissingPart {
+        /// What is missing (e.g. `"checkpoint_store"`).
+        missing: &'static str,
+    },
+    /// `start` was given the id of a job that already finished.
+    #[error("job {job} already finished with status {status}")]
+    JobFinished {
+        /// The job.
+        job: JobId,
+        /// Its final status.
+        status: JobStatus,
+    },
+    /// The job was cancelled (what an in-flight copy ends with when the job is cancelled).
+    #[error("job {job} was cancelled")]
+    Cancelled {
+        /// The job.
+        job: JobId,
+    },
+    /// Verification found the target copy different from what was read from the source.
+    #[error("verification of {:?} failed: {what}", key.as_str())]
+    VerifyMismatch {
+        /// The object.
+        key: ObjectKey,
+        /// What differed (size or checksum).
+        what: &'static str,
+    },
+    /// The job's runner task ended abnormally (panicked or was aborted).
+    #[error("the runner of job {job} ended abnormally")]
+    RunnerGone {
+        /// The job.
+        job: JobId,
+    },
+    /// The plan is invalid.
+    #[error("invalid plan")]
+    Plan(#[from] ferry_types::Error),
+    /// The checkpoint store failed.
+    #[error("checkpoint store failed")]
+    Checkpoint(#[from] ferry_checkpoint::Error),
+    /// The forwarding table refused an operation.
+    #[error("forwarding table refused an operation")]
+    Forwarding(#[from] ferry_forwarding::Error),
+    /// The job's throttle could not be built.
+    #[error("throttle could not be built")]
+    Throttle(#[from] ferry_throttle::Error),
 }
 
 fn fmt_key(key: Option<&ObjectKey>) -> String {
@@ -149,6 +201,9 @@ impl Error {
                 ErrorKind::Permanent
             }
             Error::Io { source, .. } => io_kind(source),
+            Error::VerifyMismatch { .. } => ErrorKind::Transient,
+            Error::Forwarding(ferry_forwarding::Error::FenceTimeout { .. }) => ErrorKind::Transient,
+            _ => ErrorKind::Permanent,
         }
     }
 

@@ -1,5 +1,6 @@
-//! Ferry's migration engine. For now, its storage layer: the [`Store`](store::Store) trait
-//! that every storage node implements, and the built-in stores.
+//! Ferry's migration engine: the job runner ([`Engine`], [`EngineBuilder`], [`JobHandle`])
+//! and its storage layer: the [`Store`](store::Store) trait that every storage node
+//! implements, and the built-in stores.
 //!
 //! A store holds objects under [`ObjectKey`](ferry_types::ObjectKey)s and streams them in
 //! chunks of [`Bytes`](bytes::Bytes) (SPEC I7: memory stays bounded whatever the object
@@ -15,9 +16,38 @@
 //!   truncated or corrupted bodies and power cuts.
 //!
 //! It is not an object-store client library (no S3 or HTTP here: a storage system plugs its
-//! nodes in by implementing `Store`), and it computes no checksums yet. The job runner
-//! (`Engine`, `JobHandle`: copy, verify, forward, clean up, with checkpoints) is planned in
-//! this crate and not written yet.
+//! nodes in by implementing `Store`).
+//!
+//! # The job runner: what is implemented
+//! - [`Engine::builder`] (nodes, checkpoint store, forwarding table, global throttle) and
+//!   [`Engine::start`]: validates the plan, refuses unknown nodes, creates the job record or
+//!   resumes an unfinished one from its checkpoint, and acquires the job's lease (I6).
+//! - The per-object pipeline COPY → VERIFY → FORWARD → CLEANUP, `concurrency` objects at a
+//!   time over a lazily listed (or explicit, sorted) key stream; keys recorded done are
+//!   skipped (I4). The copy streams chunk by chunk through the job's throttle (within the
+//!   global one), computing BLAKE3 as it goes (I7); verify by size (`head`) or by checksum
+//!   (the target re-read, streaming). The forwarding generation is read before the source is
+//!   opened; a refused flip copies again, and after `max_flip_attempts` refusals the key is
+//!   fenced, drained, copied once more and flipped (I3). A source gone at open means
+//!   `Skipped`, absent on both sides. Transient errors are retried with the plan's backoff and
+//!   jitter; permanent or exhausted ones fail the object (its entry removed: reads stay on the
+//!   source) and the job ends `CompletedWithErrors`. Cleanup waits out the grace period,
+//!   syncs the target, and deletes the source only if it still has the copied version (I1).
+//! - Objects are recorded done only after their last step, and only after a target `sync`
+//!   that began after they finished (sync before record).
+//! - [`JobHandle`]: `pause` (copies park at the next chunk; a checkpoint is saved),
+//!   `resume`, `cancel` (Copying entries removed, forwarded objects stay; a
+//!   [`CancelReport`]), `set_rate`, `snapshot`, `watch`, `wait`.
+//!
+//! - The checkpoint watermark advances over the finished prefix of the (key-ordered) stream,
+//!   so the record's done set stays bounded by what is in flight. Failed objects count as
+//!   finished for the watermark: they are kept in the record's failed map, not run again on
+//!   resume.
+//!
+//! Not yet: the events stream, `Engine::recover`, `Engine::jobs`, `Engine::route`, the commit
+//! hook before cleanup, `retry_failed`, reloading forwarded-but-uncleaned entries into the
+//! table after a crash, the reason a source was kept (its version changed) in the record,
+//! `tracing` spans.
 //!
 //! # Example
 //! ```
@@ -46,6 +76,35 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Example: a job
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//!
+//! use ferry_checkpoint::MemoryStore;
+//! use ferry_engine::Engine;
+//! use ferry_engine::store::MemStore;
+//! use ferry_types::{CleanupPolicy, JobStatus, MigrationPlan, NodeId, ObjectKey, ObjectSelection};
+//!
+//! let (a, b) = (NodeId::new("a")?, NodeId::new("b")?);
+//! let (source, target) = (MemStore::new(), MemStore::new());
+//! source.insert(ObjectKey::new("photos/cat.jpg")?, "meow");
+//! let engine = Engine::builder()
+//!     .node(a, Arc::new(source.clone()))
+//!     .node(b, Arc::new(target.clone()))
+//!     .checkpoint_store(Arc::new(MemoryStore::new()))
+//!     .build()?;
+//! let plan = MigrationPlan::new(a, b, ObjectSelection::prefix("photos/"))
+//!     .with_cleanup(CleanupPolicy::AfterVerify);
+//! let job = engine.start(plan).await?;
+//! let snapshot = job.wait().await?;
+//! assert_eq!(snapshot.status, JobStatus::Completed);
+//! assert_eq!(target.bytes("photos/cat.jpg").as_deref(), Some(&b"meow"[..]));
+//! assert!(source.is_empty()); // moved, verified, forwarded, then cleaned up
+//! # Ok(()) }
+//! ```
+//!
 //! # Feature flags
 //! None.
 #![forbid(unsafe_code)]
@@ -60,7 +119,9 @@
     )
 )]
 
+mod engine;
 mod error;
 pub mod store;
 
+pub use crate::engine::{CancelReport, Engine, EngineBuilder, JobHandle};
 pub use crate::error::{BoxError, Error, ErrorKind, Op, Result};

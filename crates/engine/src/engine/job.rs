@@ -1,0 +1,232 @@
+//! [`JobHandle`] and the state a job's runner shares with it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ferry_checkpoint::Progress;
+use ferry_throttle::Throttle;
+use ferry_types::{JobId, JobSnapshot, JobStatus, MigrationPlan, ObjectKey, Rate};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+
+/// What [`JobHandle::cancel`] rolled back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CancelReport {
+    /// Keys whose copy was interrupted: their forwarding entry was removed, so they are
+    /// served from the source as before the job.
+    pub rolled_back: Vec<ObjectKey>,
+    /// Objects that were already forwarded when the job was cancelled; they stay forwarded.
+    pub forwarded: u64,
+    /// The job's snapshot at the end.
+    pub snapshot: Option<JobSnapshot>,
+}
+
+#[derive(Debug)]
+pub(crate) struct JobShared {
+    pub(crate) id: JobId,
+    pub(crate) throttle: Throttle,
+    pub(crate) paused: watch::Sender<bool>,
+    pub(crate) cancelled: watch::Sender<bool>,
+    /// Copies currently moving chunks (not parked): `pause` waits for zero.
+    pub(crate) streaming: watch::Sender<usize>,
+    pub(crate) snapshot: watch::Sender<JobSnapshot>,
+    pub(crate) bytes_copied: AtomicU64,
+    pub(crate) in_flight: AtomicU64,
+    pub(crate) rolled_back: Mutex<Vec<ObjectKey>>,
+    pub(crate) forwarded: AtomicU64,
+    pub(crate) started: tokio::time::Instant,
+}
+
+impl JobShared {
+    pub(crate) fn new(
+        plan: &MigrationPlan,
+        id: JobId,
+        throttle: Throttle,
+        total_objects: Option<u64>,
+        progress: &Progress,
+    ) -> Arc<JobShared> {
+        let mut snapshot = JobSnapshot::new(id.clone(), plan.source, plan.target);
+        snapshot.status = JobStatus::Running;
+        snapshot.total_objects = total_objects;
+        snapshot.done_objects = progress.done_objects;
+        snapshot.done_bytes = progress.done_bytes;
+        snapshot.skipped_objects = progress.skipped_objects;
+        snapshot.effective_rate = throttle.effective_rate();
+        Arc::new(JobShared {
+            id,
+            throttle,
+            paused: watch::Sender::new(false),
+            cancelled: watch::Sender::new(false),
+            streaming: watch::Sender::new(0),
+            snapshot: watch::Sender::new(snapshot),
+            bytes_copied: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            rolled_back: Mutex::new(Vec::new()),
+            forwarded: AtomicU64::new(0),
+            started: tokio::time::Instant::now(),
+        })
+    }
+
+    /// Publishes a new snapshot, changed by `f`, with the live counters filled in.
+    pub(crate) fn publish(&self, f: impl FnOnce(&mut JobSnapshot)) {
+        self.snapshot.send_modify(|snap| {
+            f(snap);
+            snap.bytes_copied = self.bytes_copied.load(Ordering::Relaxed);
+            snap.in_flight = self.in_flight.load(Ordering::Relaxed);
+            snap.effective_rate = self.throttle.effective_rate();
+            snap.elapsed = self.started.elapsed();
+            let secs = snap.elapsed.as_secs_f64();
+            if secs > 0.0 {
+                snap.throughput = (snap.bytes_copied as f64 / secs) as u64;
+                snap.objects_per_sec = (snap.done_objects as f64 / secs) as u64;
+            }
+            snap.eta = snap
+                .remaining_bytes()
+                .and_then(|left| JobSnapshot::estimate_eta(left, snap.throughput));
+        });
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        *self.cancelled.borrow()
+    }
+
+    /// Parks while the job is paused, at a chunk boundary. Returns `Err(Cancelled)` when the
+    /// job is cancelled (also while parked). The caller is counted in `streaming` before
+    /// and after; while parked it is not.
+    pub(crate) async fn chunk_boundary(&self) -> Result<()> {
+        if self.is_cancelled() {
+            return Err(self.cancelled_error());
+        }
+        if !*self.paused.borrow() {
+            return Ok(());
+        }
+        self.streaming.send_modify(|n| *n = n.saturating_sub(1));
+        let mut paused = self.paused.subscribe();
+        let mut cancelled = self.cancelled.subscribe();
+        let outcome = tokio::select! {
+            _ = paused.wait_for(|p| !*p) => Ok(()),
+            _ = cancelled.wait_for(|c| *c) => Err(self.cancelled_error()),
+        };
+        self.streaming.send_modify(|n| *n += 1);
+        outcome
+    }
+
+    pub(crate) fn cancelled_error(&self) -> Error {
+        Error::Cancelled {
+            job: self.id.clone(),
+        }
+    }
+}
+
+/// A running job: watch it, pause, resume, throttle or cancel it, wait for its end.
+///
+/// Dropping the handle does not stop the job.
+#[derive(Debug)]
+pub struct JobHandle {
+    shared: Arc<JobShared>,
+    task: JoinHandle<Result<JobSnapshot>>,
+}
+
+impl JobHandle {
+    pub(crate) fn new(shared: Arc<JobShared>, task: JoinHandle<Result<JobSnapshot>>) -> Self {
+        JobHandle { shared, task }
+    }
+
+    /// The job's id.
+    pub fn id(&self) -> &JobId {
+        &self.shared.id
+    }
+
+    /// The job's state now, as plain data.
+    pub fn snapshot(&self) -> JobSnapshot {
+        let mut snap = self.shared.snapshot.borrow().clone();
+        snap.bytes_copied = self.shared.bytes_copied.load(Ordering::Relaxed);
+        snap.in_flight = self.shared.in_flight.load(Ordering::Relaxed);
+        snap
+    }
+
+    /// A receiver of snapshots, updated as objects finish and the status changes.
+    pub fn watch(&self) -> watch::Receiver<JobSnapshot> {
+        self.shared.snapshot.subscribe()
+    }
+
+    /// Changes the job's bandwidth limit at once (within the engine's global limit).
+    pub fn set_rate(&self, rate: Rate) {
+        self.shared.throttle.set_rate(rate);
+        self.shared.publish(|_| {});
+    }
+
+    /// Pauses the job: no new object starts, copies in flight park at their next chunk
+    /// boundary, and a checkpoint is saved. Returns once every copy is parked and the status
+    /// is [`JobStatus::Paused`] (or the job ended). Objects past their copy (verifying,
+    /// cleaning up) finish their step.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the pause happens anyway; only the wait is dropped.
+    pub async fn pause(&self) {
+        self.shared.paused.send_replace(true);
+        let mut streaming = self.shared.streaming.subscribe();
+        let _ = streaming.wait_for(|n| *n == 0).await;
+        let mut snap = self.shared.snapshot.subscribe();
+        let _ = snap
+            .wait_for(|s| s.status == JobStatus::Paused || s.status.is_finished())
+            .await;
+    }
+
+    /// Resumes a paused job.
+    pub fn resume(&self) {
+        self.shared.paused.send_replace(false);
+    }
+
+    /// Cancels the job: no new object starts, copies in flight stop and their forwarding
+    /// entries (`Copying`) are removed, so those keys are served from the source as before;
+    /// objects already forwarded stay forwarded (reads go to their complete target copy).
+    /// Waits for the job to end and reports what was rolled back.
+    ///
+    /// # Errors
+    /// As [`wait`](JobHandle::wait).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the job is cancelled anyway; only the wait is dropped.
+    pub async fn cancel(self) -> Result<CancelReport> {
+        self.shared.cancelled.send_replace(true);
+        let shared = Arc::clone(&self.shared);
+        let snapshot = self.wait().await?;
+        let rolled_back = std::mem::take(&mut *shared.rolled_back.lock());
+        Ok(CancelReport {
+            rolled_back,
+            forwarded: shared.forwarded.load(Ordering::Relaxed),
+            snapshot: Some(snapshot),
+        })
+    }
+
+    /// Waits for the job to end and returns its last snapshot.
+    ///
+    /// # Errors
+    /// The error that stopped the job (the checkpoint store or a store's `sync` failed, the
+    /// listing failed); failed objects are not errors of the job (its status is then
+    /// [`JobStatus::CompletedWithErrors`]). [`Error::RunnerGone`] when the runner panicked.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping the future detaches the job (it goes on running).
+    pub async fn wait(self) -> Result<JobSnapshot> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(_) => Err(Error::RunnerGone {
+                job: self.shared.id.clone(),
+            }),
+        }
+    }
+
+    /// Stops the job abruptly, as a crash would: the runner and its copies are dropped where
+    /// they are, with no last checkpoint and no cleanup. For crash tests only.
+    #[doc(hidden)]
+    pub async fn crash_for_tests(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}

@@ -1,0 +1,712 @@
+//! The job's runner and the per-object pipeline COPY → VERIFY → FORWARD → CLEANUP (SPEC §2).
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use ferry_checkpoint::{Checkpointer, Progress, ProgressUpdate};
+use ferry_forwarding::{Conflict, EntryState};
+use ferry_types::{
+    CleanupPolicy, JobSnapshot, JobStatus, MigrationPlan, ObjectKey, ObjectSelection, VerifyMode,
+    Version,
+};
+use futures_util::{StreamExt, TryStreamExt};
+use parking_lot::Mutex;
+use tokio::task::JoinSet;
+
+use super::EngineInner;
+use super::job::JobShared;
+use crate::error::{Error, Result};
+use crate::store::{BoxStream, Store};
+
+pub(crate) struct JobCtx {
+    pub(crate) engine: Arc<EngineInner>,
+    pub(crate) plan: MigrationPlan,
+    pub(crate) source: Arc<dyn Store>,
+    pub(crate) target: Arc<dyn Store>,
+    pub(crate) shared: Arc<JobShared>,
+    /// The job had a record before this run: an object whose source is gone but whose target
+    /// copy exists may have been moved and cleaned by the run that crashed.
+    pub(crate) resumed: bool,
+}
+
+/// How one object ended in this run.
+#[derive(Debug)]
+enum Outcome {
+    Done {
+        key: ObjectKey,
+        bytes: u64,
+    },
+    Skipped {
+        key: ObjectKey,
+    },
+    Failed {
+        key: ObjectKey,
+        attempts: u32,
+        error: Error,
+    },
+    /// Stopped by cancel before its flip; its entry was removed.
+    RolledBack,
+}
+
+/// Runs the job to its end.
+pub(crate) async fn run(
+    ctx: Arc<JobCtx>,
+    checkpointer: Checkpointer,
+    progress: Progress,
+) -> Result<JobSnapshot> {
+    let result = drive(&ctx, &checkpointer, &progress).await;
+    let shared = &ctx.shared;
+    let status = match &result {
+        Err(_) => JobStatus::Failed,
+        Ok(()) if shared.is_cancelled() => JobStatus::Cancelled,
+        Ok(()) if shared.snapshot.borrow().failed_objects > 0 => JobStatus::CompletedWithErrors,
+        Ok(()) => JobStatus::Completed,
+    };
+    if matches!(
+        status,
+        JobStatus::Completed | JobStatus::CompletedWithErrors
+    ) {
+        checkpointer.set_status(JobStatus::Completing);
+        shared.publish(|s| s.status = JobStatus::Completing);
+        if let Err(err) = checkpointer.flush().await {
+            let _ = checkpointer.close().await;
+            shared.publish(|s| s.status = JobStatus::Failed);
+            return Err(err.into());
+        }
+    }
+    checkpointer.set_status(status);
+    let closed = checkpointer.close().await;
+    let released = match closed {
+        Ok(lease) => ctx
+            .engine
+            .checkpoints
+            .release(&lease)
+            .await
+            .map_err(Error::from),
+        Err(err) => Err(Error::from(err)),
+    };
+    let final_status = if result.is_ok() && released.is_err() {
+        JobStatus::Failed
+    } else {
+        status
+    };
+    shared.publish(|s| s.status = final_status);
+    result?;
+    released?;
+    Ok(shared.snapshot.borrow().clone())
+}
+
+/// Keys of the plan, lazily, in key order; already-done keys are left out (I4).
+fn keys(ctx: &JobCtx, progress: &Progress) -> BoxStream<'static, Result<ObjectKey>> {
+    let progress = progress.clone();
+    let stream: BoxStream<'static, Result<ObjectKey>> = match &ctx.plan.objects {
+        ObjectSelection::Keys(keys) => {
+            let mut keys = keys.clone();
+            keys.sort();
+            keys.dedup();
+            Box::pin(futures_util::stream::iter(keys.into_iter().map(Ok)))
+        }
+        ObjectSelection::Prefix(prefix) if ctx.resumed => {
+            // A crashed run may have cleaned a source it had not yet recorded done: such a
+            // key is only on the target now, and must still be recorded (I4).
+            let source = ctx.source.list(prefix, None).map_ok(|meta| meta.key);
+            let target = ctx.target.list(prefix, None).map_ok(|meta| meta.key);
+            merge_keys(Box::pin(source), Box::pin(target))
+        }
+        ObjectSelection::Prefix(prefix) => {
+            Box::pin(ctx.source.list(prefix, None).map_ok(|meta| meta.key))
+        }
+    };
+    Box::pin(stream.try_filter(move |key| std::future::ready(!progress.is_done(key))))
+}
+
+type KeyStream = BoxStream<'static, Result<ObjectKey>>;
+
+/// The union of two key-ordered streams, in key order, each key once. An error ends it.
+fn merge_keys(a: KeyStream, b: KeyStream) -> KeyStream {
+    let a = a.fuse();
+    let b = b.fuse();
+    let state = (a, b, None::<ObjectKey>, None::<ObjectKey>, false);
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |(mut a, mut b, mut pa, mut pb, failed)| async move {
+            if failed {
+                return None;
+            }
+            if pa.is_none() {
+                match a.next().await {
+                    Some(Ok(key)) => pa = Some(key),
+                    Some(Err(err)) => return Some((Err(err), (a, b, pa, pb, true))),
+                    None => {}
+                }
+            }
+            if pb.is_none() {
+                match b.next().await {
+                    Some(Ok(key)) => pb = Some(key),
+                    Some(Err(err)) => return Some((Err(err), (a, b, pa, pb, true))),
+                    None => {}
+                }
+            }
+            let key = match (pa.take(), pb.take()) {
+                (None, None) => return None,
+                (Some(x), None) => x,
+                (None, Some(y)) => y,
+                (Some(x), Some(y)) => match x.cmp(&y) {
+                    std::cmp::Ordering::Less => {
+                        pb = Some(y);
+                        x
+                    }
+                    std::cmp::Ordering::Greater => {
+                        pa = Some(x);
+                        y
+                    }
+                    std::cmp::Ordering::Equal => x,
+                },
+            };
+            Some((Ok(key), (a, b, pa, pb, false)))
+        },
+    ))
+}
+
+async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progress) -> Result<()> {
+    let shared = &ctx.shared;
+    let concurrency = ctx.plan.options.concurrency.get();
+    let interval = ctx.plan.options.checkpoint;
+    let mut keys = keys(ctx, progress);
+    let mut set: JoinSet<Outcome> = JoinSet::new();
+    let mut pending: Vec<Outcome> = Vec::new();
+    let mut order = Order::default();
+    let mut exhausted = false;
+    let mut paused_rx = shared.paused.subscribe();
+    let mut cancelled_rx = shared.cancelled.subscribe();
+    let mut ticker = tokio::time::interval(interval.every.max(std::time::Duration::from_millis(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fatal: Option<Error> = None;
+    let mut was_paused = false;
+    loop {
+        let paused = *paused_rx.borrow_and_update();
+        cancelled_rx.borrow_and_update();
+        let stopping = shared.is_cancelled() || fatal.is_some();
+        if paused && !was_paused && !stopping {
+            // Pause: save what is finished, then say so.
+            if let Err(err) = commit(ctx, checkpointer, &mut pending, &mut order).await {
+                fatal = Some(err);
+                shared.cancelled.send_replace(true);
+                continue;
+            }
+            checkpointer.set_status(JobStatus::Paused);
+            if let Err(err) = checkpointer.flush().await {
+                fatal = Some(err.into());
+                shared.cancelled.send_replace(true);
+                continue;
+            }
+            shared.publish(|s| s.status = JobStatus::Paused);
+            was_paused = true;
+        } else if !paused && was_paused {
+            checkpointer.set_status(JobStatus::Running);
+            if let Err(err) = checkpointer.flush().await {
+                fatal = Some(err.into());
+                shared.cancelled.send_replace(true);
+            }
+            shared.publish(|s| s.status = JobStatus::Running);
+            was_paused = false;
+        }
+        while !paused && !stopping && !exhausted && set.len() < concurrency {
+            match keys.next().await {
+                Some(Ok(key)) => {
+                    order.dispatched.push_back(key.clone());
+                    shared.in_flight.fetch_add(1, Ordering::Relaxed);
+                    let ctx = Arc::clone(ctx);
+                    set.spawn(async move { process(&ctx, key).await });
+                }
+                Some(Err(err)) => {
+                    fatal = Some(err);
+                    shared.cancelled.send_replace(true);
+                    break;
+                }
+                None => exhausted = true,
+            }
+        }
+        let stopping = shared.is_cancelled() || fatal.is_some();
+        if set.is_empty() && ((exhausted && !paused) || stopping) {
+            break;
+        }
+        if exhausted && !stopping {
+            shared.publish(|s| s.status = JobStatus::Completing);
+        }
+        tokio::select! {
+            Some(joined) = set.join_next() => {
+                shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                match joined {
+                    Ok(outcome) => pending.push(outcome),
+                    Err(_) => {
+                        // A per-object task panicked: stop the job; its key stays unfinished.
+                        fatal.get_or_insert(Error::RunnerGone { job: shared.id.clone() });
+                        shared.cancelled.send_replace(true);
+                    }
+                }
+                if pending.len() as u64 >= interval.objects
+                    && let Err(err) = commit(ctx, checkpointer, &mut pending, &mut order).await
+                {
+                    fatal.get_or_insert(err);
+                    shared.cancelled.send_replace(true);
+                }
+            }
+            _ = ticker.tick() => {
+                if let Err(err) = commit(ctx, checkpointer, &mut pending, &mut order).await {
+                    fatal.get_or_insert(err);
+                    shared.cancelled.send_replace(true);
+                }
+            }
+            _ = paused_rx.changed() => {}
+            _ = cancelled_rx.changed() => {}
+        }
+    }
+    commit(ctx, checkpointer, &mut pending, &mut order).await?;
+    checkpointer.flush().await?;
+    match fatal {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+/// Makes the target durable, then records the finished objects (sync before record: an
+/// object recorded done is on the target durably, I1/I4).
+async fn commit(
+    ctx: &JobCtx,
+    checkpointer: &Checkpointer,
+    pending: &mut Vec<Outcome>,
+    order: &mut Order,
+) -> Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let batch = std::mem::take(pending);
+    if batch.iter().any(|o| matches!(o, Outcome::Done { .. })) {
+        with_retry(ctx, "sync", || ctx.target.sync())
+            .await
+            .map_err(|(_, err)| err)?;
+    }
+    let shared = &ctx.shared;
+    for outcome in batch {
+        match outcome {
+            Outcome::Done { key, bytes } => {
+                order.finished.insert(key.clone());
+                checkpointer.record(ProgressUpdate::Done { key, bytes });
+                shared.publish(|s| {
+                    s.done_objects += 1;
+                    s.done_bytes += bytes;
+                });
+            }
+            Outcome::Skipped { key } => {
+                order.finished.insert(key.clone());
+                checkpointer.record(ProgressUpdate::Skipped { key });
+                shared.publish(|s| {
+                    s.done_objects += 1;
+                    s.skipped_objects += 1;
+                });
+            }
+            Outcome::Failed {
+                key,
+                attempts,
+                error,
+            } => {
+                order.finished.insert(key.clone());
+                checkpointer.record(ProgressUpdate::Failed {
+                    key,
+                    attempts,
+                    error: error_chain(&error),
+                });
+                shared.publish(|s| s.failed_objects += 1);
+            }
+            Outcome::RolledBack => {}
+        }
+    }
+    // Every key up to the watermark is recorded finished, so the record's done set stays
+    // bounded by what is in flight (keys are dispatched in key order).
+    let mut watermark = None;
+    while let Some(front) = order.dispatched.front() {
+        if !order.finished.remove(front) {
+            break;
+        }
+        watermark = order.dispatched.pop_front();
+    }
+    if let Some(key) = watermark {
+        checkpointer.record(ProgressUpdate::Watermark(key));
+    }
+    Ok(())
+}
+
+/// The keys dispatched in key order and not yet under the watermark, and which of them are
+/// recorded finished.
+#[derive(Default)]
+struct Order {
+    dispatched: std::collections::VecDeque<ObjectKey>,
+    finished: std::collections::HashSet<ObjectKey>,
+}
+
+/// The error and its causes, as the one line the checkpoint record keeps.
+fn error_chain(error: &Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn jitter_unit(attempt: u32) -> f64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(attempt);
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Runs `op` until it succeeds, fails permanently or the retry policy is spent. The error
+/// comes with the attempts made.
+async fn with_retry<'a, T, F>(
+    ctx: &'a JobCtx,
+    _what: &'static str,
+    mut op: impl FnMut() -> F,
+) -> Result<T, (u32, Error)>
+where
+    F: std::future::Future<Output = Result<T>> + 'a,
+{
+    let retry = &ctx.plan.options.retry;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match op().await {
+            Ok(value) => return Ok(value),
+            Err(err) if err.is_transient() && retry.should_retry(attempts) => {
+                if ctx.shared.is_cancelled() {
+                    return Err((attempts, err));
+                }
+                tokio::time::sleep(retry.backoff(attempts, jitter_unit(attempts))).await;
+            }
+            Err(err) => return Err((attempts, err)),
+        }
+    }
+}
+
+/// What one copy read and wrote.
+struct Copied {
+    version: Version,
+    bytes: u64,
+}
+
+enum CopyResult {
+    Copied(Copied),
+    /// The source had no such object when the copy opened it.
+    Vanished,
+}
+
+/// Counts the caller among the copies moving chunks, for as long as it lives.
+struct Streaming<'a>(&'a JobShared);
+
+impl<'a> Streaming<'a> {
+    fn enter(shared: &'a JobShared) -> Self {
+        shared.streaming.send_modify(|n| *n += 1);
+        Streaming(shared)
+    }
+}
+
+impl Drop for Streaming<'_> {
+    fn drop(&mut self) {
+        self.0.streaming.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// COPY then VERIFY, once: streams source → target chunk by chunk through the job's
+/// throttle, hashing while streaming (I7), then checks the target per the verify mode.
+async fn copy_once(ctx: &JobCtx, key: &ObjectKey) -> Result<CopyResult> {
+    let shared = &*ctx.shared;
+    let object = match ctx.source.get(key).await {
+        Ok(object) => object,
+        Err(err) if err.is_not_found() => return Ok(CopyResult::Vanished),
+        Err(err) => return Err(err),
+    };
+    let version = object.meta.version.clone();
+    let body = object.checked_body();
+    let state = Mutex::new((blake3::Hasher::new(), 0u64));
+    let streaming = Streaming::enter(shared);
+    let throttled =
+        futures_util::stream::unfold((body, &state), move |(mut body, state)| async move {
+            if let Err(err) = shared.chunk_boundary().await {
+                return Some((Err(err), (body, state)));
+            }
+            let chunk: Bytes = match body.next().await? {
+                Ok(chunk) => chunk,
+                Err(err) => return Some((Err(err), (body, state))),
+            };
+            shared.throttle.acquire(chunk.len() as u64).await;
+            {
+                let mut guard = state.lock();
+                guard.0.update(&chunk);
+                guard.1 += chunk.len() as u64;
+            }
+            shared
+                .bytes_copied
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            Some((Ok(chunk), (body, state)))
+        });
+    let put = ctx.target.put(key, Box::pin(throttled)).await;
+    drop(streaming);
+    put?;
+    let (hash, bytes) = {
+        let guard = state.lock();
+        (guard.0.finalize(), guard.1)
+    };
+    match ctx.plan.options.verify {
+        VerifyMode::None => {}
+        VerifyMode::Size => {
+            let size = ctx.target.head(key).await?.map(|m| m.size);
+            if size != Some(bytes) {
+                return Err(Error::VerifyMismatch {
+                    key: key.clone(),
+                    what: "size",
+                });
+            }
+        }
+        VerifyMode::Checksum => {
+            let copy = ctx.target.get(key).await?;
+            let mut body = copy.checked_body();
+            let mut hasher = blake3::Hasher::new();
+            let mut read = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                read += chunk.len() as u64;
+                hasher.update(&chunk);
+            }
+            if read != bytes {
+                return Err(Error::VerifyMismatch {
+                    key: key.clone(),
+                    what: "size",
+                });
+            }
+            if hasher.finalize() != hash {
+                return Err(Error::VerifyMismatch {
+                    key: key.clone(),
+                    what: "checksum",
+                });
+            }
+        }
+    }
+    Ok(CopyResult::Copied(Copied { version, bytes }))
+}
+
+/// The whole pipeline of one object.
+async fn process(ctx: &JobCtx, key: ObjectKey) -> Outcome {
+    let table = &ctx.engine.table;
+    let (source, target) = (ctx.plan.source, ctx.plan.target);
+    let fail = |attempts, error| {
+        table.remove(key.as_str());
+        Outcome::Failed {
+            key: key.clone(),
+            attempts,
+            error,
+        }
+    };
+    if let Err(err) = table.register(&key, source, target) {
+        match table.get(key.as_str()) {
+            // Left by a run of this job that stopped mid-copy: start the move afresh.
+            Some(info)
+                if matches!(info.state, EntryState::Copying | EntryState::Fenced)
+                    && info.copy_from == source
+                    && info.target == target =>
+            {
+                table.remove(key.as_str());
+                if let Err(err) = table.register(&key, source, target) {
+                    return fail(1, err.into());
+                }
+            }
+            // Flipped by a run of this job that stopped before recording it done: the target
+            // holds the object and serves it; only the cleanup is left.
+            Some(info) if info.state == EntryState::Forwarded && info.target == target => {
+                ctx.shared.forwarded.fetch_add(1, Ordering::Relaxed);
+                let bytes = match ctx.target.head(&key).await {
+                    Ok(Some(meta)) => meta.size,
+                    Ok(None) => return fail(1, Error::NotFound { key: key.clone() }),
+                    Err(err) => return fail(1, err),
+                };
+                return cleanup(ctx, key.clone(), None, bytes).await;
+            }
+            _ => return fail(1, err.into()),
+        }
+    }
+    let max_flips = ctx.plan.options.max_flip_attempts;
+    let mut refused = 0u32;
+    let mut fenced = false;
+    let mut first = true;
+    let copied = loop {
+        // The generation is read BEFORE the copy opens the source (I3).
+        let observed = if fenced {
+            match table.wait_drained(key.as_str()).await {
+                Ok(generation) => generation,
+                Err(err) => return fail(refused + 1, err.into()),
+            }
+        } else {
+            match table.generation(key.as_str()) {
+                Some(generation) => generation,
+                None => return fail(refused + 1, Error::Forwarding(not_found(&key))),
+            }
+        };
+        let result = with_retry(ctx, "copy", || copy_once(ctx, &key)).await;
+        let copied = match result {
+            Ok(CopyResult::Copied(copied)) => copied,
+            Ok(CopyResult::Vanished) => {
+                table.remove(key.as_str());
+                if first && ctx.resumed {
+                    // The crashed run may have moved and cleaned it: keep a target copy.
+                    if let Ok(Some(meta)) = ctx.target.head(&key).await {
+                        return Outcome::Done {
+                            key,
+                            bytes: meta.size,
+                        };
+                    }
+                }
+                // Absent on both sides, never resurrected (I3).
+                return match with_retry(ctx, "delete", || ctx.target.delete(&key)).await {
+                    Ok(_) => Outcome::Skipped { key },
+                    Err((attempts, err)) => fail(attempts, err),
+                };
+            }
+            Err((attempts, err)) => {
+                if ctx.shared.is_cancelled() {
+                    return rolled_back(ctx, key);
+                }
+                return fail(attempts, err);
+            }
+        };
+        first = false;
+        if ctx.shared.is_cancelled() {
+            return rolled_back(ctx, key);
+        }
+        match table.try_flip(key.as_str(), observed) {
+            Ok(()) => break copied,
+            Err(Conflict::WritesSinceCopyBegan { .. } | Conflict::WritesInFlight { .. }) => {
+                refused += 1;
+                if fenced && refused > max_flips + 2 {
+                    return fail(refused, Error::Forwarding(not_found(&key)));
+                }
+                if !fenced && refused >= max_flips {
+                    if let Err(err) = table.fence(key.as_str()) {
+                        return fail(refused, err.into());
+                    }
+                    fenced = true;
+                }
+            }
+            Err(_) => return fail(refused + 1, Error::Forwarding(not_found(&key))),
+        }
+    };
+    ctx.shared.forwarded.fetch_add(1, Ordering::Relaxed);
+    cleanup(ctx, key, Some(copied.version), copied.bytes).await
+}
+
+fn not_found(key: &ObjectKey) -> ferry_forwarding::Error {
+    ferry_forwarding::Error::NotFound {
+        key: key.as_str().to_owned(),
+    }
+}
+
+fn rolled_back(ctx: &JobCtx, key: ObjectKey) -> Outcome {
+    ctx.engine.table.remove(key.as_str());
+    ctx.shared.rolled_back.lock().push(key);
+    Outcome::RolledBack
+}
+
+/// CLEANUP per the policy: after the grace period, make the target durable, then delete the
+/// source only if it still has the version that was copied (I1). `copied` is `None` when the
+/// copy was made by an earlier run, whose copied version is not known: then the source is
+/// deleted only if its content hashes the same as the target's, else it is kept.
+async fn cleanup(ctx: &JobCtx, key: ObjectKey, copied: Option<Version>, bytes: u64) -> Outcome {
+    let grace = match ctx.plan.options.cleanup {
+        CleanupPolicy::Never => return Outcome::Done { key, bytes },
+        CleanupPolicy::AfterVerify => None,
+        CleanupPolicy::AfterGrace(grace) => Some(grace),
+    };
+    if let Some(grace) = grace {
+        let mut cancelled = ctx.shared.cancelled.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(grace) => {}
+            _ = cancelled.wait_for(|c| *c) => {
+                // Cancelled during the grace period: the object stays forwarded, the source
+                // stays; not recorded done, as it is not cleaned.
+                return Outcome::RolledBack;
+            }
+        }
+    }
+    // The target copy must be durable before the only other copy goes (I1).
+    if let Err((attempts, err)) = with_retry(ctx, "sync", || ctx.target.sync()).await {
+        return Outcome::Failed {
+            key,
+            attempts,
+            error: err,
+        };
+    }
+    let head = match with_retry(ctx, "head", || ctx.source.head(&key)).await {
+        Ok(head) => head,
+        Err((attempts, error)) => {
+            return Outcome::Failed {
+                key,
+                attempts,
+                error,
+            };
+        }
+    };
+    let Some(meta) = head else {
+        return Outcome::Done { key, bytes };
+    };
+    match &copied {
+        // The source changed since it was copied (a write outside the table): keep it.
+        Some(version) if *version != meta.version => return Outcome::Done { key, bytes },
+        Some(_) => {}
+        None => match with_retry(ctx, "compare", || same_content(ctx, &key)).await {
+            Ok(true) => {}
+            // Not provably the same bytes: never delete what may be the only copy (I1).
+            Ok(false) => return Outcome::Done { key, bytes },
+            Err((attempts, error)) => {
+                return Outcome::Failed {
+                    key,
+                    attempts,
+                    error,
+                };
+            }
+        },
+    }
+    match with_retry(ctx, "delete", || ctx.source.delete(&key)).await {
+        Ok(_) => Outcome::Done { key, bytes },
+        Err((attempts, error)) => Outcome::Failed {
+            key,
+            attempts,
+            error,
+        },
+    }
+}
+
+/// Whether the source and the target hold the same bytes under `key` (both streamed through
+/// blake3, a chunk at a time). A side without the object is "not the same".
+async fn same_content(ctx: &JobCtx, key: &ObjectKey) -> Result<bool> {
+    async fn digest(
+        store: &dyn crate::store::Store,
+        key: &ObjectKey,
+    ) -> Result<Option<blake3::Hash>> {
+        let object = match store.get(key).await {
+            Ok(object) => object,
+            Err(err) if err.is_not_found() => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let mut body = object.checked_body();
+        let mut hasher = blake3::Hasher::new();
+        while let Some(chunk) = body.next().await {
+            hasher.update(&chunk?);
+        }
+        Ok(Some(hasher.finalize()))
+    }
+    let source = digest(&*ctx.source, key).await?;
+    let target = digest(&*ctx.target, key).await?;
+    Ok(source.is_some() && source == target)
+}

@@ -1,0 +1,268 @@
+//! One job from start to end: COPY → VERIFY → FORWARD → CLEANUP.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_engine::store::{Fault, FaultyStore, MemStore, Store, Trigger, body_from_bytes};
+use ferry_engine::{Error, Op};
+use ferry_forwarding::{Route, Table};
+use ferry_types::{CleanupPolicy, JobStatus, ObjectKey, ObjectSelection, RetryPolicy, VerifyMode};
+
+use crate::util::*;
+
+#[tokio::test]
+async fn i1_all_objects_copied_and_sources_deleted_after_verify() {
+    let source = filled(1000);
+    let target = MemStore::new();
+    let table = Table::default();
+    let engine = engine(
+        Arc::new(source.clone()),
+        Arc::new(target.clone()),
+        &table,
+        mem_checkpoints(),
+    );
+    let plan = plan("i1-after-verify", ObjectSelection::all())
+        .with_verify(VerifyMode::Checksum)
+        .with_cleanup(CleanupPolicy::AfterVerify);
+    let snap = engine.start(plan).await.unwrap().wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed);
+    assert_eq!(snap.done_objects, 1000);
+    assert_eq!(snap.in_flight, 0);
+    assert!(source.is_empty(), "sources are deleted after verify");
+    for i in 0..1000 {
+        assert_eq!(target.bytes(key(i).as_str()).unwrap(), content(i));
+        assert_eq!(table.route_read(key(i).as_str()), Route::Target(b()));
+    }
+}
+
+#[tokio::test]
+async fn i1_sources_kept_under_cleanup_never() {
+    let source = filled(200);
+    let target = MemStore::new();
+    let table = Table::default();
+    let engine = engine(
+        Arc::new(source.clone()),
+        Arc::new(target.clone()),
+        &table,
+        mem_checkpoints(),
+    );
+    let plan = plan("i1-never", ObjectSelection::all())
+        .with_verify(VerifyMode::Size)
+        .with_cleanup(CleanupPolicy::Never);
+    let snap = engine.start(plan).await.unwrap().wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed);
+    assert_eq!(source.len(), 200, "nothing deleted under Never");
+    for i in 0..200 {
+        assert_eq!(target.bytes(key(i).as_str()).unwrap(), content(i));
+    }
+}
+
+#[tokio::test]
+async fn a_prefix_moves_only_its_keys() {
+    let source = filled(20);
+    source.insert(ObjectKey::new("other/x").unwrap(), "x");
+    let target = MemStore::new();
+    let table = Table::default();
+    let engine = engine(
+        Arc::new(source.clone()),
+        Arc::new(target.clone()),
+        &table,
+        mem_checkpoints(),
+    );
+    let plan = plan("prefix", ObjectSelection::prefix("obj/0000"))
+        .with_cleanup(CleanupPolicy::AfterVerify);
+    let snap = engine.start(plan).await.unwrap().wait().await.unwrap();
+    assert_eq!(snap.done_objects, 10);
+    assert_eq!(target.len(), 10);
+    assert_eq!(source.len(), 11);
+    assert!(target.bytes("other/x").is_none());
+}
+
+#[tokio::test]
+async fn start_refuses_unknown_nodes_and_invalid_plans() {
+    let table = Table::default();
+    let engine = engine(
+        Arc::new(MemStore::new()),
+        Arc::new(MemStore::new()),
+        &table,
+        mem_checkpoints(),
+    );
+    let mut plan = plan("unknown", ObjectSelection::all());
+    plan.target = ferry_types::NodeId::new("zzz").unwrap();
+    let err = engine.start(plan).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::UnknownNode { node } if node.as_str() == "zzz"),
+        "{err}"
+    );
+    let bad = crate::util::plan("bad", ObjectSelection::all()).with_retry(RetryPolicy {
+        max_attempts: 0,
+        ..RetryPolicy::default()
+    });
+    let err = engine.start(bad).await.unwrap_err();
+    assert!(matches!(err, Error::Plan(_)), "{err}");
+}
+
+#[tokio::test]
+async fn i3_source_deleted_mid_job_is_skipped_and_absent_on_both_sides() {
+    let source = filled(50);
+    // Every get waits, so the deletion below lands while the job runs.
+    let slow = FaultyStore::new(source.clone());
+    slow.inject(
+        Op::Get,
+        Trigger::Always,
+        Fault::Latency(Duration::from_millis(5)),
+    );
+    let target = MemStore::new();
+    let table = Table::default();
+    let engine = engine(
+        Arc::new(slow),
+        Arc::new(target.clone()),
+        &table,
+        mem_checkpoints(),
+    );
+    let plan = plan("vanish", ObjectSelection::keys((0..50).map(key)))
+        .with_concurrency(NonZeroUsize::new(2).unwrap())
+        .with_cleanup(CleanupPolicy::Never);
+    let handle = engine.start(plan).await.unwrap();
+    // The deleter goes through a write ticket, as the storage system must.
+    let victim = key(40);
+    {
+        let ticket = table.try_begin_write(victim.as_str()).unwrap();
+        assert_eq!(ticket.route(), Route::Source);
+        source.delete(&victim).await.unwrap();
+    }
+    let snap = handle.wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed);
+    assert_eq!(snap.skipped_objects, 1);
+    assert!(source.bytes(victim.as_str()).is_none());
+    assert!(target.bytes(victim.as_str()).is_none(), "never resurrected");
+    assert_eq!(table.route_read(victim.as_str()), Route::Source);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i3_no_acknowledged_write_is_lost_while_keys_move() {
+    const N: usize = 40;
+    let a_store = filled(N);
+    let b_store = MemStore::new();
+    let slow_a = FaultyStore::new(a_store.clone());
+    slow_a.inject(
+        Op::Get,
+        Trigger::Always,
+        Fault::Latency(Duration::from_millis(2)),
+    );
+    let table = Table::default();
+    let engine = engine(
+        Arc::new(slow_a),
+        Arc::new(b_store.clone()),
+        &table,
+        mem_checkpoints(),
+    );
+    let plan = plan("writer", ObjectSelection::all())
+        .with_concurrency(NonZeroUsize::new(4).unwrap())
+        .with_cleanup(CleanupPolicy::Never)
+        .with_max_flip_attempts(2);
+    let handle = engine.start(plan).await.unwrap();
+    let writer = {
+        let (table, a_store, b_store) = (table.clone(), a_store.clone(), b_store.clone());
+        tokio::spawn(async move {
+            let mut last = vec![None; N];
+            for round in 0..30u32 {
+                for (i, slot) in last.iter_mut().enumerate().take(N) {
+                    let k = key(i);
+                    let value = Bytes::from(format!("write {round} of {i}"));
+                    let ticket = table.begin_write(k.as_str()).await.unwrap();
+                    let store: &dyn Store = match ticket.route() {
+                        Route::Source => &a_store,
+                        Route::Target(node) => {
+                            assert_eq!(node, b());
+                            &b_store
+                        }
+                    };
+                    store
+                        .put(&k, body_from_bytes(value.clone(), 4))
+                        .await
+                        .unwrap();
+                    drop(ticket); // acknowledged
+                    *slot = Some(value);
+                }
+                tokio::task::yield_now().await;
+            }
+            last
+        })
+    };
+    let last = writer.await.unwrap();
+    let snap = handle.wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed);
+    let stats = table.stats();
+    assert!(
+        stats.flips_refused > 0,
+        "the writer overlapped copies: {stats:?}"
+    );
+    for (i, value) in last.into_iter().enumerate() {
+        let k = key(i);
+        let read = match table.route_read(k.as_str()) {
+            Route::Source => a_store.bytes(k.as_str()),
+            Route::Target(_) => b_store.bytes(k.as_str()),
+        };
+        assert_eq!(
+            read, value,
+            "last acknowledged write of {k} is readable where routed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn transient_faults_are_retried_and_the_job_completes() {
+    let source = filled(30);
+    let faulty = FaultyStore::with_seed(MemStore::new(), 7);
+    faulty.inject(Op::Put, Trigger::Call(3), Fault::Transient);
+    faulty.inject(Op::Put, Trigger::Call(10), Fault::Transient);
+    let faulty_source = FaultyStore::new(source.clone());
+    faulty_source.inject(Op::Get, Trigger::Call(5), Fault::FailGetAfter { after: 3 });
+    let table = Table::default();
+    let engine = engine(
+        Arc::new(faulty_source),
+        Arc::new(faulty.clone()),
+        &table,
+        mem_checkpoints(),
+    );
+    let plan = plan("transient", ObjectSelection::all())
+        .with_verify(VerifyMode::Checksum)
+        .with_cleanup(CleanupPolicy::AfterVerify);
+    let snap = engine.start(plan).await.unwrap().wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed);
+    assert_eq!(snap.done_objects, 30);
+    assert_eq!(snap.failed_objects, 0);
+    for i in 0..30 {
+        assert_eq!(faulty.inner().bytes(key(i).as_str()).unwrap(), content(i));
+    }
+    assert!(source.is_empty());
+}
+
+#[tokio::test]
+async fn i1_a_permanent_fault_fails_the_object_and_keeps_its_source() {
+    let source = filled(10);
+    let faulty = FaultyStore::new(MemStore::new());
+    faulty.inject(Op::Put, Trigger::Call(1), Fault::Permanent);
+    let table = Table::default();
+    let engine = engine(
+        Arc::new(source.clone()),
+        Arc::new(faulty.clone()),
+        &table,
+        mem_checkpoints(),
+    );
+    let plan = plan("permanent", ObjectSelection::all())
+        .with_concurrency(NonZeroUsize::new(1).unwrap())
+        .with_cleanup(CleanupPolicy::AfterVerify);
+    let snap = engine.start(plan).await.unwrap().wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::CompletedWithErrors);
+    assert_eq!(snap.failed_objects, 1);
+    assert_eq!(snap.done_objects, 9);
+    // The failed one is the first key (the first put): still on the source, read there.
+    assert_eq!(source.bytes(key(0).as_str()).unwrap(), content(0));
+    assert!(faulty.inner().bytes(key(0).as_str()).is_none());
+    assert_eq!(table.route_read(key(0).as_str()), Route::Source);
+    assert_eq!(source.len(), 1);
+}

@@ -1,0 +1,69 @@
+use std::sync::Arc;
+
+use ferry_checkpoint::{CheckpointStore, MemoryStore};
+use ferry_engine::Engine;
+use ferry_engine::store::{MemStore, Store};
+use ferry_forwarding::Table;
+use ferry_types::{
+    CheckpointInterval, JobId, MigrationPlan, NodeId, ObjectKey, ObjectSelection, RetryPolicy,
+};
+
+pub(crate) fn a() -> NodeId {
+    NodeId::new("a").unwrap()
+}
+
+pub(crate) fn b() -> NodeId {
+    NodeId::new("b").unwrap()
+}
+
+pub(crate) fn key(i: usize) -> ObjectKey {
+    ObjectKey::new(format!("obj/{i:05}")).unwrap()
+}
+
+pub(crate) fn content(i: usize) -> Vec<u8> {
+    format!("object number {i} ").repeat(1 + i % 7).into_bytes()
+}
+
+/// A source with `n` small objects.
+pub(crate) fn filled(n: usize) -> MemStore {
+    let store = MemStore::with_chunk_size(16);
+    for i in 0..n {
+        store.insert(key(i), content(i));
+    }
+    store
+}
+
+pub(crate) fn engine(
+    source: Arc<dyn Store>,
+    target: Arc<dyn Store>,
+    table: &Table,
+    checkpoints: Arc<dyn CheckpointStore>,
+) -> Engine {
+    Engine::builder()
+        .node(a(), source)
+        .node(b(), target)
+        .checkpoint_store(checkpoints)
+        .forwarding(table.clone())
+        .build()
+        .unwrap()
+}
+
+pub(crate) fn mem_checkpoints() -> Arc<dyn CheckpointStore> {
+    Arc::new(MemoryStore::new())
+}
+
+pub(crate) fn plan(id: &str, objects: ObjectSelection) -> MigrationPlan {
+    let retry = RetryPolicy {
+        max_attempts: 5,
+        initial_backoff: std::time::Duration::from_millis(1),
+        max_backoff: std::time::Duration::from_millis(10),
+        ..RetryPolicy::default()
+    };
+    MigrationPlan::new(a(), b(), objects)
+        .with_id(JobId::new(id).unwrap())
+        .with_retry(retry)
+        .with_checkpoint(CheckpointInterval {
+            objects: 50,
+            every: std::time::Duration::from_millis(50),
+        })
+}
