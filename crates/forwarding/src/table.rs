@@ -189,8 +189,11 @@ pub(crate) struct Entry {
     pub(crate) cold: Box<Cold>,
 }
 
-/// The longest key kept inline in an entry (most object keys are shorter).
-const INLINE_KEY: usize = 38;
+/// The longest key kept inline in an entry: most object keys are shorter (61-byte keys
+/// measured 0.6× dashmap on hits with 38 inline bytes, 0.75× with 70, under load).
+const INLINE_KEY: usize = 70;
+#[cfg(test)]
+pub(crate) const INLINE_KEY_FOR_TESTS: usize = INLINE_KEY;
 
 /// An entry's key: inline when short, so a lookup compares it in the bucket instead of
 /// following a pointer to it (that pointer chase was the largest part of a hit); a shared

@@ -317,3 +317,35 @@ fn error_messages_are_lowercase_without_period() {
         assert!(!text.ends_with('.'), "{text}");
     }
 }
+
+#[test]
+fn i2_keys_inline_or_shared_route_flip_and_snapshot_alike() {
+    // Around the inline capacity, and far beyond it (kept behind a pointer), plus unicode.
+    let long = "x".repeat(crate::table::INLINE_KEY_FOR_TESTS + 1);
+    let names = [
+        "k".to_owned(),
+        "y".repeat(crate::table::INLINE_KEY_FOR_TESTS),
+        long.clone(),
+        "z".repeat(1000),
+        "ünïcødé/🦀/key".to_owned(),
+    ];
+    let (table, _) = manual_table();
+    let (a, b) = (node("a"), node("b"));
+    for name in &names {
+        table.register(&key(name), a, b).unwrap();
+        let g = table.generation(name).unwrap();
+        table.try_flip(name, g).unwrap();
+        assert_eq!(table.route_read(name), Route::Target(b), "{name}");
+        // A key that differs only past the inline part is another key.
+        let mut other = name.clone();
+        other.push('!');
+        assert_eq!(table.route_read(&other), Route::Source, "{other}");
+        assert_eq!(table.get(name).unwrap().key.as_str(), name);
+    }
+    let restored = Table::restore(Config::default(), table.snapshot()).unwrap();
+    for name in &names {
+        assert_eq!(restored.route_read(name), Route::Target(b), "{name}");
+    }
+    assert!(table.remove(&long));
+    assert_eq!(table.route_read(&long), Route::Source);
+}
