@@ -18,6 +18,15 @@ fn present_key(i: usize) -> String {
     format!("bucket-{:04}/object-{i:08}", i % 1000)
 }
 
+/// A 61-byte key, like the paths object stores often hold (within the table's 70 inline
+/// bytes; dashmap follows a pointer for every key).
+fn long_key(i: usize) -> String {
+    format!(
+        "tenant-0042/bucket-{:04}/2026/11/26/objects/object-{i:08}.bin",
+        i % 1000
+    )
+}
+
 fn absent_key(i: usize) -> String {
     format!("bucket-{:04}/missing-{i:08}", i % 1000)
 }
@@ -36,6 +45,10 @@ struct Fixture {
 }
 
 fn fixture(n: usize) -> Fixture {
+    fixture_with(n, present_key)
+}
+
+fn fixture_with(n: usize, present_key: fn(usize) -> String) -> Fixture {
     let (a, b) = (
         NodeId::new("node-a").unwrap(),
         NodeId::new("node-b").unwrap(),
@@ -87,6 +100,30 @@ fn run_threads(
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     times.into_iter().max().unwrap_or_default()
+}
+
+/// Hits on 61-byte keys, one thread.
+fn route_read_long(c: &mut Criterion) {
+    for n in [100_000, 1_000_000] {
+        let f = fixture_with(n, long_key);
+        let mut group = c.benchmark_group(format!("route_read_hit_long_keys/{n}/1t"));
+        group.throughput(Throughput::Elements(1));
+        group.bench_function("ferry", |b| {
+            b.iter_custom(|iters| {
+                run_threads(1, iters, &f.hits, &|k| {
+                    black_box(f.table.route_read(k));
+                })
+            })
+        });
+        group.bench_function("dashmap", |b| {
+            b.iter_custom(|iters| {
+                run_threads(1, iters, &f.hits, &|k| {
+                    black_box(f.dash.get(k).map(|e| *e.value()));
+                })
+            })
+        });
+        group.finish();
+    }
 }
 
 fn route_read(c: &mut Criterion) {
@@ -194,5 +231,5 @@ fn sweep(_c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, route_read, sweep);
+criterion_group!(benches, route_read, route_read_long, sweep);
 criterion_main!(benches);
