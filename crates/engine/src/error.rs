@@ -184,6 +184,15 @@ pub enum Error {
     /// The job's throttle could not be built.
     #[error("throttle could not be built")]
     Throttle(#[from] ferry_throttle::Error),
+    /// The commit hook failed for an object: its source was kept (the object stays
+    /// forwarded to its target copy).
+    #[error("commit hook failed for {:?}", key.as_str())]
+    CommitHook {
+        /// The object.
+        key: ObjectKey,
+        /// The hook's error.
+        source: BoxError,
+    },
 }
 
 fn fmt_key(key: Option<&ObjectKey>) -> String {

@@ -31,23 +31,39 @@
 //!   fenced, drained, copied once more and flipped (I3). A source gone at open means
 //!   `Skipped`, absent on both sides. Transient errors are retried with the plan's backoff and
 //!   jitter; permanent or exhausted ones fail the object (its entry removed: reads stay on the
-//!   source) and the job ends `CompletedWithErrors`. Cleanup waits out the grace period,
-//!   syncs the target, and deletes the source only if it still has the copied version (I1).
+//!   source) and the job ends `CompletedWithErrors`. Cleanup waits out the grace period;
+//!   the object then waits for the next checkpoint commit, which syncs the target once for
+//!   the whole batch, then for each object calls the commit hook and deletes the source only
+//!   if it still has the copied version (I1: no source is deleted before a completed target
+//!   sync), then records the batch.
 //! - Objects are recorded done only after their last step, and only after a target `sync`
 //!   that began after they finished (sync before record).
 //! - [`JobHandle`]: `pause` (copies park at the next chunk; a checkpoint is saved),
 //!   `resume`, `cancel` (Copying entries removed, forwarded objects stay; a
-//!   [`CancelReport`]), `set_rate`, `snapshot`, `watch`, `wait`.
+//!   [`CancelReport`]), `set_rate`, `snapshot`, `watch`, `wait`, and
+//!   [`events`](JobHandle::events): a broadcast stream of per-object transitions
+//!   ([`ObjectEvent`]: key, [`ObjectState`](ferry_types::ObjectState), time since start), in
+//!   protocol order; a slow receiver lags (loses the oldest) rather than slowing the job.
+//! - The commit hook ([`EngineBuilder::commit_hook`], a [`CommitHook`]): called for each
+//!   object after its flip and the commit's target sync, and before its source is deleted; the storage system updates its placement map there. If it
+//!   fails, the source is kept and the object is recorded failed with the hook's error; its
+//!   forwarding entry stays `Forwarded`, so reads keep going to the complete target copy (I2).
+//! - [`Engine::route`]: where a key is served now (the forwarding lookup).
+//!   [`Engine::jobs`]: the jobs of the checkpoint store as snapshots, optionally filtered by
+//!   status (live snapshots for jobs running in this engine, the others from their records).
+//! - [`Engine::recover`]: resumes every job recorded `Running`, `Paused` or `Completing` that
+//!   is not running in this engine, from its checkpoint under a new lease; a `Paused` job is
+//!   resumed paused.
 //!
 //! - The checkpoint watermark advances over the finished prefix of the (key-ordered) stream,
 //!   so the record's done set stays bounded by what is in flight. Failed objects count as
 //!   finished for the watermark: they are kept in the record's failed map, not run again on
 //!   resume.
 //!
-//! Not yet: the events stream, `Engine::recover`, `Engine::jobs`, `Engine::route`, the commit
-//! hook before cleanup, `retry_failed`, reloading forwarded-but-uncleaned entries into the
-//! table after a crash, the reason a source was kept (its version changed) in the record,
-//! `tracing` spans.
+//! Not yet: `retry_failed`, reloading forwarded-but-uncleaned entries into the table after a
+//! crash (`recover` resumes the jobs; their objects re-run from the checkpoint), the reason a
+//! source was kept (its version changed) in the record, `tracing` spans. Events of objects a
+//! crashed run had already moved may start mid-protocol.
 //!
 //! # Example
 //! ```
@@ -123,5 +139,5 @@ mod engine;
 mod error;
 pub mod store;
 
-pub use crate::engine::{CancelReport, Engine, EngineBuilder, JobHandle};
+pub use crate::engine::{CancelReport, CommitHook, Engine, EngineBuilder, JobHandle, ObjectEvent};
 pub use crate::error::{BoxError, Error, ErrorKind, Op, Result};

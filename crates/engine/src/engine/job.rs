@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferry_checkpoint::Progress;
 use ferry_throttle::Throttle;
-use ferry_types::{JobId, JobSnapshot, JobStatus, MigrationPlan, ObjectKey, Rate};
+use ferry_types::{JobId, JobSnapshot, JobStatus, MigrationPlan, ObjectKey, ObjectState, Rate};
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
@@ -25,6 +25,21 @@ pub struct CancelReport {
     pub snapshot: Option<JobSnapshot>,
 }
 
+/// One per-object transition of a job, sent on [`JobHandle::events`] (for audit logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ObjectEvent {
+    /// The object.
+    pub key: ObjectKey,
+    /// The state it moved to.
+    pub state: ObjectState,
+    /// When, as the time since the job's runner started (this run).
+    pub at: std::time::Duration,
+}
+
+/// How many events a receiver may fall behind before it lags (loses the oldest).
+const EVENTS_CAPACITY: usize = 4096;
+
 #[derive(Debug)]
 pub(crate) struct JobShared {
     pub(crate) id: JobId,
@@ -39,6 +54,7 @@ pub(crate) struct JobShared {
     pub(crate) rolled_back: Mutex<Vec<ObjectKey>>,
     pub(crate) forwarded: AtomicU64,
     pub(crate) started: tokio::time::Instant,
+    pub(crate) events: broadcast::Sender<ObjectEvent>,
 }
 
 impl JobShared {
@@ -68,7 +84,27 @@ impl JobShared {
             rolled_back: Mutex::new(Vec::new()),
             forwarded: AtomicU64::new(0),
             started: tokio::time::Instant::now(),
+            events: broadcast::Sender::new(EVENTS_CAPACITY),
         })
+    }
+
+    /// Sends an event, if anyone listens.
+    pub(crate) fn emit(&self, key: &ObjectKey, state: ObjectState) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(ObjectEvent {
+                key: key.clone(),
+                state,
+                at: self.started.elapsed(),
+            });
+        }
+    }
+
+    /// The job's state now, with the live counters.
+    pub(crate) fn snapshot(&self) -> JobSnapshot {
+        let mut snap = self.snapshot.borrow().clone();
+        snap.bytes_copied = self.bytes_copied.load(Ordering::Relaxed);
+        snap.in_flight = self.in_flight.load(Ordering::Relaxed);
+        snap
     }
 
     /// Publishes a new snapshot, changed by `f`, with the live counters filled in.
@@ -122,6 +158,39 @@ impl JobShared {
     }
 }
 
+/// Follows one object's states and sends each move as an event.
+pub(crate) struct Tracker<'a> {
+    shared: &'a JobShared,
+    key: &'a ObjectKey,
+    last: Mutex<ObjectState>,
+}
+
+impl<'a> Tracker<'a> {
+    pub(crate) fn new(shared: &'a JobShared, key: &'a ObjectKey) -> Self {
+        Tracker {
+            shared,
+            key,
+            last: Mutex::new(ObjectState::Pending),
+        }
+    }
+
+    /// Moves to `state` (staying put sends nothing; a copy that starts over goes through
+    /// `Pending` first).
+    pub(crate) fn to(&self, state: ObjectState) {
+        let mut last = self.last.lock();
+        if *last == state {
+            return;
+        }
+        if state == ObjectState::Copying
+            && matches!(*last, ObjectState::Copied | ObjectState::Verified)
+        {
+            self.shared.emit(self.key, ObjectState::Pending);
+        }
+        self.shared.emit(self.key, state.clone());
+        *last = state;
+    }
+}
+
 /// A running job: watch it, pause, resume, throttle or cancel it, wait for its end.
 ///
 /// Dropping the handle does not stop the job.
@@ -143,10 +212,22 @@ impl JobHandle {
 
     /// The job's state now, as plain data.
     pub fn snapshot(&self) -> JobSnapshot {
-        let mut snap = self.shared.snapshot.borrow().clone();
-        snap.bytes_copied = self.shared.bytes_copied.load(Ordering::Relaxed);
-        snap.in_flight = self.shared.in_flight.load(Ordering::Relaxed);
-        snap
+        self.shared.snapshot()
+    }
+
+    /// A receiver of the job's per-object transitions from now on ([`ObjectEvent`]): for one
+    /// object, `Copying`, `Copied`, `Verified`, `Forwarded`, `Cleaned` (when its source was
+    /// deleted), then `Done` once it is recorded; or `Failed`, `Skipped`; `Pending` when a
+    /// copy starts over (a refused flip, a failed verify, a cancel). Each move satisfies
+    /// [`ObjectState::can_move_to`] except for objects a crashed run had already moved
+    /// (on resume they may start at `Forwarded` or go straight to `Done`).
+    ///
+    /// Broadcast semantics: every receiver sees every event sent after it subscribed, but a
+    /// receiver more than a few thousand events behind lags: its next `recv` returns
+    /// [`RecvError::Lagged`](broadcast::error::RecvError::Lagged) with how many it lost, and
+    /// it goes on from the oldest event still kept. The job never waits for receivers.
+    pub fn events(&self) -> broadcast::Receiver<ObjectEvent> {
+        self.shared.events.subscribe()
     }
 
     /// A receiver of snapshots, updated as objects finish and the status changes.

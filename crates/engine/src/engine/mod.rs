@@ -9,18 +9,40 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ferry_checkpoint::{CheckpointStore, Checkpointer};
-use ferry_forwarding::Table;
+use ferry_checkpoint::{CheckpointStore, Checkpointer, JobRecord};
+use ferry_forwarding::{Route, Table};
 use ferry_throttle::Throttle;
-use ferry_types::{JobId, JobStatus, MigrationPlan, NodeId, ObjectSelection};
+use ferry_types::{
+    JobId, JobSnapshot, JobStatus, MigrationPlan, NodeId, ObjectKey, ObjectSelection,
+};
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
 
-use crate::error::{Error, Result};
+use crate::error::{BoxError, Error, Result};
 use crate::store::Store;
 
 mod job;
 mod pipeline;
 
-pub use self::job::{CancelReport, JobHandle};
+pub use self::job::{CancelReport, JobHandle, ObjectEvent};
+
+/// The commit hook: called for each object with its target node, after the object was
+/// flipped to its target and the checkpoint commit synced the target, and before its source
+/// is deleted (under every cleanup policy, `Never` included). The storage system updates its placement map
+/// there. An error keeps the source: the object is recorded failed with that error and stays
+/// forwarded to its target copy (reads keep working).
+pub type CommitHook =
+    Arc<dyn Fn(&ObjectKey, NodeId) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
+
+/// The hook, with a `Debug` that says only whether there is one.
+#[derive(Clone)]
+pub(crate) struct Hook(pub(crate) CommitHook);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitHook")
+    }
+}
 
 /// Runs migration jobs between the storage nodes it was built with.
 ///
@@ -36,6 +58,9 @@ pub(crate) struct EngineInner {
     pub(crate) checkpoints: Arc<dyn CheckpointStore>,
     pub(crate) table: Table,
     pub(crate) global: Throttle,
+    pub(crate) hook: Option<Hook>,
+    /// The jobs running in this engine, by id.
+    pub(crate) live: Mutex<HashMap<JobId, Arc<job::JobShared>>>,
 }
 
 /// Builds an [`Engine`]: [`Engine::builder`].
@@ -45,6 +70,7 @@ pub struct EngineBuilder {
     checkpoints: Option<Arc<dyn CheckpointStore>>,
     table: Option<Table>,
     global: Option<Throttle>,
+    hook: Option<Hook>,
 }
 
 impl EngineBuilder {
@@ -77,6 +103,20 @@ impl EngineBuilder {
         self
     }
 
+    /// The commit hook every job calls for each object after its flip and before its source
+    /// is deleted (see [`CommitHook`]; default: none).
+    #[must_use]
+    pub fn commit_hook(
+        mut self,
+        hook: impl Fn(&ObjectKey, NodeId) -> BoxFuture<'static, Result<(), BoxError>>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.hook = Some(Hook(Arc::new(hook)));
+        self
+    }
+
     /// Builds the engine.
     ///
     /// # Errors
@@ -91,6 +131,8 @@ impl EngineBuilder {
                 checkpoints,
                 table: self.table.unwrap_or_default(),
                 global: self.global.unwrap_or_else(Throttle::unlimited),
+                hook: self.hook,
+                live: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -134,6 +176,80 @@ impl Engine {
     /// # Cancel safety
     /// A dropped call may leave the job's record created and its lease held by this process.
     pub async fn start(&self, plan: MigrationPlan) -> Result<JobHandle> {
+        self.start_inner(plan, false).await
+    }
+
+    /// Where a read of `key` is served now: the forwarding table's lookup
+    /// ([`Table::route_read`]).
+    pub fn route(&self, key: &str) -> Route {
+        self.inner.table.route_read(key)
+    }
+
+    /// The jobs known to the checkpoint store, as snapshots, optionally only those with the
+    /// status `filter`. A job running in this engine is described by its live snapshot;
+    /// the others by their record (status, done, skipped and failed counts; no rates, no
+    /// bytes copied). A job whose process crashed shows the status its record last had.
+    ///
+    /// # Errors
+    /// [`Error::Checkpoint`] when the store cannot list or load a record.
+    pub async fn jobs(&self, filter: Option<JobStatus>) -> Result<Vec<JobSnapshot>> {
+        let store = &self.inner.checkpoints;
+        let mut ids = store.list().await?;
+        ids.sort();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let live = self.inner.live.lock().get(&id).cloned();
+            let snap = match live {
+                Some(shared) => shared.snapshot(),
+                None => match store.load(&id).await? {
+                    Some(loaded) => snapshot_of_record(&loaded.record),
+                    None => continue,
+                },
+            };
+            if filter.is_none_or(|status| status == snap.status) {
+                out.push(snap);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resumes every unfinished job of the checkpoint store (status `Running`, `Paused` or
+    /// `Completing`) that is not already running in this engine, as [`start`](Engine::start)
+    /// with its stored plan does: from its checkpoint, under a new lease (I6). A job recorded
+    /// `Paused` is resumed paused: nothing moves until [`JobHandle::resume`].
+    ///
+    /// # Errors
+    /// The first error of listing, loading or starting a job (jobs started before it go on
+    /// running; their handles are dropped).
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
+    pub async fn recover(&self) -> Result<Vec<JobHandle>> {
+        let store = &self.inner.checkpoints;
+        let mut ids = store.list().await?;
+        ids.sort();
+        let mut handles = Vec::new();
+        for id in ids {
+            if self.inner.live.lock().contains_key(&id) {
+                continue;
+            }
+            let Some(loaded) = store.load(&id).await? else {
+                continue;
+            };
+            let status = loaded.record.status;
+            if !matches!(
+                status,
+                JobStatus::Running | JobStatus::Paused | JobStatus::Completing
+            ) {
+                continue;
+            }
+            let plan = loaded.record.plan.with_id(id);
+            handles.push(self.start_inner(plan, status == JobStatus::Paused).await?);
+        }
+        Ok(handles)
+    }
+
+    async fn start_inner(&self, plan: MigrationPlan, paused: bool) -> Result<JobHandle> {
         plan.validate()?;
         let source = self.store_of(&plan.source)?;
         let target = self.store_of(&plan.target)?;
@@ -174,7 +290,11 @@ impl Engine {
             ObjectSelection::Keys(keys) => Some(keys.len() as u64),
             _ => None,
         };
-        let shared = job::JobShared::new(&plan, id, throttle, total_objects, &progress);
+        let shared = job::JobShared::new(&plan, id.clone(), throttle, total_objects, &progress);
+        if paused {
+            shared.paused.send_replace(true);
+        }
+        self.inner.live.lock().insert(id, Arc::clone(&shared));
         let ctx = pipeline::JobCtx {
             engine: Arc::clone(&self.inner),
             plan,
@@ -194,6 +314,23 @@ impl Engine {
             .cloned()
             .ok_or_else(|| Error::UnknownNode { node: *node })
     }
+}
+
+/// A snapshot of a job that is not running here, from its record.
+fn snapshot_of_record(record: &JobRecord) -> JobSnapshot {
+    let plan = &record.plan;
+    let mut snap = JobSnapshot::new(record.job.clone(), plan.source, plan.target);
+    snap.status = record.status;
+    snap.total_objects = match &plan.objects {
+        ObjectSelection::Keys(keys) => Some(keys.len() as u64),
+        _ => None,
+    };
+    let progress = &record.progress;
+    snap.done_objects = progress.done_objects;
+    snap.done_bytes = progress.done_bytes;
+    snap.skipped_objects = progress.skipped_objects;
+    snap.failed_objects = progress.failed.len() as u64;
+    snap
 }
 
 fn fresh_job_id() -> Result<JobId> {

@@ -8,15 +8,15 @@ use bytes::Bytes;
 use ferry_checkpoint::{Checkpointer, Progress, ProgressUpdate};
 use ferry_forwarding::{Conflict, EntryState};
 use ferry_types::{
-    CleanupPolicy, JobSnapshot, JobStatus, MigrationPlan, ObjectKey, ObjectSelection, VerifyMode,
-    Version,
+    CleanupPolicy, JobSnapshot, JobStatus, MigrationPlan, ObjectKey, ObjectSelection, ObjectState,
+    VerifyMode, Version,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use tokio::task::JoinSet;
 
 use super::EngineInner;
-use super::job::JobShared;
+use super::job::{JobShared, Tracker};
 use crate::error::{Error, Result};
 use crate::store::{BoxStream, Store};
 
@@ -38,6 +38,16 @@ enum Outcome {
         key: ObjectKey,
         bytes: u64,
     },
+    /// Flipped (and past the grace period): its hook and cleanup run at the next commit,
+    /// after the target sync.
+    Forwarded {
+        key: ObjectKey,
+        /// The source version copied; `None` when an earlier run made the copy.
+        copied: Option<Version>,
+        bytes: u64,
+        /// Whether the policy deletes the source.
+        delete: bool,
+    },
     Skipped {
         key: ObjectKey,
     },
@@ -56,6 +66,7 @@ pub(crate) async fn run(
     checkpointer: Checkpointer,
     progress: Progress,
 ) -> Result<JobSnapshot> {
+    let _live = Live(&ctx);
     let result = drive(&ctx, &checkpointer, &progress).await;
     let shared = &ctx.shared;
     let status = match &result {
@@ -96,6 +107,22 @@ pub(crate) async fn run(
     result?;
     released?;
     Ok(shared.snapshot.borrow().clone())
+}
+
+/// Removes the job from the engine's live jobs when the runner ends (or is dropped).
+struct Live<'a>(&'a JobCtx);
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        let shared = &self.0.shared;
+        let mut live = self.0.engine.live.lock();
+        if live
+            .get(&shared.id)
+            .is_some_and(|other| Arc::ptr_eq(other, shared))
+        {
+            live.remove(&shared.id);
+        }
+    }
 }
 
 /// Keys of the plan, lazily, in key order; already-done keys are left out (I4).
@@ -272,8 +299,10 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
     }
 }
 
-/// Makes the target durable, then records the finished objects (sync before record: an
-/// object recorded done is on the target durably, I1/I4).
+/// Makes the target durable (one `sync` for the whole batch), then finishes the forwarded
+/// objects (commit hook, version re-check, source delete: never before a completed target
+/// sync, I1), then records the finished objects (sync before record: an object recorded done
+/// is on the target durably, I1/I4).
 async fn commit(
     ctx: &JobCtx,
     checkpointer: &Checkpointer,
@@ -284,15 +313,34 @@ async fn commit(
         return Ok(());
     }
     let batch = std::mem::take(pending);
-    if batch.iter().any(|o| matches!(o, Outcome::Done { .. })) {
+    if batch
+        .iter()
+        .any(|o| matches!(o, Outcome::Done { .. } | Outcome::Forwarded { .. }))
+    {
         with_retry(ctx, "sync", || ctx.target.sync())
             .await
             .map_err(|(_, err)| err)?;
     }
+    let batch: Vec<Outcome> = futures_util::stream::iter(batch)
+        .map(|outcome| async move {
+            match outcome {
+                Outcome::Forwarded {
+                    key,
+                    copied,
+                    bytes,
+                    delete,
+                } => finish_cleanup(ctx, key, copied, bytes, delete).await,
+                other => other,
+            }
+        })
+        .buffered(ctx.plan.options.concurrency.get())
+        .collect()
+        .await;
     let shared = &ctx.shared;
     for outcome in batch {
         match outcome {
             Outcome::Done { key, bytes } => {
+                shared.emit(&key, ObjectState::Done);
                 order.finished.insert(key.clone());
                 checkpointer.record(ProgressUpdate::Done { key, bytes });
                 shared.publish(|s| {
@@ -301,6 +349,7 @@ async fn commit(
                 });
             }
             Outcome::Skipped { key } => {
+                shared.emit(&key, ObjectState::Skipped);
                 order.finished.insert(key.clone());
                 checkpointer.record(ProgressUpdate::Skipped { key });
                 shared.publish(|s| {
@@ -313,15 +362,23 @@ async fn commit(
                 attempts,
                 error,
             } => {
+                let error = error_chain(&error);
+                shared.emit(
+                    &key,
+                    ObjectState::Failed {
+                        attempts,
+                        last_error: error.clone(),
+                    },
+                );
                 order.finished.insert(key.clone());
                 checkpointer.record(ProgressUpdate::Failed {
                     key,
                     attempts,
-                    error: error_chain(&error),
+                    error,
                 });
                 shared.publish(|s| s.failed_objects += 1);
             }
-            Outcome::RolledBack => {}
+            Outcome::RolledBack | Outcome::Forwarded { .. } => {}
         }
     }
     // Every key up to the watermark is recorded finished, so the record's done set stays
@@ -422,8 +479,9 @@ impl Drop for Streaming<'_> {
 
 /// COPY then VERIFY, once: streams source → target chunk by chunk through the job's
 /// throttle, hashing while streaming (I7), then checks the target per the verify mode.
-async fn copy_once(ctx: &JobCtx, key: &ObjectKey) -> Result<CopyResult> {
+async fn copy_once(ctx: &JobCtx, key: &ObjectKey, track: &Tracker<'_>) -> Result<CopyResult> {
     let shared = &*ctx.shared;
+    track.to(ObjectState::Copying);
     let object = match ctx.source.get(key).await {
         Ok(object) => object,
         Err(err) if err.is_not_found() => return Ok(CopyResult::Vanished),
@@ -456,6 +514,7 @@ async fn copy_once(ctx: &JobCtx, key: &ObjectKey) -> Result<CopyResult> {
     let put = ctx.target.put(key, Box::pin(throttled)).await;
     drop(streaming);
     put?;
+    track.to(ObjectState::Copied);
     let (hash, bytes) = {
         let guard = state.lock();
         (guard.0.finalize(), guard.1)
@@ -495,11 +554,15 @@ async fn copy_once(ctx: &JobCtx, key: &ObjectKey) -> Result<CopyResult> {
             }
         }
     }
+    track.to(ObjectState::Verified);
     Ok(CopyResult::Copied(Copied { version, bytes }))
 }
 
 /// The whole pipeline of one object.
 async fn process(ctx: &JobCtx, key: ObjectKey) -> Outcome {
+    let track_key = key.clone();
+    let track = Tracker::new(&ctx.shared, &track_key);
+    let track = &track;
     let table = &ctx.engine.table;
     let (source, target) = (ctx.plan.source, ctx.plan.target);
     let fail = |attempts, error| {
@@ -532,6 +595,7 @@ async fn process(ctx: &JobCtx, key: ObjectKey) -> Outcome {
                     Ok(None) => return fail(1, Error::NotFound { key: key.clone() }),
                     Err(err) => return fail(1, err),
                 };
+                track.to(ObjectState::Forwarded);
                 return cleanup(ctx, key.clone(), None, bytes).await;
             }
             _ => return fail(1, err.into()),
@@ -554,7 +618,7 @@ async fn process(ctx: &JobCtx, key: ObjectKey) -> Outcome {
                 None => return fail(refused + 1, Error::Forwarding(not_found(&key))),
             }
         };
-        let result = with_retry(ctx, "copy", || copy_once(ctx, &key)).await;
+        let result = with_retry(ctx, "copy", || copy_once(ctx, &key, track)).await;
         let copied = match result {
             Ok(CopyResult::Copied(copied)) => copied,
             Ok(CopyResult::Vanished) => {
@@ -576,6 +640,7 @@ async fn process(ctx: &JobCtx, key: ObjectKey) -> Outcome {
             }
             Err((attempts, err)) => {
                 if ctx.shared.is_cancelled() {
+                    track.to(ObjectState::Pending);
                     return rolled_back(ctx, key);
                 }
                 return fail(attempts, err);
@@ -583,6 +648,7 @@ async fn process(ctx: &JobCtx, key: ObjectKey) -> Outcome {
         };
         first = false;
         if ctx.shared.is_cancelled() {
+            track.to(ObjectState::Pending);
             return rolled_back(ctx, key);
         }
         match table.try_flip(key.as_str(), observed) {
@@ -603,7 +669,21 @@ async fn process(ctx: &JobCtx, key: ObjectKey) -> Outcome {
         }
     };
     ctx.shared.forwarded.fetch_add(1, Ordering::Relaxed);
+    track.to(ObjectState::Forwarded);
     cleanup(ctx, key, Some(copied.version), copied.bytes).await
+}
+
+/// Calls the engine's commit hook, if any, for `key`.
+async fn commit_hook(ctx: &JobCtx, key: &ObjectKey) -> Result<()> {
+    match &ctx.engine.hook {
+        None => Ok(()),
+        Some(hook) => (hook.0)(key, ctx.plan.target)
+            .await
+            .map_err(|source| Error::CommitHook {
+                key: key.clone(),
+                source,
+            }),
+    }
 }
 
 fn not_found(key: &ObjectKey) -> ferry_forwarding::Error {
@@ -618,13 +698,19 @@ fn rolled_back(ctx: &JobCtx, key: ObjectKey) -> Outcome {
     Outcome::RolledBack
 }
 
-/// CLEANUP per the policy: after the grace period, make the target durable, then delete the
-/// source only if it still has the version that was copied (I1). `copied` is `None` when the
-/// copy was made by an earlier run, whose copied version is not known: then the source is
-/// deleted only if its content hashes the same as the target's, else it is kept.
+/// CLEANUP per the policy, first half: waits out the grace period; the rest (commit hook,
+/// version re-check, delete) runs at the next commit, after the target sync
+/// ([`finish_cleanup`]).
 async fn cleanup(ctx: &JobCtx, key: ObjectKey, copied: Option<Version>, bytes: u64) -> Outcome {
     let grace = match ctx.plan.options.cleanup {
-        CleanupPolicy::Never => return Outcome::Done { key, bytes },
+        CleanupPolicy::Never => {
+            return Outcome::Forwarded {
+                key,
+                copied,
+                bytes,
+                delete: false,
+            };
+        }
         CleanupPolicy::AfterVerify => None,
         CleanupPolicy::AfterGrace(grace) => Some(grace),
     };
@@ -639,13 +725,37 @@ async fn cleanup(ctx: &JobCtx, key: ObjectKey, copied: Option<Version>, bytes: u
             }
         }
     }
-    // The target copy must be durable before the only other copy goes (I1).
-    if let Err((attempts, err)) = with_retry(ctx, "sync", || ctx.target.sync()).await {
+    Outcome::Forwarded {
+        key,
+        copied,
+        bytes,
+        delete: true,
+    }
+}
+
+/// CLEANUP, second half, called by the commit once the target sync completed: calls the
+/// commit hook, then (when the policy deletes) deletes the source only if it still has the
+/// version that was copied (I1). A failing hook keeps the source and fails the object (it
+/// stays forwarded). `copied` is `None` when the copy was made by an earlier run, whose
+/// copied version is not known: then the source is deleted only if its content hashes the
+/// same as the target's, else it is kept.
+async fn finish_cleanup(
+    ctx: &JobCtx,
+    key: ObjectKey,
+    copied: Option<Version>,
+    bytes: u64,
+    delete: bool,
+) -> Outcome {
+    // The hook runs after the flip and the sync, before the source goes.
+    if let Err(error) = commit_hook(ctx, &key).await {
         return Outcome::Failed {
             key,
-            attempts,
-            error: err,
+            attempts: 1,
+            error,
         };
+    }
+    if !delete {
+        return Outcome::Done { key, bytes };
     }
     let head = match with_retry(ctx, "head", || ctx.source.head(&key)).await {
         Ok(head) => head,
@@ -678,7 +788,10 @@ async fn cleanup(ctx: &JobCtx, key: ObjectKey, copied: Option<Version>, bytes: u
         },
     }
     match with_retry(ctx, "delete", || ctx.source.delete(&key)).await {
-        Ok(_) => Outcome::Done { key, bytes },
+        Ok(_) => {
+            ctx.shared.emit(&key, ObjectState::Cleaned);
+            Outcome::Done { key, bytes }
+        }
         Err((attempts, error)) => Outcome::Failed {
             key,
             attempts,

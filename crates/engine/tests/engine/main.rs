@@ -1,6 +1,10 @@
 //! The engine tests, in one binary; each names the invariant of SPEC §2 it checks.
 
+mod api;
+mod batch;
 mod control;
 mod copy;
+mod events;
+mod hooks;
 mod resume;
 mod util;

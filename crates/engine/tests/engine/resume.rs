@@ -104,3 +104,131 @@ async fn i4_resume_after_a_crash_redoes_little_and_finishes_every_object_once() 
         target.calls(Op::Put)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn i4_recover_resumes_unfinished_jobs_and_each_object_is_done_once() {
+    const N: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let source = filled(N);
+    let target = MemStore::new();
+    let finished = filled(3);
+    let slow = plan("recover-me", ObjectSelection::all())
+        .with_concurrency(NonZeroUsize::new(2).unwrap())
+        .with_rate(Rate::bytes_per_sec(1024).unwrap())
+        .with_chunk_size(ByteSize::b(16))
+        .with_cleanup(CleanupPolicy::AfterVerify)
+        .with_checkpoint(CheckpointInterval {
+            objects: 5,
+            every: Duration::from_secs(3600),
+        });
+
+    // First process: one job finishes, one crashes mid-way, one is paused then crashes.
+    {
+        let checkpoints: Arc<dyn CheckpointStore> = Arc::new(FileStore::open(dir.path()).unwrap());
+        let engine = engine(
+            Arc::new(source.clone()),
+            Arc::new(target.clone()),
+            &Table::default(),
+            Arc::clone(&checkpoints),
+        );
+        let other = ferry_engine::Engine::builder()
+            .node(a(), Arc::new(finished.clone()))
+            .node(b(), Arc::new(MemStore::new()))
+            .checkpoint_store(checkpoints)
+            .build()
+            .unwrap();
+        let done = other.start(plan("finished", ObjectSelection::all())).await;
+        done.unwrap().wait().await.unwrap();
+        let handle = engine.start(slow).await.unwrap();
+        while handle.snapshot().done_objects < 10 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        handle.crash_for_tests().await;
+    }
+    assert!(!source.is_empty(), "the crash came mid-job");
+
+    // Second process: a new engine over the same stores recovers the unfinished job only.
+    let checkpoints: Arc<dyn CheckpointStore> = Arc::new(FileStore::open(dir.path()).unwrap());
+    let engine = engine(
+        Arc::new(source.clone()),
+        Arc::new(target.clone()),
+        &Table::default(),
+        Arc::clone(&checkpoints),
+    );
+    let handles = engine.recover().await.unwrap();
+    let ids: Vec<_> = handles.iter().map(|h| h.id().as_str().to_owned()).collect();
+    assert_eq!(ids, ["recover-me"], "only the unfinished job is resumed");
+    assert!(
+        engine.recover().await.unwrap().is_empty(),
+        "a job already running here is not started twice"
+    );
+    let handle = handles.into_iter().next().unwrap();
+    handle.set_rate(Rate::Unlimited);
+    let snap = handle.wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed);
+    assert!(source.is_empty());
+    for i in 0..N {
+        assert_eq!(target.bytes(key(i).as_str()).unwrap(), content(i));
+    }
+    let record = checkpoints
+        .load(&JobId::new("recover-me").unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
+    assert_eq!(record.status, JobStatus::Completed);
+    assert_eq!(
+        record.progress.done_objects, N as u64,
+        "each object done once"
+    );
+    assert!(engine.recover().await.unwrap().is_empty(), "nothing left");
+}
+
+#[tokio::test(start_paused = true)]
+async fn recover_keeps_a_paused_job_paused_until_resumed() {
+    const N: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let source = filled(N);
+    let target = MemStore::new();
+    let slow = plan("paused-crash", ObjectSelection::all())
+        .with_concurrency(NonZeroUsize::new(2).unwrap())
+        .with_rate(Rate::bytes_per_sec(512).unwrap())
+        .with_chunk_size(ByteSize::b(16));
+    {
+        let checkpoints: Arc<dyn CheckpointStore> = Arc::new(FileStore::open(dir.path()).unwrap());
+        let engine = engine(
+            Arc::new(source.clone()),
+            Arc::new(target.clone()),
+            &Table::default(),
+            checkpoints,
+        );
+        let handle = engine.start(slow).await.unwrap();
+        while handle.snapshot().bytes_copied == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        handle.pause().await;
+        handle.crash_for_tests().await;
+    }
+    let checkpoints: Arc<dyn CheckpointStore> = Arc::new(FileStore::open(dir.path()).unwrap());
+    let engine = engine(
+        Arc::new(source.clone()),
+        Arc::new(target.clone()),
+        &Table::default(),
+        checkpoints,
+    );
+    let handle = engine.recover().await.unwrap().into_iter().next().unwrap();
+    let mut watch = handle.watch();
+    watch
+        .wait_for(|s| s.status == JobStatus::Paused)
+        .await
+        .unwrap();
+    let copied = handle.snapshot().bytes_copied;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(handle.snapshot().bytes_copied, copied, "nothing moves");
+    assert_eq!(handle.snapshot().status, JobStatus::Paused);
+    handle.resume();
+    handle.set_rate(Rate::Unlimited);
+    let snap = handle.wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed);
+    assert_eq!(snap.done_objects, N as u64);
+}
