@@ -153,20 +153,13 @@ fn route_read(c: &mut Criterion) {
     }
 }
 
-fn rss_bytes() -> usize {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<usize>().ok())
-        .map_or(0, |pages| pages * 4096)
-}
-
 fn p99(mut samples: Vec<u64>) -> u64 {
     samples.sort_unstable();
     samples[samples.len() * 99 / 100]
 }
 
 /// Reader latency while the sweeper removes 100k expired entries out of 1M, against the same
-/// reader with no sweep, plus the memory per entry. Printed, not a criterion measurement:
+/// reader with no sweep. Printed, not a criterion measurement:
 /// criterion reports means of batches, and the question is the tail of single reads.
 fn sweep(_c: &mut Criterion) {
     const N: usize = 1_000_000;
@@ -175,7 +168,6 @@ fn sweep(_c: &mut Criterion) {
         NodeId::new("node-b").unwrap(),
     );
     let clock = ManualClock::new();
-    let before = rss_bytes();
     // The background sweeper, as a storage system runs it; it finds nothing to do until the
     // clock moves.
     let table = Table::new(
@@ -193,11 +185,6 @@ fn sweep(_c: &mut Criterion) {
             table.set_ttl(k, Duration::from_secs(1)).unwrap();
         }
     }
-    let after = rss_bytes();
-    println!(
-        "memory: {:.0} bytes per entry at 1M entries (RSS delta, keys included)",
-        (after - before) as f64 / N as f64
-    );
     // Reads of live keys (odd indexes; every tenth from 0 expires), timed one by one, until
     // `max` reads or until `stop` says so.
     let reader = |stop: &dyn Fn() -> bool, max: usize| {
