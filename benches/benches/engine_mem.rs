@@ -64,7 +64,10 @@ fn engine_mem(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Elements(OBJECTS as u64));
     let mut round = 0;
-    for (name, verify) in [("checksum", VerifyMode::Checksum), ("size", VerifyMode::Size)] {
+    for (name, verify) in [
+        ("checksum", VerifyMode::Checksum),
+        ("size", VerifyMode::Size),
+    ] {
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 (0..iters)
