@@ -1,4 +1,5 @@
 //! One integration-test binary: each module checks a behaviour across crates, through their
 //! public APIs only.
 
+mod dir_to_dir;
 mod plan_drives_throttle;

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use ferry_throttle::Throttle;
-use ferry_types::{MigrationPlan, NodeId, ObjectSelection, Rate};
+use ferry::throttle::Throttle;
+use ferry::types::{MigrationPlan, NodeId, ObjectSelection, Rate};
 use tokio::time::Instant;
 
 #[tokio::test(start_paused = true)]
