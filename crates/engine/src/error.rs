@@ -152,6 +152,15 @@ pub enum Error {
         /// Its final status.
         status: JobStatus,
     },
+    /// [`Engine::retry_failed`](crate::Engine::retry_failed) was given a job that did not end
+    /// `CompletedWithErrors` (`status` is `None` when the job has no record).
+    #[error("job {job} has no failed objects to retry (status {status:?})")]
+    NotRetryable {
+        /// The job.
+        job: JobId,
+        /// Its status, if it has a record.
+        status: Option<JobStatus>,
+    },
     /// The job was cancelled (what an in-flight copy ends with when the job is cancelled).
     #[error("job {job} was cancelled")]
     Cancelled {

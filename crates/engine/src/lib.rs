@@ -53,17 +53,35 @@
 //!   status (live snapshots for jobs running in this engine, the others from their records).
 //! - [`Engine::recover`]: resumes every job recorded `Running`, `Paused` or `Completing` that
 //!   is not running in this engine, from its checkpoint under a new lease; a `Paused` job is
-//!   resumed paused.
+//!   resumed paused. Before a resumed job's runner starts, the objects the stopped run had
+//!   moved are reloaded into the forwarding table: a key of the plan that the target holds
+//!   and the source no longer does was flipped (sources are deleted only after their flip),
+//!   so it is registered and flipped to the target again, and no read after `recover` goes
+//!   to a node without the object (I2). Keys both sides hold route to the source, which
+//!   holds them, and run again.
+//! - [`Engine::retry_failed`]: a job that ended `CompletedWithErrors` runs again
+//!   (`CompletedWithErrors` → `Running`, new lease) over exactly the keys of its record's
+//!   `failed` map; each that succeeds leaves `failed` and is counted done, so
+//!   done + failed == total at the end (skipped objects are counted in done).
+//! - [`tracing`](https://docs.rs/tracing): an info span `job` per job (fields `job`,
+//!   `source`, `target`, `retry`) and a debug span `object` per object (`key`) inside it; a
+//!   debug event at each object transition (`key`, `state`, the same moves as
+//!   [`JobHandle::events`]) and at each job status change; warnings for each retry of a
+//!   transient error (`what`, `attempt`, `error`), each failed object (`key`, `attempts`,
+//!   `error`) and a failed job. The library never prints: install a subscriber to see them.
 //!
 //! - The checkpoint watermark advances over the finished prefix of the (key-ordered) stream,
 //!   so the record's done set stays bounded by what is in flight. Failed objects count as
 //!   finished for the watermark: they are kept in the record's failed map, not run again on
 //!   resume.
 //!
-//! Not yet: `retry_failed`, reloading forwarded-but-uncleaned entries into the table after a
-//! crash (`recover` resumes the jobs; their objects re-run from the checkpoint), the reason a
-//! source was kept (its version changed) in the record, `tracing` spans. Events of objects a
-//! crashed run had already moved may start mid-protocol.
+//! Not yet: the checkpoint does not record flips, so after a crash an object flipped but
+//! not cleaned (both sides hold it) routes to the source and is copied again: a write made
+//! to the target after its flip and before the crash would be overwritten (a flip journal
+//! would fix it); an object a user deleted from the source while its copy was landing on the
+//! target, just before a crash, is reloaded as moved. The reason a source was kept (its
+//! version changed) is not in the record. Events of objects a crashed
+//! run had already moved may start mid-protocol.
 //!
 //! # Example
 //! ```

@@ -71,6 +71,7 @@ impl JobShared {
         snapshot.done_objects = progress.done_objects;
         snapshot.done_bytes = progress.done_bytes;
         snapshot.skipped_objects = progress.skipped_objects;
+        snapshot.failed_objects = progress.failed.len() as u64;
         snapshot.effective_rate = throttle.effective_rate();
         Arc::new(JobShared {
             id,
@@ -90,6 +91,7 @@ impl JobShared {
 
     /// Sends an event, if anyone listens.
     pub(crate) fn emit(&self, key: &ObjectKey, state: ObjectState) {
+        tracing::debug!(key = %key.as_str(), state = ?state, "object transition");
         if self.events.receiver_count() > 0 {
             let _ = self.events.send(ObjectEvent {
                 key: key.clone(),

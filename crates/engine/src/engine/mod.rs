@@ -176,7 +176,42 @@ impl Engine {
     /// # Cancel safety
     /// A dropped call may leave the job's record created and its lease held by this process.
     pub async fn start(&self, plan: MigrationPlan) -> Result<JobHandle> {
-        self.start_inner(plan, false).await
+        self.start_inner(plan, Mode::Start { paused: false }).await
+    }
+
+    /// Runs the failed objects of a job that ended [`JobStatus::CompletedWithErrors`] again,
+    /// on a background task, as a new run of the same job (status `CompletedWithErrors` →
+    /// `Running`, under a new lease, I6).
+    ///
+    /// Exactly the keys of the record's `failed` map run again, through the whole pipeline
+    /// (an object left forwarded by a failed commit hook only has its hook and cleanup
+    /// left). Each one that succeeds is removed from `failed` and counted done; one that
+    /// fails again stays in `failed` with its new attempts and error. The job then ends
+    /// `Completed` or again `CompletedWithErrors`, and its snapshot's `total_objects` is the
+    /// job's whole count, so done + failed == total (skipped objects are counted in done).
+    ///
+    /// # Errors
+    /// [`Error::NotRetryable`] when the job has no record or did not end
+    /// `CompletedWithErrors`; otherwise as [`start`](Engine::start).
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
+    pub async fn retry_failed(&self, job: &JobId) -> Result<JobHandle> {
+        let loaded = self.inner.checkpoints.load(job).await?;
+        let Some(loaded) = loaded else {
+            return Err(Error::NotRetryable {
+                job: job.clone(),
+                status: None,
+            });
+        };
+        if loaded.record.status != JobStatus::CompletedWithErrors {
+            return Err(Error::NotRetryable {
+                job: job.clone(),
+                status: Some(loaded.record.status),
+            });
+        }
+        let plan = loaded.record.plan.with_id(job.clone());
+        self.start_inner(plan, Mode::Retry).await
     }
 
     /// Where a read of `key` is served now: the forwarding table's lookup
@@ -244,12 +279,15 @@ impl Engine {
                 continue;
             }
             let plan = loaded.record.plan.with_id(id);
-            handles.push(self.start_inner(plan, status == JobStatus::Paused).await?);
+            let paused = status == JobStatus::Paused;
+            handles.push(self.start_inner(plan, Mode::Start { paused }).await?);
         }
         Ok(handles)
     }
 
-    async fn start_inner(&self, plan: MigrationPlan, paused: bool) -> Result<JobHandle> {
+    async fn start_inner(&self, plan: MigrationPlan, mode: Mode) -> Result<JobHandle> {
+        let retrying = mode == Mode::Retry;
+        let paused = mode == Mode::Start { paused: true };
         plan.validate()?;
         let source = self.store_of(&plan.source)?;
         let target = self.store_of(&plan.target)?;
@@ -266,13 +304,31 @@ impl Engine {
             }
             Some(loaded) => {
                 let status = loaded.record.status;
-                if status.is_terminal() || status == JobStatus::CompletedWithErrors {
+                let retryable = retrying && status == JobStatus::CompletedWithErrors;
+                if !retryable && (status.is_terminal() || status == JobStatus::CompletedWithErrors)
+                {
                     return Err(Error::JobFinished { job: id, status });
                 }
                 true
             }
         };
         let acquired = store.acquire(&id).await?;
+        if retrying && acquired.record.status != JobStatus::CompletedWithErrors {
+            let _ = store.release(&acquired.lease).await;
+            return Err(Error::NotRetryable {
+                job: id,
+                status: Some(acquired.record.status),
+            });
+        }
+        if resumed && !retrying {
+            // Objects the stopped run had flipped route to their target again (I2).
+            let reloaded =
+                pipeline::reload_forwarded(&self.inner.table, &plan, &*source, &*target).await;
+            if let Err(err) = reloaded {
+                let _ = store.release(&acquired.lease).await;
+                return Err(err);
+            }
+        }
         let throttle = Throttle::builder()
             .rate(plan.options.rate)
             .chunk_size(plan.options.chunk_size)
@@ -286,8 +342,16 @@ impl Engine {
             JobStatus::Running,
             plan.options.checkpoint,
         );
-        let total_objects = match &plan.objects {
-            ObjectSelection::Keys(keys) => Some(keys.len() as u64),
+        let retry_keys: Option<Vec<ObjectKey>> =
+            retrying.then(|| progress.failed.keys().cloned().collect());
+        if retrying {
+            // CompletedWithErrors → Running, saved before anything moves.
+            checkpointer.flush().await?;
+        }
+        let total_objects = match (&plan.objects, &retry_keys) {
+            // Every object of the job finished before: the total is what was recorded.
+            (_, Some(failed)) => Some(progress.done_objects + failed.len() as u64),
+            (ObjectSelection::Keys(keys), None) => Some(keys.len() as u64),
             _ => None,
         };
         let shared = job::JobShared::new(&plan, id.clone(), throttle, total_objects, &progress);
@@ -302,8 +366,19 @@ impl Engine {
             target,
             shared: Arc::clone(&shared),
             resumed,
+            retry_keys,
+            failed_before: progress.failed.keys().cloned().collect(),
         };
-        let task = tokio::spawn(pipeline::run(Arc::new(ctx), checkpointer, progress));
+        let span = tracing::info_span!(
+            "job",
+            job = %ctx.plan.id.as_ref().map_or("", |id| id.as_str()),
+            source = %ctx.plan.source,
+            target = %ctx.plan.target,
+            retry = retrying,
+        );
+        span.in_scope(|| tracing::debug!(resumed = ctx.resumed, paused, "job started"));
+        let run = pipeline::run(Arc::new(ctx), checkpointer, progress);
+        let task = tokio::spawn(tracing::Instrument::instrument(run, span));
         Ok(JobHandle::new(shared, task))
     }
 
@@ -314,6 +389,15 @@ impl Engine {
             .cloned()
             .ok_or_else(|| Error::UnknownNode { node: *node })
     }
+}
+
+/// How [`Engine::start_inner`] starts a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A new job, or the rest of an unfinished one (`paused`: resumed paused).
+    Start { paused: bool },
+    /// The failed objects of a job that ended `CompletedWithErrors`.
+    Retry,
 }
 
 /// A snapshot of a job that is not running here, from its record.

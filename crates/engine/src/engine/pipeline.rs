@@ -29,6 +29,12 @@ pub(crate) struct JobCtx {
     /// The job had a record before this run: an object whose source is gone but whose target
     /// copy exists may have been moved and cleaned by the run that crashed.
     pub(crate) resumed: bool,
+    /// A `retry_failed` run: exactly these keys (the record's failed ones) run again.
+    pub(crate) retry_keys: Option<Vec<ObjectKey>>,
+    /// Keys recorded failed when this run began: counted in the snapshot's `failed_objects`
+    /// already, so one that succeeds now leaves that count and one that fails again is not
+    /// counted twice.
+    pub(crate) failed_before: std::collections::HashSet<ObjectKey>,
 }
 
 /// How one object ended in this run.
@@ -103,6 +109,10 @@ pub(crate) async fn run(
     } else {
         status
     };
+    match &result {
+        Err(err) => tracing::warn!(error = %error_chain(err), "job failed"),
+        Ok(()) => tracing::debug!(status = ?final_status, "job ended"),
+    }
     shared.publish(|s| s.status = final_status);
     result?;
     released?;
@@ -127,6 +137,12 @@ impl Drop for Live<'_> {
 
 /// Keys of the plan, lazily, in key order; already-done keys are left out (I4).
 fn keys(ctx: &JobCtx, progress: &Progress) -> BoxStream<'static, Result<ObjectKey>> {
+    if let Some(failed) = &ctx.retry_keys {
+        // Failed keys may lie under the watermark: they are not filtered by `is_done`.
+        return Box::pin(futures_util::stream::iter(
+            failed.clone().into_iter().map(Ok),
+        ));
+    }
     let progress = progress.clone();
     let stream: BoxStream<'static, Result<ObjectKey>> = match &ctx.plan.objects {
         ObjectSelection::Keys(keys) => {
@@ -229,6 +245,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
                 shared.cancelled.send_replace(true);
                 continue;
             }
+            tracing::debug!("job paused");
             shared.publish(|s| s.status = JobStatus::Paused);
             was_paused = true;
         } else if !paused && was_paused {
@@ -237,6 +254,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
                 fatal = Some(err.into());
                 shared.cancelled.send_replace(true);
             }
+            tracing::debug!("job resumed");
             shared.publish(|s| s.status = JobStatus::Running);
             was_paused = false;
         }
@@ -246,7 +264,11 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
                     order.dispatched.push_back(key.clone());
                     shared.in_flight.fetch_add(1, Ordering::Relaxed);
                     let ctx = Arc::clone(ctx);
-                    set.spawn(async move { process(&ctx, key).await });
+                    let span = tracing::debug_span!("object", key = %key.as_str());
+                    set.spawn(tracing::Instrument::instrument(
+                        async move { process(&ctx, key).await },
+                        span,
+                    ));
                 }
                 Some(Err(err)) => {
                     fatal = Some(err);
@@ -342,19 +364,27 @@ async fn commit(
             Outcome::Done { key, bytes } => {
                 shared.emit(&key, ObjectState::Done);
                 order.finished.insert(key.clone());
+                let was_failed = ctx.failed_before.contains(&key);
                 checkpointer.record(ProgressUpdate::Done { key, bytes });
                 shared.publish(|s| {
                     s.done_objects += 1;
                     s.done_bytes += bytes;
+                    if was_failed {
+                        s.failed_objects = s.failed_objects.saturating_sub(1);
+                    }
                 });
             }
             Outcome::Skipped { key } => {
                 shared.emit(&key, ObjectState::Skipped);
                 order.finished.insert(key.clone());
+                let was_failed = ctx.failed_before.contains(&key);
                 checkpointer.record(ProgressUpdate::Skipped { key });
                 shared.publish(|s| {
                     s.done_objects += 1;
                     s.skipped_objects += 1;
+                    if was_failed {
+                        s.failed_objects = s.failed_objects.saturating_sub(1);
+                    }
                 });
             }
             Outcome::Failed {
@@ -363,6 +393,7 @@ async fn commit(
                 error,
             } => {
                 let error = error_chain(&error);
+                tracing::warn!(key = %key.as_str(), attempts, error = %error, "object failed");
                 shared.emit(
                     &key,
                     ObjectState::Failed {
@@ -371,12 +402,17 @@ async fn commit(
                     },
                 );
                 order.finished.insert(key.clone());
+                let counted = ctx.failed_before.contains(&key);
                 checkpointer.record(ProgressUpdate::Failed {
                     key,
                     attempts,
                     error,
                 });
-                shared.publish(|s| s.failed_objects += 1);
+                shared.publish(|s| {
+                    if !counted {
+                        s.failed_objects += 1;
+                    }
+                });
             }
             Outcome::RolledBack | Outcome::Forwarded { .. } => {}
         }
@@ -390,7 +426,8 @@ async fn commit(
         }
         watermark = order.dispatched.pop_front();
     }
-    if let Some(key) = watermark {
+    // A retry run's keys are not a prefix of the job's key order: the watermark stays.
+    if let Some(key) = watermark.filter(|_| ctx.retry_keys.is_none()) {
         checkpointer.record(ProgressUpdate::Watermark(key));
     }
     Ok(())
@@ -426,7 +463,7 @@ fn jitter_unit(attempt: u32) -> f64 {
 /// comes with the attempts made.
 async fn with_retry<'a, T, F>(
     ctx: &'a JobCtx,
-    _what: &'static str,
+    what: &'static str,
     mut op: impl FnMut() -> F,
 ) -> Result<T, (u32, Error)>
 where
@@ -439,6 +476,7 @@ where
         match op().await {
             Ok(value) => return Ok(value),
             Err(err) if err.is_transient() && retry.should_retry(attempts) => {
+                tracing::warn!(what, attempt = attempts, error = %error_chain(&err), "transient error, retrying");
                 if ctx.shared.is_cancelled() {
                     return Err((attempts, err));
                 }
@@ -822,4 +860,54 @@ async fn same_content(ctx: &JobCtx, key: &ObjectKey) -> Result<bool> {
     let source = digest(&*ctx.source, key).await?;
     let target = digest(&*ctx.target, key).await?;
     Ok(source.is_some() && source == target)
+}
+
+/// On resume, before the runner starts: reloads into the forwarding table the objects a run
+/// that stopped had already moved, so that no read is routed to a node without the object
+/// (I2). The checkpoint does not record flips; what the stores hold says it instead: an
+/// object of the plan that the target holds and the source no longer does was flipped (a
+/// source is deleted only after its flip, its commit sync and its commit hook), so it is
+/// registered and flipped to the target here. An object both sides hold is left unregistered:
+/// reads go to the source, which holds it, and the resumed run handles it again. Keys are
+/// compared as two key-ordered listings (prefix plans) or with `head` (explicit keys), a key
+/// at a time; a key the table already has an entry for is left as it is. Returns how many
+/// entries were loaded.
+pub(crate) async fn reload_forwarded(
+    table: &ferry_forwarding::Table,
+    plan: &MigrationPlan,
+    source: &dyn Store,
+    target: &dyn Store,
+) -> Result<u64> {
+    let mut loaded = 0;
+    let mut forward = |key: &ObjectKey| {
+        if table.register(key, plan.source, plan.target).is_ok()
+            && let Some(generation) = table.generation(key.as_str())
+            && table.try_flip(key.as_str(), generation).is_ok()
+        {
+            loaded += 1;
+        }
+    };
+    match &plan.objects {
+        ObjectSelection::Keys(keys) => {
+            for key in keys {
+                if target.head(key).await?.is_some() && source.head(key).await?.is_none() {
+                    forward(key);
+                }
+            }
+        }
+        ObjectSelection::Prefix(prefix) => {
+            let mut on_source = source.list(prefix, None).map_ok(|meta| meta.key);
+            let mut on_target = target.list(prefix, None).map_ok(|meta| meta.key);
+            let mut next_source = on_source.try_next().await?;
+            while let Some(key) = on_target.try_next().await? {
+                while next_source.as_ref().is_some_and(|s| *s < key) {
+                    next_source = on_source.try_next().await?;
+                }
+                if next_source.as_ref() != Some(&key) {
+                    forward(&key);
+                }
+            }
+        }
+    }
+    Ok(loaded)
 }

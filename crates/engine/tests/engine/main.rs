@@ -6,5 +6,8 @@ mod control;
 mod copy;
 mod events;
 mod hooks;
+mod memory;
 mod resume;
+mod retry;
+mod traces;
 mod util;

@@ -232,3 +232,91 @@ async fn recover_keeps_a_paused_job_paused_until_resumed() {
     assert_eq!(snap.status, JobStatus::Completed);
     assert_eq!(snap.done_objects, N as u64);
 }
+
+/// Every key of the plan routes, through the forwarding table, to a node holding it.
+fn assert_reads_route_to_a_holder(
+    table: &Table,
+    source: &MemStore,
+    target: &MemStore,
+    n: usize,
+    when: &str,
+) {
+    for i in 0..n {
+        let k = key(i);
+        let holder = match table.route_read(k.as_str()) {
+            ferry_forwarding::Route::Source => source.bytes(k.as_str()),
+            ferry_forwarding::Route::Target(node) if node == b() => target.bytes(k.as_str()),
+            other => panic!("{when}: {k:?} routes to {other:?}"),
+        };
+        assert_eq!(
+            holder.as_deref(),
+            Some(&content(i)[..]),
+            "{when}: a read of {k:?} goes to a node without it (I2)"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn i2_after_recover_every_read_routes_to_a_node_holding_the_object() {
+    const N: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let source = filled(N);
+    let target = MemStore::new();
+    let slow = plan("i2-recover", ObjectSelection::all())
+        .with_concurrency(NonZeroUsize::new(4).unwrap())
+        .with_rate(Rate::bytes_per_sec(1024).unwrap())
+        .with_chunk_size(ByteSize::b(16))
+        .with_cleanup(CleanupPolicy::AfterVerify)
+        .with_checkpoint(CheckpointInterval {
+            objects: 7,
+            every: Duration::from_secs(3600),
+        });
+    {
+        let checkpoints: Arc<dyn CheckpointStore> = Arc::new(FileStore::open(dir.path()).unwrap());
+        let table = Table::default();
+        let engine = engine(
+            Arc::new(source.clone()),
+            Arc::new(target.clone()),
+            &table,
+            checkpoints,
+        );
+        let handle = engine.start(slow).await.unwrap();
+        while handle.snapshot().done_objects < 15 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // While it ran, the table routed every read to a holder.
+        assert_reads_route_to_a_holder(&table, &source, &target, N, "before the crash");
+        handle.crash_for_tests().await;
+    }
+    let moved = (0..N)
+        .filter(|&i| source.bytes(key(i).as_str()).is_none())
+        .count();
+    assert!(
+        moved >= 15,
+        "objects were moved and cleaned before the crash: {moved}"
+    );
+    assert!(moved < N, "the crash came mid-job");
+
+    // A restart: a new, empty table. Without a reload the moved objects would route to the
+    // source, which no longer has them.
+    let checkpoints: Arc<dyn CheckpointStore> = Arc::new(FileStore::open(dir.path()).unwrap());
+    let table = Table::default();
+    let engine = engine(
+        Arc::new(source.clone()),
+        Arc::new(target.clone()),
+        &table,
+        checkpoints,
+    );
+    let handle = engine.recover().await.unwrap().into_iter().next().unwrap();
+    assert_reads_route_to_a_holder(&table, &source, &target, N, "right after recover");
+    assert!(table.len() >= moved, "the moved objects were reloaded");
+    // And at every step of the resumed run.
+    while !handle.snapshot().status.is_finished() {
+        assert_reads_route_to_a_holder(&table, &source, &target, N, "during the resumed run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let snap = handle.wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed);
+    assert!(source.is_empty());
+    assert_reads_route_to_a_holder(&table, &source, &target, N, "at the end");
+}
