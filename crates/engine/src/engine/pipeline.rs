@@ -569,22 +569,17 @@ async fn copy_once(ctx: &JobCtx, key: &ObjectKey, track: &Tracker<'_>) -> Result
             }
         }
         VerifyMode::Checksum => {
-            let copy = ctx.target.get(key).await?;
-            let mut body = copy.checked_body();
-            let mut hasher = blake3::Hasher::new();
-            let mut read = 0u64;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk?;
-                read += chunk.len() as u64;
-                hasher.update(&chunk);
-            }
+            // The target must hold what was copied: absent counts as a mismatch too.
+            let (read, target_hash) = digest(&*ctx.target, key)
+                .await?
+                .ok_or_else(|| Error::NotFound { key: key.clone() })?;
             if read != bytes {
                 return Err(Error::VerifyMismatch {
                     key: key.clone(),
                     what: "size",
                 });
             }
-            if hasher.finalize() != hash {
+            if target_hash != hash {
                 return Err(Error::VerifyMismatch {
                     key: key.clone(),
                     what: "checksum",
@@ -841,25 +836,28 @@ async fn finish_cleanup(
 /// Whether the source and the target hold the same bytes under `key` (both streamed through
 /// blake3, a chunk at a time). A side without the object is "not the same".
 async fn same_content(ctx: &JobCtx, key: &ObjectKey) -> Result<bool> {
-    async fn digest(
-        store: &dyn crate::store::Store,
-        key: &ObjectKey,
-    ) -> Result<Option<blake3::Hash>> {
-        let object = match store.get(key).await {
-            Ok(object) => object,
-            Err(err) if err.is_not_found() => return Ok(None),
-            Err(err) => return Err(err),
-        };
-        let mut body = object.checked_body();
-        let mut hasher = blake3::Hasher::new();
-        while let Some(chunk) = body.next().await {
-            hasher.update(&chunk?);
-        }
-        Ok(Some(hasher.finalize()))
-    }
     let source = digest(&*ctx.source, key).await?;
     let target = digest(&*ctx.target, key).await?;
     Ok(source.is_some() && source == target)
+}
+
+/// The size and blake3 hash of `key` on `store`, streamed a chunk at a time (I7); `None` when
+/// the store has no such object. A body shorter or longer than its metadata is an error.
+async fn digest(store: &dyn Store, key: &ObjectKey) -> Result<Option<(u64, blake3::Hash)>> {
+    let object = match store.get(key).await {
+        Ok(object) => object,
+        Err(err) if err.is_not_found() => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let mut body = object.checked_body();
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        size += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    Ok(Some((size, hasher.finalize())))
 }
 
 /// On resume, before the runner starts: reloads into the forwarding table the objects a run
