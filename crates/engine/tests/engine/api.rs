@@ -13,12 +13,7 @@ use crate::util::*;
 #[tokio::test]
 async fn route_answers_source_before_and_target_after_the_move() {
     let (source, target, table) = (filled(5), MemStore::new(), Table::default());
-    let engine = engine(
-        Arc::new(source.clone()),
-        Arc::new(target.clone()),
-        &table,
-        mem_checkpoints(),
-    );
+    let engine = mem_engine(&source, &target, &table);
     assert_eq!(engine.route(key(0).as_str()), Route::Source);
     let plan =
         plan("route", ObjectSelection::prefix("obj/0000")).with_cleanup(CleanupPolicy::AfterVerify);

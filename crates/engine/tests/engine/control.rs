@@ -1,7 +1,6 @@
 //! Pause, resume, cancel and rate changes of a running job.
 
 use std::num::NonZeroUsize;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_engine::store::MemStore;
@@ -25,12 +24,7 @@ async fn pause_stops_progress_and_resume_completes() {
     let source = filled(N);
     let target = MemStore::new();
     let table = Table::default();
-    let engine = engine(
-        Arc::new(source.clone()),
-        Arc::new(target.clone()),
-        &table,
-        mem_checkpoints(),
-    );
+    let engine = mem_engine(&source, &target, &table);
     let handle = engine.start(slow_plan("pause")).await.unwrap();
     let mut watch = handle.watch();
     while handle.snapshot().bytes_copied == 0 {
@@ -69,12 +63,7 @@ async fn i2_cancel_leaves_no_copying_entry_and_forwarded_objects_stay_readable()
     let source = filled(N);
     let target = MemStore::new();
     let table = Table::default();
-    let engine = engine(
-        Arc::new(source.clone()),
-        Arc::new(target.clone()),
-        &table,
-        mem_checkpoints(),
-    );
+    let engine = mem_engine(&source, &target, &table);
     let handle = engine.start(slow_plan("cancel")).await.unwrap();
     while handle.snapshot().done_objects < 5 {
         tokio::time::sleep(Duration::from_millis(10)).await;

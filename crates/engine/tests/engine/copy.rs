@@ -17,12 +17,7 @@ async fn i1_all_objects_copied_and_sources_deleted_after_verify() {
     let source = filled(1000);
     let target = MemStore::new();
     let table = Table::default();
-    let engine = engine(
-        Arc::new(source.clone()),
-        Arc::new(target.clone()),
-        &table,
-        mem_checkpoints(),
-    );
+    let engine = mem_engine(&source, &target, &table);
     let plan = plan("i1-after-verify", ObjectSelection::all())
         .with_verify(VerifyMode::Checksum)
         .with_cleanup(CleanupPolicy::AfterVerify);
@@ -42,12 +37,7 @@ async fn i1_sources_kept_under_cleanup_never() {
     let source = filled(200);
     let target = MemStore::new();
     let table = Table::default();
-    let engine = engine(
-        Arc::new(source.clone()),
-        Arc::new(target.clone()),
-        &table,
-        mem_checkpoints(),
-    );
+    let engine = mem_engine(&source, &target, &table);
     let plan = plan("i1-never", ObjectSelection::all())
         .with_verify(VerifyMode::Size)
         .with_cleanup(CleanupPolicy::Never);
@@ -65,12 +55,7 @@ async fn a_prefix_moves_only_its_keys() {
     source.insert(ObjectKey::new("other/x").unwrap(), "x");
     let target = MemStore::new();
     let table = Table::default();
-    let engine = engine(
-        Arc::new(source.clone()),
-        Arc::new(target.clone()),
-        &table,
-        mem_checkpoints(),
-    );
+    let engine = mem_engine(&source, &target, &table);
     let plan = plan("prefix", ObjectSelection::prefix("obj/0000"))
         .with_cleanup(CleanupPolicy::AfterVerify);
     let snap = engine.start(plan).await.unwrap().wait().await.unwrap();

@@ -1,7 +1,5 @@
 //! The events stream: per-object transitions in protocol order (SPEC §2, §6).
 
-use std::sync::Arc;
-
 use ferry_engine::store::MemStore;
 use ferry_forwarding::Table;
 use ferry_types::{CleanupPolicy, JobStatus, ObjectSelection, ObjectState, VerifyMode};
@@ -11,12 +9,7 @@ use crate::util::*;
 
 async fn events_of_one_object(cleanup: CleanupPolicy) -> Vec<ObjectState> {
     let (source, target, table) = (filled(1), MemStore::new(), Table::default());
-    let engine = engine(
-        Arc::new(source.clone()),
-        Arc::new(target.clone()),
-        &table,
-        mem_checkpoints(),
-    );
+    let engine = mem_engine(&source, &target, &table);
     let plan = plan("events", ObjectSelection::Keys(vec![key(0)]))
         .with_verify(VerifyMode::Checksum)
         .with_cleanup(cleanup);

@@ -48,6 +48,16 @@ pub(crate) fn engine(
         .unwrap()
 }
 
+/// An engine moving `source` → `target` (nodes a → b), checkpoints in memory.
+pub(crate) fn mem_engine(source: &MemStore, target: &MemStore, table: &Table) -> Engine {
+    engine(
+        Arc::new(source.clone()),
+        Arc::new(target.clone()),
+        table,
+        mem_checkpoints(),
+    )
+}
+
 pub(crate) fn mem_checkpoints() -> Arc<dyn CheckpointStore> {
     Arc::new(MemoryStore::new())
 }
