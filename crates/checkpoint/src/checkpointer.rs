@@ -24,6 +24,9 @@ pub struct Saved {
     pub done_objects: u64,
     /// `done_bytes` as saved.
     pub done_bytes: u64,
+    /// How many changes had been recorded when the last save began: every one of them is
+    /// durable.
+    pub records: u64,
 }
 
 /// Batches a running job's progress and saves it every N finished objects or T seconds,
@@ -47,7 +50,7 @@ pub struct Checkpointer {
     shared: Arc<Shared>,
     cmds: mpsc::UnboundedSender<Cmd>,
     saved: watch::Receiver<Saved>,
-    task: Option<JoinHandle<()>>,
+    task: Mutex<Option<JoinHandle<()>>>,
     lease: Lease,
 }
 
@@ -57,6 +60,8 @@ struct Shared {
     wake: Notify,
     objects: u64,
     every: Duration,
+    /// The failure that stopped the saves, for [`Checkpointer::record_durable`] waiters.
+    failed: Mutex<Option<Arc<Error>>>,
 }
 
 #[derive(Debug)]
@@ -67,6 +72,10 @@ struct State {
     unsaved: u64,
     /// When the first change since the last save was recorded.
     dirty_since: Option<Instant>,
+    /// Changes recorded so far.
+    records: u64,
+    /// A caller waits for its change to be durable: save now.
+    urgent: bool,
 }
 
 #[derive(Debug)]
@@ -94,10 +103,13 @@ impl Checkpointer {
                 status,
                 unsaved: 0,
                 dirty_since: None,
+                records: 0,
+                urgent: false,
             }),
             wake: Notify::new(),
             objects: interval.objects.max(1),
             every: interval.every.max(Duration::from_millis(1)),
+            failed: Mutex::new(None),
         });
         let (cmds, rx) = mpsc::unbounded_channel();
         let (saved_tx, saved) = watch::channel(Saved::default());
@@ -106,7 +118,7 @@ impl Checkpointer {
             shared,
             cmds,
             saved,
-            task: Some(task),
+            task: Mutex::new(Some(task)),
             lease,
         }
     }
@@ -114,22 +126,56 @@ impl Checkpointer {
     /// Records one change in memory; a save follows when the interval is due. Cheap: a
     /// short lock, no I/O, no await.
     pub fn record(&self, update: ProgressUpdate) {
-        let finishes = update.finishes_object();
-        let wake = {
-            let mut state = self.shared.state.lock();
-            state.progress.apply(update);
-            let first = state.dirty_since.is_none();
-            if first {
-                state.dirty_since = Some(Instant::now());
-            }
-            if finishes {
-                state.unsaved += 1;
-            }
-            first || state.unsaved == self.shared.objects
-        };
+        let (wake, _) = self.apply(update, false);
         if wake {
             self.shared.wake.notify_one();
         }
+    }
+
+    /// Records one change and waits until a save that includes it is durable; returns the
+    /// record's generation then. Changes recorded by concurrent callers while a save runs
+    /// are saved together by the next one (a group commit), so N waiters cost about one
+    /// save, not N. The engine journals a flip this way before making it (SPEC I2, I3).
+    ///
+    /// # Errors
+    /// [`Error::Background`] when the save failed (or an earlier one did).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the change stays recorded and is saved with the next save.
+    pub async fn record_durable(&self, update: ProgressUpdate) -> Result<u64> {
+        let (_, seq) = self.apply(update, true);
+        self.shared.wake.notify_one();
+        let mut saved = self.saved.clone();
+        loop {
+            {
+                let s = saved.borrow_and_update();
+                if s.records >= seq {
+                    return Ok(s.generation);
+                }
+            }
+            if let Some(e) = self.shared.failed.lock().as_ref() {
+                return Err(background(&self.lease.job, e));
+            }
+            saved.changed().await.map_err(|_| self.gone())?;
+        }
+    }
+
+    /// Applies `update` in memory; returns whether the saver should wake, and the change's
+    /// sequence number.
+    fn apply(&self, update: ProgressUpdate, urgent: bool) -> (bool, u64) {
+        let finishes = update.finishes_object();
+        let mut state = self.shared.state.lock();
+        state.progress.apply(update);
+        state.records += 1;
+        state.urgent |= urgent;
+        let first = state.dirty_since.is_none();
+        if first {
+            state.dirty_since = Some(Instant::now());
+        }
+        if finishes {
+            state.unsaved += 1;
+        }
+        (first || state.unsaved == self.shared.objects, state.records)
     }
 
     /// Sets the status saved with the next save (call [`flush`](Checkpointer::flush) to save
@@ -174,19 +220,21 @@ impl Checkpointer {
     }
 
     /// Saves a last time, stops the background task and returns the lease (to
-    /// [`release`](CheckpointStore::release) it, or to start a new checkpointer).
+    /// [`release`](CheckpointStore::release) it, or to start a new checkpointer). It takes
+    /// `&self` so that a checkpointer shared by tasks (in an `Arc`) can be closed; changes
+    /// recorded after it are not saved, and a later `flush` or `close` is an error.
     ///
     /// # Errors
     /// As [`flush`](Checkpointer::flush).
     ///
     /// # Cancel safety
-    /// Not cancel safe: dropping the future drops the checkpointer, whose task stops after
-    /// the last save.
-    pub async fn close(mut self) -> Result<Lease> {
+    /// Cancel safe: the last save and the task's end go on if the future is dropped.
+    pub async fn close(&self) -> Result<Lease> {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::Close(tx))?;
         let result = rx.await.map_err(|_| self.gone())?;
-        if let Some(task) = self.task.take() {
+        let task = self.task.lock().take();
+        if let Some(task) = task {
             let _ = task.await;
         }
         result.map(|_| self.lease.clone())
@@ -209,7 +257,7 @@ impl Checkpointer {
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
+        if let Some(task) = self.task.get_mut().take() {
             task.abort();
         }
     }
@@ -234,11 +282,12 @@ async fn run(
         if let Some(e) = failed {
             return Err(background(&lease.job, e));
         }
-        let (status, progress) = {
+        let (status, progress, records) = {
             let mut state = shared.state.lock();
             state.unsaved = 0;
             state.dirty_since = None;
-            (state.status, state.progress.clone())
+            state.urgent = false;
+            (state.status, state.progress.clone(), state.records)
         };
         let (objects, bytes) = (progress.done_objects, progress.done_bytes);
         match store.save(&lease, status, progress).await {
@@ -248,12 +297,16 @@ async fn run(
                     s.generation = generation;
                     s.done_objects = objects;
                     s.done_bytes = bytes;
+                    s.records = records;
                 });
                 Ok(generation)
             }
             Err(e) => {
                 let e = Arc::new(e);
                 *failed = Some(Arc::clone(&e));
+                *shared.failed.lock() = Some(Arc::clone(&e));
+                // Wake the `record_durable` waiters: they find the failure.
+                saved.send_modify(|_| {});
                 Err(background(&lease.job, &e))
             }
         }
@@ -284,7 +337,8 @@ async fn run(
                 state.unsaved = 0;
                 false
             } else {
-                state.unsaved >= shared.objects
+                state.urgent
+                    || state.unsaved >= shared.objects
                     || state
                         .dirty_since
                         .is_some_and(|t| Instant::now() >= t + shared.every)
@@ -391,6 +445,54 @@ mod tests {
             JobStatus::Paused
         );
         store.release(&lease).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn record_durable_waits_for_a_save_and_groups_concurrent_callers() {
+        let (store, job, cp) = setup(CheckpointInterval {
+            objects: 1000,
+            every: Duration::from_secs(3600),
+        })
+        .await;
+        let t0 = Instant::now();
+        let intent = |n: u64| ProgressUpdate::FlipIntent {
+            key: ObjectKey::new(format!("k{n:04}")).unwrap(),
+            digest: [n as u8; 32],
+        };
+        // 32 concurrent callers: each returns only once its change is in a durable record,
+        // and they share saves (at most one running plus one queued behind it).
+        let generations =
+            futures_util::future::join_all((0..32).map(|n| cp.record_durable(intent(n)))).await;
+        assert_eq!(Instant::now(), t0, "no waiting for the interval");
+        let saves = cp.saved().borrow().saves;
+        assert!((1..=2).contains(&saves), "{saves} saves for 32 callers");
+        let record = store.load(&job).await.unwrap().unwrap().record;
+        assert_eq!(record.progress.flips.len(), 32);
+        for generation in generations {
+            assert!(generation.unwrap() <= record.generation);
+        }
+        // A later caller is not satisfied by an earlier save.
+        cp.record_durable(ProgressUpdate::FlipCommitted {
+            key: ObjectKey::new("k0000").unwrap(),
+        })
+        .await
+        .unwrap();
+        let record = store.load(&job).await.unwrap().unwrap().record;
+        assert!(record.progress.flips[&ObjectKey::new("k0000").unwrap()].committed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn record_durable_reports_a_failed_save() {
+        let (store, job, cp) = setup(CheckpointInterval::default()).await;
+        store.release(cp.lease()).await.unwrap();
+        let _new = store.acquire(&job).await.unwrap();
+        let err = cp
+            .record_durable(ProgressUpdate::FlipDropped {
+                key: ObjectKey::new("k").unwrap(),
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Background { .. }), "{err}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -27,7 +27,12 @@ use crate::record::{JobRecord, JobRecordRef};
 /// The first four bytes of every record.
 pub const MAGIC: [u8; 4] = *b"FCKP";
 /// The newest format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+///
+/// - 1: the first.
+/// - 2: [`Progress`](crate::Progress) gains `flips`, its last field (the record's last bytes).
+///   A version 1 payload decodes as version 2 with an empty journal (its encoding, one
+///   zero byte, is appended before decoding).
+pub const FORMAT_VERSION: u16 = 2;
 /// The size of the header in front of the payload.
 pub const HEADER_LEN: usize = 16;
 /// The record kind of a [`JobRecord`].
@@ -118,7 +123,18 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
 /// [`DecodeError::Corrupt`] for anything but a whole, valid record of a known version;
 /// [`DecodeError::UnsupportedVersion`] for a valid record of a newer version.
 pub fn decode(bytes: &[u8]) -> Result<JobRecord, DecodeError> {
-    let payload = open(bytes)?;
+    let (version, payload) = open(bytes)?;
+    let upgraded;
+    let payload = if version == 1 {
+        // Version 1 lacks the flip journal, the last field: an empty map is one zero byte.
+        let mut owned = Vec::with_capacity(payload.len() + 1);
+        owned.extend_from_slice(payload);
+        owned.push(0);
+        upgraded = owned;
+        &upgraded[..]
+    } else {
+        payload
+    };
     let (record, rest) = postcard::take_from_bytes::<JobRecord>(payload)
         .map_err(|e| corrupt(CorruptReason::Payload(e.to_string())))?;
     if !rest.is_empty() {
@@ -130,8 +146,8 @@ pub fn decode(bytes: &[u8]) -> Result<JobRecord, DecodeError> {
     Ok(record)
 }
 
-/// Checks the envelope and returns the payload.
-fn open(bytes: &[u8]) -> Result<&[u8], DecodeError> {
+/// Checks the envelope and returns the format version and the payload.
+fn open(bytes: &[u8]) -> Result<(u16, &[u8]), DecodeError> {
     if bytes.len() < HEADER_LEN {
         return Err(corrupt(CorruptReason::Truncated {
             expected: HEADER_LEN,
@@ -181,13 +197,16 @@ fn open(bytes: &[u8]) -> Result<&[u8], DecodeError> {
             "unknown record kind {kind}"
         ))));
     }
-    Ok(payload)
+    Ok((version, payload))
 }
 
 /// The owner epoch and generation of a record, read from the first bytes of its envelope
 /// without checking the CRC (which needs the whole record). For fence checks only.
 pub(crate) fn peek_head(prefix: &[u8]) -> Option<(u64, u64)> {
-    if prefix.len() < HEADER_LEN || prefix[0..4] != MAGIC || u16_at(prefix, 4) != FORMAT_VERSION {
+    if prefix.len() < HEADER_LEN
+        || prefix[0..4] != MAGIC
+        || !(1..=FORMAT_VERSION).contains(&u16_at(prefix, 4))
+    {
         return None;
     }
     let (epoch, rest) = postcard::take_from_bytes::<u64>(&prefix[HEADER_LEN..]).ok()?;
@@ -263,6 +282,40 @@ pub(crate) mod tests {
             postcard::to_allocvec(&record).unwrap()
         );
         assert_eq!(peek_head(&bytes[..HEAD_PREFIX_LEN]), Some((3, 17)));
+    }
+
+    #[test]
+    fn version_1_records_decode_with_an_empty_flip_journal() {
+        // A version 1 record is a version 2 record without the journal's one zero byte.
+        let record = sample("old-job", 2);
+        assert!(record.progress.flips.is_empty());
+        let mut bytes = encode(&record).unwrap();
+        assert_eq!(bytes.pop(), Some(0));
+        let len = u32::try_from(bytes.len() - HEADER_LEN).unwrap();
+        bytes[8..12].copy_from_slice(&len.to_le_bytes());
+        let bytes = with_version(bytes, 1);
+        assert_eq!(decode(&bytes).unwrap(), record);
+        assert_eq!(peek_head(&bytes[..HEAD_PREFIX_LEN]), Some((3, 17)));
+        // The same bytes labelled version 2 are short by the journal: corrupt, not guessed.
+        assert!(matches!(
+            decode(&with_version(bytes, 2)),
+            Err(DecodeError::Corrupt(CorruptReason::Payload(_)))
+        ));
+    }
+
+    #[test]
+    fn flip_journal_round_trips() {
+        let mut record = sample("j", 0);
+        let key = ObjectKey::new("photos/9999").unwrap();
+        record.progress.apply(crate::ProgressUpdate::FlipIntent {
+            key: key.clone(),
+            digest: [7; 32],
+        });
+        record
+            .progress
+            .apply(crate::ProgressUpdate::FlipCommitted { key: key.clone() });
+        assert!(record.progress.flips[&key].committed);
+        assert_eq!(decode(&encode(&record).unwrap()).unwrap(), record);
     }
 
     #[test]
@@ -342,6 +395,7 @@ pub(crate) mod tests {
             done in proptest::collection::btree_set("[a-z]{1,8}", 0..16),
             counters in (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
             failed in proptest::collection::btree_map("[a-z]{1,8}", (any::<u32>(), ".{0,20}"), 0..8),
+            flips in proptest::collection::btree_map("[a-z]{1,8}", (any::<[u8; 32]>(), any::<bool>()), 0..8),
         ) {
             let mut record = sample("prop", 0);
             record.epoch = counters.0;
@@ -356,6 +410,12 @@ pub(crate) mod tests {
                     .into_iter()
                     .map(|(k, (attempts, last_error))| {
                         (ObjectKey::new(k).unwrap(), Failure { attempts, last_error })
+                    })
+                    .collect(),
+                flips: flips
+                    .into_iter()
+                    .map(|(k, (digest, committed))| {
+                        (ObjectKey::new(k).unwrap(), crate::FlipRecord { digest, committed })
                     })
                     .collect(),
             };

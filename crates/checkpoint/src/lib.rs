@@ -87,7 +87,7 @@ pub use crate::error::{CorruptReason, Error, Result};
 pub use crate::file::FileStore;
 pub use crate::memory::MemoryStore;
 pub use crate::record::{
-    Acquired, Failure, JobRecord, Lease, Loaded, Progress, ProgressUpdate, Warning,
+    Acquired, Failure, FlipRecord, JobRecord, Lease, Loaded, Progress, ProgressUpdate, Warning,
 };
 #[cfg(feature = "redb")]
 pub use crate::redb_store::RedbStore;

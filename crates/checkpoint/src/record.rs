@@ -78,6 +78,23 @@ pub struct Progress {
     pub skipped_objects: u64,
     /// Objects that failed, by key.
     pub failed: BTreeMap<ObjectKey, Failure>,
+    /// The flip journal: objects whose flip was (or is about to be) made and that are not
+    /// recorded done yet, with the digest of the copy the flip points reads at. An entry is
+    /// written (and made durable) before the flip it announces, so after a crash the engine
+    /// knows which keys may have been served from the target (SPEC I2, I3). Added in format
+    /// version 2; empty in records of version 1.
+    pub flips: BTreeMap<ObjectKey, FlipRecord>,
+}
+
+/// One entry of [`Progress::flips`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlipRecord {
+    /// BLAKE3 of the bytes the copy wrote to the target.
+    pub digest: [u8; 32],
+    /// The flip happened and the target was synced after it: the target serves the key, and
+    /// the source may be cleaned up. Before that, the entry is an intent: the flip may or may
+    /// not have happened, and the stores' contents against `digest` tell which.
+    pub committed: bool,
 }
 
 /// An object that failed: how often it was tried and why it failed last.
@@ -117,12 +134,36 @@ pub enum ProgressUpdate {
     },
     /// Every key up to and including this one is done.
     Watermark(ObjectKey),
+    /// The object's copy (with `digest`) is about to be flipped to the target: journal it
+    /// before the flip (an intent; replaces an earlier one of the same key).
+    FlipIntent {
+        /// The object.
+        key: ObjectKey,
+        /// BLAKE3 of the copy on the target.
+        digest: [u8; 32],
+    },
+    /// The object's flip happened and the target was synced after it.
+    FlipCommitted {
+        /// The object.
+        key: ObjectKey,
+    },
+    /// The object's intent is void: the flip was refused or abandoned, reads stay on the
+    /// source.
+    FlipDropped {
+        /// The object.
+        key: ObjectKey,
+    },
 }
 
 impl ProgressUpdate {
     /// Whether the update finishes an object (counts towards the save interval).
     pub fn finishes_object(&self) -> bool {
-        !matches!(self, ProgressUpdate::Watermark(_))
+        matches!(
+            self,
+            ProgressUpdate::Done { .. }
+                | ProgressUpdate::Skipped { .. }
+                | ProgressUpdate::Failed { .. }
+        )
     }
 }
 
@@ -132,9 +173,11 @@ impl Progress {
         self.watermark.as_ref().is_some_and(|w| key <= w) || self.done_above.contains(key)
     }
 
-    /// Records `key` done with `bytes`; a retried failure is no longer failed.
+    /// Records `key` done with `bytes`; a retried failure is no longer failed, and its flip
+    /// journal entry goes.
     pub fn mark_done(&mut self, key: ObjectKey, bytes: u64) {
         self.failed.remove(&key);
+        self.flips.remove(&key);
         self.done_objects += 1;
         self.done_bytes += bytes;
         if self.watermark.as_ref().is_none_or(|w| &key > w) {
@@ -148,8 +191,12 @@ impl Progress {
         self.mark_done(key, 0);
     }
 
-    /// Records `key` failed after `attempts` with `error`.
+    /// Records `key` failed after `attempts` with `error`. A committed flip stays journaled
+    /// (the target still serves the key); an uncommitted intent is void.
     pub fn mark_failed(&mut self, key: ObjectKey, attempts: u32, error: String) {
+        if self.flips.get(&key).is_some_and(|f| !f.committed) {
+            self.flips.remove(&key);
+        }
         self.failed.insert(
             key,
             Failure {
@@ -182,6 +229,25 @@ impl Progress {
                 error,
             } => self.mark_failed(key, attempts, error),
             ProgressUpdate::Watermark(key) => self.advance_watermark(key),
+            ProgressUpdate::FlipIntent { key, digest } => {
+                self.flips.insert(
+                    key,
+                    FlipRecord {
+                        digest,
+                        committed: false,
+                    },
+                );
+            }
+            ProgressUpdate::FlipCommitted { key } => {
+                if let Some(flip) = self.flips.get_mut(&key) {
+                    flip.committed = true;
+                }
+            }
+            ProgressUpdate::FlipDropped { key } => {
+                if self.flips.get(&key).is_some_and(|f| !f.committed) {
+                    self.flips.remove(&key);
+                }
+            }
         }
     }
 }
@@ -311,5 +377,47 @@ mod tests {
             bytes: 5,
         });
         assert!(p.failed.is_empty());
+    }
+
+    #[test]
+    fn flip_journal_lifecycle() {
+        let mut p = Progress::default();
+        let intent = |k: &str, d: u8| ProgressUpdate::FlipIntent {
+            key: key(k),
+            digest: [d; 32],
+        };
+        // An intent replaces an earlier one; dropped intents go; committed ones cannot be
+        // dropped.
+        p.apply(intent("a", 1));
+        p.apply(intent("a", 2));
+        assert_eq!(p.flips[&key("a")].digest, [2; 32]);
+        p.apply(ProgressUpdate::FlipDropped { key: key("a") });
+        assert!(p.flips.is_empty());
+        p.apply(intent("a", 3));
+        p.apply(ProgressUpdate::FlipCommitted { key: key("a") });
+        p.apply(ProgressUpdate::FlipDropped { key: key("a") });
+        assert!(p.flips[&key("a")].committed);
+        // Committing an unknown key records nothing.
+        p.apply(ProgressUpdate::FlipCommitted { key: key("z") });
+        assert!(!p.flips.contains_key(&key("z")));
+        // A failure keeps a committed flip (the target serves the key) and voids an intent.
+        p.apply(intent("b", 4));
+        for k in ["a", "b"] {
+            p.apply(ProgressUpdate::Failed {
+                key: key(k),
+                attempts: 1,
+                error: "hook".into(),
+            });
+        }
+        assert_eq!(p.flips.keys().collect::<Vec<_>>(), vec![&key("a")]);
+        // Done (and skipped) end the journal entry.
+        p.apply(ProgressUpdate::Done {
+            key: key("a"),
+            bytes: 1,
+        });
+        p.apply(intent("c", 5));
+        p.apply(ProgressUpdate::Skipped { key: key("c") });
+        assert!(p.flips.is_empty());
+        assert!(!intent("c", 5).finishes_object());
     }
 }

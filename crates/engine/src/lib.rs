@@ -31,9 +31,12 @@
 //!   fenced, drained, copied once more and flipped (I3). A source gone at open means
 //!   `Skipped`, absent on both sides. Transient errors are retried with the plan's backoff and
 //!   jitter; permanent or exhausted ones fail the object (its entry removed: reads stay on the
-//!   source) and the job ends `CompletedWithErrors`. Cleanup waits out the grace period;
+//!   source) and the job ends `CompletedWithErrors`. Before each flip, the copy's digest is
+//!   journaled in the checkpoint and the save awaited (the *flip journal*; concurrent objects
+//!   share one save); a refused flip voids it, durably, before the next copy. Cleanup waits out the grace period;
 //!   the object then waits for the next checkpoint commit, which syncs the target once for
-//!   the whole batch, then for each object calls the commit hook and deletes the source only
+//!   the whole batch, saves the batch's flips as committed, then for each object calls the
+//!   commit hook and deletes the source only
 //!   if it still has the copied version (I1: no source is deleted before a completed target
 //!   sync), then records the batch.
 //! - Objects are recorded done only after their last step, and only after a target `sync`
@@ -53,12 +56,15 @@
 //!   status (live snapshots for jobs running in this engine, the others from their records).
 //! - [`Engine::recover`]: resumes every job recorded `Running`, `Paused` or `Completing` that
 //!   is not running in this engine, from its checkpoint under a new lease; a `Paused` job is
-//!   resumed paused. Before a resumed job's runner starts, the objects the stopped run had
-//!   moved are reloaded into the forwarding table: a key of the plan that the target holds
-//!   and the source no longer does was flipped (sources are deleted only after their flip),
-//!   so it is registered and flipped to the target again, and no read after `recover` goes
-//!   to a node without the object (I2). Keys both sides hold route to the source, which
-//!   holds them, and run again.
+//!   resumed paused. Before a resumed job's runner starts, the flip journal is settled and
+//!   saved: a committed flip routes to the target again; an intent is settled by what the
+//!   stores hold against the journaled digest (the target changed: a client wrote through
+//!   the flip, so the target serves it; the source changed: the flip was refused, the source
+//!   serves it and the key is copied again; the source is gone and the target has the copy:
+//!   deleted before the flip, so the copy goes too). Then the keys recorded done that the
+//!   target holds are reloaded as forwarded. So no read after `recover` goes to a node
+//!   without the object (I2), and no write made through a flip before the crash is
+//!   overwritten by a copy of the stale source (I3).
 //! - [`Engine::retry_failed`]: a job that ended `CompletedWithErrors` runs again
 //!   (`CompletedWithErrors` → `Running`, new lease) over exactly the keys of its record's
 //!   `failed` map; each that succeeds leaves `failed` and is counted done, so
@@ -75,13 +81,12 @@
 //!   finished for the watermark: they are kept in the record's failed map, not run again on
 //!   resume.
 //!
-//! Not yet: the checkpoint does not record flips, so after a crash an object flipped but
-//! not cleaned (both sides hold it) routes to the source and is copied again: a write made
-//! to the target after its flip and before the crash would be overwritten (a flip journal
-//! would fix it); an object a user deleted from the source while its copy was landing on the
-//! target, just before a crash, is reloaded as moved. The reason a source was kept (its
-//! version changed) is not in the record. Events of objects a crashed
-//! run had already moved may start mid-protocol.
+//! Limits: one case the flip journal cannot tell apart: after a crash before a batch's
+//! commit, a key whose target lacks it while the source still has the journaled copy was
+//! either deleted by a client through the flip or lost by the target (a power cut before
+//! the batch's sync); the source's copy then serves it (keeping the only copy wins, I1), so
+//! such a delete is undone. The reason a source was kept (its version changed) is not in
+//! the record. Events of objects a crashed run had already moved may start mid-protocol.
 //!
 //! # Example
 //! ```

@@ -320,28 +320,60 @@ impl Engine {
                 status: Some(acquired.record.status),
             });
         }
-        if resumed && !retrying {
-            // Objects the stopped run had flipped route to their target again (I2).
-            let reloaded =
-                pipeline::reload_forwarded(&self.inner.table, &plan, &*source, &*target).await;
-            if let Err(err) = reloaded {
-                let _ = store.release(&acquired.lease).await;
-                return Err(err);
+        // Objects the stopped run had flipped route to their target again (I2): first the
+        // flip journal is settled, then the objects recorded done are reloaded.
+        let mut journal_updates = Vec::new();
+        let mut committed = std::collections::BTreeMap::new();
+        if resumed {
+            let table = &self.inner.table;
+            let progress = &acquired.record.progress;
+            let reloaded = async {
+                let (updates, flipped) =
+                    pipeline::resolve_flips(table, &plan, &*source, &*target, &progress.flips)
+                        .await?;
+                if !retrying {
+                    pipeline::reload_forwarded(table, &plan, &*target, progress).await?;
+                }
+                Ok::<_, Error>((updates, flipped))
+            }
+            .await;
+            match reloaded {
+                Ok((updates, flipped)) => (journal_updates, committed) = (updates, flipped),
+                Err(err) => {
+                    let _ = store.release(&acquired.lease).await;
+                    return Err(err);
+                }
             }
         }
-        let throttle = Throttle::builder()
+        let throttle = match Throttle::builder()
             .rate(plan.options.rate)
             .chunk_size(plan.options.chunk_size)
             .within(&self.inner.global)
-            .build()?;
-        let progress = acquired.record.progress;
-        let checkpointer = Checkpointer::new(
+            .build()
+        {
+            Ok(throttle) => throttle,
+            Err(err) => {
+                let _ = store.release(&acquired.lease).await;
+                return Err(err.into());
+            }
+        };
+        let mut progress = acquired.record.progress;
+        let settled = !journal_updates.is_empty();
+        for update in journal_updates {
+            progress.apply(update);
+        }
+        let checkpointer = Arc::new(Checkpointer::new(
             Arc::clone(store),
             acquired.lease,
             progress.clone(),
             JobStatus::Running,
             plan.options.checkpoint,
-        );
+        ));
+        if settled && !retrying {
+            // The settled journal is saved before anything moves: a crash of this run must
+            // not settle the same intents again against stores this run changed.
+            checkpointer.flush().await?;
+        }
         let retry_keys: Option<Vec<ObjectKey>> =
             retrying.then(|| progress.failed.keys().cloned().collect());
         if retrying {
@@ -368,6 +400,8 @@ impl Engine {
             resumed,
             retry_keys,
             failed_before: progress.failed.keys().cloned().collect(),
+            checkpointer,
+            committed,
         };
         let span = tracing::info_span!(
             "job",
@@ -377,7 +411,7 @@ impl Engine {
             retry = retrying,
         );
         span.in_scope(|| tracing::debug!(resumed = ctx.resumed, paused, "job started"));
-        let run = pipeline::run(Arc::new(ctx), checkpointer, progress);
+        let run = pipeline::run(Arc::new(ctx), progress);
         let task = tokio::spawn(tracing::Instrument::instrument(run, span));
         Ok(JobHandle::new(shared, task))
     }

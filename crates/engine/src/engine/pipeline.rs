@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use ferry_checkpoint::{Checkpointer, Progress, ProgressUpdate};
+use std::collections::BTreeMap;
+
+use ferry_checkpoint::{Checkpointer, FlipRecord, Progress, ProgressUpdate};
 use ferry_forwarding::{Conflict, EntryState};
 use ferry_types::{
     CleanupPolicy, JobSnapshot, JobStatus, MigrationPlan, ObjectKey, ObjectSelection, ObjectState,
@@ -35,6 +37,22 @@ pub(crate) struct JobCtx {
     /// already, so one that succeeds now leaves that count and one that fails again is not
     /// counted twice.
     pub(crate) failed_before: std::collections::HashSet<ObjectKey>,
+    /// The job's checkpoint, shared with the object tasks: they journal flips in it.
+    pub(crate) checkpointer: Arc<Checkpointer>,
+    /// The flips an earlier run made and did not record done (the committed entries of the
+    /// record's flip journal, after [`resolve_flips`]), with the digest of their copy.
+    pub(crate) committed: BTreeMap<ObjectKey, [u8; 32]>,
+}
+
+/// What a cleanup may compare the source against before deleting it (I1).
+#[derive(Debug, Clone)]
+enum CopiedFrom {
+    /// This run copied this source version.
+    Version(Version),
+    /// An earlier run copied bytes with this BLAKE3 digest (from its flip journal).
+    Digest([u8; 32]),
+    /// An earlier run copied it; what it copied is not known.
+    Unknown,
 }
 
 /// How one object ended in this run.
@@ -48,8 +66,8 @@ enum Outcome {
     /// after the target sync.
     Forwarded {
         key: ObjectKey,
-        /// The source version copied; `None` when an earlier run made the copy.
-        copied: Option<Version>,
+        /// What was copied, for the source check before delete.
+        copied: CopiedFrom,
         bytes: u64,
         /// Whether the policy deletes the source.
         delete: bool,
@@ -67,13 +85,10 @@ enum Outcome {
 }
 
 /// Runs the job to its end.
-pub(crate) async fn run(
-    ctx: Arc<JobCtx>,
-    checkpointer: Checkpointer,
-    progress: Progress,
-) -> Result<JobSnapshot> {
+pub(crate) async fn run(ctx: Arc<JobCtx>, progress: Progress) -> Result<JobSnapshot> {
     let _live = Live(&ctx);
-    let result = drive(&ctx, &checkpointer, &progress).await;
+    let checkpointer = &*ctx.checkpointer;
+    let result = drive(&ctx, checkpointer, &progress).await;
     let shared = &ctx.shared;
     let status = match &result {
         Err(_) => JobStatus::Failed,
@@ -151,12 +166,22 @@ fn keys(ctx: &JobCtx, progress: &Progress) -> BoxStream<'static, Result<ObjectKe
             keys.dedup();
             Box::pin(futures_util::stream::iter(keys.into_iter().map(Ok)))
         }
-        ObjectSelection::Prefix(prefix) if ctx.resumed => {
+        ObjectSelection::Prefix(prefix) if !ctx.committed.is_empty() => {
             // A crashed run may have cleaned a source it had not yet recorded done: such a
-            // key is only on the target now, and must still be recorded (I4).
+            // key is only on the target now, journaled as flipped, and must still be
+            // recorded (I4).
             let source = ctx.source.list(prefix, None).map_ok(|meta| meta.key);
-            let target = ctx.target.list(prefix, None).map_ok(|meta| meta.key);
-            merge_keys(Box::pin(source), Box::pin(target))
+            let flipped: Vec<Result<ObjectKey>> = ctx
+                .committed
+                .keys()
+                .filter(|key| key.as_str().starts_with(prefix.as_str()))
+                .cloned()
+                .map(Ok)
+                .collect();
+            merge_keys(
+                Box::pin(source),
+                Box::pin(futures_util::stream::iter(flipped)),
+            )
         }
         ObjectSelection::Prefix(prefix) => {
             Box::pin(ctx.source.list(prefix, None).map_ok(|meta| meta.key))
@@ -343,6 +368,18 @@ async fn commit(
             .await
             .map_err(|(_, err)| err)?;
     }
+    // The flips of the batch are committed, durably, before any of its sources goes: after
+    // a crash, a journaled key whose source is gone was cleaned, not deleted by a user.
+    let mut flipped = false;
+    for outcome in &batch {
+        if let Outcome::Forwarded { key, .. } = outcome {
+            checkpointer.record(ProgressUpdate::FlipCommitted { key: key.clone() });
+            flipped = true;
+        }
+    }
+    if flipped {
+        checkpointer.flush().await?;
+    }
     let batch: Vec<Outcome> = futures_util::stream::iter(batch)
         .map(|outcome| async move {
             match outcome {
@@ -491,6 +528,8 @@ where
 struct Copied {
     version: Version,
     bytes: u64,
+    /// BLAKE3 of the bytes written to the target.
+    digest: [u8; 32],
 }
 
 enum CopyResult {
@@ -588,7 +627,11 @@ async fn copy_once(ctx: &JobCtx, key: &ObjectKey, track: &Tracker<'_>) -> Result
         }
     }
     track.to(ObjectState::Verified);
-    Ok(CopyResult::Copied(Copied { version, bytes }))
+    Ok(CopyResult::Copied(Copied {
+        version,
+        bytes,
+        digest: *hash.as_bytes(),
+    }))
 }
 
 /// The whole pipeline of one object.
@@ -623,13 +666,23 @@ async fn process(ctx: &JobCtx, key: ObjectKey) -> Outcome {
             // holds the object and serves it; only the cleanup is left.
             Some(info) if info.state == EntryState::Forwarded && info.target == target => {
                 ctx.shared.forwarded.fetch_add(1, Ordering::Relaxed);
+                let journaled = ctx.committed.get(&key).copied();
+                // On failure the entry stays: the target serves the key (I2).
+                let failed = |error| Outcome::Failed {
+                    key: key.clone(),
+                    attempts: 1,
+                    error,
+                };
                 let bytes = match ctx.target.head(&key).await {
                     Ok(Some(meta)) => meta.size,
-                    Ok(None) => return fail(1, Error::NotFound { key: key.clone() }),
-                    Err(err) => return fail(1, err),
+                    // Deleted through the table after its journaled flip: nothing to move.
+                    Ok(None) if journaled.is_some() => 0,
+                    Ok(None) => return failed(Error::NotFound { key: key.clone() }),
+                    Err(err) => return failed(err),
                 };
                 track.to(ObjectState::Forwarded);
-                return cleanup(ctx, key.clone(), None, bytes).await;
+                let copied = journaled.map_or(CopiedFrom::Unknown, CopiedFrom::Digest);
+                return cleanup(ctx, key.clone(), copied, bytes).await;
             }
             _ => return fail(1, err.into()),
         }
@@ -637,7 +690,6 @@ async fn process(ctx: &JobCtx, key: ObjectKey) -> Outcome {
     let max_flips = ctx.plan.options.max_flip_attempts;
     let mut refused = 0u32;
     let mut fenced = false;
-    let mut first = true;
     let copied = loop {
         // The generation is read BEFORE the copy opens the source (I3).
         let observed = if fenced {
@@ -656,16 +708,8 @@ async fn process(ctx: &JobCtx, key: ObjectKey) -> Outcome {
             Ok(CopyResult::Copied(copied)) => copied,
             Ok(CopyResult::Vanished) => {
                 table.remove(key.as_str());
-                if first && ctx.resumed {
-                    // The crashed run may have moved and cleaned it: keep a target copy.
-                    if let Ok(Some(meta)) = ctx.target.head(&key).await {
-                        return Outcome::Done {
-                            key,
-                            bytes: meta.size,
-                        };
-                    }
-                }
-                // Absent on both sides, never resurrected (I3).
+                // Absent on both sides, never resurrected (I3). (A key an earlier run moved
+                // and cleaned is journaled and took the path above.)
                 return match with_retry(ctx, "delete", || ctx.target.delete(&key)).await {
                     Ok(_) => Outcome::Skipped { key },
                     Err((attempts, err)) => fail(attempts, err),
@@ -679,15 +723,29 @@ async fn process(ctx: &JobCtx, key: ObjectKey) -> Outcome {
                 return fail(attempts, err);
             }
         };
-        first = false;
         if ctx.shared.is_cancelled() {
             track.to(ObjectState::Pending);
             return rolled_back(ctx, key);
+        }
+        // Journal the flip before making it: once the flip is made, writes land on the
+        // target, and after a crash the journal (with the copy's digest) says whether they
+        // may have (I2, I3). Concurrent objects share the save (a group commit).
+        let intent = ProgressUpdate::FlipIntent {
+            key: key.clone(),
+            digest: copied.digest,
+        };
+        if let Err(err) = ctx.checkpointer.record_durable(intent).await {
+            return fail(refused + 1, err.into());
         }
         match table.try_flip(key.as_str(), observed) {
             Ok(()) => break copied,
             Err(Conflict::WritesSinceCopyBegan { .. } | Conflict::WritesInFlight { .. }) => {
                 refused += 1;
+                // The intent is void, durably, before the next copy writes the target.
+                let dropped = ProgressUpdate::FlipDropped { key: key.clone() };
+                if let Err(err) = ctx.checkpointer.record_durable(dropped).await {
+                    return fail(refused, err.into());
+                }
                 if fenced && refused > max_flips + 2 {
                     return fail(refused, Error::Forwarding(not_found(&key)));
                 }
@@ -703,7 +761,7 @@ async fn process(ctx: &JobCtx, key: ObjectKey) -> Outcome {
     };
     ctx.shared.forwarded.fetch_add(1, Ordering::Relaxed);
     track.to(ObjectState::Forwarded);
-    cleanup(ctx, key, Some(copied.version), copied.bytes).await
+    cleanup(ctx, key, CopiedFrom::Version(copied.version), copied.bytes).await
 }
 
 /// Calls the engine's commit hook, if any, for `key`.
@@ -734,7 +792,7 @@ fn rolled_back(ctx: &JobCtx, key: ObjectKey) -> Outcome {
 /// CLEANUP per the policy, first half: waits out the grace period; the rest (commit hook,
 /// version re-check, delete) runs at the next commit, after the target sync
 /// ([`finish_cleanup`]).
-async fn cleanup(ctx: &JobCtx, key: ObjectKey, copied: Option<Version>, bytes: u64) -> Outcome {
+async fn cleanup(ctx: &JobCtx, key: ObjectKey, copied: CopiedFrom, bytes: u64) -> Outcome {
     let grace = match ctx.plan.options.cleanup {
         CleanupPolicy::Never => {
             return Outcome::Forwarded {
@@ -769,13 +827,13 @@ async fn cleanup(ctx: &JobCtx, key: ObjectKey, copied: Option<Version>, bytes: u
 /// CLEANUP, second half, called by the commit once the target sync completed: calls the
 /// commit hook, then (when the policy deletes) deletes the source only if it still has the
 /// version that was copied (I1). A failing hook keeps the source and fails the object (it
-/// stays forwarded). `copied` is `None` when the copy was made by an earlier run, whose
-/// copied version is not known: then the source is deleted only if its content hashes the
-/// same as the target's, else it is kept.
+/// stays forwarded). When an earlier run made the copy, the source is deleted only if it
+/// hashes to the digest that run journaled, or (no journal entry) to the target's content;
+/// else it is kept.
 async fn finish_cleanup(
     ctx: &JobCtx,
     key: ObjectKey,
-    copied: Option<Version>,
+    copied: CopiedFrom,
     bytes: u64,
     delete: bool,
 ) -> Outcome {
@@ -803,22 +861,29 @@ async fn finish_cleanup(
     let Some(meta) = head else {
         return Outcome::Done { key, bytes };
     };
-    match &copied {
+    let same = match &copied {
         // The source changed since it was copied (a write outside the table): keep it.
-        Some(version) if *version != meta.version => return Outcome::Done { key, bytes },
-        Some(_) => {}
-        None => match with_retry(ctx, "compare", || same_content(ctx, &key)).await {
-            Ok(true) => {}
-            // Not provably the same bytes: never delete what may be the only copy (I1).
-            Ok(false) => return Outcome::Done { key, bytes },
-            Err((attempts, error)) => {
-                return Outcome::Failed {
-                    key,
-                    attempts,
-                    error,
-                };
-            }
-        },
+        CopiedFrom::Version(version) => Ok(*version == meta.version),
+        CopiedFrom::Digest(expected) => {
+            with_retry(ctx, "compare", || async {
+                let source = digest(&*ctx.source, &key).await?;
+                Ok(source.is_some_and(|(_, hash)| hash.as_bytes() == expected))
+            })
+            .await
+        }
+        CopiedFrom::Unknown => with_retry(ctx, "compare", || same_content(ctx, &key)).await,
+    };
+    match same {
+        Ok(true) => {}
+        // Not provably the same bytes: never delete what may be the only copy (I1).
+        Ok(false) => return Outcome::Done { key, bytes },
+        Err((attempts, error)) => {
+            return Outcome::Failed {
+                key,
+                attempts,
+                error,
+            };
+        }
     }
     match with_retry(ctx, "delete", || ctx.source.delete(&key)).await {
         Ok(_) => {
@@ -860,49 +925,110 @@ async fn digest(store: &dyn Store, key: &ObjectKey) -> Result<Option<(u64, blake
     Ok(Some((size, hasher.finalize())))
 }
 
-/// On resume, before the runner starts: reloads into the forwarding table the objects a run
-/// that stopped had already moved, so that no read is routed to a node without the object
-/// (I2). The checkpoint does not record flips; what the stores hold says it instead: an
-/// object of the plan that the target holds and the source no longer does was flipped (a
-/// source is deleted only after its flip, its commit sync and its commit hook), so it is
-/// registered and flipped to the target here. An object both sides hold is left unregistered:
-/// reads go to the source, which holds it, and the resumed run handles it again. Keys are
-/// compared as two key-ordered listings (prefix plans) or with `head` (explicit keys), a key
-/// at a time; a key the table already has an entry for is left as it is. Returns how many
-/// entries were loaded.
-pub(crate) async fn reload_forwarded(
+/// On resume, before the runner starts: settles the record's flip journal (SPEC I2, I3).
+///
+/// A committed entry was flipped (and its batch's target sync completed): it is registered
+/// and flipped to the target again. An intent (journaled, then maybe flipped) is settled by
+/// what the stores hold against the digest of the copy it announced. The engine never
+/// writes a journaled key's target while its intent stands, and after a flip no write
+/// reaches the source, so:
+/// - the target holds other bytes: only a client write routed through the flip does that,
+///   so the flip was made and the target serves the key;
+/// - the target holds the copy and so does the source: both serve the same bytes; the
+///   target does, as if flipped;
+/// - the target holds the copy and the source changed: the flip was refused (a write since
+///   the copy), the source serves the key;
+/// - the target holds the copy and the source is gone: the flip was refused by a delete:
+///   the copy is deleted too, absent on both sides, never resurrected;
+/// - the target lacks the key: either a client deleted it after the flip, or the target
+///   lost its un-synced copy (a power cut before the batch's sync). The source, when it
+///   holds the copy, serves the key: keeping the only copy wins (I1), and a delete made in
+///   that window is undone (the one case the journal cannot tell apart). Without the copy
+///   on the source either, the key is absent on both sides.
+///
+/// Returns the changes to record (every intent becomes committed or dropped) and the
+/// committed flips with their digests.
+pub(crate) async fn resolve_flips(
     table: &ferry_forwarding::Table,
     plan: &MigrationPlan,
     source: &dyn Store,
     target: &dyn Store,
+    journal: &BTreeMap<ObjectKey, FlipRecord>,
+) -> Result<(Vec<ProgressUpdate>, BTreeMap<ObjectKey, [u8; 32]>)> {
+    let mut updates = Vec::new();
+    let mut committed = BTreeMap::new();
+    for (key, flip) in journal {
+        let to_target = if flip.committed {
+            true
+        } else {
+            let copy = |found: Option<(u64, blake3::Hash)>| {
+                found.map(|(_, hash)| *hash.as_bytes() == flip.digest)
+            };
+            match copy(digest(target, key).await?) {
+                // Changed through the flip.
+                Some(false) => true,
+                Some(true) => match copy(digest(source, key).await?) {
+                    Some(same) => same,
+                    None => {
+                        target.delete(key).await?;
+                        false
+                    }
+                },
+                // Deleted through the flip, or lost by the target: the source serves
+                // the key when it has the copy; otherwise it is absent on both sides.
+                None => copy(digest(source, key).await?) != Some(true),
+            }
+        };
+        if to_target {
+            forward(table, plan, key);
+            committed.insert(key.clone(), flip.digest);
+            updates.push(ProgressUpdate::FlipCommitted { key: key.clone() });
+        } else {
+            updates.push(ProgressUpdate::FlipDropped { key: key.clone() });
+        }
+    }
+    Ok((updates, committed))
+}
+
+/// Registers `key` and flips it to the plan's target; whether it was (a key the table
+/// already has an entry for is left as it is).
+fn forward(table: &ferry_forwarding::Table, plan: &MigrationPlan, key: &ObjectKey) -> bool {
+    table.register(key, plan.source, plan.target).is_ok()
+        && table
+            .generation(key.as_str())
+            .is_some_and(|generation| table.try_flip(key.as_str(), generation).is_ok())
+}
+
+/// On resume, before the runner starts: reloads into the forwarding table the objects a run
+/// that stopped had moved and recorded done, so that reads go on being served by the target
+/// after a restart (I2): a key recorded done that the target holds was flipped (skipped keys
+/// are absent from the target). Keys are found in the target's key-ordered listing (prefix
+/// plans) or with `head` (explicit keys), a key at a time; a key the table already has an
+/// entry for is left as it is. Keys not recorded done are settled by the flip journal
+/// ([`resolve_flips`]). Returns how many entries were loaded.
+pub(crate) async fn reload_forwarded(
+    table: &ferry_forwarding::Table,
+    plan: &MigrationPlan,
+    target: &dyn Store,
+    progress: &Progress,
 ) -> Result<u64> {
     let mut loaded = 0;
-    let mut forward = |key: &ObjectKey| {
-        if table.register(key, plan.source, plan.target).is_ok()
-            && let Some(generation) = table.generation(key.as_str())
-            && table.try_flip(key.as_str(), generation).is_ok()
-        {
-            loaded += 1;
-        }
-    };
     match &plan.objects {
         ObjectSelection::Keys(keys) => {
             for key in keys {
-                if target.head(key).await?.is_some() && source.head(key).await?.is_none() {
-                    forward(key);
+                if progress.is_done(key)
+                    && target.head(key).await?.is_some()
+                    && forward(table, plan, key)
+                {
+                    loaded += 1;
                 }
             }
         }
         ObjectSelection::Prefix(prefix) => {
-            let mut on_source = source.list(prefix, None).map_ok(|meta| meta.key);
             let mut on_target = target.list(prefix, None).map_ok(|meta| meta.key);
-            let mut next_source = on_source.try_next().await?;
             while let Some(key) = on_target.try_next().await? {
-                while next_source.as_ref().is_some_and(|s| *s < key) {
-                    next_source = on_source.try_next().await?;
-                }
-                if next_source.as_ref() != Some(&key) {
-                    forward(&key);
+                if progress.is_done(&key) && forward(table, plan, &key) {
+                    loaded += 1;
                 }
             }
         }

@@ -6,6 +6,7 @@ mod control;
 mod copy;
 mod events;
 mod hooks;
+mod journal;
 mod memory;
 mod resume;
 mod retry;
