@@ -27,15 +27,18 @@
 //!   skipped (I4). The copy streams chunk by chunk through the job's throttle (within the
 //!   global one), computing BLAKE3 as it goes (I7); verify by size (`head`) or by checksum
 //!   (the target re-read, streaming). The forwarding generation is read before the source is
-//!   opened; a refused flip copies again, and after `max_flip_attempts` refusals the key is
-//!   fenced, drained, copied once more and flipped (I3). A source gone at open means
+//!   opened. Verified objects are flipped by the next checkpoint commit, after its target
+//!   sync, so a flip never points reads at a copy that is not durable (I2); a refused flip
+//!   copies again, and after `max_flip_attempts` refusals the key is fenced, drained, copied
+//!   once more, synced and flipped on its own (I3). A source gone at open means
 //!   `Skipped`, absent on both sides. Transient errors are retried with the plan's backoff and
 //!   jitter; permanent or exhausted ones fail the object (its entry removed: reads stay on the
-//!   source) and the job ends `CompletedWithErrors`. Before each flip, the copy's digest is
-//!   journaled in the checkpoint and the save awaited (the *flip journal*; concurrent objects
-//!   share one save); a refused flip voids it, durably, before the next copy. Cleanup waits out the grace period;
+//!   source) and the job ends `CompletedWithErrors`. Before the flips, the copies' digests
+//!   are journaled in the checkpoint and saved (the *flip journal*); after them, which flips
+//!   were made (committed) and which were refused (void) is saved before any source is
+//!   deleted or any key copied again. Cleanup waits out the grace period;
 //!   the object then waits for the next checkpoint commit, which syncs the target once for
-//!   the whole batch, saves the batch's flips as committed, then for each object calls the
+//!   the whole batch, then for each object calls the
 //!   commit hook and deletes the source only
 //!   if it still has the copied version (I1: no source is deleted before a completed target
 //!   sync), then records the batch.
@@ -81,12 +84,8 @@
 //!   finished for the watermark: they are kept in the record's failed map, not run again on
 //!   resume.
 //!
-//! Limits: one case the flip journal cannot tell apart: after a crash before a batch's
-//! commit, a key whose target lacks it while the source still has the journaled copy was
-//! either deleted by a client through the flip or lost by the target (a power cut before
-//! the batch's sync); the source's copy then serves it (keeping the only copy wins, I1), so
-//! such a delete is undone. The reason a source was kept (its version changed) is not in
-//! the record. Events of objects a crashed run had already moved may start mid-protocol.
+//! Not yet: the reason a source was kept (its version changed) is not in the record.
+//! Events of objects a crashed run had already moved may start mid-protocol.
 //!
 //! # Example
 //! ```

@@ -311,5 +311,14 @@ impl JobHandle {
     pub async fn crash_for_tests(self) {
         self.task.abort();
         let _ = self.task.await;
+        // The runner's object tasks were aborted with it; they are dropped (and with them
+        // the job's context and checkpointer) when the runtime next runs them. (A checkpoint
+        // save already on a blocking thread finishes on its own.)
+        for _ in 0..10_000 {
+            if Arc::strong_count(&self.shared) == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
     }
 }

@@ -55,9 +55,19 @@ enum CopiedFrom {
     Unknown,
 }
 
-/// How one object ended in this run.
+/// How one object ended in this run (or its task: a verified object is flipped by the
+/// commit).
 #[derive(Debug)]
 enum Outcome {
+    /// Copied and verified; the commit flips it after the target sync.
+    Verified {
+        key: ObjectKey,
+        /// The key's forwarding generation read before the copy opened the source.
+        observed: u64,
+        copied: Copied,
+        /// Flips of this key refused so far in this run.
+        refused: u32,
+    },
     Done {
         key: ObjectKey,
         bytes: u64,
@@ -259,7 +269,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
         let stopping = shared.is_cancelled() || fatal.is_some();
         if paused && !was_paused && !stopping {
             // Pause: save what is finished, then say so.
-            if let Err(err) = commit(ctx, checkpointer, &mut pending, &mut order).await {
+            if let Err(err) = commit(ctx, checkpointer, &mut pending, &mut order, &mut set).await {
                 fatal = Some(err);
                 shared.cancelled.send_replace(true);
                 continue;
@@ -287,13 +297,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
             match keys.next().await {
                 Some(Ok(key)) => {
                     order.dispatched.push_back(key.clone());
-                    shared.in_flight.fetch_add(1, Ordering::Relaxed);
-                    let ctx = Arc::clone(ctx);
-                    let span = tracing::debug_span!("object", key = %key.as_str());
-                    set.spawn(tracing::Instrument::instrument(
-                        async move { process(&ctx, key).await },
-                        span,
-                    ));
+                    spawn_process(ctx, &mut set, key, 0);
                 }
                 Some(Err(err)) => {
                     fatal = Some(err);
@@ -305,7 +309,16 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
         }
         let stopping = shared.is_cancelled() || fatal.is_some();
         if set.is_empty() && ((exhausted && !paused) || stopping) {
-            break;
+            // Flip what is verified; a refused flip (copied again) or a grace period keeps
+            // the job going.
+            if let Err(err) = commit(ctx, checkpointer, &mut pending, &mut order, &mut set).await {
+                fatal.get_or_insert(err);
+                shared.cancelled.send_replace(true);
+            }
+            if set.is_empty() {
+                break;
+            }
+            continue;
         }
         if exhausted && !stopping {
             shared.publish(|s| s.status = JobStatus::Completing);
@@ -322,14 +335,14 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
                     }
                 }
                 if pending.len() as u64 >= interval.objects
-                    && let Err(err) = commit(ctx, checkpointer, &mut pending, &mut order).await
+                    && let Err(err) = commit(ctx, checkpointer, &mut pending, &mut order, &mut set).await
                 {
                     fatal.get_or_insert(err);
                     shared.cancelled.send_replace(true);
                 }
             }
             _ = ticker.tick() => {
-                if let Err(err) = commit(ctx, checkpointer, &mut pending, &mut order).await {
+                if let Err(err) = commit(ctx, checkpointer, &mut pending, &mut order, &mut set).await {
                     fatal.get_or_insert(err);
                     shared.cancelled.send_replace(true);
                 }
@@ -338,7 +351,6 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
             _ = cancelled_rx.changed() => {}
         }
     }
-    commit(ctx, checkpointer, &mut pending, &mut order).await?;
     checkpointer.flush().await?;
     match fatal {
         Some(err) => Err(err),
@@ -346,28 +358,49 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
     }
 }
 
-/// Makes the target durable (one `sync` for the whole batch), then finishes the forwarded
-/// objects (commit hook, version re-check, source delete: never before a completed target
-/// sync, I1), then records the finished objects (sync before record: an object recorded done
-/// is on the target durably, I1/I4).
+/// Starts the pipeline of `key` on the job's task set.
+fn spawn_process(ctx: &Arc<JobCtx>, set: &mut JoinSet<Outcome>, key: ObjectKey, refused: u32) {
+    ctx.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::debug_span!("object", key = %key.as_str());
+    let ctx = Arc::clone(ctx);
+    set.spawn(tracing::Instrument::instrument(
+        async move { process(&ctx, key, refused).await },
+        span,
+    ));
+}
+
+/// Makes the target durable (one `sync` for the whole batch); flips the verified objects,
+/// journaled (the intents saved before the flips, the outcome after them: SPEC I2, I3);
+/// finishes the forwarded objects (commit hook, version re-check, source delete: never
+/// before a completed target sync, I1); then records the finished objects (sync before
+/// record: an object recorded done is on the target durably, I1/I4). A refused flip sends
+/// its object back to copy again, and a grace period is waited out on the task set: both
+/// come back in a later batch.
 async fn commit(
-    ctx: &JobCtx,
+    ctx: &Arc<JobCtx>,
     checkpointer: &Checkpointer,
     pending: &mut Vec<Outcome>,
     order: &mut Order,
+    set: &mut JoinSet<Outcome>,
 ) -> Result<()> {
     if pending.is_empty() {
         return Ok(());
     }
     let batch = std::mem::take(pending);
-    if batch
-        .iter()
-        .any(|o| matches!(o, Outcome::Done { .. } | Outcome::Forwarded { .. }))
-    {
+    if batch.iter().any(|o| {
+        matches!(
+            o,
+            Outcome::Done { .. } | Outcome::Forwarded { .. } | Outcome::Verified { .. }
+        )
+    }) {
         with_retry(ctx, "sync", || ctx.target.sync())
             .await
             .map_err(|(_, err)| err)?;
     }
+    let (verified, mut batch): (Vec<Outcome>, Vec<Outcome>) = batch
+        .into_iter()
+        .partition(|o| matches!(o, Outcome::Verified { .. }));
+    flip_verified(ctx, checkpointer, verified, &mut batch, set).await?;
     // The flips of the batch are committed, durably, before any of its sources goes: after
     // a crash, a journaled key whose source is gone was cleaned, not deleted by a user.
     let mut flipped = false;
@@ -451,7 +484,8 @@ async fn commit(
                     }
                 });
             }
-            Outcome::RolledBack | Outcome::Forwarded { .. } => {}
+            // Forwarded ones were finished above; verified ones were flipped.
+            Outcome::RolledBack | Outcome::Forwarded { .. } | Outcome::Verified { .. } => {}
         }
     }
     // Every key up to the watermark is recorded finished, so the record's done set stays
@@ -466,6 +500,101 @@ async fn commit(
     // A retry run's keys are not a prefix of the job's key order: the watermark stays.
     if let Some(key) = watermark.filter(|_| ctx.retry_keys.is_none()) {
         checkpointer.record(ProgressUpdate::Watermark(key));
+    }
+    Ok(())
+}
+
+/// The FORWARD step of a batch of verified objects, after the target sync: journals the
+/// intents and saves them, flips each key (the generation check, I3), then saves which
+/// flips were made (committed) and which were refused (void) before anything else happens
+/// to them. Flipped objects go on to their cleanup (`out`, or the task set for a grace
+/// period); refused ones are copied again on the task set. After a cancel nothing is
+/// flipped: the objects are rolled back.
+async fn flip_verified(
+    ctx: &Arc<JobCtx>,
+    checkpointer: &Checkpointer,
+    verified: Vec<Outcome>,
+    out: &mut Vec<Outcome>,
+    set: &mut JoinSet<Outcome>,
+) -> Result<()> {
+    if verified.is_empty() {
+        return Ok(());
+    }
+    let shared = &ctx.shared;
+    let table = &ctx.engine.table;
+    if shared.is_cancelled() {
+        for outcome in verified {
+            if let Outcome::Verified { key, .. } = outcome {
+                shared.emit(&key, ObjectState::Pending);
+                out.push(rolled_back(ctx, key));
+            }
+        }
+        return Ok(());
+    }
+    for outcome in &verified {
+        if let Outcome::Verified { key, copied, .. } = outcome {
+            checkpointer.record(ProgressUpdate::FlipIntent {
+                key: key.clone(),
+                digest: copied.digest,
+            });
+        }
+    }
+    checkpointer.flush().await?;
+    let mut flipped = Vec::new();
+    let mut again = Vec::new();
+    for outcome in verified {
+        let Outcome::Verified {
+            key,
+            observed,
+            copied,
+            refused,
+        } = outcome
+        else {
+            continue;
+        };
+        match table.try_flip(key.as_str(), observed) {
+            Ok(()) => {
+                shared.forwarded.fetch_add(1, Ordering::Relaxed);
+                shared.emit(&key, ObjectState::Forwarded);
+                checkpointer.record(ProgressUpdate::FlipCommitted { key: key.clone() });
+                flipped.push((key, copied));
+            }
+            Err(Conflict::WritesSinceCopyBegan { .. } | Conflict::WritesInFlight { .. }) => {
+                // A write since the copy began: the copy runs again (I3).
+                checkpointer.record(ProgressUpdate::FlipDropped { key: key.clone() });
+                shared.emit(&key, ObjectState::Pending);
+                again.push((key, refused + 1));
+            }
+            Err(_) => {
+                table.remove(key.as_str());
+                out.push(Outcome::Failed {
+                    key: key.clone(),
+                    attempts: refused + 1,
+                    error: Error::Forwarding(not_found(&key)),
+                });
+            }
+        }
+    }
+    // Committed and void flips are durable before any source is deleted and before any
+    // key is copied again.
+    checkpointer.flush().await?;
+    for (key, refused) in again {
+        spawn_process(ctx, set, key, refused);
+    }
+    let grace = matches!(ctx.plan.options.cleanup, CleanupPolicy::AfterGrace(_));
+    for (key, copied) in flipped {
+        let from = CopiedFrom::Version(copied.version);
+        if grace {
+            shared.in_flight.fetch_add(1, Ordering::Relaxed);
+            let ctx = Arc::clone(ctx);
+            let span = tracing::debug_span!("object", key = %key.as_str());
+            set.spawn(tracing::Instrument::instrument(
+                async move { cleanup(&ctx, key, from, copied.bytes).await },
+                span,
+            ));
+        } else {
+            out.push(cleanup(ctx, key, from, copied.bytes).await);
+        }
     }
     Ok(())
 }
@@ -525,6 +654,7 @@ where
 }
 
 /// What one copy read and wrote.
+#[derive(Debug)]
 struct Copied {
     version: Version,
     bytes: u64,
@@ -634,22 +764,30 @@ async fn copy_once(ctx: &JobCtx, key: &ObjectKey, track: &Tracker<'_>) -> Result
     }))
 }
 
-/// The whole pipeline of one object.
-async fn process(ctx: &JobCtx, key: ObjectKey) -> Outcome {
+/// The pipeline of one object, up to `Verified` (the commit flips it), or to its end for a
+/// key flipped by an earlier run, or (after `max_flip_attempts` refused flips, `refused`
+/// counting them) through a fenced flip of its own.
+async fn process(ctx: &JobCtx, key: ObjectKey, refused: u32) -> Outcome {
     let track_key = key.clone();
     let track = Tracker::new(&ctx.shared, &track_key);
     let track = &track;
     let table = &ctx.engine.table;
     let (source, target) = (ctx.plan.source, ctx.plan.target);
     let fail = |attempts, error| {
-        table.remove(key.as_str());
+        table.remove(track_key.as_str());
         Outcome::Failed {
-            key: key.clone(),
+            key: track_key.clone(),
             attempts,
             error,
         }
     };
-    if let Err(err) = table.register(&key, source, target) {
+    // A key copied again after a refused flip has its entry already.
+    let registered = if refused == 0 {
+        table.register(&key, source, target).map(|_| ())
+    } else {
+        Ok(())
+    };
+    if let Err(err) = registered {
         match table.get(key.as_str()) {
             // Left by a run of this job that stopped mid-copy: start the move afresh.
             Some(info)
@@ -688,48 +826,40 @@ async fn process(ctx: &JobCtx, key: ObjectKey) -> Outcome {
         }
     }
     let max_flips = ctx.plan.options.max_flip_attempts;
-    let mut refused = 0u32;
-    let mut fenced = false;
-    let copied = loop {
+    if refused < max_flips {
         // The generation is read BEFORE the copy opens the source (I3).
-        let observed = if fenced {
-            match table.wait_drained(key.as_str()).await {
-                Ok(generation) => generation,
-                Err(err) => return fail(refused + 1, err.into()),
-            }
-        } else {
-            match table.generation(key.as_str()) {
-                Some(generation) => generation,
-                None => return fail(refused + 1, Error::Forwarding(not_found(&key))),
-            }
+        let Some(observed) = table.generation(key.as_str()) else {
+            return fail(refused + 1, Error::Forwarding(not_found(&key)));
         };
-        let result = with_retry(ctx, "copy", || copy_once(ctx, &key, track)).await;
-        let copied = match result {
-            Ok(CopyResult::Copied(copied)) => copied,
-            Ok(CopyResult::Vanished) => {
-                table.remove(key.as_str());
-                // Absent on both sides, never resurrected (I3). (A key an earlier run moved
-                // and cleaned is journaled and took the path above.)
-                return match with_retry(ctx, "delete", || ctx.target.delete(&key)).await {
-                    Ok(_) => Outcome::Skipped { key },
-                    Err((attempts, err)) => fail(attempts, err),
-                };
-            }
-            Err((attempts, err)) => {
-                if ctx.shared.is_cancelled() {
-                    track.to(ObjectState::Pending);
-                    return rolled_back(ctx, key);
-                }
-                return fail(attempts, err);
-            }
+        return match copy_step(ctx, &key, track, &fail).await {
+            Ok(copied) => Outcome::Verified {
+                key,
+                observed,
+                copied,
+                refused,
+            },
+            Err(outcome) => outcome,
         };
-        if ctx.shared.is_cancelled() {
-            track.to(ObjectState::Pending);
-            return rolled_back(ctx, key);
+    }
+    // A hot key: its flips were refused `max_flip_attempts` times. Fence its writers, wait
+    // for the writes in flight, copy once more, and flip here, the copy synced and the flip
+    // journaled first (as the commit does for a batch).
+    if let Err(err) = table.fence(key.as_str()) {
+        return fail(refused, err.into());
+    }
+    let mut refused = refused;
+    let copied = loop {
+        let observed = match table.wait_drained(key.as_str()).await {
+            Ok(generation) => generation,
+            Err(err) => return fail(refused + 1, err.into()),
+        };
+        let copied = match copy_step(ctx, &key, track, &fail).await {
+            Ok(copied) => copied,
+            Err(outcome) => return outcome,
+        };
+        if let Err((attempts, err)) = with_retry(ctx, "sync", || ctx.target.sync()).await {
+            return fail(attempts, err);
         }
-        // Journal the flip before making it: once the flip is made, writes land on the
-        // target, and after a crash the journal (with the copy's digest) says whether they
-        // may have (I2, I3). Concurrent objects share the save (a group commit).
         let intent = ProgressUpdate::FlipIntent {
             key: key.clone(),
             digest: copied.digest,
@@ -746,14 +876,8 @@ async fn process(ctx: &JobCtx, key: ObjectKey) -> Outcome {
                 if let Err(err) = ctx.checkpointer.record_durable(dropped).await {
                     return fail(refused, err.into());
                 }
-                if fenced && refused > max_flips + 2 {
+                if refused > max_flips + 2 {
                     return fail(refused, Error::Forwarding(not_found(&key)));
-                }
-                if !fenced && refused >= max_flips {
-                    if let Err(err) = table.fence(key.as_str()) {
-                        return fail(refused, err.into());
-                    }
-                    fenced = true;
                 }
             }
             Err(_) => return fail(refused + 1, Error::Forwarding(not_found(&key))),
@@ -762,6 +886,43 @@ async fn process(ctx: &JobCtx, key: ObjectKey) -> Outcome {
     ctx.shared.forwarded.fetch_add(1, Ordering::Relaxed);
     track.to(ObjectState::Forwarded);
     cleanup(ctx, key, CopiedFrom::Version(copied.version), copied.bytes).await
+}
+
+/// COPY and VERIFY with retries; a vanished source, a spent retry policy or a cancel end the
+/// object (the `Err` outcome).
+async fn copy_step(
+    ctx: &JobCtx,
+    key: &ObjectKey,
+    track: &Tracker<'_>,
+    fail: &impl Fn(u32, Error) -> Outcome,
+) -> Result<Copied, Outcome> {
+    let table = &ctx.engine.table;
+    let copied = match with_retry(ctx, "copy", || copy_once(ctx, key, track)).await {
+        Ok(CopyResult::Copied(copied)) => copied,
+        Ok(CopyResult::Vanished) => {
+            table.remove(key.as_str());
+            // Absent on both sides, never resurrected (I3). (A key an earlier run moved
+            // and cleaned is journaled and does not come here.)
+            return Err(
+                match with_retry(ctx, "delete", || ctx.target.delete(key)).await {
+                    Ok(_) => Outcome::Skipped { key: key.clone() },
+                    Err((attempts, err)) => fail(attempts, err),
+                },
+            );
+        }
+        Err((attempts, err)) => {
+            if ctx.shared.is_cancelled() {
+                track.to(ObjectState::Pending);
+                return Err(rolled_back(ctx, key.clone()));
+            }
+            return Err(fail(attempts, err));
+        }
+    };
+    if ctx.shared.is_cancelled() {
+        track.to(ObjectState::Pending);
+        return Err(rolled_back(ctx, key.clone()));
+    }
+    Ok(copied)
 }
 
 /// Calls the engine's commit hook, if any, for `key`.
@@ -927,24 +1088,19 @@ async fn digest(store: &dyn Store, key: &ObjectKey) -> Result<Option<(u64, blake
 
 /// On resume, before the runner starts: settles the record's flip journal (SPEC I2, I3).
 ///
-/// A committed entry was flipped (and its batch's target sync completed): it is registered
-/// and flipped to the target again. An intent (journaled, then maybe flipped) is settled by
-/// what the stores hold against the digest of the copy it announced. The engine never
-/// writes a journaled key's target while its intent stands, and after a flip no write
-/// reaches the source, so:
-/// - the target holds other bytes: only a client write routed through the flip does that,
-///   so the flip was made and the target serves the key;
+/// A committed entry was flipped: it is registered and flipped to the target again. An
+/// intent (journaled, then maybe flipped) is settled by what the stores hold against the
+/// digest of the copy it announced. The copy was synced before the intent was saved, the
+/// engine never writes a journaled key's target while its intent stands, and after a flip
+/// no write reaches the source, so:
+/// - the target holds other bytes, or nothing: only a client write or delete routed through
+///   the flip does that, so the flip was made and the target serves the key;
 /// - the target holds the copy and so does the source: both serve the same bytes; the
 ///   target does, as if flipped;
 /// - the target holds the copy and the source changed: the flip was refused (a write since
 ///   the copy), the source serves the key;
 /// - the target holds the copy and the source is gone: the flip was refused by a delete:
-///   the copy is deleted too, absent on both sides, never resurrected;
-/// - the target lacks the key: either a client deleted it after the flip, or the target
-///   lost its un-synced copy (a power cut before the batch's sync). The source, when it
-///   holds the copy, serves the key: keeping the only copy wins (I1), and a delete made in
-///   that window is undone (the one case the journal cannot tell apart). Without the copy
-///   on the source either, the key is absent on both sides.
+///   the copy is deleted too, absent on both sides, never resurrected.
 ///
 /// Returns the changes to record (every intent becomes committed or dropped) and the
 /// committed flips with their digests.
@@ -965,8 +1121,8 @@ pub(crate) async fn resolve_flips(
                 found.map(|(_, hash)| *hash.as_bytes() == flip.digest)
             };
             match copy(digest(target, key).await?) {
-                // Changed through the flip.
-                Some(false) => true,
+                // Changed or deleted through the flip.
+                Some(false) | None => true,
                 Some(true) => match copy(digest(source, key).await?) {
                     Some(same) => same,
                     None => {
@@ -974,9 +1130,6 @@ pub(crate) async fn resolve_flips(
                         false
                     }
                 },
-                // Deleted through the flip, or lost by the target: the source serves
-                // the key when it has the copy; otherwise it is absent on both sides.
-                None => copy(digest(source, key).await?) != Some(true),
             }
         };
         if to_target {
