@@ -248,8 +248,8 @@ impl Engine {
         Ok(out)
     }
 
-    /// Resumes every unfinished job of the checkpoint store (status `Running`, `Paused` or
-    /// `Completing`) that is not already running in this engine, as [`start`](Engine::start)
+    /// Resumes every unfinished job of the checkpoint store (status `Pending`, `Running`,
+    /// `Paused` or `Completing`) that is not already running in this engine, as [`start`](Engine::start)
     /// with its stored plan does: from its checkpoint, under a new lease (I6). A job recorded
     /// `Paused` is resumed paused: nothing moves until [`JobHandle::resume`].
     ///
@@ -272,9 +272,10 @@ impl Engine {
                 continue;
             };
             let status = loaded.record.status;
+            // `Pending`: created, then stopped before its first save.
             if !matches!(
                 status,
-                JobStatus::Running | JobStatus::Paused | JobStatus::Completing
+                JobStatus::Pending | JobStatus::Running | JobStatus::Paused | JobStatus::Completing
             ) {
                 continue;
             }

@@ -320,7 +320,8 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
             }
             continue;
         }
-        if exhausted && !stopping {
+        // (A paused job stays `Paused` while its last objects wait.)
+        if exhausted && !stopping && !paused {
             shared.publish(|s| s.status = JobStatus::Completing);
         }
         tokio::select! {

@@ -385,9 +385,20 @@ impl<S: Store> Store for FaultyStore<S> {
     ) -> BoxFuture<'a, Result<ObjectMeta>> {
         Box::pin(async move {
             self.before(Op::Put, Some(key)).await?;
-            let mut undo = self.undo.lock().await;
-            self.remember(&mut undo, key).await?;
-            self.inner.put(key, body).await
+            // The lock is not held while the body streams: a body that waits (a paused
+            // copy) must not hold up a `sync`.
+            let prior = {
+                let mut undo = self.undo.lock().await;
+                self.remember(&mut undo, key).await?;
+                undo.get(key).cloned()
+            };
+            let meta = self.inner.put(key, body).await?;
+            // A sync that ran while the body streamed does not cover this put: a power cut
+            // still takes the key back to what it held before.
+            if let Some(prior) = prior {
+                self.undo.lock().await.entry(key.clone()).or_insert(prior);
+            }
+            Ok(meta)
         })
     }
 

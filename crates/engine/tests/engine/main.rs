@@ -8,6 +8,7 @@ mod events;
 mod hooks;
 mod journal;
 mod memory;
+mod model;
 mod resume;
 mod retry;
 mod traces;
