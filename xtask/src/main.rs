@@ -5,11 +5,18 @@
 //!   warnings denied. If this passes locally, `.ci/run` passes.
 //! - `bench [ARGS…]`: the criterion benches of every crate; extra arguments go to criterion
 //!   (for example `cargo xtask bench -- acquire`).
+//! - `bench cli`: the `ferry` command against its peers in the same run (SPEC §8): `ferry
+//!   migrate` of 10k × 64 KiB files vs `rclone copy --checksum` (rclone is installed from
+//!   Debian's packages when missing), one 1 GiB file vs `cp` + `sync -f` (plain `cp` beside
+//!   it) with ferry's peak RSS, and the rate achieved with `--rate 50MiB`. Medians of 3 runs;
+//!   prints a Markdown table for `docs/benchmarks.md`.
 //! - `crash [-n CYCLES]`: the crash tests, long: CYCLES (default 1000) SIGKILL cycles of a
 //!   checkpointing child process, then the simulated crash at every I/O step. CI runs 8 cycles.
 //! - `fuzz [SECONDS]`: each fuzz target in `fuzz/` for SECONDS (default 60) on the nightly
 //!   toolchain, installing `cargo-fuzz` first if it is missing; new inputs land in
 //!   `fuzz/corpus/`, which CI replays as a regular test on stable.
+
+mod cli_bench;
 
 use std::env;
 use std::process::{Command, ExitCode};
@@ -68,6 +75,9 @@ fn ci() -> Result<(), String> {
 }
 
 fn bench(extra: &[String]) -> Result<(), String> {
+    if extra.first().map(String::as_str) == Some("cli") {
+        return cli_bench::run();
+    }
     let mut args = vec!["bench", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args, &[])
@@ -164,7 +174,7 @@ fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<(), String
     }
 }
 
-fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
+pub(crate) fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     eprintln!("xtask: $ cargo {}", args.join(" "));
     let status = Command::new(&cargo)

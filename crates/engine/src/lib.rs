@@ -57,7 +57,7 @@
 //! - [`Engine::route`]: where a key is served now (the forwarding lookup).
 //!   [`Engine::jobs`]: the jobs of the checkpoint store as snapshots, optionally filtered by
 //!   status (live snapshots for jobs running in this engine, the others from their records).
-//! - [`Engine::recover`]: resumes every job recorded `Running`, `Paused` or `Completing` that
+//! - [`Engine::recover`]: resumes every job recorded `Pending`, `Running`, `Paused` or `Completing` that
 //!   is not running in this engine, from its checkpoint under a new lease; a `Paused` job is
 //!   resumed paused. Before a resumed job's runner starts, the flip journal is settled and
 //!   saved: a committed flip routes to the target again; an intent is settled by what the

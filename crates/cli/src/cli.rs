@@ -1,0 +1,236 @@
+//! The command line: every subcommand and flag.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferry::types::{CleanupPolicy, Rate, VerifyMode};
+
+use crate::location::Location;
+
+/// Move a directory tree to a new place while the old one stays in use: copy, verify and
+/// forward every file, throttled, checkpointed, pausable and resumable.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, long_about = None)]
+#[command(
+    after_help = "Exit codes: 0 done, 1 error, 2 usage, 3 completed with failed objects, \
+                        130 interrupted (paused and saved: `ferry resume ID`)."
+)]
+pub(crate) struct Cli {
+    /// More logs on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub(crate) verbose: u8,
+
+    /// The state directory: job records, checkpoints, control sockets
+    /// [default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry].
+    #[arg(long, global = true, env = "FERRY_STATE", value_name = "DIR")]
+    pub(crate) state: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+impl Cli {
+    /// Whether the command asked for no output but errors.
+    pub(crate) fn quiet_logs(&self) -> bool {
+        match &self.command {
+            Command::Migrate(m) => m.output.quiet,
+            Command::Resume(r) => r.output.quiet,
+            Command::RetryFailed(r) => r.output.quiet,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Copy every regular file of SRC to DST (verified, checkpointed); symlinks are skipped.
+    Migrate(MigrateArgs),
+    /// Resume a job: a live paused one (through its control socket) or a stopped one from its
+    /// checkpoint, run to the end with the options it was started with.
+    Resume(ResumeArgs),
+    /// Pause a running job (from another shell); `ferry resume ID` continues it.
+    Pause(IdArg),
+    /// Change a running job's bandwidth limit (e.g. 10MiB, unlimited).
+    SetRate(SetRateArgs),
+    /// Show one job, or every job.
+    Status(StatusArgs),
+    /// List the jobs of the state directory.
+    List(ListArgs),
+    /// Cancel a job: running or stopped. Files already copied stay in DST.
+    Cancel(IdArg),
+    /// Run the failed objects of a job that completed with errors again.
+    RetryFailed(RetryArgs),
+    /// Delete a finished or stopped job's record from the state directory.
+    Forget(IdArg),
+    /// Dry run: what `migrate` would move and how long it takes at the rate. Writes nothing.
+    Plan(PlanArgs),
+    /// A self-contained run showing no failed reads and no lost writes while objects move
+    /// under concurrent readers and writers, with a pause, a rate change and a crash.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum CheckpointKind {
+    /// A directory of crash-safe record files (default).
+    File,
+    /// A sled 0.34 database.
+    Sled,
+    /// A redb database.
+    Redb,
+}
+
+impl CheckpointKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CheckpointKind::File => "file",
+            CheckpointKind::Sled => "sled",
+            CheckpointKind::Redb => "redb",
+        }
+    }
+}
+
+#[derive(Debug, Args, Clone, Copy, Default)]
+pub(crate) struct OutputArgs {
+    /// Print nothing but errors (and how to resume after Ctrl-C).
+    #[arg(short, long, conflicts_with = "json")]
+    pub(crate) quiet: bool,
+    /// Machine-readable output: one JSON object per line on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    /// The source directory.
+    #[arg(value_name = "SRC")]
+    pub(crate) source: Location,
+    /// The destination directory (created when missing).
+    #[arg(value_name = "DST")]
+    pub(crate) target: Location,
+    /// The job id [default: generated]; letters, digits, '.', '_', '-'.
+    #[arg(long)]
+    pub(crate) id: Option<String>,
+    #[command(flatten)]
+    pub(crate) select: SelectArgs,
+    /// How many files move at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub(crate) concurrency: u16,
+    /// How each copy is checked before it counts as moved.
+    #[arg(long, default_value = "checksum", value_parser = parse_verify)]
+    pub(crate) verify: VerifyMode,
+    /// When source files are deleted: never, after-verify, or grace=DURATION (e.g. grace=30s).
+    #[arg(long, default_value = "never", value_parser = parse_cleanup)]
+    pub(crate) cleanup: CleanupPolicy,
+    /// Where the job's checkpoint is kept.
+    #[arg(long, value_enum, default_value_t = CheckpointKind::File)]
+    pub(crate) checkpoint: CheckpointKind,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub(crate) struct SelectArgs {
+    /// Only files whose path (relative to SRC, '/'-separated) starts with this.
+    #[arg(long, default_value = "")]
+    pub(crate) prefix: String,
+    /// Bandwidth limit, e.g. 50MiB, 1.5GB/s, unlimited.
+    #[arg(long, default_value = "unlimited", value_parser = parse_rate)]
+    pub(crate) rate: Rate,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ResumeArgs {
+    /// The job id (`ferry list` shows them).
+    pub(crate) id: String,
+    /// Run at this rate instead of the stored one (not saved).
+    #[arg(long, value_parser = parse_rate)]
+    pub(crate) rate: Option<Rate>,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RetryArgs {
+    /// The job id.
+    pub(crate) id: String,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct IdArg {
+    /// The job id (`ferry list` shows them).
+    pub(crate) id: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SetRateArgs {
+    /// The job id.
+    pub(crate) id: String,
+    /// The new limit, e.g. 10MiB, 1.5GB/s, unlimited.
+    #[arg(value_parser = parse_rate)]
+    pub(crate) rate: Rate,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// The job id; every job when omitted.
+    pub(crate) id: Option<String>,
+    /// Machine-readable output (one JSON document).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// Machine-readable output (one JSON array).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PlanArgs {
+    /// The source directory.
+    #[arg(value_name = "SRC")]
+    pub(crate) source: Location,
+    /// The destination directory.
+    #[arg(value_name = "DST")]
+    pub(crate) target: Location,
+    #[command(flatten)]
+    pub(crate) select: SelectArgs,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// How many objects the source node holds at the start.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(10..=10_000_000))]
+    pub(crate) objects: u32,
+    /// About how long the migration runs, in seconds (sets the initial rate).
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub(crate) seconds: u32,
+    /// Machine-readable summary.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+fn parse_rate(text: &str) -> Result<Rate, String> {
+    text.parse::<Rate>().map_err(|e| e.to_string())
+}
+
+fn parse_verify(text: &str) -> Result<VerifyMode, String> {
+    text.parse::<VerifyMode>().map_err(|e| e.to_string())
+}
+
+fn parse_cleanup(text: &str) -> Result<CleanupPolicy, String> {
+    text.parse::<CleanupPolicy>().map_err(|e| e.to_string())
+}

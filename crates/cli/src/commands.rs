@@ -1,0 +1,676 @@
+//! One function per subcommand.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use anyhow::Result;
+use ferry::checkpoint::{CheckpointStore, Error as CkError};
+use ferry::types::{
+    JobId, JobStatus, MigrationPlan, ObjectSelection, PlanOptions, Rate, format_duration,
+};
+use serde_json::json;
+
+use crate::cli::{
+    Cli, Command, IdArg, ListArgs, MigrateArgs, PlanArgs, ResumeArgs, RetryArgs, SetRateArgs,
+    StatusArgs,
+};
+use crate::control::{self, Reply};
+use crate::error::{EXIT_ERROR, EXIT_OK, Explain, fail, usage};
+use crate::progress::{Display, Totals, size};
+use crate::run::{self, RunCtx, Signals, explain_engine, open_engine, record_json};
+use crate::scan::{self, Scan};
+use crate::state::{JobMeta, State};
+
+pub(crate) async fn dispatch(cli: Cli) -> Result<u8> {
+    if let Command::Demo(args) = cli.command {
+        return crate::demo::run(args).await;
+    }
+    let state = State::open(cli.state.as_deref())?;
+    match cli.command {
+        Command::Migrate(args) => migrate(&state, args).await,
+        Command::Resume(args) => resume(&state, args).await,
+        Command::Pause(args) => pause(&state, args).await,
+        Command::SetRate(args) => set_rate(&state, args).await,
+        Command::Status(args) => status(&state, args).await,
+        Command::List(args) => list(&state, args).await,
+        Command::Cancel(args) => cancel(&state, args).await,
+        Command::RetryFailed(args) => retry_failed(&state, args).await,
+        Command::Forget(args) => forget(&state, args).await,
+        Command::Plan(args) => plan(&state, args).await,
+        Command::Demo(args) => crate::demo::run(args).await,
+    }
+}
+
+/// Prints each skipped entry as a notice (stderr) or a JSON event.
+fn report_skipped(display: &Display, scan: &Scan) {
+    for entry in &scan.skipped {
+        if display.is_json() {
+            display.event(json!({"event": "skipped", "path": entry.path, "reason": entry.reason}));
+        } else if !display.is_quiet() {
+            eprintln!("ferry: skipping {}: {}", entry.path, entry.reason);
+        }
+    }
+}
+
+fn fresh_id() -> Result<JobId> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let tag = (now.subsec_nanos() ^ std::process::id().rotate_left(16)) & 0xffff;
+    Ok(JobId::new(format!("m{}-{tag:04x}", now.as_secs()))?)
+}
+
+async fn migrate(state: &State, args: MigrateArgs) -> Result<u8> {
+    let signals = Signals::register()?;
+    let ends = scan::endpoints(&args.source, &args.target, state.root())?;
+    let id = match &args.id {
+        Some(id) => State::job_id(id)?,
+        None => fresh_id()?,
+    };
+    if state.has_meta(&id) {
+        return Err(usage(
+            format!(
+                "a job {id} already exists in the state directory {}",
+                state.root().display()
+            ),
+            format!(
+                "`ferry {f}resume {id}` continues it; `ferry {f}forget {id}` removes it; or pick \
+                 another --id",
+                f = state.flag()
+            ),
+        ));
+    }
+    let display = Display::new(args.output);
+    let found = scan::scan(&ends.source, &args.select.prefix)?;
+    report_skipped(&display, &found);
+    if !ends.target_exists {
+        std::fs::create_dir_all(&ends.target).explain(|| {
+            (
+                format!(
+                    "cannot create the destination directory {}",
+                    ends.target.display()
+                ),
+                "check the permissions of its parent directory".to_owned(),
+            )
+        })?;
+    }
+    let mut meta = JobMeta::new(
+        &id,
+        ends.source.clone(),
+        ends.target.clone(),
+        args.checkpoint,
+    );
+    meta.not_regular_skipped = found.skipped.len() as u64;
+    let (src, dst) = run::nodes()?;
+    let options = PlanOptions {
+        verify: args.verify,
+        cleanup: args.cleanup,
+        concurrency: NonZeroUsize::new(usize::from(args.concurrency)).unwrap_or(NonZeroUsize::MIN),
+        rate: args.select.rate,
+        ..PlanOptions::default()
+    };
+    let plan = MigrationPlan::new(src, dst, ObjectSelection::prefix(&args.select.prefix))
+        .with_id(id.clone())
+        .with_options(options);
+    state.save_meta(&meta)?;
+    let (engine, checkpoints) = open_engine(state, &meta).await?;
+    let handle = engine
+        .start(plan)
+        .await
+        .map_err(|e| explain_engine(e, &id, state))?;
+    let totals = Totals {
+        objects: Some(found.objects),
+        bytes: Some(found.bytes),
+    };
+    let ctx = RunCtx {
+        state,
+        meta: &meta,
+        id,
+        checkpoints,
+        totals,
+    };
+    run::run(ctx, handle, display, signals).await
+}
+
+async fn resume(state: &State, args: ResumeArgs) -> Result<u8> {
+    let id = State::job_id(&args.id)?;
+    let signals = Signals::register()?;
+    // A live paused job: resume it in its process.
+    if let Some(reply) = control::send(&state.socket_path(&id), &control::Command::Resume).await? {
+        check_reply(&reply, &id)?;
+        if let Some(rate) = args.rate {
+            let reply =
+                control::send(&state.socket_path(&id), &control::Command::SetRate(rate)).await?;
+            if let Some(reply) = reply {
+                check_reply(&reply, &id)?;
+            }
+        }
+        if args.output.json {
+            println!(
+                "{}",
+                json!({"event": "resumed", "id": id.as_str(), "live": true})
+            );
+        } else if !args.output.quiet {
+            println!("ferry: job {id} resumed in its running process");
+        }
+        return Ok(EXIT_OK);
+    }
+    let meta = state.load_meta(&id)?;
+    let (engine, checkpoints) = open_engine(state, &meta).await?;
+    let loaded = load_record(&*checkpoints, &id, state).await?;
+    if loaded.record.status == JobStatus::Completed {
+        if !args.output.quiet {
+            println!("ferry: job {id} is already completed: nothing to resume");
+        }
+        return Ok(EXIT_OK);
+    }
+    let display = Display::new(args.output);
+    let found = scan::scan(&meta.source, prefix_of(&loaded.record.plan))?;
+    report_skipped(&display, &found);
+    let plan = loaded.record.plan.clone().with_id(id.clone());
+    let handle = engine
+        .start(plan)
+        .await
+        .map_err(|e| explain_engine(e, &id, state))?;
+    if let Some(rate) = args.rate {
+        handle.set_rate(rate);
+    }
+    let totals = Totals {
+        objects: Some(found.objects),
+        bytes: Some(found.bytes),
+    };
+    let ctx = RunCtx {
+        state,
+        meta: &meta,
+        id,
+        checkpoints,
+        totals,
+    };
+    run::run(ctx, handle, display, signals).await
+}
+
+fn prefix_of(plan: &MigrationPlan) -> &str {
+    match &plan.objects {
+        ObjectSelection::Prefix(prefix) => prefix,
+        _ => "",
+    }
+}
+
+async fn retry_failed(state: &State, args: RetryArgs) -> Result<u8> {
+    let id = State::job_id(&args.id)?;
+    let signals = Signals::register()?;
+    if control::send(&state.socket_path(&id), &control::Command::Status)
+        .await?
+        .is_some()
+    {
+        return Err(fail(
+            format!("job {id} is running"),
+            "wait for it to end; `retry-failed` runs the failed objects of a finished job",
+        ));
+    }
+    let meta = state.load_meta(&id)?;
+    let (engine, checkpoints) = open_engine(state, &meta).await?;
+    let loaded = load_record(&*checkpoints, &id, state).await?;
+    let failed = loaded.record.progress.failed.len() as u64;
+    let handle = engine
+        .retry_failed(&id)
+        .await
+        .map_err(|e| explain_engine(e, &id, state))?;
+    let display = Display::new(args.output);
+    let totals = Totals {
+        objects: Some(loaded.record.progress.done_objects + failed),
+        bytes: None,
+    };
+    let ctx = RunCtx {
+        state,
+        meta: &meta,
+        id,
+        checkpoints,
+        totals,
+    };
+    run::run(ctx, handle, display, signals).await
+}
+
+/// The job's checkpoint record; errors name the job and, for a corrupt one, the file.
+async fn load_record(
+    checkpoints: &dyn CheckpointStore,
+    id: &JobId,
+    state: &State,
+) -> Result<ferry::checkpoint::Loaded> {
+    let flag = state.flag();
+    match checkpoints.load(id).await {
+        Ok(Some(loaded)) => Ok(loaded),
+        Ok(None) => Err(fail(
+            format!(
+                "job {id} has no checkpoint record in {} (its state file is there)",
+                state.root().display()
+            ),
+            format!(
+                "the job was never started or its record was removed: `ferry {flag}forget {id}` \
+                 clears it, then migrate again"
+            ),
+        )),
+        Err(err) => {
+            let (message, hint) = match &err {
+                CkError::Corrupt { path, .. } => (
+                    format!("the checkpoint of job {id} is corrupt: {}", path.display()),
+                    "restore the file from a backup (ferry never treats a corrupt checkpoint as \
+                     'start over'), or `ferry forget` the job and migrate again"
+                        .to_owned(),
+                ),
+                _ => (
+                    format!("cannot read the checkpoint of job {id}"),
+                    "check the state directory".to_owned(),
+                ),
+            };
+            Err(anyhow::Error::new(err).context(crate::error::CliError {
+                code: EXIT_ERROR,
+                message,
+                hint: Some(hint),
+            }))
+        }
+    }
+}
+
+fn check_reply(reply: &Reply, id: &JobId) -> Result<()> {
+    if reply.ok {
+        Ok(())
+    } else {
+        Err(fail(
+            format!(
+                "job {id} refused: {}",
+                reply.error.as_deref().unwrap_or("no reason given")
+            ),
+            "",
+        ))
+    }
+}
+
+/// Sends a command to a live job; an error saying it is not running otherwise.
+async fn live(state: &State, id: &JobId, command: control::Command) -> Result<Reply> {
+    let path = state.socket_path(id);
+    match control::send(&path, &command).await? {
+        Some(reply) => {
+            check_reply(&reply, id)?;
+            Ok(reply)
+        }
+        None => {
+            let flag = state.flag();
+            let known = state.has_meta(id);
+            Err(fail(
+                if known {
+                    format!(
+                        "job {id} is not running (no process serves {})",
+                        path.display()
+                    )
+                } else {
+                    format!(
+                        "no job {id} in the state directory {}",
+                        state.root().display()
+                    )
+                },
+                if known {
+                    format!("`ferry {flag}resume {id}` runs it; `ferry {flag}status {id}` shows it")
+                } else {
+                    format!("`ferry {flag}list` shows the jobs")
+                },
+            ))
+        }
+    }
+}
+
+async fn pause(state: &State, args: IdArg) -> Result<u8> {
+    let id = State::job_id(&args.id)?;
+    let reply = live(state, &id, control::Command::Pause).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&reply)?);
+    } else {
+        let done = reply
+            .snapshot
+            .as_ref()
+            .and_then(|s| s["done_objects"].as_u64())
+            .unwrap_or(0);
+        println!(
+            "ferry: job {id} paused ({done} objects done); `ferry {}resume {id}` continues it",
+            state.flag()
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+async fn set_rate(state: &State, args: SetRateArgs) -> Result<u8> {
+    let id = State::job_id(&args.id)?;
+    let reply = live(state, &id, control::Command::SetRate(args.rate)).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&reply)?);
+    } else {
+        println!("ferry: job {id}: rate set to {}", args.rate);
+    }
+    Ok(EXIT_OK)
+}
+
+/// One job's status as JSON: live from its process, or from its record.
+async fn job_status(
+    state: &State,
+    id: &JobId,
+    stores: &mut BTreeMap<&'static str, std::sync::Arc<dyn CheckpointStore>>,
+) -> Result<serde_json::Value> {
+    let meta = state.load_meta(id)?;
+    if let Some(reply) = control::send(&state.socket_path(id), &control::Command::Status).await?
+        && reply.ok
+    {
+        let snap = reply.snapshot.unwrap_or_default();
+        return Ok(json!({
+            "id": id.as_str(),
+            "status": snap["status"],
+            "live": true,
+            "source": meta.source,
+            "target": meta.target,
+            "checkpoint": meta.checkpoint,
+            "done_objects": snap["done_objects"],
+            "done_bytes": snap["done_bytes"],
+            "skipped_objects": snap["skipped_objects"],
+            "not_regular_skipped": meta.not_regular_skipped,
+            "failed_objects": snap["failed_objects"],
+            "snapshot": snap,
+            "pid": reply.info.as_ref().map(|i| i["pid"].clone()),
+        }));
+    }
+    let store = match stores.get(meta.checkpoint.as_str()) {
+        Some(store) => store.clone(),
+        None => {
+            let store = state.checkpoints(meta.checkpoint)?;
+            stores.insert(meta.checkpoint.as_str(), store.clone());
+            store
+        }
+    };
+    let loaded = load_record(&*store, id, state).await?;
+    Ok(record_json(
+        &meta,
+        loaded.record.status,
+        &loaded.record.progress,
+    ))
+}
+
+fn human_status(value: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let s = |k: &str| match &value[k] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_owned(),
+        v => v.to_string(),
+    };
+    let status = s("status").replace('_', "-");
+    let live = if value["live"].as_bool() == Some(true) {
+        " (running in this machine's process)".to_owned()
+    } else {
+        String::new()
+    };
+    out.push_str(&format!("job:       {}\n", s("id")));
+    out.push_str(&format!("status:    {status}{live}\n"));
+    out.push_str(&format!("source:    {}\n", s("source")));
+    out.push_str(&format!("target:    {}\n", s("target")));
+    out.push_str(&format!(
+        "done:      {} objects, {}\n",
+        s("done_objects"),
+        size(value["done_bytes"].as_u64().unwrap_or(0))
+    ));
+    out.push_str(&format!(
+        "skipped:   {} (source vanished), {} (links and special files)\n",
+        s("skipped_objects"),
+        s("not_regular_skipped")
+    ));
+    out.push_str(&format!("failed:    {}\n", s("failed_objects")));
+    if let Some(snap) = value.get("snapshot").filter(|v| v.is_object()) {
+        out.push_str(&format!(
+            "rate:      {} limit, {}/s now\n",
+            snap["effective_rate"].as_str().unwrap_or("-"),
+            size(snap["throughput"].as_u64().unwrap_or(0)),
+        ));
+        if let Some(eta) = snap["eta_secs"].as_u64() {
+            out.push_str(&format!(
+                "eta:       {}\n",
+                format_duration(Duration::from_secs(eta))
+            ));
+        }
+    }
+    if let Some(failed) = value["failed"].as_array() {
+        for f in failed.iter().take(20) {
+            out.push_str(&format!(
+                "  failed {}: {}\n",
+                f["key"].as_str().unwrap_or("?"),
+                f["error"].as_str().unwrap_or("?")
+            ));
+        }
+        if failed.len() > 20 {
+            out.push_str(&format!(
+                "  … and {} more (--json lists them all)\n",
+                failed.len() - 20
+            ));
+        }
+    }
+    out
+}
+
+async fn status(state: &State, args: StatusArgs) -> Result<u8> {
+    let mut stores = BTreeMap::new();
+    match &args.id {
+        Some(id) => {
+            let id = State::job_id(id)?;
+            let value = job_status(state, &id, &mut stores).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print!("{}", human_status(&value));
+            }
+        }
+        None => {
+            let mut all = Vec::new();
+            for id in state.job_ids()? {
+                all.push(job_status(state, &id, &mut stores).await?);
+            }
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else if all.is_empty() {
+                println!("no jobs in {}", state.root().display());
+            } else {
+                for value in &all {
+                    println!("{}", human_status(value));
+                }
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+async fn list(state: &State, args: ListArgs) -> Result<u8> {
+    let mut stores = BTreeMap::new();
+    let mut rows = Vec::new();
+    for id in state.job_ids()? {
+        rows.push(job_status(state, &id, &mut stores).await?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(EXIT_OK);
+    }
+    if rows.is_empty() {
+        println!("no jobs in {}", state.root().display());
+        return Ok(EXIT_OK);
+    }
+    println!(
+        "{:<24} {:<22} {:>9} {:>7}  SRC → DST",
+        "ID", "STATUS", "DONE", "FAILED"
+    );
+    for row in rows {
+        let status = row["status"].as_str().unwrap_or("?").replace('_', "-");
+        let status = if row["live"].as_bool() == Some(true) {
+            format!("{status} (live)")
+        } else {
+            status
+        };
+        println!(
+            "{:<24} {:<22} {:>9} {:>7}  {} → {}",
+            row["id"].as_str().unwrap_or("?"),
+            status,
+            row["done_objects"].to_string(),
+            row["failed_objects"].to_string(),
+            row["source"].as_str().unwrap_or("?"),
+            row["target"].as_str().unwrap_or("?"),
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+async fn cancel(state: &State, args: IdArg) -> Result<u8> {
+    let id = State::job_id(&args.id)?;
+    let flag = state.flag();
+    if let Some(reply) = control::send(&state.socket_path(&id), &control::Command::Cancel).await? {
+        check_reply(&reply, &id)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&reply)?);
+        } else {
+            println!("ferry: job {id} cancelled in its running process; files already copied stay");
+        }
+        return Ok(EXIT_OK);
+    }
+    let meta = state.load_meta(&id)?;
+    let checkpoints = state.checkpoints(meta.checkpoint)?;
+    let loaded = load_record(&*checkpoints, &id, state).await?;
+    let status = loaded.record.status;
+    if status.is_terminal() || status == JobStatus::CompletedWithErrors {
+        return Err(fail(
+            format!("job {id} is already {status}: nothing to cancel"),
+            format!("`ferry {flag}forget {id}` removes its record"),
+        ));
+    }
+    let acquired = checkpoints
+        .acquire(&id)
+        .await
+        .map_err(|e| explain_engine(ferry::engine::Error::Checkpoint(e), &id, state))?;
+    let lease = acquired.lease;
+    let progress = acquired.record.progress;
+    let save = async || -> Result<(), CkError> {
+        if status == JobStatus::Failed {
+            // Failed → Cancelled is not a move of the lifecycle; Failed → Running is.
+            checkpoints
+                .save(&lease, JobStatus::Running, progress.clone())
+                .await?;
+        }
+        checkpoints
+            .save(&lease, JobStatus::Cancelled, progress.clone())
+            .await?;
+        Ok(())
+    };
+    let saved = save().await;
+    let _ = checkpoints.release(&lease).await;
+    saved.explain(|| {
+        (
+            format!("cannot record job {id} as cancelled"),
+            "check the state directory".to_owned(),
+        )
+    })?;
+    if args.json {
+        println!(
+            "{}",
+            json!({"ok": true, "id": id.as_str(), "status": "cancelled", "live": false})
+        );
+    } else {
+        println!(
+            "ferry: job {id} cancelled ({} objects had moved; they stay in {})",
+            progress.done_objects,
+            meta.target.display()
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+async fn forget(state: &State, args: IdArg) -> Result<u8> {
+    let id = State::job_id(&args.id)?;
+    if control::send(&state.socket_path(&id), &control::Command::Status)
+        .await?
+        .is_some()
+    {
+        return Err(fail(
+            format!("job {id} is running"),
+            format!(
+                "`ferry {f}cancel {id}` or `ferry {f}pause {id}` it first, or wait for its end",
+                f = state.flag()
+            ),
+        ));
+    }
+    // The sidecar may be corrupt: forget must still work, with the file backend by default.
+    let kind = match state.load_meta(&id) {
+        Ok(meta) => Some(meta.checkpoint),
+        Err(_) if state.has_meta(&id) => None,
+        Err(err) => return Err(err),
+    };
+    let mut removed = false;
+    for kind in kind.map_or_else(|| vec![crate::cli::CheckpointKind::File], |k| vec![k]) {
+        let store = state.checkpoints(kind)?;
+        removed |= store
+            .delete(&id)
+            .await
+            .map_err(|e| explain_engine(ferry::engine::Error::Checkpoint(e), &id, state))?;
+    }
+    state.remove_meta(&id)?;
+    let _ = std::fs::remove_file(state.socket_path(&id));
+    if args.json {
+        println!(
+            "{}",
+            json!({"ok": true, "id": id.as_str(), "record_removed": removed})
+        );
+    } else {
+        println!("ferry: forgot job {id} (the files in SRC and DST are untouched)");
+    }
+    Ok(EXIT_OK)
+}
+
+async fn plan(state: &State, args: PlanArgs) -> Result<u8> {
+    let ends = scan::endpoints(&args.source, &args.target, state.root())?;
+    let found = scan::scan(&ends.source, &args.select.prefix)?;
+    let secs = match args.select.rate {
+        Rate::Unlimited => None,
+        rate => rate
+            .as_bytes_per_sec()
+            .map(|r| found.bytes as f64 / r as f64),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "source": ends.source,
+                "target": ends.target,
+                "target_exists": ends.target_exists,
+                "prefix": args.select.prefix,
+                "objects": found.objects,
+                "bytes": found.bytes,
+                "largest": found.largest,
+                "rate": args.select.rate.to_string(),
+                "seconds_at_rate": secs,
+                "skipped": found.skipped.iter().map(|s| json!({"path": s.path, "reason": s.reason})).collect::<Vec<_>>(),
+            }))?
+        );
+        return Ok(EXIT_OK);
+    }
+    for entry in &found.skipped {
+        println!("would skip {}: {}", entry.path, entry.reason);
+    }
+    println!(
+        "would move {} objects ({}, largest {}) from {} to {}{}",
+        found.objects,
+        size(found.bytes),
+        size(found.largest),
+        ends.source.display(),
+        ends.target.display(),
+        if ends.target_exists { "" } else { " (created)" }
+    );
+    match secs {
+        Some(secs) => println!(
+            "at {}: about {}",
+            args.select.rate,
+            format_duration(Duration::from_secs(secs.ceil() as u64))
+        ),
+        None => println!("rate: unlimited (the disks decide; pass --rate to estimate the time)"),
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,450 @@
+//! Running one job in this process: progress, the control socket, Ctrl-C, the end summary
+//! and the exit code.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use ferry::checkpoint::{CheckpointStore, Failure};
+use ferry::engine::store::DirStore;
+use ferry::types::{JobId, JobSnapshot, JobStatus, NodeId, ObjectKey, format_duration};
+use ferry::{Engine, JobHandle};
+use serde_json::json;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::control::{self, Command, Reply};
+use crate::error::{
+    CliError, EXIT_ERROR, EXIT_FAILED_OBJECTS, EXIT_INTERRUPTED, EXIT_OK, Explain, fail,
+    is_disk_full, is_permission,
+};
+use crate::progress::{Display, Totals, merge, size, snapshot_json};
+use crate::state::{JobMeta, State, shell_quote};
+
+/// The node ids of SRC and DST in a CLI job's plan (the sidecar maps them to directories).
+pub(crate) fn nodes() -> Result<(NodeId, NodeId)> {
+    Ok((NodeId::new("src")?, NodeId::new("dst")?))
+}
+
+/// SIGINT and SIGTERM, registered before the job starts so that none is lost.
+pub(crate) struct Signals {
+    int: Signal,
+    term: Signal,
+}
+
+impl Signals {
+    pub(crate) fn register() -> Result<Signals> {
+        let explain = || {
+            (
+                "cannot install the Ctrl-C handler".to_owned(),
+                "this is a bug or an exotic platform; please report it".to_owned(),
+            )
+        };
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).explain(explain)?,
+            term: signal(SignalKind::terminate()).explain(explain)?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
+/// An engine over the job's two directories and its checkpoint store.
+pub(crate) async fn open_engine(
+    state: &State,
+    meta: &JobMeta,
+) -> Result<(Engine, Arc<dyn CheckpointStore>)> {
+    let (src, dst) = nodes()?;
+    let open = |side: &'static str, path: std::path::PathBuf| async move {
+        DirStore::open(&path).await.explain(|| {
+            (
+                format!("cannot open the {side} directory {}", path.display()),
+                format!("check that the {side} exists and is readable"),
+            )
+        })
+    };
+    let source = open("source", meta.source.clone()).await?;
+    let target = open("destination", meta.target.clone()).await?;
+    let checkpoints = state.checkpoints(meta.checkpoint)?;
+    let engine = Engine::builder()
+        .node(src, Arc::new(source))
+        .node(dst, Arc::new(target))
+        .checkpoint_store(Arc::clone(&checkpoints))
+        .build()?;
+    Ok((engine, checkpoints))
+}
+
+/// Explains an engine error about job `id` in the user's terms.
+pub(crate) fn explain_engine(
+    err: ferry::engine::Error,
+    id: &JobId,
+    state: &State,
+) -> anyhow::Error {
+    use ferry::checkpoint::Error as Ck;
+    use ferry::engine::Error as En;
+    let flag = state.flag();
+    let (message, hint) = match &err {
+        En::JobFinished { status, .. } if *status == JobStatus::CompletedWithErrors => (
+            format!("job {id} already ran to the end, with failed objects"),
+            format!("`ferry {flag}retry-failed {id}` runs the failed ones again"),
+        ),
+        En::JobFinished { status, .. } => (
+            format!("job {id} is already {status}: nothing to resume"),
+            format!("`ferry {flag}status {id}` shows it; `ferry {flag}forget {id}` removes it"),
+        ),
+        En::NotRetryable { status, .. } => (
+            format!(
+                "job {id} has no failed objects to retry (status {})",
+                status.map_or("unknown".to_owned(), |s| s.to_string())
+            ),
+            format!("`ferry {flag}status {id}` shows it"),
+        ),
+        En::Checkpoint(Ck::Locked { .. }) => (
+            format!("job {id} is being run by another process"),
+            format!("`ferry {flag}status {id}` shows it; wait for it, or stop that process first"),
+        ),
+        En::Checkpoint(Ck::Corrupt { path, .. }) => (
+            format!("the checkpoint of job {id} is corrupt: {}", path.display()),
+            "restore the file from a backup; ferry never treats a corrupt checkpoint as \
+             'start over'"
+                .to_owned(),
+        ),
+        _ => (
+            format!("job {id} could not run"),
+            format!("fix the cause below, then `ferry {flag}resume {id}`"),
+        ),
+    };
+    anyhow::Error::new(err).context(CliError {
+        code: EXIT_ERROR,
+        message,
+        hint: Some(hint),
+    })
+}
+
+/// What [`run`] needs besides the job's handle.
+pub(crate) struct RunCtx<'a> {
+    pub(crate) state: &'a State,
+    pub(crate) meta: &'a JobMeta,
+    pub(crate) id: JobId,
+    pub(crate) checkpoints: Arc<dyn CheckpointStore>,
+    pub(crate) totals: Totals,
+}
+
+/// Runs the started job to its end (or to Ctrl-C) and returns the exit code.
+pub(crate) async fn run(
+    ctx: RunCtx<'_>,
+    handle: JobHandle,
+    mut display: Display,
+    mut signals: Signals,
+) -> Result<u8> {
+    let RunCtx {
+        state,
+        meta,
+        id,
+        checkpoints,
+        totals,
+    } = ctx;
+    let (requests_tx, mut requests) = mpsc::channel::<control::Request>(16);
+    let socket_path = state.socket_path(&id);
+    let server = control::serve(&socket_path, requests_tx)?;
+    let info = json!({
+        "id": id.as_str(),
+        "source": meta.source,
+        "target": meta.target,
+        "pid": std::process::id(),
+        "total_objects": totals.objects,
+        "total_bytes": totals.bytes,
+    });
+    display.event(json!({
+        "event": "started",
+        "id": id.as_str(),
+        "source": meta.source,
+        "target": meta.target,
+        "total_objects": totals.objects,
+        "total_bytes": totals.bytes,
+        "socket": socket_path,
+        "pid": std::process::id(),
+    }));
+    display.say(&format!(
+        "ferry: job {id}: {} → {}{}",
+        meta.source.display(),
+        meta.target.display(),
+        match (totals.objects, totals.bytes) {
+            (Some(n), Some(b)) => format!(" ({n} objects, {})", size(b)),
+            _ => String::new(),
+        }
+    ));
+
+    let mut watch = handle.watch();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut handle = Some(handle);
+    let mut cancelled = None;
+    while let Some(h) = handle.as_ref() {
+        if watch.borrow_and_update().status.is_finished() {
+            break;
+        }
+        tokio::select! {
+            changed = watch.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            _ = tick.tick() => display.progress(&h.snapshot(), totals, false),
+            () = signals.recv() => {
+                return interrupt(h, &id, state, &display, &mut signals).await;
+            }
+            Some((command, reply)) = requests.recv() => {
+                let answer = |snap: JobSnapshot| Reply {
+                    ok: true,
+                    error: None,
+                    snapshot: Some(snapshot_json(&snap, totals)),
+                    info: Some(info.clone()),
+                };
+                match command {
+                    Command::Status => {
+                        let _ = reply.send(answer(h.snapshot()));
+                    }
+                    Command::Pause => {
+                        h.pause().await;
+                        display.say(&format!("ferry: job {id} paused from the control socket"));
+                        display.event(json!({"event": "paused", "id": id.as_str()}));
+                        let _ = reply.send(answer(h.snapshot()));
+                    }
+                    Command::Resume => {
+                        h.resume();
+                        display.say(&format!("ferry: job {id} resumed from the control socket"));
+                        display.event(json!({"event": "resumed", "id": id.as_str()}));
+                        let _ = reply.send(answer(h.snapshot()));
+                    }
+                    Command::SetRate(rate) => {
+                        h.set_rate(rate);
+                        display.say(&format!("ferry: job {id}: rate set to {rate}"));
+                        display.event(json!({"event": "rate", "id": id.as_str(), "rate": rate.to_string()}));
+                        let _ = reply.send(answer(h.snapshot()));
+                    }
+                    Command::Cancel => {
+                        let Some(h) = handle.take() else { break };
+                        let report = h.cancel().await;
+                        let snap = report.as_ref().ok().and_then(|r| r.snapshot.clone());
+                        let _ = reply.send(Reply {
+                            ok: report.is_ok(),
+                            error: report.as_ref().err().map(|e| e.to_string()),
+                            snapshot: snap.as_ref().map(|s| snapshot_json(s, totals)),
+                            info: Some(info.clone()),
+                        });
+                        cancelled = Some(report);
+                    }
+                }
+            }
+        }
+    }
+    display.finish();
+    server.drain().await;
+    let flag = state.flag();
+    let result = match (cancelled, handle) {
+        (Some(report), _) => report.map(|r| {
+            r.snapshot.unwrap_or_else(|| {
+                let (s, d) = (meta_node(true), meta_node(false));
+                let mut snap = JobSnapshot::new(id.clone(), s, d);
+                snap.status = JobStatus::Cancelled;
+                snap
+            })
+        }),
+        (None, Some(h)) => h.wait().await,
+        (None, None) => {
+            return Err(fail(
+                format!("job {id} ended without a result"),
+                format!("`ferry {flag}status {id}` shows its record"),
+            ));
+        }
+    };
+    let snap = match result {
+        Ok(snap) => snap,
+        Err(err) => {
+            let text = format!("{:#}", anyhow::Error::new(err));
+            let hint = if is_disk_full(&text) {
+                format!(
+                    "the destination's disk is full: free space under {}, then `ferry {flag}resume {id}`",
+                    meta.target.display()
+                )
+            } else {
+                format!(
+                    "fix the cause, then `ferry {flag}resume {id}` continues from the checkpoint"
+                )
+            };
+            display.event(json!({"event": "failed", "id": id.as_str(), "error": text}));
+            return Err(fail(format!("job {id} stopped: {text}"), hint));
+        }
+    };
+    let failed = load_failed(&*checkpoints, &id).await;
+    summary(&display, &id, meta, &snap, totals, &failed, state);
+    Ok(match snap.status {
+        JobStatus::Completed => EXIT_OK,
+        JobStatus::CompletedWithErrors => EXIT_FAILED_OBJECTS,
+        JobStatus::Cancelled => {
+            if !display.is_json() {
+                eprintln!(
+                    "ferry: job {id} was cancelled; files already copied stay in {}",
+                    meta.target.display()
+                );
+            }
+            EXIT_ERROR
+        }
+        _ => EXIT_ERROR,
+    })
+}
+
+fn meta_node(source: bool) -> NodeId {
+    let name = if source { "src" } else { "dst" };
+    NodeId::new(name).unwrap_or_else(|_| unreachable!("'{name}' is a valid node id"))
+}
+
+/// Ctrl-C: pause (copies park, a checkpoint is saved), print how to resume, exit 130. A
+/// second Ctrl-C while pausing exits at once (the checkpoint is atomic; temp files of the
+/// copies in flight are removed when the destination is next opened).
+async fn interrupt(
+    handle: &JobHandle,
+    id: &JobId,
+    state: &State,
+    display: &Display,
+    signals: &mut Signals,
+) -> Result<u8> {
+    display.finish();
+    let command = format!("ferry {}resume {}", state.flag(), shell_quote(id.as_str()));
+    eprintln!(
+        "ferry: interrupted: pausing job {id} and saving its checkpoint (Ctrl-C again to exit at once)"
+    );
+    tokio::select! {
+        () = handle.pause() => {}
+        () = signals.recv() => {
+            eprintln!("ferry: exiting at once; job {id} resumes from its last checkpoint:\n  {command}");
+            display.event(json!({"event": "interrupted", "id": id.as_str(), "saved": false, "resume": command}));
+            return Ok(EXIT_INTERRUPTED);
+        }
+    }
+    let snap = handle.snapshot();
+    eprintln!(
+        "ferry: job {id} paused and saved ({} objects done). Resume it with:\n  {command}",
+        snap.done_objects
+    );
+    display.event(json!({"event": "interrupted", "id": id.as_str(), "saved": true, "resume": command, "done_objects": snap.done_objects}));
+    Ok(EXIT_INTERRUPTED)
+}
+
+/// The failed objects of the job's record (empty when it cannot be read).
+pub(crate) async fn load_failed(
+    checkpoints: &dyn CheckpointStore,
+    id: &JobId,
+) -> Vec<(ObjectKey, Failure)> {
+    match checkpoints.load(id).await {
+        Ok(Some(loaded)) => loaded.record.progress.failed.into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// How many failed objects are listed in full before "and N more".
+const FAILED_SHOWN: usize = 20;
+
+fn summary(
+    display: &Display,
+    id: &JobId,
+    meta: &JobMeta,
+    snap: &JobSnapshot,
+    totals: Totals,
+    failed: &[(ObjectKey, Failure)],
+    state: &State,
+) {
+    let flag = state.flag();
+    if display.is_json() {
+        let mut value = json!({
+            "event": "done",
+            "id": id.as_str(),
+            "source": meta.source,
+            "target": meta.target,
+            "not_regular_skipped": meta.not_regular_skipped,
+            "failed": failed.iter().map(|(k, f)| json!({"key": k.as_str(), "attempts": f.attempts, "error": f.last_error})).collect::<Vec<_>>(),
+        });
+        merge(&mut value, snapshot_json(snap, totals));
+        display.event(value);
+        return;
+    }
+    if !display.is_quiet() {
+        let secs = snap.elapsed.as_secs_f64();
+        let rate = if secs > 0.0 {
+            size((snap.bytes_copied as f64 / secs) as u64)
+        } else {
+            size(0)
+        };
+        println!(
+            "ferry: job {id} {}: {} objects ({}) in {} ({rate}/s), {} skipped, {} failed",
+            snap.status,
+            snap.done_objects,
+            size(snap.done_bytes),
+            format_duration(Duration::from_millis(snap.elapsed.as_millis() as u64)),
+            snap.skipped_objects + meta.not_regular_skipped,
+            snap.failed_objects,
+        );
+    }
+    if !failed.is_empty() {
+        // Failed objects are shown even with --quiet: the exit code alone does not say which.
+        let mut out = format!("ferry: {} objects of job {id} failed:\n", failed.len());
+        for (key, failure) in failed.iter().take(FAILED_SHOWN) {
+            out.push_str(&format!(
+                "  {}: {} ({} attempts)\n",
+                key.as_str(),
+                failure.last_error,
+                failure.attempts
+            ));
+        }
+        if failed.len() > FAILED_SHOWN {
+            out.push_str(&format!(
+                "  … and {} more (`ferry {flag}status {id} --json` lists them all)\n",
+                failed.len() - FAILED_SHOWN
+            ));
+        }
+        let text: String = failed.iter().map(|(_, f)| f.last_error.as_str()).collect();
+        let fix = if is_disk_full(&text) {
+            format!(
+                "the destination's disk is full: free space under {}",
+                meta.target.display()
+            )
+        } else if is_permission(&text) {
+            "fix the permissions of the files listed (ferry must read them in SRC and write DST)"
+                .to_owned()
+        } else {
+            "fix the cause shown for each file".to_owned()
+        };
+        out.push_str(&format!(
+            "  hint: {fix}, then `ferry {flag}retry-failed {id}`\n"
+        ));
+        eprint!("{out}");
+    }
+}
+
+/// `status` of a stopped job's record, as JSON (also the shape used for live jobs).
+pub(crate) fn record_json(
+    meta: &JobMeta,
+    status: JobStatus,
+    progress: &ferry::checkpoint::Progress,
+) -> serde_json::Value {
+    json!({
+        "id": meta.id,
+        "status": status,
+        "live": false,
+        "source": meta.source,
+        "target": meta.target,
+        "checkpoint": meta.checkpoint,
+        "done_objects": progress.done_objects,
+        "done_bytes": progress.done_bytes,
+        "skipped_objects": progress.skipped_objects,
+        "not_regular_skipped": meta.not_regular_skipped,
+        "failed_objects": progress.failed.len(),
+        "failed": progress.failed.iter().map(|(k, f)| json!({"key": k.as_str(), "attempts": f.attempts, "error": f.last_error})).collect::<Vec<_>>(),
+    })
+}

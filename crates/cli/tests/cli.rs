@@ -1,0 +1,874 @@
+//! End-to-end tests of the `ferry` binary: each command, each exit code, the bad inputs of
+//! issue #6, Ctrl-C and kill -9 followed by resume, and the control socket.
+//!
+//! Nothing sleeps to let things happen: a test reads the child's JSON lines until a marker, or
+//! polls a condition with a bounded deadline.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::CommandCargoExt;
+use serde_json::Value;
+
+/// A scratch directory with a state directory, and the `ferry` command bound to it.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn state(&self) -> PathBuf {
+        self.path("state")
+    }
+
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::cargo_bin("ferry").expect("the ferry binary is built");
+        cmd.env("FERRY_STATE", self.state())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("ferry runs")
+    }
+
+    /// Starts `ferry` with piped output; its stdout lines arrive on the returned channel.
+    fn spawn(&self, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ferry starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
+    }
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Reads JSON lines until one satisfies `pred`, within `limit`.
+fn wait_line(rx: &mpsc::Receiver<String>, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("no matching line from ferry within {limit:?}: {e}"));
+        if let Ok(value) = serde_json::from_str::<Value>(&line)
+            && pred(&value)
+        {
+            return value;
+        }
+    }
+}
+
+/// Polls `cond` until it holds, within `limit`.
+fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for ferry") {
+            return status.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ferry did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {sig} failed");
+}
+
+fn write(path: &Path, data: &[u8]) {
+    fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+    fs::write(path, data).expect("write");
+}
+
+/// Deterministic pseudo-random bytes.
+fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A tree as users have it: nested folders, empty files, spaces, unicode, leading dashes,
+/// dotfiles, a deep path, a large file, and a symlink (to a file) and a dangling one.
+fn real_tree(root: &Path) {
+    write(&root.join("docs/readme.txt"), b"hello");
+    write(&root.join("docs/empty"), b"");
+    write(&root.join("with space/a file.txt"), &bytes(1, 1000));
+    write(&root.join("ünïcødé/日本語.txt"), &bytes(2, 2000));
+    write(&root.join("-leading/-dash.txt"), b"dash");
+    write(&root.join(".hidden/.dotfile"), b"dot");
+    let deep: String = (0..40).map(|i| format!("d{i}/")).collect();
+    write(&root.join(format!("{deep}deep.bin")), &bytes(3, 100));
+    write(&root.join("large.bin"), &bytes(4, 3 << 20));
+    symlink(root.join("docs/readme.txt"), root.join("link-to-readme")).expect("symlink");
+    symlink("/nonexistent/target", root.join("docs/dangling")).expect("symlink");
+}
+
+/// `n` files of `size` bytes.
+fn flat_tree(root: &Path, n: usize, size: usize) {
+    for i in 0..n {
+        write(
+            &root.join(format!("f/{i:04}.bin")),
+            &bytes(i as u64 + 10, size),
+        );
+    }
+}
+
+/// The regular files under `root`, relative path → content; symlinks and temp files listed
+/// separately.
+fn regular_files(root: &Path) -> (BTreeMap<String, Vec<u8>>, Vec<String>) {
+    let mut files = BTreeMap::new();
+    let mut others = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).expect("read_dir") {
+            let entry = entry.expect("entry");
+            let ty = entry.file_type().expect("file type");
+            let rel = entry
+                .path()
+                .strip_prefix(root)
+                .expect("under root")
+                .to_string_lossy()
+                .into_owned();
+            if ty.is_dir() {
+                stack.push(entry.path());
+            } else if ty.is_file() && !rel.contains(".ferry-tmp-") {
+                files.insert(rel, fs::read(entry.path()).expect("read"));
+            } else {
+                others.push(rel);
+            }
+        }
+    }
+    (files, others)
+}
+
+/// DST holds exactly SRC's regular files, byte for byte, and nothing else (no symlink, no
+/// temp or partial file).
+fn assert_same_files(src: &Path, dst: &Path) {
+    let (want, _) = regular_files(src);
+    let (got, others) = regular_files(dst);
+    assert!(others.is_empty(), "unexpected entries in DST: {others:?}");
+    let want_keys: Vec<_> = want.keys().collect();
+    let got_keys: Vec<_> = got.keys().collect();
+    assert_eq!(got_keys, want_keys, "DST's files differ from SRC's");
+    for (key, data) in &want {
+        assert!(got[key] == *data, "content of {key} differs");
+    }
+}
+
+fn status_json(env: &Env, id: &str) -> Value {
+    let out = env.run(&["status", id, "--json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+}
+
+#[test]
+fn migrate_copies_a_real_tree_and_skips_symlinks_with_a_notice() {
+    let env = Env::new();
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    real_tree(&src);
+    let out = env.run(&[
+        "migrate",
+        src.to_str().unwrap(),
+        dst.to_str().unwrap(),
+        "--id",
+        "tree",
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_same_files(&src, &dst);
+    let err = stderr(&out);
+    assert!(
+        err.contains("skipping link-to-readme: symbolic link"),
+        "{err}"
+    );
+    assert!(
+        err.contains("skipping docs/dangling: symbolic link"),
+        "{err}"
+    );
+    let status = status_json(&env, "tree");
+    assert_eq!(status["status"], "completed");
+    assert_eq!(status["done_objects"], 8);
+    assert_eq!(status["not_regular_skipped"], 2);
+    assert_eq!(status["failed_objects"], 0);
+    // The source is untouched under the default cleanup policy (never).
+    assert!(src.join("large.bin").exists());
+}
+
+#[test]
+fn migrate_with_cleanup_after_verify_moves_files_and_json_output_is_lines_of_json() {
+    let env = Env::new();
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    flat_tree(&src, 20, 1000);
+    write(&src.join("keep/other.txt"), b"not in the prefix");
+    let copy = env.path("copy");
+    flat_tree(&copy, 20, 1000);
+    let out = env.run(&[
+        "migrate",
+        src.to_str().unwrap(),
+        dst.to_str().unwrap(),
+        "--prefix",
+        "f/",
+        "--cleanup",
+        "after-verify",
+        "--verify",
+        "size",
+        "--checkpoint",
+        "redb",
+        "--json",
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every stdout line is JSON"))
+        .collect();
+    assert_eq!(lines.first().expect("a first line")["event"], "started");
+    let done = lines.last().expect("a last line");
+    assert_eq!(done["event"], "done");
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["done_objects"], 20);
+    // Moved: in DST, gone from SRC (only the file outside the prefix is left).
+    assert_same_files(&copy, &dst);
+    let (left, _) = regular_files(&src);
+    assert_eq!(left.keys().collect::<Vec<_>>(), ["keep/other.txt"]);
+}
+
+#[test]
+fn plan_reports_objects_bytes_and_time_and_touches_neither_side() {
+    let env = Env::new();
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    real_tree(&src);
+    let out = env.run(&[
+        "plan",
+        src.to_str().unwrap(),
+        dst.to_str().unwrap(),
+        "--rate",
+        "1MiB",
+        "--json",
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan --json is JSON");
+    assert_eq!(plan["objects"], 8);
+    let total: u64 = regular_files(&src).0.values().map(|v| v.len() as u64).sum();
+    assert_eq!(plan["bytes"], total);
+    let secs = plan["seconds_at_rate"]
+        .as_f64()
+        .expect("seconds at the rate");
+    assert!((secs - total as f64 / 1048576.0).abs() < 0.01, "{secs}");
+    assert_eq!(plan["skipped"].as_array().expect("skipped").len(), 2);
+    assert!(!dst.exists(), "plan created DST");
+    // Human form.
+    let out = env.run(&[
+        "plan",
+        src.to_str().unwrap(),
+        dst.to_str().unwrap(),
+        "--rate",
+        "1MiB",
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("would move 8 objects"),
+        "{}",
+        text(&out)
+    );
+    // No job was recorded.
+    let out = env.run(&["list", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+}
+
+#[test]
+fn list_status_forget_keep_and_remove_finished_jobs() {
+    let env = Env::new();
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    flat_tree(&src, 3, 10);
+    for id in ["one", "two"] {
+        let out = env.run(&[
+            "migrate",
+            src.to_str().unwrap(),
+            env.path(id).to_str().unwrap(),
+            "--id",
+            id,
+            "-q",
+        ]);
+        assert_eq!(code(&out), 0, "{}", text(&out));
+        assert!(out.stdout.is_empty(), "--quiet printed: {}", text(&out));
+    }
+    let _ = dst;
+    let out = env.run(&["list"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("one") && listing.contains("two") && listing.contains("completed"),
+        "{listing}"
+    );
+    let out = env.run(&["status", "--json"]);
+    let all: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(all.as_array().expect("an array").len(), 2);
+    let out = env.run(&["status", "one"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("status:    completed"),
+        "{}",
+        text(&out)
+    );
+    // Resuming a completed job does nothing and says so.
+    let out = env.run(&["resume", "one"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("already completed"),
+        "{}",
+        text(&out)
+    );
+    // Cancelling a completed job is an error.
+    let out = env.run(&["cancel", "one"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let out = env.run(&["forget", "one"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = env.run(&["status", "one"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(stderr(&out).contains("no job one"), "{}", text(&out));
+    let out = env.run(&["list", "--json"]);
+    let rows: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(rows.as_array().expect("array").len(), 1);
+    // The files stay where they are.
+    assert!(env.path("one/f/0000.bin").exists());
+}
+
+#[test]
+fn bad_inputs_are_clear_errors_with_the_right_exit_code() {
+    let env = Env::new();
+    let src = env.path("src");
+    flat_tree(&src, 2, 10);
+    let s = src.to_str().unwrap();
+    let inside = src.join("sub");
+    let parent = env.path("");
+    let same = format!("{s}/../src/x/..");
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["migrate", s, s], 2, "same directory"),
+        (
+            vec!["migrate", s, inside.to_str().unwrap()],
+            2,
+            "is inside the source",
+        ),
+        (vec!["migrate", s, &same], 2, "same directory"),
+        (
+            vec!["migrate", s, parent.to_str().unwrap()],
+            2,
+            "is inside the destination",
+        ),
+        (
+            vec!["migrate", "/nonexistent/ferry-src", "/tmp/x"],
+            1,
+            "cannot open the source directory /nonexistent/ferry-src",
+        ),
+        (
+            vec!["migrate", "s3://bucket/p", "/tmp/x"],
+            2,
+            "s3:// locations are not supported yet",
+        ),
+        (
+            vec!["migrate", s, "/tmp/x", "--rate", "fast"],
+            2,
+            "invalid value",
+        ),
+        (
+            vec!["migrate", s, "/tmp/x", "--verify", "maybe"],
+            2,
+            "none, size or checksum",
+        ),
+        (
+            vec!["migrate", s, "/tmp/x", "--id", "../evil"],
+            2,
+            "invalid job id",
+        ),
+        (vec!["migrate"], 2, "required"),
+        (vec!["frobnicate"], 2, "unrecognized subcommand"),
+        (vec!["resume", "ghost"], 1, "no job ghost"),
+        (vec!["status", "ghost"], 1, "no job ghost"),
+        (vec!["cancel", "ghost"], 1, "no job ghost"),
+        (vec!["forget", "ghost"], 1, "no job ghost"),
+        (vec!["retry-failed", "ghost"], 1, "no job ghost"),
+        (vec!["pause", "ghost"], 1, "no job ghost"),
+        (vec!["set-rate", "ghost", "1MiB"], 1, "no job ghost"),
+    ];
+    for (args, want, needle) in cases {
+        let out = env.run(&args);
+        assert_eq!(code(&out), want, "{args:?}: {}", text(&out));
+        assert!(
+            stderr(&out).contains(needle),
+            "{args:?} should say {needle:?}: {}",
+            text(&out)
+        );
+        assert!(!stderr(&out).contains("panicked"), "{args:?} panicked");
+    }
+    // The state directory inside SRC is refused too.
+    let out = env
+        .cmd()
+        .args([
+            "migrate",
+            s,
+            env.path("dst").to_str().unwrap(),
+            "--state",
+            src.join("st").to_str().unwrap(),
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    // A job id used twice.
+    let dst = env.path("dst");
+    let out = env.run(&["migrate", s, dst.to_str().unwrap(), "--id", "dup", "-q"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = env.run(&[
+        "migrate",
+        s,
+        env.path("dst2").to_str().unwrap(),
+        "--id",
+        "dup",
+    ]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(stderr(&out).contains("already exists"), "{}", text(&out));
+}
+
+#[test]
+fn a_corrupt_checkpoint_or_state_file_is_an_error_naming_the_file() {
+    let env = Env::new();
+    let src = env.path("src");
+    flat_tree(&src, 2, 10);
+    let out = env.run(&[
+        "migrate",
+        src.to_str().unwrap(),
+        env.path("dst").to_str().unwrap(),
+        "--id",
+        "c1",
+        "-q",
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let ckpt_dir = env.state().join("checkpoints");
+    let mut corrupted = Vec::new();
+    for entry in fs::read_dir(&ckpt_dir).expect("checkpoints dir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("c1.") && name.ends_with(".ckpt") {
+            let mut data = fs::read(&path).expect("read");
+            let last = data.len() - 1;
+            data[last] ^= 0xff;
+            fs::write(&path, data).expect("write");
+            corrupted.push(path);
+        }
+    }
+    assert!(
+        !corrupted.is_empty(),
+        "no checkpoint file found in {}",
+        ckpt_dir.display()
+    );
+    for args in [vec!["status", "c1"], vec!["resume", "c1"]] {
+        let out = env.run(&args);
+        assert_eq!(code(&out), 1, "{args:?}: {}", text(&out));
+        let err = stderr(&out);
+        assert!(err.contains("corrupt"), "{err}");
+        assert!(
+            corrupted
+                .iter()
+                .any(|p| err.contains(&p.display().to_string())),
+            "the message names no file: {err}"
+        );
+    }
+    // A corrupt sidecar is named too.
+    let sidecar = env.state().join("jobs/c1.json");
+    fs::write(&sidecar, b"{ not json").expect("write");
+    let out = env.run(&["status", "c1"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        stderr(&out).contains(&sidecar.display().to_string()),
+        "{}",
+        text(&out)
+    );
+    // forget still clears it.
+    let out = env.run(&["forget", "c1"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+}
+
+/// Runs ferry as an unprivileged user when the tests run as root (root reads any file).
+fn unprivileged(env: &Env, args: &[&str]) -> Output {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .expect("id");
+    if String::from_utf8_lossy(&root.stdout).trim() != "0" {
+        return env.run(args);
+    }
+    let bin = assert_cmd::cargo::cargo_bin("ferry");
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(bin)
+        .args(args)
+        .env("FERRY_STATE", env.state())
+        .env("HOME", env.path(""))
+        .output()
+        .expect("setpriv runs")
+}
+
+#[test]
+fn an_unreadable_file_fails_that_object_exit_3_then_retry_failed_finishes() {
+    let env = Env::new();
+    fs::set_permissions(env.path(""), fs::Permissions::from_mode(0o777)).expect("chmod");
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    flat_tree(&src, 5, 100);
+    write(&src.join("secret.txt"), b"top secret");
+    let secret = src.join("secret.txt");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).expect("chmod");
+    for dir in [env.path("src"), env.path("src/f")] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    fs::create_dir_all(env.state()).expect("state");
+    fs::create_dir_all(&dst).expect("dst");
+    chown_all(&env, &[env.state(), dst.clone()]);
+    let out = unprivileged(
+        &env,
+        &[
+            "migrate",
+            src.to_str().unwrap(),
+            dst.to_str().unwrap(),
+            "--id",
+            "perm",
+        ],
+    );
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    let err = stderr(&out);
+    assert!(err.contains("secret.txt"), "{err}");
+    assert!(err.contains("retry-failed perm"), "{err}");
+    assert!(!dst.join("secret.txt").exists());
+    assert!(dst.join("f/0004.bin").exists());
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = unprivileged(&env, &["retry-failed", "perm"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_same_files(&src, &dst);
+}
+
+/// Gives the paths to the unprivileged user when running as root.
+fn chown_all(_env: &Env, paths: &[PathBuf]) {
+    for path in paths {
+        let _ = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(path)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_nothing_partial_is_left() {
+    let env = Env::new();
+    let src = env.path("src");
+    flat_tree(&src, 6, 400 << 10);
+    let mnt = env.path("small");
+    fs::create_dir_all(&mnt).expect("mkdir");
+    let bin = assert_cmd::cargo::cargo_bin("ferry");
+    // A 1 MiB tmpfs in a private mount namespace (no root needed: a user namespace).
+    let script = format!(
+        "mount -t tmpfs -o size=1m tmpfs '{m}' && '{b}' migrate '{s}' '{m}/dst' --id full; rc=$?; \
+         echo LEFT; find '{m}' -name '.ferry-tmp-*'; exit $rc",
+        m = mnt.display(),
+        b = bin.display(),
+        s = src.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-rm", "sh", "-c", &script])
+        .env("FERRY_STATE", env.state())
+        .output()
+        .expect("unshare runs");
+    let rc = code(&out);
+    assert!(rc == 3 || rc == 1, "exit code {rc}: {}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("disk is full") || err.contains("No space left"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let left = stdout.split("LEFT").nth(1).unwrap_or("");
+    assert!(left.trim().is_empty(), "temp files left: {left}");
+}
+
+#[test]
+fn sigint_pauses_saves_prints_the_resume_command_then_resume_finishes() {
+    let env = Env::new();
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    flat_tree(&src, 64, 64 << 10);
+    let (mut child, rx) = env.spawn(&[
+        "migrate",
+        src.to_str().unwrap(),
+        dst.to_str().unwrap(),
+        "--id",
+        "int",
+        "--rate",
+        "256KiB",
+        "--json",
+    ]);
+    wait_line(&rx, Duration::from_secs(30), |v| v["event"] == "started");
+    signal(&child, "-INT");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), 130);
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut err).expect("read");
+    assert!(err.contains("paused and saved"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "ferry --state {} resume int",
+            env.state().display()
+        )),
+        "{err}"
+    );
+    assert_eq!(status_json(&env, "int")["status"], "paused");
+    let out = env.run(&["resume", "int", "--rate", "unlimited", "-q"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_same_files(&src, &dst);
+    assert_eq!(status_json(&env, "int")["status"], "completed");
+    assert_eq!(status_json(&env, "int")["done_objects"], 64);
+}
+
+#[test]
+fn kill_9_mid_copy_then_resume_leaves_exactly_the_source_files() {
+    let env = Env::new();
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    flat_tree(&src, 48, 64 << 10);
+    write(&src.join("big/large.bin"), &bytes(99, 3 << 20));
+    let (mut child, rx) = env.spawn(&[
+        "migrate",
+        src.to_str().unwrap(),
+        dst.to_str().unwrap(),
+        "--id",
+        "k9",
+        "--rate",
+        "512KiB",
+        "--concurrency",
+        "4",
+        "--json",
+    ]);
+    // Kill once some bytes are copied but the job is far from done.
+    wait_line(&rx, Duration::from_secs(30), |v| {
+        v["event"] == "progress" && v["bytes_copied"].as_u64().unwrap_or(0) > 0
+    });
+    signal(&child, "-KILL");
+    let _ = wait_exit(&mut child, Duration::from_secs(10));
+    let (partial, _) = regular_files(&dst);
+    assert!(partial.len() < 49, "the job finished before the kill");
+    let out = env.run(&["resume", "k9", "--rate", "unlimited", "--json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_same_files(&src, &dst);
+    assert_eq!(status_json(&env, "k9")["status"], "completed");
+}
+
+#[test]
+fn the_control_socket_pauses_throttles_reports_and_resumes_a_running_job() {
+    let env = Env::new();
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    flat_tree(&src, 64, 64 << 10);
+    let (mut child, rx) = env.spawn(&[
+        "migrate",
+        src.to_str().unwrap(),
+        dst.to_str().unwrap(),
+        "--id",
+        "live",
+        "--rate",
+        "256KiB",
+        "--json",
+    ]);
+    let started = wait_line(&rx, Duration::from_secs(30), |v| v["event"] == "started");
+    let socket = PathBuf::from(started["socket"].as_str().expect("socket path"));
+    let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&socket), 0o600);
+    assert_eq!(mode(socket.parent().expect("run dir")), 0o700);
+
+    let status = status_json(&env, "live");
+    assert_eq!(status["live"], true, "{status}");
+    assert_eq!(status["status"], "running", "{status}");
+
+    let out = env.run(&["pause", "live"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(status_json(&env, "live")["status"], "paused");
+    wait_line(&rx, Duration::from_secs(10), |v| v["event"] == "paused");
+    // While paused, nothing moves.
+    let before = status_json(&env, "live")["snapshot"]["bytes_copied"].clone();
+    let out = env.run(&["set-rate", "live", "unlimited"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let status = status_json(&env, "live");
+    assert_eq!(
+        status["snapshot"]["effective_rate"], "unlimited",
+        "{status}"
+    );
+    assert_eq!(
+        status["snapshot"]["bytes_copied"], before,
+        "bytes moved while paused"
+    );
+
+    let out = env.run(&["resume", "live"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resumed in its running process"));
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(60)), 0);
+    assert_same_files(&src, &dst);
+    assert!(!socket.exists(), "the socket outlived its job");
+    let out = env.run(&["pause", "live"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(stderr(&out).contains("is not running"), "{}", text(&out));
+}
+
+#[test]
+fn cancel_of_a_stopped_job_and_of_a_live_one() {
+    let env = Env::new();
+    let src = env.path("src");
+    flat_tree(&src, 32, 64 << 10);
+    // A stopped (interrupted) job.
+    let (mut child, rx) = env.spawn(&[
+        "migrate",
+        src.to_str().unwrap(),
+        env.path("d1").to_str().unwrap(),
+        "--id",
+        "c-stop",
+        "--rate",
+        "128KiB",
+        "--json",
+    ]);
+    wait_line(&rx, Duration::from_secs(30), |v| v["event"] == "started");
+    signal(&child, "-INT");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), 130);
+    let out = env.run(&["cancel", "c-stop"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(status_json(&env, "c-stop")["status"], "cancelled");
+    let out = env.run(&["resume", "c-stop"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(stderr(&out).contains("already cancelled"), "{}", text(&out));
+    // A live job, cancelled from another process: it exits 1 and says so.
+    let (mut child, rx) = env.spawn(&[
+        "migrate",
+        src.to_str().unwrap(),
+        env.path("d2").to_str().unwrap(),
+        "--id",
+        "c-live",
+        "--rate",
+        "128KiB",
+        "--json",
+    ]);
+    wait_line(&rx, Duration::from_secs(30), |v| v["event"] == "started");
+    let out = env.run(&["cancel", "c-live"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), 1);
+    wait_until(
+        Duration::from_secs(10),
+        "the record to say cancelled",
+        || status_json(&env, "c-live")["status"] == "cancelled",
+    );
+}
+
+#[test]
+fn sled_checkpoints_work_end_to_end() {
+    let env = Env::new();
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    flat_tree(&src, 5, 100);
+    let out = env.run(&[
+        "migrate",
+        src.to_str().unwrap(),
+        dst.to_str().unwrap(),
+        "--id",
+        "s",
+        "--checkpoint",
+        "sled",
+        "-q",
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_same_files(&src, &dst);
+    assert_eq!(status_json(&env, "s")["checkpoint"], "sled");
+    assert_eq!(status_json(&env, "s")["status"], "completed");
+}
+
+#[test]
+fn demo_runs_and_its_summary_checks_reads_and_writes() {
+    let env = Env::new();
+    let out = env.run(&["demo", "--objects", "2000", "--seconds", "2", "--json"]);
+    let summary: Value = serde_json::from_slice(
+        out.stdout
+            .split(|b| *b == b'\n')
+            .rfind(|l| !l.is_empty())
+            .expect("a summary line"),
+    )
+    .unwrap_or_else(|e| panic!("summary is JSON: {e}\n{}", text(&out)));
+    assert!(
+        summary["reads_served"].as_u64().unwrap_or(0) > 0,
+        "{summary}"
+    );
+    assert!(
+        summary["writes_accepted"].as_u64().unwrap_or(0) > 0,
+        "{summary}"
+    );
+    assert_eq!(
+        summary["objects_moved"], summary["objects_expected"],
+        "{summary}"
+    );
+    // The verdict is computed by checking (I2: no failed read, I3: no lost write, no
+    // resurrection), and the exit code follows it.
+    assert_eq!(summary["failed_reads"], 0, "{summary}");
+    assert_eq!(summary["lost_writes"], 0, "{summary}");
+    assert_eq!(summary["resurrected_deletes"], 0, "{summary}");
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(code(&out), 0, "{}", text(&out));
+}

@@ -1,0 +1,220 @@
+//! `cargo xtask bench cli`: the `ferry` binary against its peers, in the same run.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+const RUNS: usize = 3;
+const SMALL_FILES: usize = 10_000;
+const SMALL_SIZE: usize = 64 << 10;
+const BIG_SIZE: usize = 1 << 30;
+
+pub(crate) fn run() -> Result<(), String> {
+    ensure_rclone()?;
+    super::cargo(&["build", "--release", "-p", "ferry-cli"], &[])?;
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => env_dir()?.join("../target"),
+    };
+    let ferry = target.join("release/ferry");
+    let ferry = fs::canonicalize(&ferry).map_err(|e| format!("{}: {e}", ferry.display()))?;
+    let work = target.join("cli-bench");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let small = work.join("small");
+    let big = work.join("big");
+    eprintln!(
+        "xtask: writing {SMALL_FILES} × 64 KiB files and one 1 GiB file under {}",
+        work.display()
+    );
+    for i in 0..SMALL_FILES {
+        write_file(
+            &small.join(format!("d{:02}/f{i:05}.bin", i % 100)),
+            SMALL_SIZE,
+            i as u64,
+        )?;
+    }
+    write_file(&big.join("one.bin"), BIG_SIZE, 7)?;
+    sh("sync")?;
+
+    let dst = work.join("dst");
+    let state = work.join("state");
+    let ferry_cmd = |src: &Path, extra: &str| {
+        format!(
+            "{} --state {} migrate {} {} -q {extra}",
+            ferry.display(),
+            state.display(),
+            src.display(),
+            dst.display()
+        )
+    };
+    let clean = || -> Result<(), String> {
+        let _ = fs::remove_dir_all(&dst);
+        let _ = fs::remove_dir_all(&state);
+        sh("sync")
+    };
+
+    // 10k × 64 KiB, checksum verify, vs rclone copy --checksum.
+    let rclone_cmd = format!(
+        "rclone copy --checksum --transfers 16 {} {}",
+        small.display(),
+        dst.display()
+    );
+    let (mut t_ferry, mut t_rclone) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        clean()?;
+        t_rclone.push(timed(&rclone_cmd)?.0);
+        clean()?;
+        t_ferry.push(timed(&ferry_cmd(&small, "--verify checksum"))?.0);
+    }
+    // One 1 GiB file vs cp + sync -f (durable) and plain cp.
+    let cp_cmd = format!(
+        "mkdir -p {d} && cp {}/one.bin {d}/one.bin",
+        big.display(),
+        d = dst.display()
+    );
+    let cp_sync_cmd = format!("{cp_cmd} && sync -f {}/one.bin", dst.display());
+    let (mut t_big, mut rss_big, mut t_cp, mut t_cp_sync) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        clean()?;
+        t_cp.push(timed(&cp_cmd)?.0);
+        clean()?;
+        t_cp_sync.push(timed(&cp_sync_cmd)?.0);
+        clean()?;
+        let (t, rss) = timed(&ferry_cmd(&big, "--verify checksum"))?;
+        t_big.push(t);
+        rss_big.push(rss);
+    }
+    // The rate limit: 1 GiB at 50 MiB/s (one large file, so the disk is not the limit).
+    clean()?;
+    let rate_cmd = ferry_cmd(&big, "--rate 50MiB");
+    let (t_rate, _) = timed(&rate_cmd)?;
+    let achieved = BIG_SIZE as f64 / t_rate / (1 << 20) as f64;
+    clean()?;
+
+    let (f, r) = (median(&mut t_ferry), median(&mut t_rclone));
+    let (b, c, cs) = (
+        median(&mut t_big),
+        median(&mut t_cp),
+        median(&mut t_cp_sync),
+    );
+    let rss = rss_big.iter().copied().max().unwrap_or(0);
+    let gib = BIG_SIZE as f64 / (1 << 20) as f64;
+    let mut out = String::new();
+    out.push_str("| what | ferry | peer | ratio | target |\n|---|---|---|---|---|\n");
+    out.push_str(&format!(
+        "| 10k × 64 KiB, checksum verify | {f:.2} s | rclone copy --checksum --transfers 16: {r:.2} s | {:.2}× rclone's time | ≤ 1× |\n",
+        f / r
+    ));
+    out.push_str(&format!(
+        "| 1 GiB file, checksum verify | {b:.2} s ({:.0} MiB/s), peak RSS {} MiB | cp + sync -f: {cs:.2} s ({:.0} MiB/s); plain cp: {c:.2} s ({:.0} MiB/s) | {:.2}× the durable cp's throughput | ≥ 1×, RSS ≤ 64 MiB |\n",
+        gib / b,
+        rss / 1024,
+        gib / cs,
+        gib / c,
+        cs / b
+    ));
+    out.push_str(&format!(
+        "| --rate 50MiB, one 1 GiB file | {t_rate:.2} s: {achieved:.2} MiB/s | — | {:+.2}% off | within 2% |\n",
+        (achieved / 50.0 - 1.0) * 100.0
+    ));
+    out.push_str(&format!(
+        "\nMedians of {RUNS} runs (all: ferry {t_ferry:.2?}, rclone {t_rclone:.2?}, ferry 1 GiB {t_big:.2?}, cp {t_cp:.2?}, cp+sync {t_cp_sync:.2?}).\nCommands: `{}`, `{rclone_cmd}`, `{}`, `{cp_sync_cmd}`, `{rate_cmd}`.\n",
+        ferry_cmd(&small, "--verify checksum"),
+        ferry_cmd(&big, "--verify checksum")
+    ));
+    println!("{out}");
+    let _ = fs::remove_dir_all(&work);
+    Ok(())
+}
+
+fn env_dir() -> Result<PathBuf, String> {
+    std::env::var("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .map_err(|_| "run through `cargo xtask`".to_owned())
+}
+
+/// Installs rclone from Debian's packages when it is missing (as root, or through sudo).
+fn ensure_rclone() -> Result<(), String> {
+    if Command::new("rclone")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing rclone from Debian's packages");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let cmd = if root {
+        "apt-get install -y rclone"
+    } else {
+        "sudo apt-get install -y rclone"
+    };
+    sh(cmd)
+}
+
+fn sh(cmd: &str) -> Result<(), String> {
+    let status = Command::new("sh")
+        .args(["-c", cmd])
+        .status()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{cmd}` failed: {status}"))
+    }
+}
+
+/// Runs `cmd` under `/usr/bin/time`: wall seconds and peak RSS in KiB.
+fn timed(cmd: &str) -> Result<(f64, u64), String> {
+    let start = Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "RSS_KIB=%M", "sh", "-c", cmd])
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    let secs = start.elapsed().as_secs_f64();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!("`{cmd}` failed: {}\n{err}", out.status));
+    }
+    let rss = err
+        .lines()
+        .find_map(|l| l.strip_prefix("RSS_KIB="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    Ok((secs, rss))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn write_file(path: &Path, len: usize, seed: u64) -> Result<(), String> {
+    let dir = path.parent().ok_or("no parent")?;
+    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut file = fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len());
+        for chunk in buf[..n].chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let bytes = x.to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        file.write_all(&buf[..n])
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        left -= n;
+    }
+    Ok(())
+}
