@@ -11,7 +11,9 @@
 //!   it) with ferry's peak RSS, and the rate achieved with `--rate 50MiB`. Medians of 3 runs;
 //!   prints a Markdown table for `docs/benchmarks.md`.
 //! - `crash [-n CYCLES]`: the crash tests, long: CYCLES (default 1000) SIGKILL cycles of a
-//!   checkpointing child process, then the simulated crash at every I/O step. CI runs 8 cycles.
+//!   checkpointing child process, then the simulated crash at every I/O step, then CYCLES
+//!   cases of the engine's model test (random traffic, pause, cancel, crash and recover,
+//!   faults). CI runs 8 cycles and 64 cases.
 //! - `fuzz [SECONDS]`: each fuzz target in `fuzz/` for SECONDS (default 60) on the nightly
 //!   toolchain, installing `cargo-fuzz` first if it is missing; new inputs land in
 //!   `fuzz/corpus/`, which CI replays as a regular test on stable.
@@ -110,6 +112,20 @@ fn crash(args: &[String]) -> Result<(), String> {
             "i5_",
         ],
         &[],
+    )?;
+    // The engine's model: random plans, traffic, pause/cancel/crash and faults, checked
+    // against a ledger; CI runs 64 cases, this runs CYCLES.
+    cargo(
+        &[
+            "test",
+            "--release",
+            "-p",
+            "ferry-engine",
+            "--test",
+            "engine",
+            "model::",
+        ],
+        &[("PROPTEST_CASES", &cycles)],
     )
 }
 

@@ -11,5 +11,4 @@ mod memory;
 mod model;
 mod resume;
 mod retry;
-mod traces;
 mod util;

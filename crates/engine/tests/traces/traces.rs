@@ -82,9 +82,6 @@ async fn a_job_traces_a_span_per_object_and_an_event_per_transition() {
     const N: usize = 5;
     let recorder = Recorder::default();
     let _guard = tracing::dispatcher::set_default(&tracing::Dispatch::new(recorder.clone()));
-    // Tests on other threads (no subscriber) may have cached a callsite as never enabled
-    // before this thread-local subscriber existed: ask every callsite again.
-    tracing::callsite::rebuild_interest_cache();
 
     let source = filled(N);
     let target = FaultyStore::new(MemStore::new());
