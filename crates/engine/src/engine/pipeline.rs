@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use super::EngineInner;
 use super::job::{JobShared, Tracker};
 use crate::error::{Error, Result};
-use crate::store::{BoxStream, Store};
+use crate::store::{BoxStream, ByteStream, Store};
 
 pub(crate) struct JobCtx {
     pub(crate) engine: Arc<EngineInner>,
@@ -696,7 +696,9 @@ async fn copy_once(ctx: &JobCtx, key: &ObjectKey, track: &Tracker<'_>) -> Result
         Err(err) => return Err(err),
     };
     let version = object.meta.version.clone();
+    let ahead = object.meta.size > ctx.plan.options.chunk_size.as_u64();
     let body = object.checked_body();
+    let body = if ahead { read_ahead(body) } else { body };
     let state = Mutex::new((blake3::Hasher::new(), 0u64));
     let streaming = Streaming::enter(shared);
     let throttled =
@@ -1068,6 +1070,35 @@ async fn same_content(ctx: &JobCtx, key: &ObjectKey) -> Result<bool> {
     Ok(source.is_some() && source == target)
 }
 
+/// `body`, read one chunk ahead by a task of its own: the store reads the next chunk while
+/// the caller hashes and writes this one (memory: two chunks per copy, I7). The task stops
+/// when the stream is dropped.
+fn read_ahead(mut body: ByteStream) -> ByteStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let reader = tokio::spawn(async move {
+        while let Some(chunk) = body.next().await {
+            let end = chunk.is_err();
+            if tx.send(chunk).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    let stop = AbortOnDrop(reader);
+    Box::pin(futures_util::stream::unfold(
+        (rx, stop),
+        |(mut rx, stop)| async move { rx.recv().await.map(|chunk| (chunk, (rx, stop))) },
+    ))
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The size and blake3 hash of `key` on `store`, streamed a chunk at a time (I7); `None` when
 /// the store has no such object. A body shorter or longer than its metadata is an error.
 async fn digest(store: &dyn Store, key: &ObjectKey) -> Result<Option<(u64, blake3::Hash)>> {
@@ -1076,7 +1107,12 @@ async fn digest(store: &dyn Store, key: &ObjectKey) -> Result<Option<(u64, blake
         Err(err) if err.is_not_found() => return Ok(None),
         Err(err) => return Err(err),
     };
+    // Objects of a chunk or two gain nothing from reading ahead.
+    let ahead = object.meta.size > 2 << 20;
     let mut body = object.checked_body();
+    if ahead {
+        body = read_ahead(body);
+    }
     let mut hasher = blake3::Hasher::new();
     let mut size = 0u64;
     while let Some(chunk) = body.next().await {

@@ -414,6 +414,27 @@ impl Inner {
     }
 }
 
+/// Reads up to `chunk` bytes, and no more than `left`, from `file` (fewer only at its end).
+/// When that reaches the size the file had at open, one more byte is asked for in the same
+/// call: a file that grew since (written in place, not through the store) then yields more
+/// than its size, which the checked body reports, instead of a silently cut copy.
+fn read_chunk(file: &mut File, key: &ObjectKey, chunk: usize, left: u64) -> Result<Vec<u8>> {
+    let last = left <= chunk as u64;
+    let want = usize::try_from(left).map_or(chunk, |left| left.min(chunk));
+    let mut buf = vec![0u8; want + usize::from(last)];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(Op::Get, key.as_str(), e)),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
 fn split_last<'a, 'b>(segs: &'b [&'a str]) -> (&'a str, &'b [&'a str]) {
     match segs.split_last() {
         Some((name, dirs)) => (name, dirs),
@@ -830,35 +851,42 @@ impl Store for DirStore {
         Box::pin(async move {
             segments(key)?;
             let (inner, k) = (Arc::clone(&self.inner), key.clone());
-            let (file, meta) = blocking(Op::Get, move || inner.open_for_read(&k)).await?;
             let chunk = self.chunk_size;
+            // The first chunk is read in the same trip to the blocking pool as the open, and
+            // the body ends at the size `fstat` gave: an object of one chunk costs one trip.
+            let (file, meta, first) = blocking(Op::Get, move || {
+                let (mut file, meta) = inner.open_for_read(&k)?;
+                let first = read_chunk(&mut file, &k, chunk, meta.size)?;
+                Ok((file, meta, first))
+            })
+            .await?;
+            let left = meta.size.saturating_sub(first.len() as u64);
             let k = key.clone();
-            let body = futures_util::stream::unfold(Some(file), move |file| {
+            let rest = futures_util::stream::unfold((Some(file), left), move |(file, left)| {
                 let k = k.clone();
                 async move {
                     let mut file = file?;
+                    if left == 0 {
+                        return None;
+                    }
                     let read = blocking(Op::Get, move || {
-                        let mut buf = vec![0u8; chunk];
-                        let mut filled = 0;
-                        while filled < chunk {
-                            match file.read(&mut buf[filled..]) {
-                                Ok(0) => break,
-                                Ok(n) => filled += n,
-                                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                                Err(e) => return Err(Error::io(Op::Get, k.as_str(), e)),
-                            }
-                        }
-                        buf.truncate(filled);
+                        let buf = read_chunk(&mut file, &k, chunk, left)?;
                         Ok((file, buf))
                     })
                     .await;
                     match read {
+                        // Shorter than its size: the body ends; the checked body says so.
                         Ok((_, buf)) if buf.is_empty() => None,
-                        Ok((file, buf)) => Some((Ok(Bytes::from(buf)), Some(file))),
-                        Err(e) => Some((Err(e), None)),
+                        Ok((file, buf)) => {
+                            let left = left.saturating_sub(buf.len() as u64);
+                            Some((Ok(Bytes::from(buf)), (Some(file), left)))
+                        }
+                        Err(e) => Some((Err(e), (None, 0))),
                     }
                 }
             });
+            let first = (!first.is_empty()).then(|| Ok(Bytes::from(first)));
+            let body = futures_util::stream::iter(first).chain(rest);
             Ok(Object {
                 meta,
                 body: Box::pin(body),

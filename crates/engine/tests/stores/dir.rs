@@ -201,3 +201,27 @@ async fn every_sync_strategy_syncs_puts_and_deletes() {
         "the faster one measured"
     );
 }
+
+#[tokio::test]
+async fn a_file_changed_in_place_while_read_is_an_error_not_a_cut_copy() {
+    use futures_util::TryStreamExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = DirStore::open(dir.path()).await.unwrap().with_chunk_size(4);
+    let k = ObjectKey::new("log.txt").unwrap();
+    std::fs::write(dir.path().join("log.txt"), b"0123456789").unwrap();
+    for (change, what) in [(&b"0123456789abc"[..], "grew"), (&b"0123"[..], "shrank")] {
+        let object = store.get(&k).await.unwrap();
+        assert_eq!(object.meta.size, 10);
+        // Written in place (not through the store) after the first chunk was read.
+        std::fs::write(dir.path().join("log.txt"), change).unwrap();
+        let read: Result<Vec<Bytes>, _> = object.checked_body().try_collect().await;
+        assert!(read.is_err(), "a file that {what} while read: {read:?}");
+        std::fs::write(dir.path().join("log.txt"), b"0123456789").unwrap();
+    }
+    // Unchanged, the same reads give the whole file in chunks of 4.
+    let object = store.get(&k).await.unwrap();
+    let chunks: Vec<Bytes> = object.checked_body().try_collect().await.unwrap();
+    assert_eq!(chunks.iter().map(Bytes::len).collect::<Vec<_>>(), [4, 4, 2]);
+    assert_eq!(chunks.concat(), b"0123456789");
+}
