@@ -36,7 +36,10 @@ impl Display {
             bar.enable_steady_tick(Duration::from_millis(200));
             Display::Bar(bar)
         } else {
-            Display::Plain { last: None }
+            // The first line comes one period in: a short job prints only its summary.
+            Display::Plain {
+                last: Some(Instant::now()),
+            }
         }
     }
 
