@@ -77,15 +77,18 @@
 //!   debug event at each object transition (`key`, `state`, the same moves as
 //!   [`JobHandle::events`]) and at each job status change; warnings for each retry of a
 //!   transient error (`what`, `attempt`, `error`), each failed object (`key`, `attempts`,
-//!   `error`) and a failed job. The library never prints: install a subscriber to see them.
+//!   `error`), each source kept because it changed since its copy (`key`) and a failed job.
+//!   The library never prints: install a subscriber to see them.
 //!
 //! - The checkpoint watermark advances over the finished prefix of the (key-ordered) stream,
 //!   so the record's done set stays bounded by what is in flight. Failed objects count as
 //!   finished for the watermark: they are kept in the record's failed map, not run again on
 //!   resume.
 //!
-//! Not yet: the reason a source was kept (its version changed) is not in the record.
-//! Events of objects a crashed run had already moved may start mid-protocol.
+//! A source that changed since its copy (a write that did not go through the table) is kept,
+//! with a warning naming the key; the record does not keep the reason. Events of objects a
+//! crashed run had already moved may start mid-protocol. `JobHandle::set_rate` lasts for the
+//! run: a resumed job starts again at its plan's rate.
 //!
 //! # Example
 //! ```

@@ -1040,7 +1040,13 @@ async fn finish_cleanup(
     match same {
         Ok(true) => {}
         // Not provably the same bytes: never delete what may be the only copy (I1).
-        Ok(false) => return Outcome::Done { key, bytes },
+        Ok(false) => {
+            tracing::warn!(
+                key = %key.as_str(),
+                "source kept: it changed since it was copied (a write outside the forwarding table)"
+            );
+            return Outcome::Done { key, bytes };
+        }
         Err((attempts, error)) => {
             return Outcome::Failed {
                 key,
