@@ -130,7 +130,7 @@ fn crash(args: &[String]) -> Result<(), String> {
 }
 
 /// Fuzz targets and the corpus directory each one grows.
-const FUZZ_TARGETS: &[&str] = &["checkpoint_decode"];
+const FUZZ_TARGETS: &[&str] = &["checkpoint_decode", "dirstore_key_path", "parsers"];
 
 fn fuzz(args: &[String]) -> Result<(), String> {
     let seconds = match args {
