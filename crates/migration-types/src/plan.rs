@@ -24,7 +24,8 @@ pub enum VerifyMode {
     None,
     /// Compare the target's size with the source's.
     Size,
-    /// Compare sizes and a checksum computed while streaming with the target's.
+    /// Compare the checksum computed while streaming (and the size) with the target's and
+    /// with the source's, both re-read: the copy is what the source holds, end to end.
     #[default]
     Checksum,
 }

@@ -131,7 +131,7 @@ impl fmt::Display for ObjectState {
 /// | `Pending` | `Running`, `Paused`, `Cancelled`, `Failed` |
 /// | `Running` | `Paused`, `Completing`, `Failed`, `Cancelled` |
 /// | `Paused` | `Running`, `Cancelled`, `Failed` |
-/// | `Completing` | `Completed`, `CompletedWithErrors`, `Failed`, `Cancelled` |
+/// | `Completing` | `Completed`, `CompletedWithErrors`, `Failed`, `Cancelled`, `Running` (resumed after its process stopped while completing) |
 /// | `CompletedWithErrors` | `Running` (retry-failed) |
 /// | `Failed` | `Running` (resume after fixing the cause) |
 /// | `Completed`, `Cancelled` | nothing: terminal |
@@ -220,7 +220,7 @@ impl JobStatus {
                 | (Paused, Running | Cancelled | Failed)
                 | (
                     Completing,
-                    Completed | CompletedWithErrors | Failed | Cancelled
+                    Completed | CompletedWithErrors | Failed | Cancelled | Running
                 )
                 | (CompletedWithErrors, Running)
                 | (Failed, Running)
@@ -265,7 +265,7 @@ mod tests {
             (Paused, &[Running, Cancelled, Failed]),
             (
                 Completing,
-                &[Completed, CompletedWithErrors, Failed, Cancelled],
+                &[Completed, CompletedWithErrors, Failed, Cancelled, Running],
             ),
             (Completed, &[]),
             (CompletedWithErrors, &[Running]),

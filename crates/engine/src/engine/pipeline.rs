@@ -161,7 +161,12 @@ impl Drop for Live<'_> {
 }
 
 /// Keys of the plan, lazily, in key order; already-done keys are left out (I4).
-fn keys(ctx: &JobCtx, progress: &Progress) -> BoxStream<'static, Result<ObjectKey>> {
+/// `after`: only keys after this one (a listing started again after a transient error).
+fn key_stream(
+    ctx: &JobCtx,
+    progress: &Progress,
+    after: Option<&ObjectKey>,
+) -> BoxStream<'static, Result<ObjectKey>> {
     if let Some(failed) = &ctx.retry_keys {
         // Failed keys may lie under the watermark: they are not filtered by `is_done`.
         return Box::pin(futures_util::stream::iter(
@@ -180,11 +185,12 @@ fn keys(ctx: &JobCtx, progress: &Progress) -> BoxStream<'static, Result<ObjectKe
             // A crashed run may have cleaned a source it had not yet recorded done: such a
             // key is only on the target now, journaled as flipped, and must still be
             // recorded (I4).
-            let source = ctx.source.list(prefix, None).map_ok(|meta| meta.key);
+            let source = ctx.source.list(prefix, after).map_ok(|meta| meta.key);
             let flipped: Vec<Result<ObjectKey>> = ctx
                 .committed
                 .keys()
                 .filter(|key| key.as_str().starts_with(prefix.as_str()))
+                .filter(|key| after.is_none_or(|after| *key > after))
                 .cloned()
                 .map(Ok)
                 .collect();
@@ -194,7 +200,7 @@ fn keys(ctx: &JobCtx, progress: &Progress) -> BoxStream<'static, Result<ObjectKe
             )
         }
         ObjectSelection::Prefix(prefix) => {
-            Box::pin(ctx.source.list(prefix, None).map_ok(|meta| meta.key))
+            Box::pin(ctx.source.list(prefix, after).map_ok(|meta| meta.key))
         }
     };
     Box::pin(stream.try_filter(move |key| std::future::ready(!progress.is_done(key))))
@@ -252,7 +258,10 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
     let shared = &ctx.shared;
     let concurrency = ctx.plan.options.concurrency.get();
     let interval = ctx.plan.options.checkpoint;
-    let mut keys = keys(ctx, progress);
+    let mut keys = key_stream(ctx, progress, None);
+    // The last key the stream gave, and the listing's transient failures in a row.
+    let mut last_key: Option<ObjectKey> = None;
+    let mut list_attempts = 0u32;
     let mut set: JoinSet<Outcome> = JoinSet::new();
     let mut pending: Vec<Outcome> = Vec::new();
     let mut order = Order::default();
@@ -296,8 +305,22 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
         while !paused && !stopping && !exhausted && set.len() < concurrency {
             match keys.next().await {
                 Some(Ok(key)) => {
+                    list_attempts = 0;
+                    last_key = Some(key.clone());
                     order.dispatched.push_back(key.clone());
                     spawn_process(ctx, &mut set, key, 0);
+                }
+                Some(Err(err))
+                    if err.is_transient()
+                        && ctx.plan.options.retry.should_retry(list_attempts + 1) =>
+                {
+                    // List again after the last key given, once the backoff is waited out.
+                    list_attempts += 1;
+                    tracing::warn!(what = "list", attempt = list_attempts, error = %error_chain(&err), "transient error, retrying");
+                    let retry = &ctx.plan.options.retry;
+                    tokio::time::sleep(retry.backoff(list_attempts, jitter_unit(list_attempts)))
+                        .await;
+                    keys = key_stream(ctx, progress, last_key.as_ref());
                 }
                 Some(Err(err)) => {
                     fatal = Some(err);
@@ -741,10 +764,20 @@ async fn copy_once(ctx: &JobCtx, key: &ObjectKey, track: &Tracker<'_>) -> Result
             }
         }
         VerifyMode::Checksum => {
-            // The target must hold what was copied: absent counts as a mismatch too.
-            let (read, target_hash) = digest(&*ctx.target, key)
-                .await?
-                .ok_or_else(|| Error::NotFound { key: key.clone() })?;
+            // The target must hold what was copied (absent counts as a mismatch too), and what
+            // was copied must be what the source holds: a read that silently changed a byte
+            // on its way would otherwise be verified against itself, and the intact source
+            // deleted (I1). Both are re-read at once.
+            let (on_target, on_source) =
+                tokio::join!(digest(&*ctx.target, key), digest(&*ctx.source, key));
+            if on_source?.is_none_or(|(size, source_hash)| size != bytes || source_hash != hash) {
+                return Err(Error::VerifyMismatch {
+                    key: key.clone(),
+                    what: "source checksum",
+                });
+            }
+            let (read, target_hash) =
+                on_target?.ok_or_else(|| Error::NotFound { key: key.clone() })?;
             if read != bytes {
                 return Err(Error::VerifyMismatch {
                     key: key.clone(),

@@ -5,6 +5,7 @@ mod batch;
 mod control;
 mod copy;
 mod events;
+mod faults;
 mod hooks;
 mod journal;
 mod memory;
