@@ -23,10 +23,10 @@ pub struct Config {
     /// Number of lock stripes. Rounded up to a power of two and clamped to `1..=4096`.
     /// Default: 4 × the available parallelism, at least 64.
     pub shards: usize,
-    /// How many entries the table is sized for. It sets the size of the per-shard presence
-    /// filters (8 bits per expected entry) that let a read of a key that is not in the table
-    /// skip the shard lock. More entries than this still work; misses then fall back to the
-    /// lock more often. Default: 65 536 (64 KiB of filter).
+    /// How many entries the table is sized for. It sets the size of the presence filter
+    /// (8 bits per expected entry, rounded up to a power of two) that lets a read of a key
+    /// that is not in the table skip the shard lock. More entries than this still work;
+    /// misses then fall back to the lock more often. Default: 65 536 (64 KiB of filter).
     pub expected_entries: usize,
     /// Time an entry stays after its flip before it expires (SPEC §4: 24 h).
     pub default_ttl: Duration,

@@ -73,15 +73,20 @@
 //! - **Hasher.** Keys come from clients, so the hash is seeded at random per table:
 //!   `foldhash::quality::RandomState` (the hasher hashbrown itself defaults to; fast on short
 //!   strings, with a per-instance seed and a final avalanche that makes the high bits used for
-//!   the shard index as good as the low ones). `ahash` would do too; FxHash is unseeded.
-//! - **Miss fast path.** Each shard has a presence filter: a blocked Bloom filter, two bits
-//!   per key in one `AtomicU64` word, 8 bits per expected entry ([`Config::expected_entries`]).
-//!   A read whose bits are not both set returns [`Route::Source`] without touching the lock,
-//!   which a plain read lock (an atomic read-modify-write on a shared cache line) would cost.
-//!   Bits are set under the write lock before the entry is inserted; a read that misses them
-//!   is ordered before that insert. Removal leaves bits set (a false positive only costs the
-//!   locked lookup) until the shard's filter is rebuilt from its entries, in place, once
-//!   removals exceed its live entries.
+//!   the shard index as good as the low ones). `ahash` would do too; FxHash is unseeded. The
+//!   key's bytes go in as one `write`, without the `0xff` terminator `Hash for str` adds
+//!   (which only separates values hashed one after another): one multiply less on the path
+//!   from the key to the filter word.
+//! - **Miss fast path.** A presence filter: a blocked Bloom filter, three bits per key in one
+//!   `AtomicU64` word, 8 bits per expected entry ([`Config::expected_entries`]), one array
+//!   for the table whose word index is hash bits 32.. (so its low bits are the shard index and
+//!   each shard owns its words). A read whose bits are not all set returns [`Route::Source`]
+//!   without touching the lock, which a plain read lock (an atomic read-modify-write on a
+//!   shared cache line) would cost; `route_read` is inlined into its caller, so such a miss is
+//!   a hash, a counter bump and one load. Bits are set under the shard's write lock before
+//!   the entry is inserted; a read that misses them is ordered before that insert. Removal
+//!   leaves bits set (a false positive only costs the locked lookup) until the shard's words
+//!   are rebuilt from its entries, in place, once removals exceed its live entries.
 //! - **Counters.** Lookups and hits are counted in 64 per-thread cache-padded stripes with a
 //!   plain load and store, so the read path has no shared atomic read-modify-write.
 //! - **Expiry order.** Each shard keeps its forwarded entries in a `BTreeSet` ordered by
@@ -120,6 +125,7 @@
 mod clock;
 mod config;
 mod error;
+mod filter;
 mod snapshot;
 mod sweep;
 mod table;
