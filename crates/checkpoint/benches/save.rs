@@ -1,4 +1,5 @@
-//! A progress save of the file backend (write temp, fsync, rename, fsync directory) beside
+//! A progress save of the file backend (write temp, rename, one `syncfs`; and with
+//! `FileSync::Fsync`: fsync the file, fsync the directory) beside
 //! its peers in the same group: a raw write+fsync of the same bytes (SPEC §8 target: save ≤
 //! 1.5× this) and the raw write+fsync+rename+directory fsync. Also sled and redb saves (with
 //! their features) and a load.
@@ -12,7 +13,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use ferry_checkpoint::{CheckpointStore, FileStore, JobRecord, Lease, Progress, envelope};
+use ferry_checkpoint::{
+    CheckpointStore, FileStore, FileSync, JobRecord, Lease, Progress, envelope,
+};
 use ferry_types::{JobId, JobStatus, MigrationPlan, NodeId, ObjectKey, ObjectSelection};
 
 fn plan() -> MigrationPlan {
@@ -100,6 +103,22 @@ fn bench_save(c: &mut Criterion) {
                 || p.clone(),
                 |progress| {
                     rt.block_on(store.save(&lease, JobStatus::Running, progress))
+                        .unwrap()
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        // The same save with the textbook barrier (fsync the file, fsync the directory)
+        // instead of the default one `syncfs`.
+        let fsync_store =
+            FileStore::open_with(dir.path().join(format!("fsync-{name}")), FileSync::Fsync)
+                .unwrap();
+        let fsync_lease = rt.block_on(setup(&fsync_store));
+        group.bench_function(BenchmarkId::new("file_store_save_fsync", bytes_len), |b| {
+            b.iter_batched(
+                || p.clone(),
+                |progress| {
+                    rt.block_on(fsync_store.save(&fsync_lease, JobStatus::Running, progress))
                         .unwrap()
                 },
                 BatchSize::SmallInput,

@@ -84,7 +84,7 @@ use ferry_types::{JobId, JobStatus, MigrationPlan};
 
 pub use crate::checkpointer::{Checkpointer, Saved};
 pub use crate::error::{CorruptReason, Error, Result};
-pub use crate::file::FileStore;
+pub use crate::file::{FileStore, FileSync};
 pub use crate::memory::MemoryStore;
 pub use crate::record::{
     Acquired, Failure, FlipRecord, JobRecord, Lease, Loaded, Progress, ProgressUpdate, Warning,

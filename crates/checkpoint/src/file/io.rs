@@ -17,6 +17,9 @@ pub(crate) trait Io: Send + Sync + std::fmt::Debug + 'static {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Fsyncs a directory, making the renames and removals in it durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Flushes the whole file system holding `dir` (`syncfs(2)`): every write, rename and
+    /// removal on it so far is durable when it returns.
+    fn sync_fs(&self, dir: &Path) -> io::Result<()>;
     /// Reads up to `limit` bytes of a file; `None` when it does not exist.
     fn read(&self, path: &Path, limit: Option<usize>) -> io::Result<Option<Vec<u8>>>;
 }
@@ -49,6 +52,19 @@ impl Io for RealIo {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        Ok(rustix::fs::syncfs(File::open(dir)?)?)
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn sync_fs(&self, _dir: &Path) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "syncfs(2) exists only on Linux",
+        ))
     }
 
     fn read(&self, path: &Path, limit: Option<usize>) -> io::Result<Option<Vec<u8>>> {
@@ -189,6 +205,13 @@ pub(crate) mod fault {
         fn sync_dir(&self, dir: &Path) -> io::Result<()> {
             self.step()?;
             self.real.sync_dir(dir)
+        }
+
+        fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+            self.step()?;
+            self.real.sync_fs(dir)?;
+            self.unsynced.lock().clear();
+            Ok(())
         }
 
         fn read(&self, path: &Path, limit: Option<usize>) -> io::Result<Option<Vec<u8>>> {

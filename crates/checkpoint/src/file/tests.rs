@@ -257,19 +257,34 @@ async fn second_store_in_one_process_is_refused_naming_this_pid() {
 }
 
 /// The steps of a create: write, fsync, rename, fsync directory.
+/// The barriers this system has: both on Linux 5.8 and later.
+fn sync_modes() -> Vec<FileSync> {
+    if syncfs_reports_errors() {
+        vec![FileSync::Fsync, FileSync::Syncfs]
+    } else {
+        vec![FileSync::Fsync]
+    }
+}
+
+/// The steps of a create are the same for both barriers: write, barrier, rename, barrier.
 const FSYNC_OF_CREATE: u64 = 1;
 const DIR_FSYNC_OF_CREATE: u64 = 3;
 
 #[tokio::test]
 async fn failed_fsync_poisons_the_store() {
-    for step in [FSYNC_OF_CREATE, DIR_FSYNC_OF_CREATE] {
+    for (sync, step) in sync_modes()
+        .into_iter()
+        .flat_map(|sync| [(sync, FSYNC_OF_CREATE), (sync, DIR_FSYNC_OF_CREATE)])
+    {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            FileStore::with_io(dir.path(), Arc::new(FaultIo::new(step, Fault::Fail))).unwrap();
+        let io = Arc::new(FaultIo::new(step, Fault::Fail));
+        let store = FileStore::with_io(dir.path(), io, sync).unwrap();
         let job = id("j");
         match store.create(&job, &plan()).await {
-            Err(Error::Io { op, .. }) => assert!(op.starts_with("fsync"), "{op}"),
-            other => panic!("step {step}: {other:?}"),
+            Err(Error::Io { op, .. }) => {
+                assert!(op.starts_with("fsync") || op == "syncfs", "{op}")
+            }
+            other => panic!("{sync:?} step {step}: {other:?}"),
         }
         assert!(store.is_poisoned());
         // No silent retry: every later call fails, reads included.
@@ -290,7 +305,8 @@ async fn failed_fsync_poisons_the_store() {
 #[tokio::test]
 async fn failed_write_is_an_error_but_does_not_poison() {
     let dir = tempfile::tempdir().unwrap();
-    let store = FileStore::with_io(dir.path(), Arc::new(FaultIo::new(0, Fault::Fail))).unwrap();
+    let io = Arc::new(FaultIo::new(0, Fault::Fail));
+    let store = FileStore::with_io(dir.path(), io, FileSync::Fsync).unwrap();
     assert!(matches!(
         store.create(&id("j"), &plan()).await,
         Err(Error::Io { op: "write", .. })
@@ -364,12 +380,18 @@ async fn save_sequence(store: &FileStore, job: &JobId) -> (Vec<State>, Option<St
 
 #[tokio::test]
 async fn i5_simulated_crash_at_every_io_step_leaves_old_or_new_record() {
+    for sync in sync_modes() {
+        crash_at_every_io_step(sync).await;
+    }
+}
+
+async fn crash_at_every_io_step(sync: FileSync) {
     let job = id("crash");
     // Count the steps of a full run.
     let total = {
         let dir = tempfile::tempdir().unwrap();
         let io = Arc::new(FaultIo::new(u64::MAX, Fault::Crash));
-        let store = FileStore::with_io(dir.path(), Arc::clone(&io) as Arc<dyn Io>).unwrap();
+        let store = FileStore::with_io(dir.path(), Arc::clone(&io) as Arc<dyn Io>, sync).unwrap();
         let (acked, in_flight) = save_sequence(&store, &job).await;
         assert_eq!((acked.len(), in_flight), (5, None));
         io.steps()
@@ -379,7 +401,7 @@ async fn i5_simulated_crash_at_every_io_step_leaves_old_or_new_record() {
     for at in 0..total {
         let dir = tempfile::tempdir().unwrap();
         let io = Arc::new(FaultIo::new(at, Fault::Crash));
-        let store = FileStore::with_io(dir.path(), io).unwrap();
+        let store = FileStore::with_io(dir.path(), io, sync).unwrap();
         let (acked, in_flight) = save_sequence(&store, &job).await;
         assert!(in_flight.is_some(), "crash at step {at} went unnoticed");
         drop(store); // the process is gone: its locks go with it
@@ -388,7 +410,7 @@ async fn i5_simulated_crash_at_every_io_step_leaves_old_or_new_record() {
         let loaded = reopened
             .load(&job)
             .await
-            .unwrap_or_else(|e| panic!("crash at step {at}: record unreadable: {e}"));
+            .unwrap_or_else(|e| panic!("{sync:?}, crash at step {at}: record unreadable: {e}"));
         let Some(loaded) = loaded else {
             assert!(
                 acked.is_empty(),
@@ -407,7 +429,7 @@ async fn i5_simulated_crash_at_every_io_step_leaves_old_or_new_record() {
         // acknowledged state or the one in flight, never an older one.
         assert!(
             Some(&got) == last || Some(&got) == in_flight.as_ref(),
-            "crash at step {at}: got {got:?}, last acknowledged {last:?}, in flight {in_flight:?}"
+            "{sync:?}, crash at step {at}: got {got:?}, last acknowledged {last:?}, in flight {in_flight:?}"
         );
         // The job can be taken over at once, and its epoch only grows.
         let acquired = reopened.acquire(&job).await.unwrap();
