@@ -27,7 +27,8 @@
 //!   skipped (I4). The copy streams chunk by chunk through the job's throttle (within the
 //!   global one), computing BLAKE3 as it goes (I7); verify by size (`head`) or by checksum
 //!   (target and source re-read at once, streaming, and both compared with the copy's hash: a
-//!   read that silently changed a byte is caught, not verified against itself). The forwarding generation is read before the source is
+//!   read that silently changed a byte is caught, not verified against itself; a store that
+//!   reports an object's BLAKE3 in its metadata, as `MemStore` does, is not re-read). The forwarding generation is read before the source is
 //!   opened. Verified objects are flipped by the next checkpoint commit, after its target
 //!   sync, so a flip never points reads at a copy that is not durable (I2); a refused flip
 //!   copies again, and after `max_flip_attempts` refusals the key is fenced, drained, copied

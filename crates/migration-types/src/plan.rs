@@ -25,7 +25,9 @@ pub enum VerifyMode {
     /// Compare the target's size with the source's.
     Size,
     /// Compare the checksum computed while streaming (and the size) with the target's and
-    /// with the source's, both re-read: the copy is what the source holds, end to end.
+    /// with the source's, both re-read: the copy is what the source holds, end to end. A
+    /// store that reports the BLAKE3 of what it holds (`ObjectMeta::checksum`) is not read
+    /// back: its report is compared instead.
     #[default]
     Checksum,
 }

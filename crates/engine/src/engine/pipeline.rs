@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use ferry_checkpoint::{Checkpointer, FlipRecord, Progress, ProgressUpdate};
 use ferry_forwarding::{Conflict, EntryState};
 use ferry_types::{
-    CleanupPolicy, JobSnapshot, JobStatus, MigrationPlan, ObjectKey, ObjectSelection, ObjectState,
-    VerifyMode, Version,
+    Checksum, CleanupPolicy, JobSnapshot, JobStatus, MigrationPlan, ObjectKey, ObjectMeta,
+    ObjectSelection, ObjectState, VerifyMode, Version,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
@@ -719,6 +719,7 @@ async fn copy_once(ctx: &JobCtx, key: &ObjectKey, track: &Tracker<'_>) -> Result
         Err(err) => return Err(err),
     };
     let version = object.meta.version.clone();
+    let source_said = reported_blake3(&object.meta);
     let ahead = object.meta.size > ctx.plan.options.chunk_size.as_u64();
     let body = object.checked_body();
     let body = if ahead { read_ahead(body) } else { body };
@@ -746,7 +747,7 @@ async fn copy_once(ctx: &JobCtx, key: &ObjectKey, track: &Tracker<'_>) -> Result
         });
     let put = ctx.target.put(key, Box::pin(throttled)).await;
     drop(streaming);
-    put?;
+    let target_said = reported_blake3(&put?);
     track.to(ObjectState::Copied);
     let (hash, bytes) = {
         let guard = state.lock();
@@ -767,9 +768,13 @@ async fn copy_once(ctx: &JobCtx, key: &ObjectKey, track: &Tracker<'_>) -> Result
             // The target must hold what was copied (absent counts as a mismatch too), and what
             // was copied must be what the source holds: a read that silently changed a byte
             // on its way would otherwise be verified against itself, and the intact source
-            // deleted (I1). Both are re-read at once.
-            let (on_target, on_source) =
-                tokio::join!(digest(&*ctx.target, key), digest(&*ctx.source, key));
+            // deleted (I1). Both are re-read at once, except where the store reported the
+            // BLAKE3 of what it holds (`ObjectMeta::checksum`: the source with the version
+            // read, the target with the put): its word stands in for a second read.
+            let (on_target, on_source) = tokio::join!(
+                digest_unless_said(&*ctx.target, key, target_said),
+                digest_unless_said(&*ctx.source, key, source_said)
+            );
             if on_source?.is_none_or(|(size, source_hash)| size != bytes || source_hash != hash) {
                 return Err(Error::VerifyMismatch {
                     key: key.clone(),
@@ -1140,6 +1145,26 @@ impl Drop for AbortOnDrop {
 
 /// The size and blake3 hash of `key` on `store`, streamed a chunk at a time (I7); `None` when
 /// the store has no such object. A body shorter or longer than its metadata is an error.
+/// The size and BLAKE3 a store reported for an object, if it reported a BLAKE3.
+fn reported_blake3(meta: &ObjectMeta) -> Option<(u64, blake3::Hash)> {
+    match meta.checksum {
+        Some(Checksum::Blake3(hash)) => Some((meta.size, blake3::Hash::from_bytes(hash))),
+        _ => None,
+    }
+}
+
+/// `said` when the store reported it, else [`digest`].
+async fn digest_unless_said(
+    store: &dyn Store,
+    key: &ObjectKey,
+    said: Option<(u64, blake3::Hash)>,
+) -> Result<Option<(u64, blake3::Hash)>> {
+    match said {
+        Some(said) => Ok(Some(said)),
+        None => digest(store, key).await,
+    }
+}
+
 async fn digest(store: &dyn Store, key: &ObjectKey) -> Result<Option<(u64, blake3::Hash)>> {
     let object = match store.get(key).await {
         Ok(object) => object,

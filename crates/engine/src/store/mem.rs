@@ -5,7 +5,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use ferry_types::{ObjectKey, ObjectMeta, Version};
+use ferry_types::{Checksum, ObjectKey, ObjectMeta, Version};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 
@@ -21,25 +21,39 @@ const LIST_BATCH: usize = 256;
 /// advances, so two writes of the same bytes still have different versions. `put` collects
 /// the body (the store holds objects in memory, after all); `get` hands out zero-copy slices
 /// of at most the chunk size. `sync` is a no-op: nothing here is durable, and nothing needs
-/// to be made so. Checksums are not computed (`None`).
+/// to be made so.
+///
+/// Like an object store that keeps a checksum per object, it computes each object's BLAKE3
+/// when it is stored and reports it in [`ObjectMeta::checksum`] (from `head`, `get`, `put`
+/// and `list`), so checksum verification needs no second read of it;
+/// [`without_checksums`](MemStore::without_checksums) makes a store that reports none, like a
+/// directory.
 #[derive(Clone, Debug)]
 pub struct MemStore {
     inner: Arc<Mutex<State>>,
     chunk_size: usize,
+    checksums: bool,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    objects: BTreeMap<ObjectKey, (Bytes, u64)>,
+    objects: BTreeMap<ObjectKey, Stored>,
     next_version: u64,
 }
 
-fn meta(key: &ObjectKey, data: &Bytes, version: u64) -> ObjectMeta {
+#[derive(Debug, Clone)]
+struct Stored {
+    data: Bytes,
+    version: u64,
+    blake3: Option<[u8; 32]>,
+}
+
+fn meta(key: &ObjectKey, stored: &Stored) -> ObjectMeta {
     ObjectMeta {
         key: key.clone(),
-        size: data.len() as u64,
-        version: Version::new(version.to_string()),
-        checksum: None,
+        size: stored.data.len() as u64,
+        version: Version::new(stored.version.to_string()),
+        checksum: stored.blake3.map(Checksum::Blake3),
     }
 }
 
@@ -60,7 +74,16 @@ impl MemStore {
         MemStore {
             inner: Arc::default(),
             chunk_size: chunk_size.max(1),
+            checksums: true,
         }
+    }
+
+    /// This store, reporting no checksums (`ObjectMeta::checksum` is `None`) for the objects
+    /// stored from now on, and computing none: a checksum verification then reads the
+    /// object back, as it must from a directory.
+    pub fn without_checksums(mut self) -> MemStore {
+        self.checksums = false;
+        self
     }
 
     /// The number of objects.
@@ -79,17 +102,22 @@ impl MemStore {
             .lock()
             .objects
             .get(key)
-            .map(|(data, _)| data.clone())
+            .map(|stored| stored.data.clone())
     }
 
     /// Stores `data` as `key` at once (a test helper; the same as a one-chunk put).
     pub fn insert(&self, key: ObjectKey, data: impl Into<Bytes>) -> ObjectMeta {
         let data = data.into();
+        let blake3 = self.checksums.then(|| *blake3::hash(&data).as_bytes());
         let mut state = self.inner.lock();
         state.next_version += 1;
-        let version = state.next_version;
-        let meta = meta(&key, &data, version);
-        state.objects.insert(key, (data, version));
+        let stored = Stored {
+            data,
+            version: state.next_version,
+            blake3,
+        };
+        let meta = meta(&key, &stored);
+        state.objects.insert(key, stored);
         meta
     }
 }
@@ -101,16 +129,16 @@ impl Store for MemStore {
             .lock()
             .objects
             .get(key)
-            .map(|(data, version)| meta(key, data, *version));
+            .map(|stored| meta(key, stored));
         Box::pin(std::future::ready(Ok(found)))
     }
 
     fn get<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Object>> {
         let found = self.inner.lock().objects.get(key).cloned();
         let result = match found {
-            Some((data, version)) => Ok(Object {
-                meta: meta(key, &data, version),
-                body: body_from_bytes(data, self.chunk_size),
+            Some(stored) => Ok(Object {
+                meta: meta(key, &stored),
+                body: body_from_bytes(stored.data, self.chunk_size),
             }),
             None => Err(Error::NotFound { key: key.clone() }),
         };
@@ -173,7 +201,7 @@ impl Store for MemStore {
                             .skip_while(|(k, _)| k.as_str() < &*prefix)
                             .take_while(|(k, _)| k.as_str().starts_with(&*prefix))
                             .take(LIST_BATCH)
-                            .map(|(k, (data, v))| meta(k, data, *v))
+                            .map(|(k, stored)| meta(k, stored))
                             .collect()
                     };
                     let done = batch.len() < LIST_BATCH;

@@ -101,6 +101,10 @@ struct Row {
     ghost: bool,
     /// A target that fills up after this many bytes (puts fail with ENOSPC).
     disk_full: Option<u64>,
+    /// Stores that report each object's BLAKE3 (`MemStore`'s default), so checksum verify
+    /// reads nothing back; else stores that report none (like a directory), so it re-reads
+    /// both sides and the faults of those reads are tried too.
+    reported: bool,
     expect: Expect,
 }
 
@@ -114,6 +118,7 @@ fn row(side: Side, op: Op, fault: Fault, when: When, expect: Expect) -> Row {
         after_verify_only: false,
         ghost: false,
         disk_full: None,
+        reported: false,
         expect,
     }
 }
@@ -131,6 +136,24 @@ impl Row {
         self.ghost = true;
         self
     }
+    fn reported(mut self) -> Row {
+        self.reported = true;
+        self
+    }
+}
+
+/// The source holding `N` objects and an empty target, reporting checksums or not.
+fn stores(reported: bool) -> (MemStore, MemStore) {
+    let (source, target) = (MemStore::with_chunk_size(16), MemStore::new());
+    let (source, target) = if reported {
+        (source, target)
+    } else {
+        (source.without_checksums(), target.without_checksums())
+    };
+    for i in 0..N {
+        source.insert(key(i), content(i));
+    }
+    (source, target)
 }
 
 use Expect::*;
@@ -251,8 +274,8 @@ async fn check_row(row: Row) {
 
 async fn check_case(row: &Row, cleanup: CleanupPolicy) {
     let label = format!("{row:?}, cleanup {cleanup:?}");
-    let source = FaultyStore::new(filled(N));
-    let target = FaultyStore::new(MemStore::new());
+    let (source, target) = stores(row.reported);
+    let (source, target) = (FaultyStore::new(source), FaultyStore::new(target));
     let faulty = match row.side {
         Side::Source => &source,
         Side::Target => &target,
@@ -528,6 +551,12 @@ matrix! {
     source_get_corrupt_always_size => row(S, Op::Get, CORRUPT, Always, Undetected { corrupted: N }).verify(VerifyMode::Size);
     source_get_corrupt_first_none => row(S, Op::Get, CORRUPT, First, Undetected { corrupted: 1 }).verify(VerifyMode::None);
     source_get_corrupt_always_none => row(S, Op::Get, CORRUPT, Always, Undetected { corrupted: N }).verify(VerifyMode::None);
+    // With checksums reported by the stores, verify reads nothing back and compares the
+    // stream with the source's checksum: a source that corrupts every read is caught.
+    source_get_corrupt_first_checksum_reported => row(S, Op::Get, CORRUPT, First, Completed).reported();
+    source_get_corrupt_always_checksum_reported => row(S, Op::Get, CORRUPT, Always, errors(N, MAX_ATTEMPTS, "source checksum")).reported();
+    source_get_transient_first_reported => row(S, Op::Get, TRANSIENT, First, Completed).reported();
+    target_put_transient_first_reported => row(T, Op::Put, TRANSIENT, First, Completed).reported();
 
     // ---- source list (the key stream) ----
     // Was a bug (found by this matrix): a transient listing error failed the whole job.

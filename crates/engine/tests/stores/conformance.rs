@@ -5,6 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ferry_engine::store::{ByteStream, FaultyStore, MemStore, Store, body_from_bytes};
 use ferry_engine::{Error, ErrorKind};
+use ferry_types::Checksum;
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 
@@ -28,6 +29,39 @@ async fn suite(store: Arc<dyn Store>, holds: Holds) {
     sync_after_puts_and_deletes_succeeds(&*store).await;
     concurrent_reader_never_sees_partial_object(Arc::clone(&store)).await;
     i7_streams_64_mib_in_bounded_chunks(&*store, holds).await;
+    reported_checksum_is_the_contents(&*store).await;
+}
+
+/// A store may report a checksum (`ObjectMeta::checksum`); checksum verification then trusts
+/// it instead of reading the object back, so when there is one it must be the content's, from
+/// every call that returns metadata, and follow an overwrite.
+async fn reported_checksum_is_the_contents(store: &dyn Store) {
+    let k = key("sum/a");
+    for data in [b"first".as_slice(), b"second, longer content", b""] {
+        let put = store
+            .put(&k, body_from_bytes(Bytes::copy_from_slice(data), 7))
+            .await
+            .unwrap();
+        let head = store.head(&k).await.unwrap().unwrap();
+        let got = store.get(&k).await.unwrap().meta;
+        let listed = store
+            .list("sum/", None)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        for (call, meta) in [("put", put), ("head", head), ("get", got), ("list", listed)] {
+            match meta.checksum {
+                None => {}
+                Some(Checksum::Blake3(sum)) => {
+                    assert_eq!(sum, *blake3::hash(data).as_bytes(), "{call} of {data:?}")
+                }
+                Some(other) => panic!("{call}: unexpected checksum {other}"),
+            }
+        }
+    }
+    store.delete(&k).await.unwrap();
 }
 
 async fn round_trip_with_multi_chunk_and_empty_objects(store: &dyn Store) {
@@ -304,6 +338,32 @@ async fn i7_streams_64_mib_in_bounded_chunks(store: &dyn Store, holds: Holds) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mem_store_conforms() {
     suite(Arc::new(MemStore::new()), Holds::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mem_store_without_checksums_conforms() {
+    suite(Arc::new(MemStore::new().without_checksums()), Holds::Memory).await;
+}
+
+#[tokio::test]
+async fn mem_store_reports_blake3_unless_told_not_to() {
+    let k = key("sum/b");
+    let with = MemStore::new();
+    let meta = with
+        .put(&k, body_from_bytes(Bytes::from_static(b"xyz"), 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        meta.checksum,
+        Some(Checksum::Blake3(*blake3::hash(b"xyz").as_bytes()))
+    );
+    let without = MemStore::new().without_checksums();
+    let meta = without
+        .put(&k, body_from_bytes(Bytes::from_static(b"xyz"), 2))
+        .await
+        .unwrap();
+    assert_eq!(meta.checksum, None);
+    assert_eq!(without.head(&k).await.unwrap().unwrap().checksum, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
