@@ -424,9 +424,10 @@ async fn commit(
     let (verified, mut batch): (Vec<Outcome>, Vec<Outcome>) = batch
         .into_iter()
         .partition(|o| matches!(o, Outcome::Verified { .. }));
-    flip_verified(ctx, checkpointer, verified, &mut batch, set).await?;
     // The flips of the batch are committed, durably, before any of its sources goes: after
-    // a crash, a journaled key whose source is gone was cleaned, not deleted by a user.
+    // a crash, a journaled key whose source is gone was cleaned, not deleted by a user. The
+    // keys forwarded so far were flipped by their own task (fenced hot keys, keys flipped by
+    // an earlier run); `flip_verified` commits its own flips, and its save carries these too.
     let mut flipped = false;
     for outcome in &batch {
         if let Outcome::Forwarded { key, .. } = outcome {
@@ -434,7 +435,8 @@ async fn commit(
             flipped = true;
         }
     }
-    if flipped {
+    let saved = flip_verified(ctx, checkpointer, verified, &mut batch, set).await?;
+    if flipped && !saved {
         checkpointer.flush().await?;
     }
     let batch: Vec<Outcome> = futures_util::stream::iter(batch)
@@ -533,16 +535,17 @@ async fn commit(
 /// flips were made (committed) and which were refused (void) before anything else happens
 /// to them. Flipped objects go on to their cleanup (`out`, or the task set for a grace
 /// period); refused ones are copied again on the task set. After a cancel nothing is
-/// flipped: the objects are rolled back.
+/// flipped: the objects are rolled back. Returns whether it saved the checkpoint (then
+/// everything recorded before the call is durable too).
 async fn flip_verified(
     ctx: &Arc<JobCtx>,
     checkpointer: &Checkpointer,
     verified: Vec<Outcome>,
     out: &mut Vec<Outcome>,
     set: &mut JoinSet<Outcome>,
-) -> Result<()> {
+) -> Result<bool> {
     if verified.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let shared = &ctx.shared;
     let table = &ctx.engine.table;
@@ -553,7 +556,7 @@ async fn flip_verified(
                 out.push(rolled_back(ctx, key));
             }
         }
-        return Ok(());
+        return Ok(false);
     }
     for outcome in &verified {
         if let Outcome::Verified { key, copied, .. } = outcome {
@@ -620,7 +623,7 @@ async fn flip_verified(
             out.push(cleanup(ctx, key, from, copied.bytes).await);
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// The keys dispatched in key order and not yet under the watermark, and which of them are
