@@ -38,7 +38,8 @@
 //!   source) and the job ends `CompletedWithErrors`. Before the flips, the copies' digests
 //!   are journaled in the checkpoint and saved (the *flip journal*); after them, which flips
 //!   were made (committed) and which were refused (void) is saved before any source is
-//!   deleted or any key copied again. Cleanup waits out the grace period;
+//!   deleted or any key copied again. Cleanup waits out the grace period (objects waiting
+//!   hold no copy slot; up to 64 × `concurrency` of them wait at once);
 //!   the object then waits for the next checkpoint commit, which syncs the target once for
 //!   the whole batch, then for each object calls the
 //!   commit hook and deletes the source only

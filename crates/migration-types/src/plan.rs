@@ -87,6 +87,8 @@ pub enum CleanupPolicy {
     #[default]
     Never,
     /// Delete the source as soon as the object is forwarded (and the commit hook returned).
+    /// No grace period: reads that looked up the old route just before the flip must be
+    /// drained by the storage system in its commit hook (see the engine's `CommitHook`).
     AfterVerify,
     /// Delete the source this long after the flip, so readers that looked up the old route
     /// just before it can still finish.

@@ -48,6 +48,8 @@ pub(crate) struct JobShared {
     pub(crate) cancelled: watch::Sender<bool>,
     /// Copies currently moving chunks (not parked): `pause` waits for zero.
     pub(crate) streaming: watch::Sender<usize>,
+    /// Objects waiting out their grace period before cleanup: they hold no copy slot.
+    pub(crate) grace_waiting: watch::Sender<usize>,
     pub(crate) snapshot: watch::Sender<JobSnapshot>,
     pub(crate) bytes_copied: AtomicU64,
     pub(crate) in_flight: AtomicU64,
@@ -79,6 +81,7 @@ impl JobShared {
             paused: watch::Sender::new(false),
             cancelled: watch::Sender::new(false),
             streaming: watch::Sender::new(0),
+            grace_waiting: watch::Sender::new(0),
             snapshot: watch::Sender::new(snapshot),
             bytes_copied: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),

@@ -31,6 +31,15 @@ pub use self::job::{CancelReport, JobHandle, ObjectEvent};
 /// is deleted (under every cleanup policy, `Never` included). The storage system updates its placement map
 /// there. An error keeps the source: the object is recorded failed with that error and stays
 /// forwarded to its target copy (reads keep working).
+///
+/// Reads in flight across the flip: a read that asked `route_read` just before the flip was
+/// sent to the source and may still be reading it when the hook runs. With
+/// [`CleanupPolicy::AfterVerify`](ferry_types::CleanupPolicy) the source is deleted as soon
+/// as the hook returns, so the hook must wait for such reads to end (SPEC I2): for example,
+/// readers hold a shared lock of their key's stripe from `route_read` to the end of the
+/// read, and the hook takes that stripe's lock exclusively once (the traffic bench,
+/// `benches/benches/traffic.rs`, does exactly that). With `AfterGrace` the grace period
+/// covers reads shorter than it; with `Never` nothing is deleted.
 pub type CommitHook =
     Arc<dyn Fn(&ObjectKey, NodeId) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
 

@@ -254,9 +254,15 @@ fn merge_keys(a: KeyStream, b: KeyStream) -> KeyStream {
     ))
 }
 
+/// Objects waiting out a grace period hold no copy slot, but each is a parked task: at most
+/// this many times `concurrency` of them wait at once, which bounds memory (I7) and the
+/// done set above the watermark.
+const GRACE_SLOTS: usize = 64;
+
 async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progress) -> Result<()> {
     let shared = &ctx.shared;
     let concurrency = ctx.plan.options.concurrency.get();
+    let mut grace_rx = shared.grace_waiting.subscribe();
     let interval = ctx.plan.options.checkpoint;
     let mut keys = key_stream(ctx, progress, None);
     // The last key the stream gave, and the listing's transient failures in a row.
@@ -302,7 +308,8 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
             shared.publish(|s| s.status = JobStatus::Running);
             was_paused = false;
         }
-        while !paused && !stopping && !exhausted && set.len() < concurrency {
+        let waiting = (*grace_rx.borrow_and_update()).min(concurrency * (GRACE_SLOTS - 1));
+        while !paused && !stopping && !exhausted && set.len() < concurrency + waiting {
             match keys.next().await {
                 Some(Ok(key)) => {
                     list_attempts = 0;
@@ -373,6 +380,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
             }
             _ = paused_rx.changed() => {}
             _ = cancelled_rx.changed() => {}
+            _ = grace_rx.changed() => {}
         }
     }
     checkpointer.flush().await?;
@@ -705,6 +713,24 @@ impl<'a> Streaming<'a> {
     }
 }
 
+/// Counts an object waiting out its grace period in `JobShared::grace_waiting` while alive.
+struct GraceWait<'a>(&'a JobShared);
+
+impl<'a> GraceWait<'a> {
+    fn enter(shared: &'a JobShared) -> GraceWait<'a> {
+        shared.grace_waiting.send_modify(|n| *n += 1);
+        GraceWait(shared)
+    }
+}
+
+impl Drop for GraceWait<'_> {
+    fn drop(&mut self) {
+        self.0
+            .grace_waiting
+            .send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 impl Drop for Streaming<'_> {
     fn drop(&mut self) {
         self.0.streaming.send_modify(|n| *n = n.saturating_sub(1));
@@ -1012,6 +1038,7 @@ async fn cleanup(ctx: &JobCtx, key: ObjectKey, copied: CopiedFrom, bytes: u64) -
     };
     if let Some(grace) = grace {
         let mut cancelled = ctx.shared.cancelled.subscribe();
+        let _waiting = GraceWait::enter(&ctx.shared);
         tokio::select! {
             () = tokio::time::sleep(grace) => {}
             _ = cancelled.wait_for(|c| *c) => {

@@ -96,3 +96,42 @@ async fn i2_cancel_leaves_no_copying_entry_and_forwarded_objects_stay_readable()
         assert_eq!(table.route_read(k.as_str()), Route::Source);
     }
 }
+
+/// Objects waiting out their grace period do not hold copy slots: with one copy at a time
+/// and an hour of grace, every object is copied and flipped long before the first grace
+/// period ends (it used to copy one object per grace period), and the sources go after it.
+#[tokio::test(start_paused = true)]
+async fn grace_period_does_not_hold_copy_slots() {
+    let source = filled(N);
+    let target = MemStore::new();
+    let table = Table::default();
+    let engine = mem_engine(&source, &target, &table);
+    let grace = Duration::from_secs(3600);
+    let plan = plan("grace-slots", ObjectSelection::all())
+        .with_concurrency(NonZeroUsize::new(1).unwrap())
+        .with_cleanup(CleanupPolicy::AfterGrace(grace));
+    let started = tokio::time::Instant::now();
+    let handle = engine.start(plan).await.unwrap();
+    let all_flipped =
+        || (0..N).all(|i| matches!(table.route_read(key(i).as_str()), Route::Target(_)));
+    while !all_flipped() {
+        assert!(
+            started.elapsed() < grace / 2,
+            "copies waited for grace periods: {} of {N} flipped after {:?}",
+            (0..N)
+                .filter(|&i| matches!(table.route_read(key(i).as_str()), Route::Target(_)))
+                .count(),
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(source.len(), N, "nothing cleaned before its grace period");
+    let snap = handle.wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed);
+    assert_eq!(snap.done_objects, N as u64);
+    assert!(
+        source.is_empty(),
+        "every source cleaned after its grace period"
+    );
+    assert!(started.elapsed() >= grace);
+}
