@@ -800,10 +800,7 @@ async fn copy_once(ctx: &JobCtx, key: &ObjectKey, track: &Tracker<'_>) -> Result
             // deleted (I1). Both are re-read at once, except where the store reported the
             // BLAKE3 of what it holds (`ObjectMeta::checksum`: the source with the version
             // read, the target with the put): its word stands in for a second read.
-            let (on_target, on_source) = tokio::join!(
-                digest_unless_said(&*ctx.target, key, target_said),
-                digest_unless_said(&*ctx.source, key, source_said)
-            );
+            let (on_target, on_source) = digests(ctx, key, bytes, target_said, source_said).await;
             if on_source?.is_none_or(|(size, source_hash)| size != bytes || source_hash != hash) {
                 return Err(Error::VerifyMismatch {
                     key: key.clone(),
@@ -1165,22 +1162,71 @@ fn read_ahead(mut body: ByteStream) -> ByteStream {
 }
 
 /// Aborts the task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop<T = ()>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> AbortOnDrop<T> {
+    /// The task's output, `None` when the runtime cancelled it (shutting down); a panic in
+    /// it is resumed here.
+    async fn join(mut self) -> Option<T> {
+        match (&mut self.0).await {
+            Ok(output) => Some(output),
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => None,
+        }
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
 }
 
-/// The size and blake3 hash of `key` on `store`, streamed a chunk at a time (I7); `None` when
-/// the store has no such object. A body shorter or longer than its metadata is an error.
 /// The size and BLAKE3 a store reported for an object, if it reported a BLAKE3.
 fn reported_blake3(meta: &ObjectMeta) -> Option<(u64, blake3::Hash)> {
     match meta.checksum {
         Some(Checksum::Blake3(hash)) => Some((meta.size, blake3::Hash::from_bytes(hash))),
         _ => None,
     }
+}
+
+/// Objects at least this large are re-read by two tasks at once at verify, so the two
+/// sides hash on two cores (smaller ones gain less than a task costs).
+const PARALLEL_VERIFY_BYTES: u64 = 8 << 20;
+
+type Digest = Result<Option<(u64, blake3::Hash)>>;
+
+/// [`digest_unless_said`] of the target and the source of `key` (of `bytes` bytes), at once.
+async fn digests(
+    ctx: &JobCtx,
+    key: &ObjectKey,
+    bytes: u64,
+    target_said: Option<(u64, blake3::Hash)>,
+    source_said: Option<(u64, blake3::Hash)>,
+) -> (Digest, Digest) {
+    if bytes < PARALLEL_VERIFY_BYTES || (target_said.is_some() && source_said.is_some()) {
+        return tokio::join!(
+            digest_unless_said(&*ctx.target, key, target_said),
+            digest_unless_said(&*ctx.source, key, source_said)
+        );
+    }
+    let spawn = |store: &Arc<dyn Store>, said| {
+        let (store, key) = (Arc::clone(store), key.clone());
+        AbortOnDrop::<Digest>(tokio::spawn(async move {
+            digest_unless_said(&*store, &key, said).await
+        }))
+    };
+    let (target, source) = (
+        spawn(&ctx.target, target_said),
+        spawn(&ctx.source, source_said),
+    );
+    let gone = || -> Digest {
+        Err(Error::RunnerGone {
+            job: ctx.shared.id.clone(),
+        })
+    };
+    let (target, source) = tokio::join!(target.join(), source.join());
+    (target.unwrap_or_else(gone), source.unwrap_or_else(gone))
 }
 
 /// `said` when the store reported it, else [`digest`].
@@ -1195,6 +1241,8 @@ async fn digest_unless_said(
     }
 }
 
+/// The size and blake3 hash of `key` on `store`, streamed a chunk at a time (I7); `None` when
+/// the store has no such object. A body shorter or longer than its metadata is an error.
 async fn digest(store: &dyn Store, key: &ObjectKey) -> Result<Option<(u64, blake3::Hash)>> {
     let object = match store.get(key).await {
         Ok(object) => object,

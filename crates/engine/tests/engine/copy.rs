@@ -251,3 +251,40 @@ async fn i1_a_permanent_fault_fails_the_object_and_keeps_its_source() {
     assert_eq!(table.route_read(key(0).as_str()), Route::Source);
     assert_eq!(source.len(), 1);
 }
+
+/// Objects of 8 MiB and more are re-read by two tasks at verify (the two sides hash on two
+/// cores). A byte corrupted on the copy's read of the source is still caught there (I1):
+/// the copy runs again and the target ends with the source's bytes; a corrupted re-read of
+/// the target fails that attempt too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i1_large_objects_verified_by_two_tasks_catch_a_corrupted_read() {
+    const SIZE: usize = 9 << 20;
+    let data: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    let big = ObjectKey::new("big/one").unwrap();
+    let source = MemStore::new().without_checksums();
+    source.insert(big.clone(), data.clone());
+    let faulty_source = FaultyStore::new(source.clone());
+    faulty_source.inject(Op::Get, Trigger::Call(1), Fault::CorruptGet { at: 5 << 20 });
+    let target = FaultyStore::new(MemStore::new().without_checksums());
+    // The first get of the target is the verify's re-read of the second attempt's copy.
+    target.inject(Op::Get, Trigger::Call(1), Fault::CorruptGet { at: 7 << 20 });
+    let table = Table::default();
+    let engine = engine(
+        Arc::new(faulty_source),
+        Arc::new(target.clone()),
+        &table,
+        mem_checkpoints(),
+    );
+    let plan = plan("big-verify", ObjectSelection::all())
+        .with_verify(VerifyMode::Checksum)
+        .with_cleanup(CleanupPolicy::AfterVerify);
+    let snap = engine.start(plan).await.unwrap().wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed);
+    assert_eq!(snap.done_objects, 1);
+    assert_eq!(snap.failed_objects, 0);
+    assert_eq!(target.inner().bytes("big/one").unwrap(), data);
+    assert!(source.is_empty(), "the source went after a verified copy");
+    // First attempt: corrupted copy (source read 1), caught by the source re-read (2);
+    // second: copy (3), target re-read corrupted (4); third: copy (5) and clean re-reads.
+    assert!(target.calls(Op::Get) >= 2, "the target was re-read");
+}
