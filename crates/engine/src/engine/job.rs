@@ -1,13 +1,13 @@
 //! [`JobHandle`] and the state a job's runner shares with it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use ferry_checkpoint::Progress;
 use ferry_throttle::Throttle;
 use ferry_types::{JobId, JobSnapshot, JobStatus, MigrationPlan, ObjectKey, ObjectState, Rate};
 use parking_lot::Mutex;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
@@ -40,6 +40,40 @@ pub struct ObjectEvent {
 /// How many events a receiver may fall behind before it lags (loses the oldest).
 const EVENTS_CAPACITY: usize = 4096;
 
+/// A count that tasks raise and lower and others wait to see at zero: cheaper on the hot
+/// path than a `watch` (two atomic operations, a wake-up only on reaching zero).
+#[derive(Debug, Default)]
+pub(crate) struct Gauge {
+    count: AtomicUsize,
+    zero: Notify,
+}
+
+impl Gauge {
+    pub(crate) fn add(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn sub(&self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.zero.notify_waiters();
+        }
+    }
+
+    /// Returns once the count is zero.
+    pub(crate) async fn wait_zero(&self) {
+        loop {
+            let notified = self.zero.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a drop to zero after it still wakes us.
+            notified.as_mut().enable();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct JobShared {
     pub(crate) id: JobId,
@@ -47,7 +81,7 @@ pub(crate) struct JobShared {
     pub(crate) paused: watch::Sender<bool>,
     pub(crate) cancelled: watch::Sender<bool>,
     /// Copies currently moving chunks (not parked): `pause` waits for zero.
-    pub(crate) streaming: watch::Sender<usize>,
+    pub(crate) streaming: Gauge,
     /// Objects waiting out their grace period before cleanup: they hold no copy slot.
     pub(crate) grace_waiting: watch::Sender<usize>,
     pub(crate) snapshot: watch::Sender<JobSnapshot>,
@@ -80,7 +114,7 @@ impl JobShared {
             throttle,
             paused: watch::Sender::new(false),
             cancelled: watch::Sender::new(false),
-            streaming: watch::Sender::new(0),
+            streaming: Gauge::default(),
             grace_waiting: watch::Sender::new(0),
             snapshot: watch::Sender::new(snapshot),
             bytes_copied: AtomicU64::new(0),
@@ -145,14 +179,14 @@ impl JobShared {
         if !*self.paused.borrow() {
             return Ok(());
         }
-        self.streaming.send_modify(|n| *n = n.saturating_sub(1));
+        self.streaming.sub();
         let mut paused = self.paused.subscribe();
         let mut cancelled = self.cancelled.subscribe();
         let outcome = tokio::select! {
             _ = paused.wait_for(|p| !*p) => Ok(()),
             _ = cancelled.wait_for(|c| *c) => Err(self.cancelled_error()),
         };
-        self.streaming.send_modify(|n| *n += 1);
+        self.streaming.add();
         outcome
     }
 
@@ -255,8 +289,7 @@ impl JobHandle {
     /// Cancel safe: the pause happens anyway; only the wait is dropped.
     pub async fn pause(&self) {
         self.shared.paused.send_replace(true);
-        let mut streaming = self.shared.streaming.subscribe();
-        let _ = streaming.wait_for(|n| *n == 0).await;
+        self.shared.streaming.wait_zero().await;
         let mut snap = self.shared.snapshot.subscribe();
         let _ = snap
             .wait_for(|s| s.status == JobStatus::Paused || s.status.is_finished())

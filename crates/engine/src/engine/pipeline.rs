@@ -463,33 +463,25 @@ async fn commit(
         .collect()
         .await;
     let shared = &ctx.shared;
+    // The snapshot's counters move once for the whole batch.
+    let (mut done, mut done_bytes, mut skipped, mut failed, mut unfailed) = (0, 0, 0, 0, 0);
     for outcome in batch {
         match outcome {
             Outcome::Done { key, bytes } => {
                 shared.emit(&key, ObjectState::Done);
                 order.finished.insert(key.clone());
-                let was_failed = ctx.failed_before.contains(&key);
+                unfailed += u64::from(ctx.failed_before.contains(&key));
                 checkpointer.record(ProgressUpdate::Done { key, bytes });
-                shared.publish(|s| {
-                    s.done_objects += 1;
-                    s.done_bytes += bytes;
-                    if was_failed {
-                        s.failed_objects = s.failed_objects.saturating_sub(1);
-                    }
-                });
+                done += 1;
+                done_bytes += bytes;
             }
             Outcome::Skipped { key } => {
                 shared.emit(&key, ObjectState::Skipped);
                 order.finished.insert(key.clone());
-                let was_failed = ctx.failed_before.contains(&key);
+                unfailed += u64::from(ctx.failed_before.contains(&key));
                 checkpointer.record(ProgressUpdate::Skipped { key });
-                shared.publish(|s| {
-                    s.done_objects += 1;
-                    s.skipped_objects += 1;
-                    if was_failed {
-                        s.failed_objects = s.failed_objects.saturating_sub(1);
-                    }
-                });
+                done += 1;
+                skipped += 1;
             }
             Outcome::Failed {
                 key,
@@ -506,21 +498,24 @@ async fn commit(
                     },
                 );
                 order.finished.insert(key.clone());
-                let counted = ctx.failed_before.contains(&key);
+                failed += u64::from(!ctx.failed_before.contains(&key));
                 checkpointer.record(ProgressUpdate::Failed {
                     key,
                     attempts,
                     error,
                 });
-                shared.publish(|s| {
-                    if !counted {
-                        s.failed_objects += 1;
-                    }
-                });
             }
             // Forwarded ones were finished above; verified ones were flipped.
             Outcome::RolledBack | Outcome::Forwarded { .. } | Outcome::Verified { .. } => {}
         }
+    }
+    if done + failed + unfailed > 0 {
+        shared.publish(|s| {
+            s.done_objects += done;
+            s.done_bytes += done_bytes;
+            s.skipped_objects += skipped;
+            s.failed_objects = (s.failed_objects + failed).saturating_sub(unfailed);
+        });
     }
     // Every key up to the watermark is recorded finished, so the record's done set stays
     // bounded by what is in flight (keys are dispatched in key order).
@@ -708,7 +703,7 @@ struct Streaming<'a>(&'a JobShared);
 
 impl<'a> Streaming<'a> {
     fn enter(shared: &'a JobShared) -> Self {
-        shared.streaming.send_modify(|n| *n += 1);
+        shared.streaming.add();
         Streaming(shared)
     }
 }
@@ -733,7 +728,7 @@ impl Drop for GraceWait<'_> {
 
 impl Drop for Streaming<'_> {
     fn drop(&mut self) {
-        self.0.streaming.send_modify(|n| *n = n.saturating_sub(1));
+        self.0.streaming.sub();
     }
 }
 
@@ -1237,7 +1232,8 @@ async fn digest_unless_said(
 ) -> Result<Option<(u64, blake3::Hash)>> {
     match said {
         Some(said) => Ok(Some(said)),
-        None => digest(store, key).await,
+        // Boxed: its hasher and stream would otherwise take room in every object's task.
+        None => Box::pin(digest(store, key)).await,
     }
 }
 
