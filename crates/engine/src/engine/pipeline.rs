@@ -696,6 +696,10 @@ enum CopyResult {
     Copied(Copied),
     /// The source had no such object when the copy opened it.
     Vanished,
+    /// The source's content changed during the copy and the key's generation moved since
+    /// it began: a client wrote it through the table. Not an error: like a refused flip,
+    /// the copy runs again (I3).
+    SourceWritten,
 }
 
 /// Counts the caller among the copies moving chunks, for as long as it lives.
@@ -734,7 +738,17 @@ impl Drop for Streaming<'_> {
 
 /// COPY then VERIFY, once: streams source → target chunk by chunk through the job's
 /// throttle, hashing while streaming (I7), then checks the target per the verify mode.
-async fn copy_once(ctx: &JobCtx, key: &ObjectKey, track: &Tracker<'_>) -> Result<CopyResult> {
+///
+/// `observed`: the key's generation read before the copy began, when a write to the source
+/// through the table may happen meanwhile (not under a fence); a source that no longer
+/// matches the copy then counts as written ([`CopyResult::SourceWritten`]) when the
+/// generation moved, and as a verify error when it did not.
+async fn copy_once(
+    ctx: &JobCtx,
+    key: &ObjectKey,
+    track: &Tracker<'_>,
+    observed: Option<u64>,
+) -> Result<CopyResult> {
     let shared = &*ctx.shared;
     track.to(ObjectState::Copying);
     let object = match ctx.source.get(key).await {
@@ -797,6 +811,10 @@ async fn copy_once(ctx: &JobCtx, key: &ObjectKey, track: &Tracker<'_>) -> Result
             // read, the target with the put): its word stands in for a second read.
             let (on_target, on_source) = digests(ctx, key, bytes, target_said, source_said).await;
             if on_source?.is_none_or(|(size, source_hash)| size != bytes || source_hash != hash) {
+                let table = &ctx.engine.table;
+                if observed.is_some_and(|g| table.generation(key.as_str()) != Some(g)) {
+                    return Ok(CopyResult::SourceWritten);
+                }
                 return Err(Error::VerifyMismatch {
                     key: key.clone(),
                     what: "source checksum",
@@ -888,20 +906,26 @@ async fn process(ctx: &JobCtx, key: ObjectKey, refused: u32) -> Outcome {
         }
     }
     let max_flips = ctx.plan.options.max_flip_attempts;
-    if refused < max_flips {
+    let mut refused = refused;
+    while refused < max_flips {
         // The generation is read BEFORE the copy opens the source (I3).
         let Some(observed) = table.generation(key.as_str()) else {
             return fail(refused + 1, Error::Forwarding(not_found(&key)));
         };
-        return match copy_step(ctx, &key, track, &fail).await {
-            Ok(copied) => Outcome::Verified {
-                key,
-                observed,
-                copied,
-                refused,
-            },
-            Err(outcome) => outcome,
-        };
+        match copy_step(ctx, &key, track, &fail, Some(observed)).await {
+            Ok(Some(copied)) => {
+                return Outcome::Verified {
+                    key,
+                    observed,
+                    copied,
+                    refused,
+                };
+            }
+            // Written during the copy: its flip would be refused; copy again, and count it
+            // as refused, so a key written this often is fenced like any hot key.
+            Ok(None) => refused += 1,
+            Err(outcome) => return outcome,
+        }
     }
     // A hot key: its flips were refused `max_flip_attempts` times. Fence its writers, wait
     // for the writes in flight, copy once more, and flip here, the copy synced and the flip
@@ -909,14 +933,15 @@ async fn process(ctx: &JobCtx, key: ObjectKey, refused: u32) -> Outcome {
     if let Err(err) = table.fence(key.as_str()) {
         return fail(refused, err.into());
     }
-    let mut refused = refused;
     let copied = loop {
         let observed = match table.wait_drained(key.as_str()).await {
             Ok(generation) => generation,
             Err(err) => return fail(refused + 1, err.into()),
         };
-        let copied = match copy_step(ctx, &key, track, &fail).await {
-            Ok(copied) => copied,
+        // Fenced: no write reaches the source, so a changed source is a verify error.
+        let copied = match copy_step(ctx, &key, track, &fail, None).await {
+            Ok(Some(copied)) => copied,
+            Ok(None) => unreachable!("only a copy given a generation reports a written source"),
             Err(outcome) => return outcome,
         };
         if let Err((attempts, err)) = with_retry(ctx, "sync", || ctx.target.sync()).await {
@@ -957,10 +982,15 @@ async fn copy_step(
     key: &ObjectKey,
     track: &Tracker<'_>,
     fail: &impl Fn(u32, Error) -> Outcome,
-) -> Result<Copied, Outcome> {
+    observed: Option<u64>,
+) -> Result<Option<Copied>, Outcome> {
     let table = &ctx.engine.table;
-    let copied = match with_retry(ctx, "copy", || copy_once(ctx, key, track)).await {
+    let copied = match with_retry(ctx, "copy", || copy_once(ctx, key, track, observed)).await {
         Ok(CopyResult::Copied(copied)) => copied,
+        Ok(CopyResult::SourceWritten) => {
+            track.to(ObjectState::Pending);
+            return Ok(None);
+        }
         Ok(CopyResult::Vanished) => {
             table.remove(key.as_str());
             // Absent on both sides, never resurrected (I3). (A key an earlier run moved
@@ -984,7 +1014,7 @@ async fn copy_step(
         track.to(ObjectState::Pending);
         return Err(rolled_back(ctx, key.clone()));
     }
-    Ok(copied)
+    Ok(Some(copied))
 }
 
 /// Calls the engine's commit hook, if any, for `key`.
@@ -1318,6 +1348,11 @@ pub(crate) async fn resolve_flips(
     Ok((updates, committed))
 }
 
+/// Recorded done, and not as failed.
+fn done_not_failed(progress: &Progress, key: &ObjectKey) -> bool {
+    progress.is_done(key) && !progress.failed.contains_key(key)
+}
+
 /// Registers `key` and flips it to the plan's target; whether it was (a key the table
 /// already has an entry for is left as it is).
 fn forward(table: &ferry_forwarding::Table, plan: &MigrationPlan, key: &ObjectKey) -> bool {
@@ -1334,6 +1369,9 @@ fn forward(table: &ferry_forwarding::Table, plan: &MigrationPlan, key: &ObjectKe
 /// plans) or with `head` (explicit keys), a key at a time; a key the table already has an
 /// entry for is left as it is. Keys not recorded done are settled by the flip journal
 /// ([`resolve_flips`]). Returns how many entries were loaded.
+///
+/// A key recorded failed is not loaded even under the watermark (which failed keys pass):
+/// its copy on the target, if any, was never flipped, and may be stale.
 pub(crate) async fn reload_forwarded(
     table: &ferry_forwarding::Table,
     plan: &MigrationPlan,
@@ -1344,7 +1382,7 @@ pub(crate) async fn reload_forwarded(
     match &plan.objects {
         ObjectSelection::Keys(keys) => {
             for key in keys {
-                if progress.is_done(key)
+                if done_not_failed(progress, key)
                     && target.head(key).await?.is_some()
                     && forward(table, plan, key)
                 {
@@ -1355,7 +1393,7 @@ pub(crate) async fn reload_forwarded(
         ObjectSelection::Prefix(prefix) => {
             let mut on_target = target.list(prefix, None).map_ok(|meta| meta.key);
             while let Some(key) = on_target.try_next().await? {
-                if progress.is_done(&key) && forward(table, plan, &key) {
+                if done_not_failed(progress, &key) && forward(table, plan, &key) {
                     loaded += 1;
                 }
             }

@@ -288,3 +288,59 @@ async fn i1_large_objects_verified_by_two_tasks_catch_a_corrupted_read() {
     // second: copy (3), target re-read corrupted (4); third: copy (5) and clean re-reads.
     assert!(target.calls(Op::Get) >= 2, "the target was re-read");
 }
+
+/// Regression (found by the crash loop): a key written through the table during every copy,
+/// on stores that report no checksum (so verify re-reads the source). The re-read finds the
+/// new content; that is a write, not a verify error: the copy runs again and counts as a
+/// refused flip, so the key is fenced after `max_flip_attempts` and finishes with the last
+/// acknowledged write on the target (I3), instead of failing after the retries.
+#[tokio::test(start_paused = true)]
+async fn i3_a_key_written_during_every_copy_is_fenced_not_failed() {
+    let source = MemStore::with_chunk_size(16).without_checksums();
+    let hot = key(0);
+    source.insert(hot.clone(), "v0");
+    let target = FaultyStore::new(MemStore::new().without_checksums());
+    // Every copy's put takes a while, so the writer below gets in before each verify.
+    target.inject(
+        Op::Put,
+        Trigger::Always,
+        Fault::Latency(Duration::from_millis(10)),
+    );
+    let table = Table::default();
+    let engine = engine(
+        Arc::new(source.clone()),
+        Arc::new(target.clone()),
+        &table,
+        mem_checkpoints(),
+    );
+    let plan = plan("hot-written", ObjectSelection::keys([hot.clone()]))
+        .with_verify(VerifyMode::Checksum)
+        .with_cleanup(CleanupPolicy::AfterVerify)
+        .with_max_flip_attempts(3);
+    let handle = engine.start(plan).await.unwrap();
+    let mut watch = handle.watch();
+    let mut last = String::from("v0");
+    let mut n = 0;
+    while !watch.borrow_and_update().status.is_finished() {
+        n += 1;
+        let ticket = table.begin_write(hot.as_str()).await.unwrap();
+        let value = format!("v{n}");
+        match ticket.route() {
+            Route::Source => source.insert(hot.clone(), value.clone()),
+            Route::Target(_) => target.inner().insert(hot.clone(), value.clone()),
+        };
+        drop(ticket);
+        last = value;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let snap = handle.wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed, "{snap:?}");
+    assert_eq!(snap.failed_objects, 0);
+    assert!(n > 5, "the writer ran during the copies ({n} writes)");
+    assert_eq!(table.route_read(hot.as_str()), Route::Target(b()));
+    assert_eq!(
+        target.inner().bytes(hot.as_str()).unwrap(),
+        last.as_bytes(),
+        "the last acknowledged write is what the target serves"
+    );
+}

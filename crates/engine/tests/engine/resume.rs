@@ -320,3 +320,45 @@ async fn i2_after_recover_every_read_routes_to_a_node_holding_the_object() {
     assert!(source.is_empty());
     assert_reads_route_to_a_holder(&table, &source, &target, N, "at the end");
 }
+
+/// Regression (found by the crash loop): a key recorded failed before its flip, under the
+/// watermark (failed keys count as finished for it), with a copy left on the target. A
+/// restart must not forward it to that copy, which was never verified as current: reads
+/// stay on the source, which serves it (I2, I3).
+#[tokio::test]
+async fn i3_resume_does_not_forward_a_failed_key_to_its_stale_copy() {
+    let source = filled(3);
+    let target = MemStore::new();
+    // The stale copy: an older content than the source's.
+    target.insert(key(0), "stale");
+    let checkpoints = mem_checkpoints();
+    let plan = plan("failed-under-watermark", ObjectSelection::all());
+    let job = JobId::new("failed-under-watermark").unwrap();
+    checkpoints.create(&job, &plan).await.unwrap();
+    let lease = checkpoints.acquire(&job).await.unwrap().lease;
+    let mut progress = ferry_checkpoint::Progress::default();
+    progress.mark_failed(key(0), 5, "verification failed".into());
+    progress.mark_done(key(1), 8);
+    progress.advance_watermark(key(1));
+    checkpoints
+        .save(&lease, JobStatus::Running, progress)
+        .await
+        .unwrap();
+    checkpoints.release(&lease).await.unwrap();
+
+    let table = Table::default();
+    let engine = engine(
+        Arc::new(source.clone()),
+        Arc::new(target.clone()),
+        &table,
+        checkpoints,
+    );
+    let snap = engine.start(plan).await.unwrap().wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::CompletedWithErrors);
+    assert_eq!(
+        table.route_read(key(0).as_str()),
+        ferry_forwarding::Route::Source,
+        "the failed key's reads stay on the source"
+    );
+    assert_eq!(source.bytes(key(0).as_str()).unwrap(), content(0));
+}
