@@ -1,5 +1,6 @@
 //! One integration-test binary: each module checks a behaviour across crates, through their
 //! public APIs only.
 
+mod crash_loop;
 mod dir_to_dir;
 mod plan_drives_throttle;
