@@ -39,9 +39,17 @@ pub(crate) fn run() -> Result<(), String> {
     write_file(&big.join("one.bin"), BIG_SIZE, 7)?;
     sh("sync")?;
 
-    let dst = work.join("dst");
-    let state = work.join("state");
-    let ferry_cmd = |src: &Path, extra: &str| {
+    // Every timed run writes into a fresh destination and state directory, and nothing is
+    // deleted until the end: on this machine's ext4 (mounted with `discard`) a deletion's
+    // discards land in a later journal commit, so the next run to fsync would pay for the
+    // previous run's deletes (rclone never fsyncs; ferry and `sync -f` do).
+    let mut runs = 0u32;
+    let mut fresh = || -> Result<(PathBuf, PathBuf), String> {
+        runs += 1;
+        sh("sync")?;
+        Ok((work.join(format!("dst-{runs}")), work.join(format!("state-{runs}"))))
+    };
+    let ferry_cmd = |src: &Path, (dst, state): &(PathBuf, PathBuf), extra: &str| {
         format!(
             "{} --state {} migrate {} {} -q {extra}",
             ferry.display(),
@@ -50,50 +58,45 @@ pub(crate) fn run() -> Result<(), String> {
             dst.display()
         )
     };
-    let clean = || -> Result<(), String> {
-        let _ = fs::remove_dir_all(&dst);
-        let _ = fs::remove_dir_all(&state);
-        sh("sync")
+    let rclone_cmd = |(dst, _): &(PathBuf, PathBuf)| {
+        format!(
+            "rclone copy --checksum --transfers 16 {} {}",
+            small.display(),
+            dst.display()
+        )
+    };
+    let cp_cmd = |(dst, _): &(PathBuf, PathBuf)| {
+        format!(
+            "mkdir -p {d} && cp {}/one.bin {d}/one.bin",
+            big.display(),
+            d = dst.display()
+        )
+    };
+    let cp_sync_cmd = |to: &(PathBuf, PathBuf)| {
+        format!("{} && sync -f {}/one.bin", cp_cmd(to), to.0.display())
     };
 
     // 10k × 64 KiB, checksum verify, vs rclone copy --checksum.
-    let rclone_cmd = format!(
-        "rclone copy --checksum --transfers 16 {} {}",
-        small.display(),
-        dst.display()
-    );
     let (mut t_ferry, mut t_rclone) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
-        clean()?;
-        t_rclone.push(timed(&rclone_cmd)?.0);
-        clean()?;
-        t_ferry.push(timed(&ferry_cmd(&small, "--verify checksum"))?.0);
+        t_rclone.push(timed(&rclone_cmd(&fresh()?))?.0);
+        t_ferry.push(timed(&ferry_cmd(&small, &fresh()?, "--verify checksum"))?.0);
     }
     // One 1 GiB file vs cp + sync -f (durable) and plain cp.
-    let cp_cmd = format!(
-        "mkdir -p {d} && cp {}/one.bin {d}/one.bin",
-        big.display(),
-        d = dst.display()
-    );
-    let cp_sync_cmd = format!("{cp_cmd} && sync -f {}/one.bin", dst.display());
     let (mut t_big, mut rss_big, mut t_cp, mut t_cp_sync) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..RUNS {
-        clean()?;
-        t_cp.push(timed(&cp_cmd)?.0);
-        clean()?;
-        t_cp_sync.push(timed(&cp_sync_cmd)?.0);
-        clean()?;
-        let (t, rss) = timed(&ferry_cmd(&big, "--verify checksum"))?;
+        t_cp.push(timed(&cp_cmd(&fresh()?))?.0);
+        t_cp_sync.push(timed(&cp_sync_cmd(&fresh()?))?.0);
+        let (t, rss) = timed(&ferry_cmd(&big, &fresh()?, "--verify checksum"))?;
         t_big.push(t);
         rss_big.push(rss);
     }
     // The rate limit: 1 GiB at 50 MiB/s (one large file, so the disk is not the limit).
-    clean()?;
-    let rate_cmd = ferry_cmd(&big, "--rate 50MiB");
+    let rate_cmd = ferry_cmd(&big, &fresh()?, "--rate 50MiB");
     let (t_rate, _) = timed(&rate_cmd)?;
     let achieved = BIG_SIZE as f64 / t_rate / (1 << 20) as f64;
-    clean()?;
+    let example = fresh()?;
 
     let (f, r) = (median(&mut t_ferry), median(&mut t_rclone));
     let (b, c, cs) = (
@@ -122,9 +125,11 @@ pub(crate) fn run() -> Result<(), String> {
         (achieved / 50.0 - 1.0) * 100.0
     ));
     out.push_str(&format!(
-        "\nMedians of {RUNS} runs (all: ferry {t_ferry:.2?}, rclone {t_rclone:.2?}, ferry 1 GiB {t_big:.2?}, cp {t_cp:.2?}, cp+sync {t_cp_sync:.2?}).\nCommands: `{}`, `{rclone_cmd}`, `{}`, `{cp_sync_cmd}`, `{rate_cmd}`.\n",
-        ferry_cmd(&small, "--verify checksum"),
-        ferry_cmd(&big, "--verify checksum")
+        "\nMedians of {RUNS} runs (all: ferry {t_ferry:.2?}, rclone {t_rclone:.2?}, ferry 1 GiB {t_big:.2?}, cp {t_cp:.2?}, cp+sync {t_cp_sync:.2?}); each run into a fresh destination.\nCommands: `{}`, `{}`, `{}`, `{}`, `{rate_cmd}`.\n",
+        ferry_cmd(&small, &example, "--verify checksum"),
+        rclone_cmd(&example),
+        ferry_cmd(&big, &example, "--verify checksum"),
+        cp_sync_cmd(&example),
     ));
     println!("{out}");
     let _ = fs::remove_dir_all(&work);
