@@ -47,7 +47,10 @@ pub(crate) fn run() -> Result<(), String> {
     let mut fresh = || -> Result<(PathBuf, PathBuf), String> {
         runs += 1;
         sh("sync")?;
-        Ok((work.join(format!("dst-{runs}")), work.join(format!("state-{runs}"))))
+        Ok((
+            work.join(format!("dst-{runs}")),
+            work.join(format!("state-{runs}")),
+        ))
     };
     let ferry_cmd = |src: &Path, (dst, state): &(PathBuf, PathBuf), extra: &str| {
         format!(
@@ -72,9 +75,8 @@ pub(crate) fn run() -> Result<(), String> {
             d = dst.display()
         )
     };
-    let cp_sync_cmd = |to: &(PathBuf, PathBuf)| {
-        format!("{} && sync -f {}/one.bin", cp_cmd(to), to.0.display())
-    };
+    let cp_sync_cmd =
+        |to: &(PathBuf, PathBuf)| format!("{} && sync -f {}/one.bin", cp_cmd(to), to.0.display());
 
     // 10k × 64 KiB, checksum verify, vs rclone copy --checksum.
     let (mut t_ferry, mut t_rclone) = (Vec::new(), Vec::new());
