@@ -449,11 +449,19 @@ fn snapshot_of_record(record: &JobRecord) -> JobSnapshot {
     let plan = &record.plan;
     let mut snap = JobSnapshot::new(record.job.clone(), plan.source, plan.target);
     snap.status = record.status;
+    let progress = &record.progress;
     snap.total_objects = match &plan.objects {
         ObjectSelection::Keys(keys) => Some(keys.len() as u64),
+        // A listed job's total is known once it finished: every object ended done or failed.
+        _ if matches!(
+            record.status,
+            JobStatus::Completed | JobStatus::CompletedWithErrors
+        ) =>
+        {
+            Some(progress.done_objects + progress.failed.len() as u64)
+        }
         _ => None,
     };
-    let progress = &record.progress;
     snap.done_objects = progress.done_objects;
     snap.done_bytes = progress.done_bytes;
     snap.skipped_objects = progress.skipped_objects;

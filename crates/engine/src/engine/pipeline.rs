@@ -278,6 +278,9 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fatal: Option<Error> = None;
     let mut was_paused = false;
+    // Keys given to the pipeline by this run, and how many of them were recorded failed
+    // before it: a listed job's total is known once its listing ends.
+    let (mut dispatched, mut failed_again) = (0u64, 0u64);
     loop {
         let paused = *paused_rx.borrow_and_update();
         cancelled_rx.borrow_and_update();
@@ -313,6 +316,8 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
             match keys.next().await {
                 Some(Ok(key)) => {
                     list_attempts = 0;
+                    dispatched += 1;
+                    failed_again += u64::from(ctx.failed_before.contains(&key));
                     last_key = Some(key.clone());
                     order.dispatched.push_back(key.clone());
                     spawn_process(ctx, &mut set, key, 0);
@@ -334,7 +339,16 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
                     shared.cancelled.send_replace(true);
                     break;
                 }
-                None => exhausted = true,
+                None => {
+                    exhausted = true;
+                    if shared.snapshot.borrow().total_objects.is_none() {
+                        // Done (skipped included) and failed before this run, plus what this
+                        // run was given, counting a failed key given again once.
+                        let before = progress.done_objects + ctx.failed_before.len() as u64;
+                        let total = before + dispatched - failed_again;
+                        shared.publish(|s| s.total_objects = Some(total));
+                    }
+                }
             }
         }
         let stopping = shared.is_cancelled() || fatal.is_some();

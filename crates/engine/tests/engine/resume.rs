@@ -72,6 +72,9 @@ async fn i4_resume_after_a_crash_redoes_little_and_finishes_every_object_once() 
     );
     let snap = engine.start(plan).await.unwrap().wait().await.unwrap();
     assert_eq!(snap.status, JobStatus::Completed);
+    // The resumed listing knows the whole job's total: done before plus listed now.
+    assert_eq!(snap.total_objects, Some(N as u64));
+    assert_eq!(snap.done_objects, N as u64);
 
     // Every object is on the target, and the sources are gone (I1 held all along).
     for i in 0..N {
