@@ -7,7 +7,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::io::{Read, Write};
 #[cfg(any(target_os = "linux", target_os = "android"))]
 use std::num::NonZeroU64;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -230,22 +230,22 @@ impl Inner {
         dirs: &[&str],
         mut created: Option<&mut Vec<String>>,
     ) -> Result<Walk> {
-        let mut fd = self
-            .root_fd
-            .try_clone()
-            .map_err(|e| Error::io(op, &self.root, e))?;
+        // The walk starts at the root's descriptor itself; a duplicate of it is made only
+        // for a key at the root, whose walk has no directory of its own to return.
+        let mut opened: Option<OwnedFd> = None;
         for (i, seg) in dirs.iter().enumerate() {
             let rel = || dirs[..=i].join("/");
-            let next = match rustix::fs::openat(&fd, *seg, dir_flags(), Mode::empty()) {
+            let fd = opened.as_ref().map_or(self.root_fd.as_fd(), AsFd::as_fd);
+            let next = match rustix::fs::openat(fd, *seg, dir_flags(), Mode::empty()) {
                 Err(Errno::NOENT) if created.is_some() => {
-                    match rustix::fs::mkdirat(&fd, *seg, Mode::from_raw_mode(0o755)) {
+                    match rustix::fs::mkdirat(fd, *seg, Mode::from_raw_mode(0o755)) {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(e) => return Err(Error::io(op, rel(), e)),
                     }
                     if let Some(created) = created.as_deref_mut() {
                         created.push(dirs[..i].join("/"));
                     }
-                    rustix::fs::openat(&fd, *seg, dir_flags(), Mode::empty())
+                    rustix::fs::openat(fd, *seg, dir_flags(), Mode::empty())
                 }
                 other => other,
             };
@@ -254,10 +254,10 @@ impl Inner {
             let is_link = |e| {
                 e == Errno::LOOP
                     || (e == Errno::NOTDIR
-                        && rustix::fs::statat(&fd, *seg, AtFlags::SYMLINK_NOFOLLOW)
+                        && rustix::fs::statat(fd, *seg, AtFlags::SYMLINK_NOFOLLOW)
                             .is_ok_and(|st| file_type(&st) == FileType::Symlink))
             };
-            fd = match next {
+            opened = Some(match next {
                 Ok(next) => next,
                 Err(e) if is_link(e) => {
                     return Err(Error::UnsafePath {
@@ -268,9 +268,16 @@ impl Inner {
                 }
                 Err(Errno::NOENT | Errno::NOTDIR) if created.is_none() => return Ok(Walk::Absent),
                 Err(e) => return Err(Error::io(op, rel(), e)),
-            };
+            });
         }
-        Ok(Walk::Dir(fd))
+        match opened {
+            Some(fd) => Ok(Walk::Dir(fd)),
+            None => self
+                .root_fd
+                .try_clone()
+                .map(Walk::Dir)
+                .map_err(|e| Error::io(op, &self.root, e)),
+        }
     }
 
     fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
@@ -319,11 +326,8 @@ impl Inner {
         if file_type(&st) != FileType::RegularFile {
             return Err(not_found());
         }
-        // Back to blocking reads for the body.
-        let flags =
-            rustix::fs::fcntl_getfl(&fd).map_err(|e| Error::io(Op::Get, key.as_str(), e))?;
-        rustix::fs::fcntl_setfl(&fd, flags - OFlags::NONBLOCK)
-            .map_err(|e| Error::io(Op::Get, key.as_str(), e))?;
+        // A regular file: O_NONBLOCK has no effect on it (open(2)), so the flag stays rather
+        // than costing two more system calls per object (`read_chunk` clears it on EAGAIN).
         Ok((File::from(fd), meta_of(key.clone(), &st)))
     }
 
@@ -434,6 +438,13 @@ fn read_chunk(file: &mut File, key: &ObjectKey, chunk: usize, left: u64) -> Resu
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // A file system that honours O_NONBLOCK on regular files: back to blocking reads.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let flags = rustix::fs::fcntl_getfl(&*file)
+                    .map_err(|e| Error::io(Op::Get, key.as_str(), e))?;
+                rustix::fs::fcntl_setfl(&*file, flags - OFlags::NONBLOCK)
+                    .map_err(|e| Error::io(Op::Get, key.as_str(), e))?;
+            }
             Err(e) => return Err(Error::io(Op::Get, key.as_str(), e)),
         }
     }
