@@ -52,7 +52,7 @@ use ferry::types::{
     CheckpointInterval, CleanupPolicy, JobId, JobSnapshot, JobStatus, MigrationPlan, NodeId,
     ObjectKey, ObjectSelection, ObjectState, Rate, VerifyMode,
 };
-use ferry_tests::crash::{self, CHECKPOINT_OBJECTS, CONCURRENCY, Checker, KeyState, Value};
+use ferry_tests::crash::{self, CHECKPOINT_OBJECTS, CONCURRENCY, Checker, KeyState, Rng, Value};
 use futures_util::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast::error::RecvError;
@@ -133,31 +133,6 @@ impl Args {
                 _ => return Err(format!("unexpected arguments {rest:?}").into()),
             },
         })
-    }
-}
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    fn pick<T: Copy>(&mut self, from: &[T]) -> Option<T> {
-        (!from.is_empty()).then(|| from[self.below(from.len() as u64) as usize])
     }
 }
 

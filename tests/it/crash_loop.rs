@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use ferry::checkpoint::{CheckpointStore, FileStore};
 use ferry::engine::store::TEMP_PREFIX;
 use ferry::types::{JobId, JobStatus};
-use ferry_tests::crash::{self, CHECKPOINT_OBJECTS, CONCURRENCY, Value};
+use ferry_tests::crash::{self, CHECKPOINT_OBJECTS, CONCURRENCY, Rng, Value};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_ferry-crash-child");
 /// A run with a kill point inside the child is killed from here after this long anyway
@@ -60,27 +60,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
             .parse()
             .unwrap_or_else(|_| panic!("{name}={v}: a number")),
         Err(_) => default,
-    }
-}
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
     }
 }
 
