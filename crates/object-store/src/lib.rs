@@ -1,0 +1,54 @@
+//! A Ferry [`Store`](ferry_engine::store::Store) over the [`object_store`] crate: S3 and
+//! S3-compatible servers, Google Cloud Storage, Azure Blob Storage, a local directory or
+//! memory, selected by URL.
+//!
+//! [`ObjectStoreAdapter`] passes the engine's conformance checks on `memory://` and
+//! `file://`. It is only the storage adapter: the `ferry` command does not take these URLs
+//! yet, and there is no checkpoint backend or worker coordination in an object store here.
+//! object_store's API is used in this crate only, so its churn stays here.
+//!
+//! # Example
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use ferry_engine::store::{Store, body_from_bytes};
+//! use ferry_object_store::ObjectStoreAdapter;
+//! use ferry_types::ObjectKey;
+//!
+//! let store = ObjectStoreAdapter::from_url("memory://some/prefix")?;
+//! let rt = tokio::runtime::Builder::new_current_thread().build()?;
+//! rt.block_on(async {
+//!     let key = ObjectKey::new("a/b.txt")?;
+//!     let meta = store.put(&key, body_from_bytes("hello".into(), 2)).await?;
+//!     assert_eq!(store.head(&key).await?, Some(meta));
+//!     Ok::<_, Box<dyn std::error::Error>>(())
+//! })?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Feature flags
+//! None is on by default (`file://` and `memory://` need none).
+//! - `aws`: `s3://bucket/prefix`, configured from the `AWS_*` environment variables.
+//! - `gcp`: `gs://bucket/prefix`, configured from the `GOOGLE_*` environment variables.
+//! - `azure`: `az://container/prefix`, configured from the `AZURE_*` environment variables.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::print_stdout,
+        clippy::print_stderr
+    )
+)]
+
+mod adapter;
+mod error;
+mod url;
+
+pub use crate::adapter::{
+    DEFAULT_PART_SIZE, DEFAULT_UPLOAD_CONCURRENCY, Listing, ObjectStoreAdapter,
+};
+pub use crate::error::{Error, Result};
+/// The object_store version this crate is built on, for [`ObjectStoreAdapter::new`].
+pub use object_store;

@@ -1,0 +1,177 @@
+//! Parsing a store URL into a backend and a key prefix.
+
+use std::path::PathBuf;
+
+use object_store::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Where a URL points.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// object_store's `InMemory`.
+    Memory,
+    /// A local directory (object_store's `LocalFileSystem` rooted there).
+    File(PathBuf),
+    /// An S3 bucket.
+    S3 { bucket: String },
+    /// A Google Cloud Storage bucket.
+    Gcs { bucket: String },
+    /// An Azure Blob Storage container.
+    Azure { container: String },
+}
+
+/// A parsed store URL: the backend and the prefix applied to every key (`""` for none; never
+/// with a leading or trailing `/`).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Parsed {
+    pub(crate) backend: Backend,
+    pub(crate) prefix: String,
+}
+
+/// Parses `file:///abs/path`, a plain path, `memory://[prefix]`, `s3://bucket[/prefix]`,
+/// `gs://bucket[/prefix]` and `az://container[/prefix]`.
+pub(crate) fn parse(url: &str) -> Result<Parsed> {
+    let invalid = |reason| Error::InvalidUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    if url.is_empty() {
+        return Err(invalid("is empty"));
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // A plain path: a local directory.
+        let path = std::path::absolute(url).map_err(|_| invalid("is not a usable path"))?;
+        return Ok(Parsed {
+            backend: Backend::File(path),
+            prefix: String::new(),
+        });
+    };
+    let bucket_and_prefix = |what| -> Result<(String, String)> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(invalid(what));
+        }
+        Ok((bucket.to_owned(), prefix_of(url, prefix)?))
+    };
+    let backend = match scheme.to_ascii_lowercase().as_str() {
+        "memory" => {
+            return Ok(Parsed {
+                backend: Backend::Memory,
+                prefix: prefix_of(url, rest)?,
+            });
+        }
+        "file" => {
+            if !rest.starts_with('/') {
+                return Err(invalid("a file url needs an absolute path: file:///dir"));
+            }
+            return Ok(Parsed {
+                backend: Backend::File(PathBuf::from(rest)),
+                prefix: String::new(),
+            });
+        }
+        "s3" | "s3a" => {
+            let (bucket, prefix) = bucket_and_prefix("has no bucket: s3://bucket/prefix")?;
+            (Backend::S3 { bucket }, prefix, "aws", cfg!(feature = "aws"))
+        }
+        "gs" => {
+            let (bucket, prefix) = bucket_and_prefix("has no bucket: gs://bucket/prefix")?;
+            (
+                Backend::Gcs { bucket },
+                prefix,
+                "gcp",
+                cfg!(feature = "gcp"),
+            )
+        }
+        "az" => {
+            let (container, prefix) = bucket_and_prefix("has no container: az://container/prefix")?;
+            (
+                Backend::Azure { container },
+                prefix,
+                "azure",
+                cfg!(feature = "azure"),
+            )
+        }
+        other => {
+            return Err(Error::UnknownScheme {
+                url: url.to_owned(),
+                scheme: other.to_owned(),
+            });
+        }
+    };
+    let (backend, prefix, feature, enabled) = backend;
+    if !enabled {
+        return Err(Error::FeatureDisabled {
+            url: url.to_owned(),
+            feature,
+        });
+    }
+    Ok(Parsed { backend, prefix })
+}
+
+/// The key prefix of a URL's path: trimmed of `/`, and a valid object_store path (no empty,
+/// `.` or `..` segments, no control characters).
+fn prefix_of(url: &str, raw: &str) -> Result<String> {
+    let trimmed = raw.trim_matches('/');
+    match Path::parse(trimmed) {
+        Ok(path) if path.as_ref() == trimmed => Ok(trimmed.to_owned()),
+        _ => Err(Error::InvalidUrl {
+            url: url.to_owned(),
+            reason: "the prefix has an empty, '.' or '..' segment or a control character",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_a_backend_and_a_prefix() {
+        let p = parse("memory://").unwrap();
+        assert_eq!((p.backend, p.prefix.as_str()), (Backend::Memory, ""));
+        let p = parse("memory:///a/b/").unwrap();
+        assert_eq!(p.prefix, "a/b");
+        let p = parse("file:///tmp/x").unwrap();
+        assert_eq!(p.backend, Backend::File(PathBuf::from("/tmp/x")));
+        let p = parse("/tmp/y").unwrap();
+        assert_eq!(p.backend, Backend::File(PathBuf::from("/tmp/y")));
+    }
+
+    #[test]
+    fn malformed_urls_are_refused_with_a_reason() {
+        for url in [
+            "",
+            "file://relative/x",
+            "memory://a//b",
+            "memory://a/../b",
+            "s3://",
+            "gs:///x",
+            "az://",
+        ] {
+            let err = parse(url).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidUrl { .. } | Error::FeatureDisabled { .. }
+                ),
+                "{url}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn cloud_urls_parse_bucket_and_prefix_when_their_feature_is_on() {
+        for (url, feat) in [
+            ("s3://bucket/pre/fix/", "aws"),
+            ("gs://bucket/pre/fix", "gcp"),
+            ("az://bucket/pre/fix", "azure"),
+        ] {
+            match parse(url) {
+                Ok(p) => assert_eq!(p.prefix, "pre/fix"),
+                Err(Error::FeatureDisabled { feature, .. }) => assert_eq!(feature, feat),
+                Err(e) => panic!("{url}: {e}"),
+            }
+        }
+    }
+}
