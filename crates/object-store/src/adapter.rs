@@ -204,6 +204,17 @@ impl ObjectStoreAdapter {
         self
     }
 
+    /// `head` on behalf of `op` (`head` itself, or `delete`, which heads first): its errors
+    /// name `op`.
+    async fn head_for(&self, op: Op, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
+        let path = self.path(key)?;
+        match self.store.head(&path).await {
+            Ok(meta) => Ok(Some(convert_meta(key.clone(), &meta))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(op_error(op, Some(key), e)),
+        }
+    }
+
     /// The object_store path of `key`, or [`Error::InvalidKey`].
     fn path(&self, key: &ObjectKey) -> Result<Path> {
         let s = key.as_str();
@@ -682,14 +693,7 @@ fn file_body(file: File, range: Range<u64>, chunk: usize, key: ObjectKey) -> Byt
 
 impl Store for ObjectStoreAdapter {
     fn head<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Option<ObjectMeta>>> {
-        Box::pin(async move {
-            let path = self.path(key)?;
-            match self.store.head(&path).await {
-                Ok(meta) => Ok(Some(convert_meta(key.clone(), &meta))),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(op_error(Op::Head, Some(key), e)),
-            }
-        })
+        Box::pin(self.head_for(Op::Head, key))
     }
 
     fn get<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Object>> {
@@ -723,7 +727,8 @@ impl Store for ObjectStoreAdapter {
 
     fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            if self.head(key).await?.is_none() {
+            // A failing head is the delete's failure, and named so.
+            if self.head_for(Op::Delete, key).await?.is_none() {
                 return Ok(false);
             }
             let path = self.path(key)?;

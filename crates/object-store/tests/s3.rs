@@ -1,0 +1,168 @@
+//! The store conformance checks of `common` run against `ObjectStoreAdapter` over
+//! `s3://bucket` and `s3://bucket/prefix` on a real S3 server: `s3s-fs` in this process on
+//! loopback (`s3_server`), started and stopped by each test. Wrong credentials give a
+//! permanent error that names the operation and the key.
+
+mod common;
+mod s3_server;
+
+use common::{Holds, Listed, Versions, key, keys, put, read, suite};
+use ferry_engine::store::Store;
+use ferry_engine::{Error, ErrorKind, Op};
+use ferry_object_store::ObjectStoreAdapter;
+use futures_util::StreamExt;
+use s3_server::{ACCESS_KEY, S3Server, SECRET_KEY};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_bucket_conforms() {
+    let server = S3Server::start(&["bucket"]);
+    let store = server.adapter("bucket", "");
+    // The adapter holds a put's body in parts on the client side, as for a file: the bound
+    // on live chunks applies.
+    suite(
+        &store,
+        Holds::Disk,
+        Versions::PerContent,
+        Listed::NoVersions,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_bucket_with_a_prefix_conforms_and_keys_stay_relative() {
+    let server = S3Server::start(&["bucket"]);
+    let store = server.adapter("bucket", "some/prefix");
+    suite(
+        &store,
+        Holds::Disk,
+        Versions::PerContent,
+        Listed::NoVersions,
+    )
+    .await;
+    put(&store, "x/y", b"data").await;
+    assert_eq!(keys(&store, "x/", None).await, ["x/y"]);
+    // The object is in the bucket under the prefix, and only there.
+    let bare = server.adapter("bucket", "");
+    assert_eq!(read(&bare, "some/prefix/x/y").await.unwrap(), b"data");
+    assert_eq!(
+        std::fs::read(server.root().join("bucket/some/prefix/x/y")).unwrap(),
+        b"data"
+    );
+    assert_eq!(keys(&bare, "x/", None).await, Vec::<String>::new());
+}
+
+/// `err` and its sources, as a person reading a log sees them.
+fn chain(err: &Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Checks `err` is a permanent failure of `op` whose message names `key` (when the
+/// operation has one), and whose causes say the server refused it (HTTP 403) for the
+/// bucket's URL.
+fn assert_permanent(err: &Error, op: Op, key: Option<&str>) {
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err} ({err:?})");
+    assert!(
+        matches!(err, Error::Permanent { op: o, .. } if *o == op),
+        "not a permanent {op:?}: {err:?}"
+    );
+    let message = err.to_string();
+    assert!(message.contains(&op.to_string()), "{message:?} names {op}");
+    if let Some(key) = key {
+        assert!(message.contains(key), "{message:?} names {key:?}");
+    }
+    let chain = chain(err);
+    assert!(chain.contains("403"), "{chain:?} gives the status");
+    assert!(chain.contains("/bucket"), "{chain:?} names the bucket");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_a_clear_permanent_error() {
+    let server = S3Server::start(&["bucket"]);
+    put(&server.adapter("bucket", "p"), "there", b"x").await;
+    for (access, secret) in [
+        (ACCESS_KEY, "not-the-secret"),
+        ("not-the-access-key", SECRET_KEY),
+    ] {
+        let store = server.adapter_with("bucket", "p", access, secret);
+        let err = store
+            .put(
+                &key("a/k"),
+                ferry_engine::store::body_from_bytes(bytes::Bytes::from_static(b"data"), 2),
+            )
+            .await
+            .unwrap_err();
+        assert_permanent(&err, Op::Put, Some("a/k"));
+        let err = store.get(&key("there")).await.map(|_| ()).unwrap_err();
+        assert_permanent(&err, Op::Get, Some("there"));
+        let err = store.head(&key("there")).await.unwrap_err();
+        assert_permanent(&err, Op::Head, Some("there"));
+        let err = store.delete(&key("there")).await.unwrap_err();
+        assert_permanent(&err, Op::Delete, Some("there"));
+        let mut listing = store.list("", None);
+        let err = listing.next().await.unwrap().unwrap_err();
+        assert_permanent(&err, Op::List, None);
+        if access == ACCESS_KEY {
+            // What a person sees (`--nocapture`).
+            println!("{}", chain(&err));
+        }
+    }
+    // Nothing was written or deleted.
+    let store = server.adapter("bucket", "p");
+    assert_eq!(keys(&store, "", None).await, ["there"]);
+}
+
+/// Set in the child process of `s3_url_is_configured_from_the_environment`.
+const CHILD: &str = "FERRY_OBJECT_STORE_S3_ENV_CHILD";
+
+/// `from_url("s3://…")` as a user runs it: configured by `AWS_*` variables only. The test
+/// runs itself again as a child process with them set (a test cannot set its own
+/// environment safely), against the server started here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_url_is_configured_from_the_environment() {
+    if std::env::var_os(CHILD).is_some() {
+        let store = ObjectStoreAdapter::from_url("s3://bucket/from/env").unwrap();
+        put(&store, "k", b"through the environment").await;
+        assert_eq!(keys(&store, "", None).await, ["k"]);
+        return;
+    }
+    let server = S3Server::start(&["bucket"]);
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child.args([
+        "--exact",
+        "s3_url_is_configured_from_the_environment",
+        "--test-threads=1",
+    ]);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AWS_") {
+            child.env_remove(name);
+        }
+    }
+    let output = child
+        .env(CHILD, "1")
+        .env("AWS_ENDPOINT", server.endpoint())
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_REGION", s3_server::REGION)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the child test failed: {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bare = server.adapter("bucket", "");
+    assert_eq!(
+        read(&bare, "from/env/k").await.unwrap(),
+        b"through the environment"
+    );
+}

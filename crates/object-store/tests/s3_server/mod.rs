@@ -1,0 +1,148 @@
+//! The tests' S3 server: `s3s-fs` serving a temp dir over HTTP on `127.0.0.1:<free port>`, in
+//! this process, with fixed credentials. [`S3Server::start`] starts it on a thread of its own
+//! (with its own Tokio runtime, so it does not depend on the test's runtime); dropping the
+//! [`S3Server`] stops it, waits for its thread and removes the directory.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use ferry_object_store::object_store::ObjectStore;
+use ferry_object_store::object_store::aws::AmazonS3Builder;
+use ferry_object_store::object_store::prefix::PrefixStore;
+use ferry_object_store::{Listing, ObjectStoreAdapter};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+use tokio::sync::oneshot;
+
+/// The access key id the server accepts.
+pub(crate) const ACCESS_KEY: &str = "ferry-test-access-key";
+/// The secret access key the server accepts.
+pub(crate) const SECRET_KEY: &str = "ferry-test-secret-key";
+/// The region the client signs for (the server checks signatures with whatever region the
+/// request names).
+pub(crate) const REGION: &str = "us-east-1";
+
+/// A running server; stopped when dropped.
+pub(crate) struct S3Server {
+    endpoint: String,
+    root: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl S3Server {
+    /// Starts a server whose buckets are `buckets` (empty), listening on a free loopback port.
+    pub(crate) fn start(buckets: &[&str]) -> S3Server {
+        let root = tempfile::tempdir().unwrap();
+        for bucket in buckets {
+            std::fs::create_dir(root.path().join(bucket)).unwrap();
+        }
+        let service = {
+            let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
+            let mut builder = S3ServiceBuilder::new(fs);
+            builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+            builder.build()
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let (shutdown, mut stop) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("s3-server".to_owned())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    let http = ConnBuilder::new(TokioExecutor::new());
+                    let mut connections = tokio::task::JoinSet::new();
+                    loop {
+                        tokio::select! {
+                            _ = &mut stop => break,
+                            accepted = listener.accept() => {
+                                let Ok((socket, _)) = accepted else { continue };
+                                let connection = http
+                                    .serve_connection(TokioIo::new(socket), service.clone())
+                                    .into_owned();
+                                connections.spawn(async move {
+                                    let _ = connection.await;
+                                });
+                            }
+                        }
+                    }
+                    connections.abort_all();
+                });
+            })
+            .unwrap();
+        S3Server {
+            endpoint,
+            root,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The directory served: a bucket is a directory in it, an object a file.
+    pub(crate) fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// An object_store S3 client for `bucket` on this server, path-style, over plain HTTP,
+    /// with the given credentials. Read from nothing in the environment.
+    pub(crate) fn s3(&self, bucket: &str, access_key: &str, secret_key: &str) -> AmazonS3Builder {
+        AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true)
+            .with_virtual_hosted_style_request(false)
+            .with_region(REGION)
+            .with_bucket_name(bucket)
+            .with_access_key_id(access_key)
+            .with_secret_access_key(secret_key)
+    }
+
+    /// The adapter over `s3://bucket/prefix` on this server (`prefix` may be empty), with the
+    /// server's credentials.
+    pub(crate) fn adapter(&self, bucket: &str, prefix: &str) -> ObjectStoreAdapter {
+        self.adapter_with(bucket, prefix, ACCESS_KEY, SECRET_KEY)
+    }
+
+    /// The adapter over `s3://bucket/prefix` on this server, with the given credentials.
+    pub(crate) fn adapter_with(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        access_key: &str,
+        secret_key: &str,
+    ) -> ObjectStoreAdapter {
+        let s3: Arc<dyn ObjectStore> =
+            Arc::new(self.s3(bucket, access_key, secret_key).build().unwrap());
+        let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            s3
+        } else {
+            Arc::new(PrefixStore::new(s3, prefix))
+        };
+        ObjectStoreAdapter::new(store, Listing::Sorted)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            // A server thread that panicked has already failed the test that used it.
+            let _ = thread.join();
+        }
+    }
+}
