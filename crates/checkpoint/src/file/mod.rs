@@ -348,8 +348,9 @@ impl Inner {
     /// Writes `bytes` as generation `generation` into its slot and returns once it is durable.
     ///
     /// `other_slot_valid` says whether the other slot holds the previous generation, whole
-    /// and durable: then the file is fsynced after the rename (see "Saving" on [`FileStore`]),
-    /// else before it. A failed fsync poisons the store.
+    /// and durable: then the file is made durable after the rename (see "Saving" on
+    /// [`FileStore`]), else before it too. The barrier is the store's [`FileSync`]; a failed
+    /// one poisons the store.
     fn write_generation(
         &self,
         job: &JobId,
@@ -362,46 +363,40 @@ impl Inner {
             let _ = self.io.remove(&tmp);
             return Err(Error::io("write", tmp, e));
         }
-        if self.sync == FileSync::Syncfs {
-            return self.write_generation_syncfs(job, generation, &tmp, other_slot_valid);
-        }
-        if !other_slot_valid && let Err(e) = self.io.sync_file(&tmp) {
-            self.poison("fsync", &tmp, &e);
-            let _ = self.io.remove(&tmp);
-            return Err(Error::io("fsync", tmp, e));
+        if !other_slot_valid {
+            // No previous generation to fall back to: the bytes are durable before the name.
+            let synced = match self.sync {
+                FileSync::Fsync => self.sync_file(&tmp),
+                FileSync::Syncfs => self.sync_fs(),
+            };
+            if let Err(e) = synced {
+                let _ = self.io.remove(&tmp);
+                return Err(e);
+            }
         }
         let slot = self.slot(job, generation);
         if let Err(e) = self.io.rename(&tmp, &slot) {
             let _ = self.io.remove(&tmp);
             return Err(Error::io("rename", tmp, e));
         }
-        if other_slot_valid && let Err(e) = self.io.sync_file(&slot) {
-            self.poison("fsync", &slot, &e);
-            return Err(Error::io("fsync", slot, e));
+        match self.sync {
+            // One `syncfs` makes the bytes and the rename durable.
+            FileSync::Syncfs => self.sync_fs(),
+            FileSync::Fsync => {
+                if other_slot_valid {
+                    self.sync_file(&slot)?;
+                }
+                self.sync_dir()
+            }
         }
-        self.sync_dir()
     }
 
-    /// [`write_generation`](Self::write_generation) with [`FileSync::Syncfs`], after the
-    /// temp file is written: the same order, one `syncfs` in place of the file's and the
-    /// directory's fsyncs.
-    fn write_generation_syncfs(
-        &self,
-        job: &JobId,
-        generation: u64,
-        tmp: &Path,
-        other_slot_valid: bool,
-    ) -> Result<()> {
-        if !other_slot_valid && let Err(e) = self.sync_fs() {
-            let _ = self.io.remove(tmp);
-            return Err(e);
-        }
-        let slot = self.slot(job, generation);
-        if let Err(e) = self.io.rename(tmp, &slot) {
-            let _ = self.io.remove(tmp);
-            return Err(Error::io("rename", tmp, e));
-        }
-        self.sync_fs()
+    /// fsyncs the file at `path`; a failure poisons the store.
+    fn sync_file(&self, path: &Path) -> Result<()> {
+        self.io.sync_file(path).map_err(|e| {
+            self.poison("fsync", path, &e);
+            Error::io("fsync", path, e)
+        })
     }
 
     fn sync_fs(&self) -> Result<()> {
