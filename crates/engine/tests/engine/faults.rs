@@ -145,15 +145,14 @@ impl Row {
 /// The source holding `N` objects and an empty target, reporting checksums or not.
 fn stores(reported: bool) -> (MemStore, MemStore) {
     let (source, target) = (MemStore::with_chunk_size(16), MemStore::new());
-    let (source, target) = if reported {
-        (source, target)
+    if reported {
+        (fill(source, N), target)
     } else {
-        (source.without_checksums(), target.without_checksums())
-    };
-    for i in 0..N {
-        source.insert(key(i), content(i));
+        (
+            fill(source.without_checksums(), N),
+            target.without_checksums(),
+        )
     }
-    (source, target)
 }
 
 use Expect::*;

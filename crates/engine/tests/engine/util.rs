@@ -26,7 +26,11 @@ pub(crate) fn content(i: usize) -> Vec<u8> {
 
 /// A source with `n` small objects.
 pub(crate) fn filled(n: usize) -> MemStore {
-    let store = MemStore::with_chunk_size(16);
+    fill(MemStore::with_chunk_size(16), n)
+}
+
+/// `store` with `n` small objects added.
+pub(crate) fn fill(store: MemStore, n: usize) -> MemStore {
     for i in 0..n {
         store.insert(key(i), content(i));
     }
