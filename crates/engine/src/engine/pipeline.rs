@@ -270,6 +270,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
     let mut list_attempts = 0u32;
     let mut set: JoinSet<Outcome> = JoinSet::new();
     let mut pending: Vec<Outcome> = Vec::new();
+    let mut syncing: Option<Syncing<'_>> = None;
     let mut order = Order::default();
     let mut exhausted = false;
     let mut paused_rx = shared.paused.subscribe();
@@ -287,7 +288,8 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
         let stopping = shared.is_cancelled() || fatal.is_some();
         if paused && !was_paused && !stopping {
             // Pause: save what is finished, then say so.
-            if let Err(err) = commit(ctx, checkpointer, &mut pending, &mut order, &mut set).await {
+            let all = (&mut syncing, &mut pending, &mut order, &mut set);
+            if let Err(err) = commit_all(ctx, checkpointer, all.0, all.1, all.2, all.3).await {
                 fatal = Some(err);
                 shared.cancelled.send_replace(true);
                 continue;
@@ -355,7 +357,8 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
         if set.is_empty() && ((exhausted && !paused) || stopping) {
             // Flip what is verified; a refused flip (copied again) or a grace period keeps
             // the job going.
-            if let Err(err) = commit(ctx, checkpointer, &mut pending, &mut order, &mut set).await {
+            let all = (&mut syncing, &mut pending, &mut order, &mut set);
+            if let Err(err) = commit_all(ctx, checkpointer, all.0, all.1, all.2, all.3).await {
                 fatal.get_or_insert(err);
                 shared.cancelled.send_replace(true);
             }
@@ -380,14 +383,36 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
                     }
                 }
                 if pending.len() as u64 >= interval.objects
-                    && let Err(err) = commit(ctx, checkpointer, &mut pending, &mut order, &mut set).await
+                    && let Err(err) = start_commit(ctx, checkpointer, &mut syncing, &mut pending, &mut order, &mut set).await
                 {
                     fatal.get_or_insert(err);
                     shared.cancelled.send_replace(true);
                 }
             }
+            synced = async {
+                match syncing.as_mut() {
+                    Some(under_way) => under_way.sync.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Some(Syncing { batch, .. }) = syncing.take() else {
+                    unreachable!("only a sync under way completes");
+                };
+                let mut committed = match synced {
+                    Ok(()) => commit_synced(ctx, checkpointer, batch, &mut order, &mut set).await,
+                    Err(err) => Err(err),
+                };
+                // What finished meanwhile may be a batch already.
+                if committed.is_ok() && pending.len() as u64 >= interval.objects {
+                    committed = start_commit(ctx, checkpointer, &mut syncing, &mut pending, &mut order, &mut set).await;
+                }
+                if let Err(err) = committed {
+                    fatal.get_or_insert(err);
+                    shared.cancelled.send_replace(true);
+                }
+            }
             _ = ticker.tick() => {
-                if let Err(err) = commit(ctx, checkpointer, &mut pending, &mut order, &mut set).await {
+                if let Err(err) = start_commit(ctx, checkpointer, &mut syncing, &mut pending, &mut order, &mut set).await {
                     fatal.get_or_insert(err);
                     shared.cancelled.send_replace(true);
                 }
@@ -433,16 +458,88 @@ async fn commit(
         return Ok(());
     }
     let batch = std::mem::take(pending);
-    if batch.iter().any(|o| {
+    if needs_sync(&batch) {
+        sync_target(ctx).await?;
+    }
+    commit_synced(ctx, checkpointer, batch, order, set).await
+}
+
+/// Starts committing `pending`, unless a commit is under way (its end starts the next one):
+/// a batch that needs the target synced is left in `syncing` while its sync runs; any other
+/// batch is committed at once.
+async fn start_commit<'a>(
+    ctx: &'a Arc<JobCtx>,
+    checkpointer: &Checkpointer,
+    syncing: &mut Option<Syncing<'a>>,
+    pending: &mut Vec<Outcome>,
+    order: &mut Order,
+    set: &mut JoinSet<Outcome>,
+) -> Result<()> {
+    if syncing.is_some() || pending.is_empty() {
+        return Ok(());
+    }
+    let batch = std::mem::take(pending);
+    if needs_sync(&batch) {
+        *syncing = Some(Syncing {
+            batch,
+            sync: Box::pin(sync_target(ctx)),
+        });
+        return Ok(());
+    }
+    commit_synced(ctx, checkpointer, batch, order, set).await
+}
+
+/// Whether committing `batch` needs the target synced first: it holds copies to flip, or
+/// flips made whose cleanups follow.
+fn needs_sync(batch: &[Outcome]) -> bool {
+    batch.iter().any(|o| {
         matches!(
             o,
             Outcome::Done { .. } | Outcome::Forwarded { .. } | Outcome::Verified { .. }
         )
-    }) {
-        with_retry(ctx, "sync", || ctx.target.sync())
-            .await
-            .map_err(|(_, err)| err)?;
+    })
+}
+
+/// The target's sync barrier, retried per the plan.
+async fn sync_target(ctx: &JobCtx) -> Result<()> {
+    with_retry(ctx, "sync", || ctx.target.sync())
+        .await
+        .map_err(|(_, err)| err)
+}
+
+/// A batch whose target sync is under way while the pipeline goes on copying: the sync
+/// waits for the disk, and the objects after the batch need not wait for it.
+struct Syncing<'a> {
+    batch: Vec<Outcome>,
+    sync: std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>,
+}
+
+/// Commits everything finished: the batch whose sync is under way, then `pending`, in
+/// that order (the watermark moves in dispatch order).
+async fn commit_all(
+    ctx: &Arc<JobCtx>,
+    checkpointer: &Checkpointer,
+    syncing: &mut Option<Syncing<'_>>,
+    pending: &mut Vec<Outcome>,
+    order: &mut Order,
+    set: &mut JoinSet<Outcome>,
+) -> Result<()> {
+    if let Some(Syncing { batch, sync }) = syncing.take() {
+        sync.await?;
+        commit_synced(ctx, checkpointer, batch, order, set).await?;
     }
+    commit(ctx, checkpointer, pending, order, set).await
+}
+
+/// The commit of a batch whose copies the target has made durable: the flips, the cleanups
+/// that follow them, and the records of what finished.
+async fn commit_synced(
+    ctx: &Arc<JobCtx>,
+    checkpointer: &Checkpointer,
+    batch: Vec<Outcome>,
+    order: &mut Order,
+    set: &mut JoinSet<Outcome>,
+) -> Result<()> {
     let (verified, mut batch): (Vec<Outcome>, Vec<Outcome>) = batch
         .into_iter()
         .partition(|o| matches!(o, Outcome::Verified { .. }));

@@ -5,10 +5,14 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use ferry_engine::Op;
-use ferry_engine::store::{FaultyStore, MemStore};
+use ferry_engine::Result as StoreResult;
+use ferry_engine::store::{BoxFuture, BoxStream, FaultyStore, MemStore, MetaStream, Object, Store};
 use ferry_forwarding::Table;
-use ferry_types::{CheckpointInterval, CleanupPolicy, JobStatus, ObjectSelection};
+use ferry_types::{
+    CheckpointInterval, CleanupPolicy, JobStatus, ObjectKey, ObjectMeta, ObjectSelection,
+};
 
 use crate::util::*;
 
@@ -72,4 +76,112 @@ async fn i1_a_failed_commit_sync_deletes_no_source() {
         N,
         "no source deleted without a completed sync"
     );
+}
+
+/// A store whose `sync` waits until the test opens its gate, and that counts its puts.
+#[derive(Debug)]
+struct GatedSync {
+    inner: MemStore,
+    open: tokio::sync::watch::Sender<bool>,
+    syncs: tokio::sync::watch::Sender<u64>,
+    puts: tokio::sync::watch::Sender<u64>,
+}
+
+impl GatedSync {
+    fn new(inner: MemStore) -> GatedSync {
+        GatedSync {
+            inner,
+            open: tokio::sync::watch::Sender::new(false),
+            syncs: tokio::sync::watch::Sender::new(0),
+            puts: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl Store for GatedSync {
+    fn head<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, StoreResult<Option<ObjectMeta>>> {
+        self.inner.head(key)
+    }
+
+    fn get<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, StoreResult<Object>> {
+        self.inner.get(key)
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        body: BoxStream<'a, StoreResult<Bytes>>,
+    ) -> BoxFuture<'a, StoreResult<ObjectMeta>> {
+        Box::pin(async move {
+            let meta = self.inner.put(key, body).await?;
+            self.puts.send_modify(|n| *n += 1);
+            Ok(meta)
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, StoreResult<bool>> {
+        self.inner.delete(key)
+    }
+
+    fn list(&self, prefix: &str, start_after: Option<&ObjectKey>) -> MetaStream {
+        self.inner.list(prefix, start_after)
+    }
+
+    fn sync(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            self.syncs.send_modify(|n| *n += 1);
+            let mut open = self.open.subscribe();
+            let _ = open.wait_for(|open| *open).await;
+            self.inner.sync().await
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn copies_go_on_while_a_commit_waits_for_its_target_sync() {
+    const N: usize = 200;
+    const INTERVAL: u64 = 20;
+    let source = filled(N);
+    let target = Arc::new(GatedSync::new(MemStore::new()));
+    let table = Table::default();
+    let engine = engine(
+        Arc::new(source.clone()),
+        Arc::clone(&target) as Arc<dyn Store>,
+        &table,
+        mem_checkpoints(),
+    );
+    let plan = plan("sync-overlap", ObjectSelection::all())
+        .with_concurrency(NonZeroUsize::new(4).unwrap())
+        .with_cleanup(CleanupPolicy::AfterVerify)
+        .with_checkpoint(CheckpointInterval {
+            objects: INTERVAL,
+            every: Duration::from_secs(3600),
+        });
+    let job = engine.start(plan).await.unwrap();
+    let _ = target.syncs.subscribe().wait_for(|n| *n >= 1).await;
+    let at_sync = *target.puts.borrow();
+    // The first commit's sync is held. Copies must go on meanwhile: if the pipeline waited
+    // for the sync, the runtime would go idle and the paused clock would end this wait.
+    let mut puts = target.puts.subscribe();
+    let copied_on = tokio::time::timeout(Duration::from_secs(600), async {
+        puts.wait_for(|n| *n >= at_sync + 3 * INTERVAL)
+            .await
+            .map(|_| ())
+    })
+    .await;
+    assert!(
+        copied_on.is_ok(),
+        "copies stalled behind the commit's sync at {at_sync} puts"
+    );
+    // One sync at a time, and no source deleted before a sync completed (I1).
+    assert_eq!(*target.syncs.borrow(), 1);
+    assert_eq!(source.len(), N);
+    target.open.send_replace(true);
+    let snap = job.wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed);
+    assert_eq!(snap.done_objects, N as u64);
+    assert!(source.is_empty());
+    for i in 0..N {
+        assert_eq!(target.inner.bytes(key(i).as_str()).unwrap(), content(i));
+    }
 }
