@@ -47,6 +47,7 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(cli.verbose, cli.quiet_logs());
+    raise_malloc_thresholds();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -88,4 +89,18 @@ fn init_tracing(verbose: u8, quiet: bool) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// Lets glibc's allocator keep freed memory for reuse instead of handing it back at once.
+///
+/// A copy allocates and frees a buffer per chunk read on many threads. With glibc's initial
+/// thresholds (128 KiB), each thread's arena gives its free top back to the kernel after
+/// about every other 64 KiB buffer, and the next buffer faults its pages in again: 10 page
+/// faults per small file, about 10% of the CPU a tree of 64 KiB files costs (docs/benchmarks.md).
+/// glibc raises both thresholds when a block it mapped on its own is freed (mallopt(3),
+/// "dynamic mmap threshold"): freeing one 4 MiB block sets them to 4 MiB and 8 MiB. Other
+/// allocators ignore this; it costs one allocation.
+fn raise_malloc_thresholds() {
+    let block = std::hint::black_box(vec![0u8; 4 << 20]);
+    drop(block);
 }
