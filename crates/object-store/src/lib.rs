@@ -30,6 +30,8 @@
 //! - `aws`: `s3://bucket/prefix`, configured from the `AWS_*` environment variables.
 //! - `gcp`: `gs://bucket/prefix`, configured from the `GOOGLE_*` environment variables.
 //! - `azure`: `az://container/prefix`, configured from the `AZURE_*` environment variables.
+//! - `test-server`: [`test_server::S3Server`], an S3 server in this process on loopback for
+//!   tests (implies `aws`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(
@@ -44,6 +46,8 @@
 
 mod adapter;
 mod error;
+#[cfg(feature = "test-server")]
+pub mod test_server;
 mod url;
 
 pub use crate::adapter::{

@@ -1,22 +1,21 @@
 //! The store conformance checks of `common` run against `ObjectStoreAdapter` over
 //! `s3://bucket` and `s3://bucket/prefix` on a real S3 server: `s3s-fs` in this process on
-//! loopback (`s3_server`), started and stopped by each test. Wrong credentials give a
+//! loopback (`ferry_object_store::test_server`), started and stopped by each test. Wrong credentials give a
 //! permanent error that names the operation and the key.
 
 mod common;
-mod s3_server;
 
 use common::{Holds, Listed, Versions, key, keys, put, read, suite};
 use ferry_engine::store::Store;
 use ferry_engine::{Error, ErrorKind, Op};
 use ferry_object_store::ObjectStoreAdapter;
+use ferry_object_store::test_server::{self as s3_server, ACCESS_KEY, S3Server, SECRET_KEY};
 use futures_util::StreamExt;
-use s3_server::{ACCESS_KEY, S3Server, SECRET_KEY};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_bucket_conforms() {
-    let server = S3Server::start(&["bucket"]);
-    let store = server.adapter("bucket", "");
+    let server = S3Server::start(&["bucket"]).unwrap();
+    let store = server.adapter("bucket", "").unwrap();
     // The adapter holds a put's body in parts on the client side, as for a file: the bound
     // on live chunks applies.
     suite(
@@ -30,8 +29,8 @@ async fn s3_bucket_conforms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_bucket_with_a_prefix_conforms_and_keys_stay_relative() {
-    let server = S3Server::start(&["bucket"]);
-    let store = server.adapter("bucket", "some/prefix");
+    let server = S3Server::start(&["bucket"]).unwrap();
+    let store = server.adapter("bucket", "some/prefix").unwrap();
     suite(
         &store,
         Holds::Disk,
@@ -42,7 +41,7 @@ async fn s3_bucket_with_a_prefix_conforms_and_keys_stay_relative() {
     put(&store, "x/y", b"data").await;
     assert_eq!(keys(&store, "x/", None).await, ["x/y"]);
     // The object is in the bucket under the prefix, and only there.
-    let bare = server.adapter("bucket", "");
+    let bare = server.adapter("bucket", "").unwrap();
     assert_eq!(read(&bare, "some/prefix/x/y").await.unwrap(), b"data");
     assert_eq!(
         std::fs::read(server.root().join("bucket/some/prefix/x/y")).unwrap(),
@@ -84,13 +83,13 @@ fn assert_permanent(err: &Error, op: Op, key: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_are_a_clear_permanent_error() {
-    let server = S3Server::start(&["bucket"]);
-    put(&server.adapter("bucket", "p"), "there", b"x").await;
+    let server = S3Server::start(&["bucket"]).unwrap();
+    put(&server.adapter("bucket", "p").unwrap(), "there", b"x").await;
     for (access, secret) in [
         (ACCESS_KEY, "not-the-secret"),
         ("not-the-access-key", SECRET_KEY),
     ] {
-        let store = server.adapter_with("bucket", "p", access, secret);
+        let store = server.adapter_with("bucket", "p", access, secret).unwrap();
         let err = store
             .put(
                 &key("a/k"),
@@ -114,7 +113,7 @@ async fn wrong_credentials_are_a_clear_permanent_error() {
         }
     }
     // Nothing was written or deleted.
-    let store = server.adapter("bucket", "p");
+    let store = server.adapter("bucket", "p").unwrap();
     assert_eq!(keys(&store, "", None).await, ["there"]);
 }
 
@@ -132,7 +131,7 @@ async fn s3_url_is_configured_from_the_environment() {
         assert_eq!(keys(&store, "", None).await, ["k"]);
         return;
     }
-    let server = S3Server::start(&["bucket"]);
+    let server = S3Server::start(&["bucket"]).unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap());
     child.args([
         "--exact",
@@ -160,7 +159,7 @@ async fn s3_url_is_configured_from_the_environment() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let bare = server.adapter("bucket", "");
+    let bare = server.adapter("bucket", "").unwrap();
     assert_eq!(
         read(&bare, "from/env/k").await.unwrap(),
         b"through the environment"

@@ -1,32 +1,37 @@
-//! The tests' S3 server: `s3s-fs` serving a temp dir over HTTP on `127.0.0.1:<free port>`, in
-//! this process, with fixed credentials. [`S3Server::start`] starts it on a thread of its own
-//! (with its own Tokio runtime, so it does not depend on the test's runtime); dropping the
-//! [`S3Server`] stops it, waits for its thread and removes the directory.
+//! An S3 server for tests (feature `test-server`): `s3s-fs` serving a temp dir over HTTP on
+//! `127.0.0.1:<free port>`, in this process, with fixed credentials, so that tests of S3 code
+//! need nothing installed. [`S3Server::start`] starts it on a thread of its own (with its own
+//! Tokio runtime, so it does not depend on the caller's runtime); dropping the [`S3Server`]
+//! stops it, waits for its thread and removes the directory.
+//!
+//! Used by this crate's tests and by the `ferry` command's end-to-end tests, which point the
+//! binary at it through [`S3Server::env`].
 
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use ferry_object_store::object_store::ObjectStore;
-use ferry_object_store::object_store::aws::AmazonS3Builder;
-use ferry_object_store::object_store::prefix::PrefixStore;
-use ferry_object_store::{Listing, ObjectStoreAdapter};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::prefix::PrefixStore;
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use tokio::sync::oneshot;
 
+use crate::{Listing, ObjectStoreAdapter};
+
 /// The access key id the server accepts.
-pub(crate) const ACCESS_KEY: &str = "ferry-test-access-key";
+pub const ACCESS_KEY: &str = "ferry-test-access-key";
 /// The secret access key the server accepts.
-pub(crate) const SECRET_KEY: &str = "ferry-test-secret-key";
+pub const SECRET_KEY: &str = "ferry-test-secret-key";
 /// The region the client signs for (the server checks signatures with whatever region the
 /// request names).
-pub(crate) const REGION: &str = "us-east-1";
+pub const REGION: &str = "us-east-1";
 
 /// A running server; stopped when dropped.
-pub(crate) struct S3Server {
+pub struct S3Server {
     endpoint: String,
     root: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
@@ -35,30 +40,38 @@ pub(crate) struct S3Server {
 
 impl S3Server {
     /// Starts a server whose buckets are `buckets` (empty), listening on a free loopback port.
-    pub(crate) fn start(buckets: &[&str]) -> S3Server {
-        let root = tempfile::tempdir().unwrap();
+    ///
+    /// # Errors
+    /// When the temp dir, the socket or the server thread cannot be made.
+    pub fn start(buckets: &[&str]) -> std::io::Result<S3Server> {
+        let root = tempfile::tempdir()?;
         for bucket in buckets {
-            std::fs::create_dir(root.path().join(bucket)).unwrap();
+            std::fs::create_dir(root.path().join(bucket))?;
         }
         let service = {
-            let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
+            let fs = s3s_fs::FileSystem::new(root.path())
+                .map_err(|e| std::io::Error::other(format!("s3s-fs: {e:?}")))?;
             let mut builder = S3ServiceBuilder::new(fs);
             builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
             builder.build()
         };
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
         let (shutdown, mut stop) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("s3-server".to_owned())
             .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .unwrap();
+                else {
+                    return; // the server is gone: the caller's first request fails
+                };
                 runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                        return;
+                    };
                     let http = ConnBuilder::new(TokioExecutor::new());
                     let mut connections = tokio::task::JoinSet::new();
                     loop {
@@ -77,29 +90,41 @@ impl S3Server {
                     }
                     connections.abort_all();
                 });
-            })
-            .unwrap();
-        S3Server {
+            })?;
+        Ok(S3Server {
             endpoint,
             root,
             shutdown: Some(shutdown),
             thread: Some(thread),
-        }
+        })
+    }
+
+    /// The environment variables that point object_store's `from_env` S3 builder (and so
+    /// `s3://` URLs, in this process or a child) at this server with its credentials.
+    pub fn env(&self) -> [(&'static str, String); 6] {
+        [
+            ("AWS_ENDPOINT", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_owned()),
+            ("AWS_REGION", REGION.to_owned()),
+            ("AWS_ALLOW_HTTP", "true".to_owned()),
+            ("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "false".to_owned()),
+        ]
     }
 
     /// `http://127.0.0.1:<port>`.
-    pub(crate) fn endpoint(&self) -> &str {
+    pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
 
     /// The directory served: a bucket is a directory in it, an object a file.
-    pub(crate) fn root(&self) -> &Path {
+    pub fn root(&self) -> &Path {
         self.root.path()
     }
 
     /// An object_store S3 client for `bucket` on this server, path-style, over plain HTTP,
     /// with the given credentials. Read from nothing in the environment.
-    pub(crate) fn s3(&self, bucket: &str, access_key: &str, secret_key: &str) -> AmazonS3Builder {
+    pub fn s3(&self, bucket: &str, access_key: &str, secret_key: &str) -> AmazonS3Builder {
         AmazonS3Builder::new()
             .with_endpoint(&self.endpoint)
             .with_allow_http(true)
@@ -112,26 +137,31 @@ impl S3Server {
 
     /// The adapter over `s3://bucket/prefix` on this server (`prefix` may be empty), with the
     /// server's credentials.
-    pub(crate) fn adapter(&self, bucket: &str, prefix: &str) -> ObjectStoreAdapter {
+    ///
+    /// # Errors
+    /// When object_store refuses the configuration.
+    pub fn adapter(&self, bucket: &str, prefix: &str) -> object_store::Result<ObjectStoreAdapter> {
         self.adapter_with(bucket, prefix, ACCESS_KEY, SECRET_KEY)
     }
 
     /// The adapter over `s3://bucket/prefix` on this server, with the given credentials.
-    pub(crate) fn adapter_with(
+    ///
+    /// # Errors
+    /// When object_store refuses the configuration.
+    pub fn adapter_with(
         &self,
         bucket: &str,
         prefix: &str,
         access_key: &str,
         secret_key: &str,
-    ) -> ObjectStoreAdapter {
-        let s3: Arc<dyn ObjectStore> =
-            Arc::new(self.s3(bucket, access_key, secret_key).build().unwrap());
+    ) -> object_store::Result<ObjectStoreAdapter> {
+        let s3: Arc<dyn ObjectStore> = Arc::new(self.s3(bucket, access_key, secret_key).build()?);
         let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
             s3
         } else {
             Arc::new(PrefixStore::new(s3, prefix))
         };
-        ObjectStoreAdapter::new(store, Listing::Sorted)
+        Ok(ObjectStoreAdapter::new(store, Listing::Sorted))
     }
 }
 
