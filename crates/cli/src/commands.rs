@@ -17,6 +17,7 @@ use crate::cli::{
 };
 use crate::control::{self, Reply};
 use crate::error::{EXIT_ERROR, EXIT_OK, Explain, fail, usage};
+use crate::location::Location;
 use crate::progress::{Display, Totals, size};
 use crate::run::{self, RunCtx, Signals, explain_engine, open_engine, record_json};
 use crate::scan::{self, Scan};
@@ -82,18 +83,19 @@ async fn migrate(state: &State, args: MigrateArgs) -> Result<u8> {
         ));
     }
     let display = Display::new(args.output);
-    let found = scan::scan(&ends.source, &args.select.prefix)?;
+    let found = scan::survey(&ends.source, &args.select.prefix).await?;
     report_skipped(&display, &found);
-    if !ends.target_exists {
-        std::fs::create_dir_all(&ends.target).explain(|| {
-            (
-                format!(
-                    "cannot create the destination directory {}",
-                    ends.target.display()
-                ),
-                "check the permissions of its parent directory".to_owned(),
-            )
-        })?;
+    match &ends.target {
+        Location::Local(dir) if !ends.target_exists => {
+            std::fs::create_dir_all(dir).explain(|| {
+                (
+                    format!("cannot create the destination directory {}", dir.display()),
+                    "check the permissions of its parent directory".to_owned(),
+                )
+            })?;
+        }
+        Location::Local(_) => {}
+        bucket => scan::probe_bucket("destination", bucket).await?,
     }
     let mut meta = JobMeta::new(
         &id,
@@ -166,7 +168,7 @@ async fn resume(state: &State, args: ResumeArgs) -> Result<u8> {
         return Ok(EXIT_OK);
     }
     let display = Display::new(args.output);
-    let found = scan::scan(&meta.source, prefix_of(&loaded.record.plan))?;
+    let found = scan::survey(&meta.source, prefix_of(&loaded.record.plan)).await?;
     report_skipped(&display, &found);
     let plan = loaded.record.plan.clone().with_id(id.clone());
     let handle = engine
@@ -577,8 +579,7 @@ async fn cancel(state: &State, args: IdArg) -> Result<u8> {
     } else {
         println!(
             "ferry: job {id} cancelled ({} objects had moved; they stay in {})",
-            progress.done_objects,
-            meta.target.display()
+            progress.done_objects, meta.target
         );
     }
     Ok(EXIT_OK)
@@ -627,7 +628,7 @@ async fn forget(state: &State, args: IdArg) -> Result<u8> {
 
 async fn plan(state: &State, args: PlanArgs) -> Result<u8> {
     let ends = scan::endpoints(&args.source, &args.target, state.root())?;
-    let found = scan::scan(&ends.source, &args.select.prefix)?;
+    let found = scan::survey(&ends.source, &args.select.prefix).await?;
     let secs = match args.select.rate {
         Rate::Unlimited => None,
         rate => rate
@@ -660,8 +661,8 @@ async fn plan(state: &State, args: PlanArgs) -> Result<u8> {
         found.objects,
         size(found.bytes),
         size(found.largest),
-        ends.source.display(),
-        ends.target.display(),
+        ends.source,
+        ends.target,
         if ends.target_exists { "" } else { " (created)" }
     );
     match secs {

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use ferry::checkpoint::{CheckpointStore, Failure};
-use ferry::engine::store::DirStore;
+use ferry::engine::store::{DirStore, Store};
 use ferry::types::{JobId, JobSnapshot, JobStatus, NodeId, ObjectKey, format_duration};
 use ferry::{Engine, JobHandle};
+use ferry_object_store::ObjectStoreAdapter;
 use serde_json::json;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
@@ -18,6 +19,7 @@ use crate::error::{
     CliError, EXIT_ERROR, EXIT_FAILED_OBJECTS, EXIT_INTERRUPTED, EXIT_OK, Explain, fail,
     is_disk_full, is_permission,
 };
+use crate::location::Location;
 use crate::progress::{Display, Totals, merge, size, snapshot_json};
 use crate::state::{JobMeta, State, shell_quote};
 
@@ -54,26 +56,49 @@ impl Signals {
     }
 }
 
-/// An engine over the job's two directories and its checkpoint store.
+/// What to check when a bucket cannot be reached.
+pub(crate) const BUCKET_HINT: &str = "check the bucket name and the credentials: \
+     AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION (and AWS_ENDPOINT for an \
+     S3-compatible server) for s3://; GOOGLE_SERVICE_ACCOUNT for gs://; AZURE_STORAGE_ACCOUNT_NAME \
+     and AZURE_STORAGE_ACCOUNT_KEY for az://";
+
+/// The store at `location`: a directory store, or an object-store adapter configured from
+/// the environment.
+pub(crate) async fn open_store(side: &'static str, location: &Location) -> Result<Arc<dyn Store>> {
+    match location {
+        Location::Local(path) => {
+            let store = DirStore::open(path).await.explain(|| {
+                (
+                    format!("cannot open the {side} directory {}", path.display()),
+                    format!("check that the {side} exists and is readable"),
+                )
+            })?;
+            Ok(Arc::new(store))
+        }
+        Location::Bucket(url) => {
+            let store = ObjectStoreAdapter::from_url(url).explain(|| {
+                (
+                    format!("cannot open the {side} {url}"),
+                    BUCKET_HINT.to_owned(),
+                )
+            })?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// An engine over the job's two stores and its checkpoint store.
 pub(crate) async fn open_engine(
     state: &State,
     meta: &JobMeta,
 ) -> Result<(Engine, Arc<dyn CheckpointStore>)> {
     let (src, dst) = nodes()?;
-    let open = |side: &'static str, path: std::path::PathBuf| async move {
-        DirStore::open(&path).await.explain(|| {
-            (
-                format!("cannot open the {side} directory {}", path.display()),
-                format!("check that the {side} exists and is readable"),
-            )
-        })
-    };
-    let source = open("source", meta.source.clone()).await?;
-    let target = open("destination", meta.target.clone()).await?;
+    let source = open_store("source", &meta.source).await?;
+    let target = open_store("destination", &meta.target).await?;
     let checkpoints = state.checkpoints(meta.checkpoint)?;
     let engine = Engine::builder()
-        .node(src, Arc::new(source))
-        .node(dst, Arc::new(target))
+        .node(src, source)
+        .node(dst, target)
         .checkpoint_store(Arc::clone(&checkpoints))
         .build()?;
     Ok((engine, checkpoints))
@@ -172,8 +197,8 @@ pub(crate) async fn run(
     }));
     display.say(&format!(
         "ferry: job {id}: {} → {}{}",
-        meta.source.display(),
-        meta.target.display(),
+        meta.source,
+        meta.target,
         match (totals.objects, totals.bytes) {
             (Some(n), Some(b)) => format!(" ({n} objects, {})", size(b)),
             _ => String::new(),
@@ -271,7 +296,7 @@ pub(crate) async fn run(
             let hint = if is_disk_full(&text) {
                 format!(
                     "the destination's disk is full: free space under {}, then `ferry {flag}resume {id}`",
-                    meta.target.display()
+                    meta.target
                 )
             } else {
                 format!(
@@ -291,7 +316,7 @@ pub(crate) async fn run(
             if !display.is_json() {
                 eprintln!(
                     "ferry: job {id} was cancelled; files already copied stay in {}",
-                    meta.target.display()
+                    meta.target
                 );
             }
             EXIT_ERROR
@@ -412,7 +437,7 @@ fn summary(
         let fix = if is_disk_full(&text) {
             format!(
                 "the destination's disk is full: free space under {}",
-                meta.target.display()
+                meta.target
             )
         } else if is_permission(&text) {
             "fix the permissions of the files listed (ferry must read them in SRC and write DST)"

@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::Result;
 use ferry::engine::store::TEMP_PREFIX;
+use futures_util::StreamExt;
 
 use crate::error::{Explain, fail, usage};
 use crate::location::Location;
@@ -15,17 +16,94 @@ use crate::location::Location;
 /// SRC and DST, resolved and checked.
 #[derive(Debug, Clone)]
 pub(crate) struct Endpoints {
-    pub(crate) source: PathBuf,
-    pub(crate) target: PathBuf,
-    /// Whether DST exists now.
+    /// A local source is canonical (links and `..` resolved).
+    pub(crate) source: Location,
+    /// A local destination is resolved as far as it exists.
+    pub(crate) target: Location,
+    /// Whether DST exists now (a bucket is taken to exist: its first listing says if not).
     pub(crate) target_exists: bool,
 }
 
-/// Resolves SRC and DST and refuses what cannot work: a missing source, SRC == DST, one
-/// inside the other (after resolving links and `..`), and a state directory inside either.
+/// Resolves SRC and DST and refuses what cannot work: a missing source directory, SRC == DST,
+/// one inside the other (after resolving links and `..`, or by whole prefix segments in one
+/// bucket), and a state directory inside a local SRC or DST.
 pub(crate) fn endpoints(source: &Location, target: &Location, state: &Path) -> Result<Endpoints> {
-    let src_arg = source.local_path();
-    let dst_arg = target.local_path();
+    let src = match source {
+        Location::Local(path) => Location::Local(source_dir(path)?),
+        bucket => bucket.clone(),
+    };
+    let (dst, target_exists) = match target {
+        Location::Local(dst_arg) => {
+            let (dst, exists) = resolve_maybe_missing(dst_arg)?;
+            if exists && !dst.is_dir() {
+                return Err(fail(
+                    format!("the destination {} is not a directory", dst_arg.display()),
+                    "give a directory (it is created when missing)",
+                ));
+            }
+            (Location::Local(dst), exists)
+        }
+        bucket => (bucket.clone(), true),
+    };
+    let nesting = match (&src, &dst) {
+        (Location::Local(s), Location::Local(d)) if s == d => Some(std::cmp::Ordering::Equal),
+        (Location::Local(s), Location::Local(d)) if d.starts_with(s) => {
+            Some(std::cmp::Ordering::Less)
+        }
+        (Location::Local(s), Location::Local(d)) if s.starts_with(d) => {
+            Some(std::cmp::Ordering::Greater)
+        }
+        _ => src.bucket_nesting(&dst),
+    };
+    match nesting {
+        Some(std::cmp::Ordering::Equal) => {
+            let what = match src {
+                Location::Local(_) => "directory",
+                Location::Bucket(_) => "place",
+            };
+            return Err(usage(
+                format!("source and destination are the same {what}: {src}"),
+                "give a different DST",
+            ));
+        }
+        Some(std::cmp::Ordering::Less) => {
+            return Err(usage(
+                format!("the destination {dst} is inside the source {src}"),
+                "the copy would be copied again: choose a DST outside SRC",
+            ));
+        }
+        Some(std::cmp::Ordering::Greater) => {
+            return Err(usage(
+                format!("the source {src} is inside the destination {dst}"),
+                "choose a DST that does not contain SRC",
+            ));
+        }
+        None => {}
+    }
+    let (state, _) = resolve_maybe_missing(state)?;
+    for (side, end) in [("source", &src), ("destination", &dst)] {
+        if let Location::Local(dir) = end
+            && state.starts_with(dir)
+        {
+            return Err(usage(
+                format!(
+                    "the state directory {} is inside the {side} {}",
+                    state.display(),
+                    dir.display()
+                ),
+                "pass --state DIR outside both trees",
+            ));
+        }
+    }
+    Ok(Endpoints {
+        source: src,
+        target: dst,
+        target_exists,
+    })
+}
+
+/// The canonical path of a source directory, or an error saying what is wrong with it.
+fn source_dir(src_arg: &Path) -> Result<PathBuf> {
     let src = fs::canonicalize(src_arg).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::NotFound {
             "check the path: SRC must be an existing directory"
@@ -44,60 +122,7 @@ pub(crate) fn endpoints(source: &Location, target: &Location, state: &Path) -> R
             "ferry migrates directory trees: give the directory that holds the file",
         ));
     }
-    let (dst, target_exists) = resolve_maybe_missing(dst_arg)?;
-    if target_exists && !dst.is_dir() {
-        return Err(fail(
-            format!("the destination {} is not a directory", dst_arg.display()),
-            "give a directory (it is created when missing)",
-        ));
-    }
-    if src == dst {
-        return Err(usage(
-            format!(
-                "source and destination are the same directory: {}",
-                src.display()
-            ),
-            "give a different DST",
-        ));
-    }
-    if dst.starts_with(&src) {
-        return Err(usage(
-            format!(
-                "the destination {} is inside the source {}",
-                dst.display(),
-                src.display()
-            ),
-            "the copy would be copied again: choose a DST outside SRC",
-        ));
-    }
-    if src.starts_with(&dst) {
-        return Err(usage(
-            format!(
-                "the source {} is inside the destination {}",
-                src.display(),
-                dst.display()
-            ),
-            "choose a DST that does not contain SRC",
-        ));
-    }
-    let (state, _) = resolve_maybe_missing(state)?;
-    for (side, dir) in [("source", &src), ("destination", &dst)] {
-        if state.starts_with(dir) {
-            return Err(usage(
-                format!(
-                    "the state directory {} is inside the {side} {}",
-                    state.display(),
-                    dir.display()
-                ),
-                "pass --state DIR outside both trees",
-            ));
-        }
-    }
-    Ok(Endpoints {
-        source: src,
-        target: dst,
-        target_exists,
-    })
+    Ok(src)
 }
 
 /// Canonicalizes the longest existing ancestor of `path` and appends the rest, so that a DST
@@ -144,6 +169,32 @@ pub(crate) struct Scan {
     pub(crate) bytes: u64,
     pub(crate) largest: u64,
     pub(crate) skipped: Vec<SkippedEntry>,
+}
+
+/// What SRC holds under `prefix`: [`scan`] of a directory, or a listing of a bucket (every
+/// object of a bucket is moved; nothing is skipped there).
+pub(crate) async fn survey(source: &Location, prefix: &str) -> Result<Scan> {
+    match source {
+        Location::Local(root) => scan(root, prefix),
+        Location::Bucket(url) => {
+            let store = crate::run::open_store("source", source).await?;
+            let mut out = Scan::default();
+            let mut listing = store.list(prefix, None);
+            while let Some(meta) = listing.next().await {
+                let meta = meta.map_err(|e| {
+                    anyhow::Error::new(e).context(crate::error::CliError {
+                        code: crate::error::EXIT_ERROR,
+                        message: format!("cannot list the source {url}"),
+                        hint: Some(crate::run::BUCKET_HINT.to_owned()),
+                    })
+                })?;
+                out.objects += 1;
+                out.bytes += meta.size;
+                out.largest = out.largest.max(meta.size);
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// Walks `root` without following links, counting the regular files whose relative path
@@ -230,4 +281,21 @@ pub(crate) fn scan(root: &Path, prefix: &str) -> Result<Scan> {
     }
     out.skipped.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
+}
+
+/// Lists one object of the bucket `location`, so that a wrong name or wrong credentials are
+/// reported before a job is created.
+pub(crate) async fn probe_bucket(side: &'static str, location: &Location) -> Result<()> {
+    let Location::Bucket(url) = location else {
+        return Ok(());
+    };
+    let store = crate::run::open_store(side, location).await?;
+    if let Some(Err(e)) = store.list("", None).next().await {
+        return Err(anyhow::Error::new(e).context(crate::error::CliError {
+            code: crate::error::EXIT_ERROR,
+            message: format!("cannot list the {side} {url}"),
+            hint: Some(crate::run::BUCKET_HINT.to_owned()),
+        }));
+    }
+    Ok(())
 }

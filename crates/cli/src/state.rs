@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::CheckpointKind;
 use crate::error::{Explain, fail, usage};
+use crate::location::Location;
 
 /// The format of the sidecar files; bumped on an incompatible change.
 const SIDECAR_VERSION: u32 = 1;
@@ -42,8 +43,8 @@ pub(crate) struct State {
 pub(crate) struct JobMeta {
     pub(crate) version: u32,
     pub(crate) id: String,
-    pub(crate) source: PathBuf,
-    pub(crate) target: PathBuf,
+    pub(crate) source: Location,
+    pub(crate) target: Location,
     pub(crate) checkpoint: CheckpointKind,
     /// Symlinks and other entries that are not regular files, skipped at the last scan.
     #[serde(default)]
@@ -53,7 +54,12 @@ pub(crate) struct JobMeta {
 }
 
 impl JobMeta {
-    pub(crate) fn new(id: &JobId, source: PathBuf, target: PathBuf, kind: CheckpointKind) -> Self {
+    pub(crate) fn new(
+        id: &JobId,
+        source: Location,
+        target: Location,
+        kind: CheckpointKind,
+    ) -> Self {
         JobMeta {
             version: SIDECAR_VERSION,
             id: id.as_str().to_owned(),

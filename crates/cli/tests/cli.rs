@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use assert_cmd::cargo::CommandCargoExt;
+use ferry_object_store::test_server::S3Server;
 use serde_json::Value;
 
 /// A scratch directory with a state directory, and the `ferry` command bound to it.
@@ -424,9 +425,9 @@ fn bad_inputs_are_clear_errors_with_the_right_exit_code() {
             "cannot open the source directory /nonexistent/ferry-src",
         ),
         (
-            vec!["migrate", "s3://bucket/p", "/tmp/x"],
+            vec!["migrate", "ftp://host/p", "/tmp/x"],
             2,
-            "s3:// locations are not supported yet",
+            "ftp:// is not a location ferry knows",
         ),
         (
             vec!["migrate", s, "/tmp/x", "--rate", "fast"],
@@ -871,4 +872,120 @@ fn demo_runs_and_its_summary_checks_reads_and_writes() {
     assert_eq!(summary["resurrected_deletes"], 0, "{summary}");
     assert_eq!(summary["ok"], true, "{summary}");
     assert_eq!(code(&out), 0, "{}", text(&out));
+}
+
+/// `ferry` pointed at the in-process S3 server: its `AWS_*` variables, and none of the
+/// machine's own.
+fn s3_cmd(env: &Env, server: &S3Server) -> Command {
+    let mut cmd = env.cmd();
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AWS_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.envs(server.env());
+    cmd
+}
+
+#[test]
+fn s3_urls_dir_to_bucket_to_bucket_to_dir_and_plan_over_a_bucket() {
+    let env = Env::new();
+    let server = S3Server::start(&["one", "two"]).expect("the S3 test server starts");
+    let (src, back) = (env.path("src"), env.path("back"));
+    real_tree(&src);
+    let run = |args: &[&str]| {
+        let out = s3_cmd(&env, &server)
+            .args(args)
+            .output()
+            .expect("ferry runs");
+        assert_eq!(code(&out), 0, "{args:?}: {}", text(&out));
+        out
+    };
+    // dir → bucket (the symlinks skipped as for a directory), bucket → bucket, bucket → dir.
+    run(&[
+        "migrate",
+        src.to_str().unwrap(),
+        "s3://one/data",
+        "--id",
+        "up",
+    ]);
+    let out = run(&["plan", "s3://one/data", "s3://two/copy", "--json"]);
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan --json is JSON");
+    assert_eq!(plan["objects"], 8, "{plan}");
+    assert_eq!(plan["source"], "s3://one/data");
+    run(&[
+        "migrate",
+        "s3://one/data",
+        "s3://two/copy/",
+        "--id",
+        "across",
+    ]);
+    run(&[
+        "migrate",
+        "s3://two/copy",
+        back.to_str().unwrap(),
+        "--id",
+        "down",
+    ]);
+    assert_same_files(&src, &back);
+    for id in ["up", "across", "down"] {
+        let status = status_json(&env, id);
+        assert_eq!(status["status"], "completed", "{id}: {status}");
+        assert_eq!(status["done_objects"], 8, "{id}: {status}");
+        assert_eq!(status["failed_objects"], 0, "{id}: {status}");
+    }
+    assert_eq!(status_json(&env, "across")["target"], "s3://two/copy");
+}
+
+#[test]
+fn s3_bad_urls_and_wrong_credentials_are_clear_errors() {
+    let env = Env::new();
+    let server = S3Server::start(&["one"]).expect("the S3 test server starts");
+    let src = env.path("src");
+    flat_tree(&src, 3, 100);
+    let run = |args: &[&str], secret: &str| {
+        s3_cmd(&env, &server)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .args(args)
+            .output()
+            .expect("ferry runs")
+    };
+    let good = ferry_object_store::test_server::SECRET_KEY;
+    let out = run(&["migrate", src.to_str().unwrap(), "s3://one/x"], "wrong");
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot list the destination s3://one/x"),
+        "{err}"
+    );
+    assert!(err.contains("AWS_SECRET_ACCESS_KEY"), "{err}");
+    // Refused before any job is recorded.
+    assert!(
+        env.run(&["list", "--json"]).stdout.len() <= 3,
+        "no job recorded"
+    );
+    let out = run(&["migrate", "s3://one/x", "s3://one/x/y"], good);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        stderr(&out).contains("is inside the source s3://one/x"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&["migrate", "s3://one/x", "s3a://one/x/"], good);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(stderr(&out).contains("the same place"), "{}", text(&out));
+    let out = run(&["migrate", "memory://x", src.to_str().unwrap()], good);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        stderr(&out).contains("inside one process"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&["migrate", "s3://nobucket/x", src.to_str().unwrap()], good);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        stderr(&out).contains("cannot list the source s3://nobucket/x"),
+        "{}",
+        text(&out)
+    );
 }

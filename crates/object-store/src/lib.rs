@@ -2,10 +2,11 @@
 //! S3-compatible servers, Google Cloud Storage, Azure Blob Storage, a local directory or
 //! memory, selected by URL.
 //!
-//! [`ObjectStoreAdapter`] passes the engine's conformance checks on `memory://` and
-//! `file://`. It is only the storage adapter: the `ferry` command does not take these URLs
-//! yet, and there is no checkpoint backend or worker coordination in an object store here.
-//! object_store's API is used in this crate only, so its churn stays here.
+//! [`ObjectStoreAdapter`] passes the engine's conformance checks on `memory://`, `file://`
+//! and `s3://` (a real S3 server in the tests, `test_server` with the `test-server`
+//! feature). The `ferry` command takes these URLs as SRC and DST. There is no checkpoint
+//! backend or worker coordination in an object store yet. object_store's API is used in this
+//! crate only, so its churn stays here.
 //!
 //! # Example
 //! ```
