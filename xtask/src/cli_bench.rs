@@ -145,14 +145,14 @@ pub(crate) fn run() -> Result<(), String> {
     Ok(())
 }
 
-fn env_dir() -> Result<PathBuf, String> {
+pub(crate) fn env_dir() -> Result<PathBuf, String> {
     std::env::var("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .map_err(|_| "run through `cargo xtask`".to_owned())
 }
 
 /// Installs rclone from Debian's packages when it is missing (as root, or through sudo).
-fn ensure_rclone() -> Result<(), String> {
+pub(crate) fn ensure_rclone() -> Result<(), String> {
     if Command::new("rclone")
         .arg("version")
         .output()
@@ -173,7 +173,7 @@ fn ensure_rclone() -> Result<(), String> {
     sh(cmd)
 }
 
-fn sh(cmd: &str) -> Result<(), String> {
+pub(crate) fn sh(cmd: &str) -> Result<(), String> {
     let status = Command::new("sh")
         .args(["-c", cmd])
         .status()
@@ -187,11 +187,23 @@ fn sh(cmd: &str) -> Result<(), String> {
 
 /// Runs `cmd` under `/usr/bin/time`: wall seconds and peak RSS in KiB.
 fn timed(cmd: &str) -> Result<(f64, u64), String> {
+    timed_with(cmd, &[], &[])
+}
+
+/// [`timed`] with `set` added to the environment and `unset` removed from it.
+pub(crate) fn timed_with(
+    cmd: &str,
+    set: &[(String, String)],
+    unset: &[&str],
+) -> Result<(f64, u64), String> {
     let start = Instant::now();
-    let out = Command::new("/usr/bin/time")
-        .args(["-f", "RSS_KIB=%M", "sh", "-c", cmd])
-        .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
+    let mut command = Command::new("/usr/bin/time");
+    command.args(["-f", "RSS_KIB=%M", "sh", "-c", cmd]);
+    command.envs(set.iter().map(|(k, v)| (k, v)));
+    for name in unset {
+        command.env_remove(name);
+    }
+    let out = command.output().map_err(|e| format!("{cmd}: {e}"))?;
     let secs = start.elapsed().as_secs_f64();
     let err = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
@@ -205,7 +217,7 @@ fn timed(cmd: &str) -> Result<(f64, u64), String> {
     Ok((secs, rss))
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
     if v.len().is_multiple_of(2) {
@@ -215,7 +227,7 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn write_file(path: &Path, len: usize, seed: u64) -> Result<(), String> {
+pub(crate) fn write_file(path: &Path, len: usize, seed: u64) -> Result<(), String> {
     let dir = path.parent().ok_or("no parent")?;
     fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut file = fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;

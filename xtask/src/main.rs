@@ -8,8 +8,11 @@
 //! - `bench cli`: the `ferry` command against its peers in the same run (SPEC §8): `ferry
 //!   migrate` of 10k × 64 KiB files vs `rclone copy --checksum` (rclone is installed from
 //!   Debian's packages when missing), one 1 GiB file vs `cp` + `sync -f` (plain `cp` beside
-//!   it) with ferry's peak RSS, and the rate achieved with `--rate 50MiB`. Medians of 3 runs;
-//!   prints a Markdown table for `docs/benchmarks.md`.
+//!   it) with ferry's peak RSS, and the rate achieved with `--rate 50MiB`. Medians of 4 runs,
+//!   alternating the order; prints a Markdown table for `docs/benchmarks.md`.
+//! - `bench s3`: `ferry migrate` vs `rclone copy --checksum` to the same S3 server on loopback
+//!   (`ferry-object-store`'s `s3_server` example): dir → S3 and S3 → S3, 10k × 64 KiB files
+//!   and one 1 GiB object; prints a Markdown table for `docs/benchmarks.md`.
 //! - `crash [-n CYCLES] [--seed SEED]`: the crash tests, long: CYCLES (default 1000) SIGKILL
 //!   cycles of a checkpointing child process, then the simulated crash at every I/O step, then
 //!   CYCLES cases of the engine's model test (random traffic, pause, cancel, crash and
@@ -23,6 +26,7 @@
 //!   `fuzz/corpus/`, which CI replays as a regular test on stable.
 
 mod cli_bench;
+mod s3_bench;
 
 use std::env;
 use std::process::{Command, ExitCode};
@@ -36,7 +40,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             eprintln!(
-                "usage: cargo xtask <ci | bench [-- CRITERION ARGS] | crash [-n CYCLES] [--seed SEED] | fuzz [SECONDS]>"
+                "usage: cargo xtask <ci | bench [cli | s3 | -- CRITERION ARGS] | crash [-n CYCLES] [--seed SEED] | fuzz [SECONDS]>"
             );
             return ExitCode::from(2);
         }
@@ -81,8 +85,10 @@ fn ci() -> Result<(), String> {
 }
 
 fn bench(extra: &[String]) -> Result<(), String> {
-    if extra.first().map(String::as_str) == Some("cli") {
-        return cli_bench::run();
+    match extra.first().map(String::as_str) {
+        Some("cli") => return cli_bench::run(),
+        Some("s3") => return s3_bench::run(),
+        _ => {}
     }
     let mut args = vec!["bench", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
