@@ -1,8 +1,9 @@
 //! Project automation, in the style of rust-analyzer's xtask: `cargo xtask <task>`.
 //!
 //! - `ci`: what CI checks, in the order it checks it: `cargo fmt --check`, clippy on every
-//!   target and feature with warnings denied, the README's test command, and the docs with
-//!   warnings denied. If this passes locally, `.ci/run` passes.
+//!   target and feature with warnings denied, the README's test command, the docs with
+//!   warnings denied, and `scripts/moto-s3.sh` (the S3 tests against moto, installed from
+//!   PyPI). If this passes locally, `.ci/run` passes.
 //! - `bench [ARGS…]`: the criterion benches of every crate; extra arguments go to criterion
 //!   (for example `cargo xtask bench -- acquire`).
 //! - `bench cli`: the `ferry` command against its peers in the same run (SPEC §8): `ferry
@@ -80,6 +81,15 @@ fn ci() -> Result<(), String> {
         &["doc", "--workspace", "--no-deps", "--all-features"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
+    // The S3 tests against moto, a second S3 implementation (`.ci/run` runs it too).
+    let script = cli_bench::env_dir()?.join("../scripts/moto-s3.sh");
+    eprintln!("xtask: $ {}", script.display());
+    let status = Command::new(&script)
+        .status()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    if !status.success() {
+        return Err(format!("{} failed: {status}", script.display()));
+    }
     eprintln!("xtask: ci passed");
     Ok(())
 }
