@@ -23,21 +23,7 @@ pub(crate) fn run() -> Result<(), String> {
     let work = target.join("cli-bench");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-    let small = work.join("small");
-    let big = work.join("big");
-    eprintln!(
-        "xtask: writing {SMALL_FILES} × 64 KiB files and one 1 GiB file under {}",
-        work.display()
-    );
-    for i in 0..SMALL_FILES {
-        write_file(
-            &small.join(format!("d{:02}/f{i:05}.bin", i % 100)),
-            SMALL_SIZE,
-            i as u64,
-        )?;
-    }
-    write_file(&big.join("one.bin"), BIG_SIZE, 7)?;
-    sh("sync")?;
+    let (small, big) = write_trees(&work)?;
 
     // Every timed run writes into a fresh destination and state directory, and nothing is
     // deleted until the end: on this machine's ext4 (mounted with `discard`) a deletion's
@@ -143,6 +129,27 @@ pub(crate) fn run() -> Result<(), String> {
     println!("{out}");
     let _ = fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// Writes the bench data under `work`: `small/` (10k × 64 KiB files in 100 directories) and
+/// `big/one.bin` (1 GiB), then syncs. Returns the two directories.
+pub(crate) fn write_trees(work: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let small = work.join("small");
+    let big = work.join("big");
+    eprintln!(
+        "xtask: writing {SMALL_FILES} × 64 KiB files and one 1 GiB file under {}",
+        work.display()
+    );
+    for i in 0..SMALL_FILES {
+        write_file(
+            &small.join(format!("d{:02}/f{i:05}.bin", i % 100)),
+            SMALL_SIZE,
+            i as u64,
+        )?;
+    }
+    write_file(&big.join("one.bin"), BIG_SIZE, 7)?;
+    sh("sync")?;
+    Ok((small, big))
 }
 
 pub(crate) fn env_dir() -> Result<PathBuf, String> {

@@ -7,13 +7,10 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use crate::cli_bench::{ensure_rclone, env_dir, median, sh, timed_with, write_file};
+use crate::cli_bench::{ensure_rclone, env_dir, median, timed_with, write_trees};
 
 /// Timed runs of each dir → S3 case (alternating which tool goes first); S3 → S3 runs once.
 const RUNS: usize = 3;
-const SMALL_FILES: usize = 10_000;
-const SMALL_SIZE: usize = 64 << 10;
-const BIG_SIZE: usize = 1 << 30;
 
 /// The server process; its input is held open, and closing it stops the server, which
 /// removes its directory.
@@ -73,21 +70,7 @@ pub(crate) fn run() -> Result<(), String> {
     let server_bin = target.join("release/examples/s3_server");
     let work = target.join("s3-bench");
     let _ = fs::remove_dir_all(&work);
-    let small = work.join("small");
-    let big = work.join("big");
-    eprintln!(
-        "xtask: writing {SMALL_FILES} × 64 KiB files and one 1 GiB file under {}",
-        work.display()
-    );
-    for i in 0..SMALL_FILES {
-        write_file(
-            &small.join(format!("d{:02}/f{i:05}.bin", i % 100)),
-            SMALL_SIZE,
-            i as u64,
-        )?;
-    }
-    write_file(&big.join("one.bin"), BIG_SIZE, 7)?;
-    sh("sync")?;
+    let (small, big) = write_trees(&work)?;
     let server = start_server(&server_bin)?;
     let endpoint = server
         .env
