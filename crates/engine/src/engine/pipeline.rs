@@ -271,6 +271,8 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
     let mut set: JoinSet<Outcome> = JoinSet::new();
     let mut pending: Vec<Outcome> = Vec::new();
     let mut syncing: Option<Syncing<'_>> = None;
+    // The ticker fired while a sync was under way: the commit after it is due at once.
+    let mut tick_missed = false;
     let mut order = Order::default();
     let mut exhausted = false;
     let mut paused_rx = shared.paused.subscribe();
@@ -288,8 +290,15 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
         let stopping = shared.is_cancelled() || fatal.is_some();
         if paused && !was_paused && !stopping {
             // Pause: save what is finished, then say so.
-            let all = (&mut syncing, &mut pending, &mut order, &mut set);
-            if let Err(err) = commit_all(ctx, checkpointer, all.0, all.1, all.2, all.3).await {
+            let all = commit_all(
+                ctx,
+                checkpointer,
+                &mut syncing,
+                &mut pending,
+                &mut order,
+                &mut set,
+            );
+            if let Err(err) = all.await {
                 fatal = Some(err);
                 shared.cancelled.send_replace(true);
                 continue;
@@ -357,8 +366,15 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
         if set.is_empty() && ((exhausted && !paused) || stopping) {
             // Flip what is verified; a refused flip (copied again) or a grace period keeps
             // the job going.
-            let all = (&mut syncing, &mut pending, &mut order, &mut set);
-            if let Err(err) = commit_all(ctx, checkpointer, all.0, all.1, all.2, all.3).await {
+            let all = commit_all(
+                ctx,
+                checkpointer,
+                &mut syncing,
+                &mut pending,
+                &mut order,
+                &mut set,
+            );
+            if let Err(err) = all.await {
                 fatal.get_or_insert(err);
                 shared.cancelled.send_replace(true);
             }
@@ -402,8 +418,9 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
                     Ok(()) => commit_synced(ctx, checkpointer, batch, &mut order, &mut set).await,
                     Err(err) => Err(err),
                 };
-                // What finished meanwhile may be a batch already.
-                if committed.is_ok() && pending.len() as u64 >= interval.objects {
+                // What finished meanwhile may be a batch already, or a tick may have passed.
+                let due = std::mem::take(&mut tick_missed) || pending.len() as u64 >= interval.objects;
+                if committed.is_ok() && due {
                     committed = start_commit(ctx, checkpointer, &mut syncing, &mut pending, &mut order, &mut set).await;
                 }
                 if let Err(err) = committed {
@@ -412,6 +429,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
                 }
             }
             _ = ticker.tick() => {
+                tick_missed = syncing.is_some();
                 if let Err(err) = start_commit(ctx, checkpointer, &mut syncing, &mut pending, &mut order, &mut set).await {
                     fatal.get_or_insert(err);
                     shared.cancelled.send_replace(true);

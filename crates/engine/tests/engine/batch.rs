@@ -185,3 +185,48 @@ async fn copies_go_on_while_a_commit_waits_for_its_target_sync() {
         assert_eq!(target.inner.bytes(key(i).as_str()).unwrap(), content(i));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_tick_that_passes_during_a_sync_commits_right_after_it() {
+    const N: usize = 20;
+    let start = tokio::time::Instant::now();
+    // One object every 300 ms (the source's reads wait that long, concurrency 1).
+    let source = FaultyStore::new(filled(N));
+    source.inject(
+        Op::Get,
+        ferry_engine::store::Trigger::Always,
+        ferry_engine::store::Fault::Latency(Duration::from_millis(300)),
+    );
+    let target = Arc::new(GatedSync::new(MemStore::new()));
+    let table = Table::default();
+    let engine = engine(
+        Arc::new(source),
+        Arc::clone(&target) as Arc<dyn Store>,
+        &table,
+        mem_checkpoints(),
+    );
+    let plan = plan("tick-during-sync", ObjectSelection::all())
+        .with_concurrency(NonZeroUsize::new(1).unwrap())
+        .with_checkpoint(CheckpointInterval {
+            objects: 1_000_000,
+            every: Duration::from_secs(1),
+        });
+    let job = engine.start(plan).await.unwrap();
+    // The tick at 1 s starts the first sync, held; the tick at 2 s passes during it.
+    let _ = target.syncs.subscribe().wait_for(|n| *n >= 1).await;
+    tokio::time::sleep_until(start + Duration::from_millis(2500)).await;
+    target.open.send_replace(true);
+    // The commit the 2 s tick asked for follows the sync at once, not at the 3 s tick.
+    let mut syncs = target.syncs.subscribe();
+    let next = tokio::time::timeout_at(start + Duration::from_millis(2900), async {
+        syncs.wait_for(|n| *n >= 2).await.map(|_| ())
+    })
+    .await;
+    assert!(
+        next.is_ok(),
+        "the missed tick's commit waited for the next tick"
+    );
+    let snap = job.wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed);
+    assert_eq!(snap.done_objects, N as u64);
+}
