@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | 0 | 4 | magic `FCKP` (`46 43 4b 50`) |
 //! | 4 | 2 | format version, u16 little endian ([`FORMAT_VERSION`]) |
-//! | 6 | 2 | record kind, u16 little endian (1 = job record) |
+//! | 6 | 2 | record kind, u16 little endian (1 = job record, 2 = leased job record) |
 //! | 8 | 4 | payload length `n`, u32 little endian |
 //! | 12 | 4 | CRC32C (Castagnoli), u32 little endian, of bytes 0..12 followed by the payload |
 //! | 16 | n | payload: the record, postcard 1.x encoded |
@@ -22,7 +22,7 @@
 use ferry_types::JobId;
 
 use crate::error::{CorruptReason, Error, Result};
-use crate::record::{JobRecord, JobRecordRef};
+use crate::record::{JobRecord, JobRecordRef, LeaseHolder};
 
 /// The first four bytes of every record.
 pub const MAGIC: [u8; 4] = *b"FCKP";
@@ -37,6 +37,11 @@ pub const FORMAT_VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 16;
 /// The record kind of a [`JobRecord`].
 pub const KIND_JOB: u16 = 1;
+/// The record kind of a job record with its timed lease in front, as a
+/// [`LeasedStore`](crate::LeasedStore) keeps it: the payload is the postcard encoding of an
+/// `Option` of (holder: string, lease end: u64 milliseconds since the Unix epoch) followed
+/// by the job record's.
+pub const KIND_LEASED_JOB: u16 = 2;
 
 /// Why bytes did not decode to a record; a store turns it into an [`Error`] naming the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,16 +90,28 @@ pub fn encode(record: &JobRecord) -> Result<Vec<u8>> {
 }
 
 pub(crate) fn encode_ref(record: &JobRecordRef<'_>) -> Result<Vec<u8>> {
+    encode_kind(KIND_JOB, record.job, record)
+}
+
+/// Encodes a leased job record ([`KIND_LEASED_JOB`]).
+pub(crate) fn encode_leased(
+    lease: &Option<LeaseHolder>,
+    record: &JobRecordRef<'_>,
+) -> Result<Vec<u8>> {
+    encode_kind(KIND_LEASED_JOB, record.job, &(lease, record))
+}
+
+fn encode_kind<T: serde::Serialize>(kind: u16, job: &JobId, payload: &T) -> Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(256);
     buf.extend_from_slice(&[0; HEADER_LEN]);
-    let mut buf = postcard::to_extend(record, buf).map_err(|e| encode_error(record.job, e))?;
+    let mut buf = postcard::to_extend(payload, buf).map_err(|e| encode_error(job, e))?;
     let len = u32::try_from(buf.len() - HEADER_LEN).map_err(|_| Error::Encode {
-        job: record.job.clone(),
+        job: job.clone(),
         reason: format!("payload of {} bytes exceeds 4 GiB", buf.len() - HEADER_LEN),
     })?;
     buf[0..4].copy_from_slice(&MAGIC);
     buf[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    buf[6..8].copy_from_slice(&KIND_JOB.to_le_bytes());
+    buf[6..8].copy_from_slice(&kind.to_le_bytes());
     buf[8..12].copy_from_slice(&len.to_le_bytes());
     let crc = checksum(&buf[0..12], &buf[HEADER_LEN..]);
     buf[12..16].copy_from_slice(&crc.to_le_bytes());
@@ -123,7 +140,19 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
 /// [`DecodeError::Corrupt`] for anything but a whole, valid record of a known version;
 /// [`DecodeError::UnsupportedVersion`] for a valid record of a newer version.
 pub fn decode(bytes: &[u8]) -> Result<JobRecord, DecodeError> {
-    let (version, payload) = open(bytes)?;
+    let (version, payload) = open(bytes, KIND_JOB)?;
+    decode_record(version, payload)
+}
+
+/// Decodes a leased job record ([`KIND_LEASED_JOB`]): its lease holder, if any, and the record.
+pub(crate) fn decode_leased(bytes: &[u8]) -> Result<(Option<LeaseHolder>, JobRecord), DecodeError> {
+    let (version, payload) = open(bytes, KIND_LEASED_JOB)?;
+    let (lease, rest) = postcard::take_from_bytes::<Option<LeaseHolder>>(payload)
+        .map_err(|e| corrupt(CorruptReason::Payload(e.to_string())))?;
+    Ok((lease, decode_record(version, rest)?))
+}
+
+fn decode_record(version: u16, payload: &[u8]) -> Result<JobRecord, DecodeError> {
     let upgraded;
     let payload = if version == 1 {
         // Version 1 lacks the flip journal, the last field: an empty map is one zero byte.
@@ -147,7 +176,7 @@ pub fn decode(bytes: &[u8]) -> Result<JobRecord, DecodeError> {
 }
 
 /// Checks the envelope and returns the format version and the payload.
-fn open(bytes: &[u8]) -> Result<(u16, &[u8]), DecodeError> {
+fn open(bytes: &[u8], expected_kind: u16) -> Result<(u16, &[u8]), DecodeError> {
     if bytes.len() < HEADER_LEN {
         return Err(corrupt(CorruptReason::Truncated {
             expected: HEADER_LEN,
@@ -192,9 +221,9 @@ fn open(bytes: &[u8]) -> Result<(u16, &[u8]), DecodeError> {
         return Err(corrupt(CorruptReason::BadHeader("format version 0".into())));
     }
     let kind = u16_at(bytes, 6);
-    if kind != KIND_JOB {
+    if kind != expected_kind {
         return Err(corrupt(CorruptReason::BadHeader(format!(
-            "unknown record kind {kind}"
+            "record kind {kind}, expected {expected_kind}"
         ))));
     }
     Ok((version, payload))

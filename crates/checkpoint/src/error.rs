@@ -158,6 +158,22 @@ pub enum Error {
         source: Arc<Error>,
     },
 
+    /// A request to the shared store behind a [`LeasedStore`](crate::LeasedStore) failed (an
+    /// object store: network, credentials, permissions, or no conditional-write support).
+    #[error(
+        "could not {op} {place}: check the endpoint, the credentials and that the store \
+         supports conditional writes"
+    )]
+    Remote {
+        /// What was being done: `read`, `write`, `list`, `delete`.
+        op: &'static str,
+        /// The record's place, e.g. `s3://bucket/ferry-state/jobs/ID`.
+        place: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// The blocking task that did the I/O panicked or was cancelled.
     #[error("the checkpoint I/O task of job `{job}` did not finish")]
     Task {

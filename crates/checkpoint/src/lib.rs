@@ -11,7 +11,10 @@
 //! in memory and saves every N objects or T seconds, off the async worker threads.
 //!
 //! Backends: [`FileStore`] (a directory; the default), `SledStore` and `RedbStore` (behind
-//! features), [`MemoryStore`] (tests, embedding). All pass one conformance suite.
+//! features), [`MemoryStore`] (tests, embedding), and [`LeasedStore`]: timed leases over any
+//! store with conditional writes ([`SharedRecords`]), for records that processes on many
+//! machines share (`ferry-object-store` puts them in a bucket). All pass one conformance
+//! suite.
 //!
 //! It is not a general key-value store, and it knows nothing about objects or how they move:
 //! the engine decides what is done and when to save.
@@ -70,6 +73,7 @@ pub mod envelope;
 mod error;
 mod file;
 mod kv;
+mod leased;
 mod memory;
 mod record;
 #[cfg(feature = "redb")]
@@ -85,9 +89,14 @@ use ferry_types::{JobId, JobStatus, MigrationPlan};
 pub use crate::checkpointer::{Checkpointer, Saved};
 pub use crate::error::{CorruptReason, Error, Result};
 pub use crate::file::{FileStore, FileSync};
+pub use crate::leased::{
+    Clock, Condition, DEFAULT_LEASE, LeasedStore, LeasedStoreBuilder, MemoryRecords, SharedRecords,
+    Tag, Versioned, Written, default_holder, system_clock,
+};
 pub use crate::memory::MemoryStore;
 pub use crate::record::{
-    Acquired, Failure, FlipRecord, JobRecord, Lease, Loaded, Progress, ProgressUpdate, Warning,
+    Acquired, Failure, FlipRecord, JobRecord, Lease, LeaseHolder, Loaded, Progress, ProgressUpdate,
+    Warning,
 };
 #[cfg(feature = "redb")]
 pub use crate::redb_store::RedbStore;

@@ -275,6 +275,16 @@ impl Lease {
     }
 }
 
+/// Who holds a job's timed lease in a [`LeasedStore`](crate::LeasedStore), and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseHolder {
+    /// The holder as it named itself: `worker pid 4242 on host-a`.
+    pub holder: String,
+    /// When the lease ends unless renewed, in milliseconds since the Unix epoch, by the
+    /// holder's clock.
+    pub until_ms: u64,
+}
+
 /// What [`CheckpointStore::acquire`](crate::CheckpointStore::acquire) returns: the lease, the
 /// record as of the acquire (with the new epoch) and any warnings from reading it.
 #[derive(Debug)]
@@ -313,6 +323,15 @@ pub enum Warning {
         /// The generation that was used.
         generation: u64,
     },
+    /// The job's previous holder let its timed lease run out (it died, hung or lost the
+    /// network) and this acquire took the job over: work the holder did since its last save
+    /// is done again (I4).
+    TookOver {
+        /// The previous holder, as it named itself.
+        previous: String,
+        /// How long ago its lease ended, in milliseconds, by this process's clock.
+        expired_ms_ago: u64,
+    },
 }
 
 impl fmt::Display for Warning {
@@ -328,6 +347,14 @@ impl fmt::Display for Warning {
                 "checkpoint {} is unreadable ({reason}); using {} (generation {generation})",
                 unreadable.display(),
                 used.display()
+            ),
+            Warning::TookOver {
+                previous,
+                expired_ms_ago,
+            } => write!(
+                f,
+                "took the job over from {previous}, whose lease ran out {:.1} s ago",
+                *expired_ms_ago as f64 / 1000.0
             ),
         }
     }

@@ -322,6 +322,9 @@ macro_rules! conformance {
 }
 
 conformance!(memory, |dir| ferry_checkpoint::MemoryStore::new());
+conformance!(leased, |dir| ferry_checkpoint::LeasedStore::new(Arc::new(
+    ferry_checkpoint::MemoryRecords::new()
+)));
 conformance!(file, |dir| ferry_checkpoint::FileStore::open(dir.path())
     .unwrap());
 #[cfg(feature = "sled")]
