@@ -195,7 +195,8 @@ async fn resume(state: &State, args: ResumeArgs) -> Result<u8> {
 fn prefix_of(plan: &MigrationPlan) -> &str {
     match &plan.objects {
         ObjectSelection::Prefix(prefix) => prefix,
-        _ => "",
+        ObjectSelection::Range(range) => &range.prefix,
+        ObjectSelection::Keys(_) => "",
     }
 }
 

@@ -24,7 +24,10 @@
 //!   resumes an unfinished one from its checkpoint, and acquires the job's lease (I6).
 //! - The per-object pipeline COPY → VERIFY → FORWARD → CLEANUP, `concurrency` objects at a
 //!   time over a lazily listed (or explicit, sorted) key stream; keys recorded done are
-//!   skipped (I4). The copy streams chunk by chunk through the job's throttle (within the
+//!   skipped (I4). A key-range selection
+//!   ([`ObjectSelection::Range`](ferry_types::ObjectSelection::Range): a prefix and the
+//!   bounds `(after, until]`) lists from `after` and stops at the first key past `until`, the
+//!   rest of the prefix unread: a job split by key range runs as one job per worker. The copy streams chunk by chunk through the job's throttle (within the
 //!   global one), computing BLAKE3 as it goes (I7); verify by size (`head`) or by checksum
 //!   (target and source re-read at once, streaming, and both compared with the copy's hash: a
 //!   read that silently changed a byte is caught, not verified against itself; a store that

@@ -63,8 +63,8 @@ pub use error::{Error, Result};
 pub use ids::{JobId, NodeId, ObjectKey};
 pub use meta::{Checksum, ObjectMeta, Version};
 pub use plan::{
-    CheckpointInterval, CleanupPolicy, MigrationPlan, ObjectSelection, PlanOptions, RetryPolicy,
-    VerifyMode,
+    CheckpointInterval, CleanupPolicy, KeyRange, MigrationPlan, ObjectSelection, PlanOptions,
+    RetryPolicy, VerifyMode,
 };
 pub use size::{ByteSize, Rate};
 pub use snapshot::JobSnapshot;

@@ -325,6 +325,94 @@ pub enum ObjectSelection {
     /// Every key that starts with this prefix, listed lazily from the source in key order.
     /// The empty prefix selects everything.
     Prefix(String),
+    // Appended last: records are postcard-encoded by variant index.
+    /// Every key that starts with `prefix` and lies in `(after, until]`, listed lazily from the
+    /// source in key order: one worker's share of a job split by key range.
+    Range(KeyRange),
+}
+
+/// A key range of [`ObjectSelection::Range`]: the keys that start with `prefix` and lie in
+/// `(after, until]`, in key order (the byte order of the keys, as stores list them).
+///
+/// Ranges that share a prefix and meet at their bounds, such as `(None, k3]`, `(k3, k6]` and
+/// `(k6, None]`, split a prefix into disjoint shares that together cover it.
+///
+/// ```
+/// use ferry_types::{KeyRange, ObjectKey};
+/// # fn main() -> Result<(), ferry_types::Error> {
+/// let range = KeyRange {
+///     prefix: "logs/".into(),
+///     after: Some(ObjectKey::new("logs/b")?),
+///     until: Some(ObjectKey::new("logs/d")?),
+/// };
+/// assert!(!range.contains(&ObjectKey::new("logs/b")?)); // `after` is excluded
+/// assert!(range.contains(&ObjectKey::new("logs/c")?));
+/// assert!(range.contains(&ObjectKey::new("logs/d")?)); // `until` is included
+/// assert!(!range.contains(&ObjectKey::new("other/c")?));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRange {
+    /// Only keys that start with this prefix (the empty prefix: every key).
+    pub prefix: String,
+    /// Exclusive lower bound; `None` starts at the first key of the prefix.
+    pub after: Option<ObjectKey>,
+    /// Inclusive upper bound; `None` runs to the last key of the prefix.
+    pub until: Option<ObjectKey>,
+}
+
+impl KeyRange {
+    /// Whether `key` starts with the prefix, comes after `after` and not after `until`.
+    pub fn contains(&self, key: &ObjectKey) -> bool {
+        key.as_str().starts_with(self.prefix.as_str())
+            && self.after.as_ref().is_none_or(|after| key > after)
+            && self.until.as_ref().is_none_or(|until| key <= until)
+    }
+
+    fn validate(&self) -> Result<()> {
+        validate_prefix(&self.prefix)?;
+        for (field, bound) in [
+            ("objects.range.after", &self.after),
+            ("objects.range.until", &self.until),
+        ] {
+            if let Some(bound) = bound
+                && !bound.as_str().starts_with(self.prefix.as_str())
+            {
+                return Err(plan_error(
+                    field,
+                    format!(
+                        "key {} does not start with the prefix {}",
+                        quote(bound.as_str()),
+                        quote(&self.prefix)
+                    ),
+                ));
+            }
+        }
+        if let (Some(after), Some(until)) = (&self.after, &self.until)
+            && after >= until
+        {
+            return Err(plan_error(
+                "objects.range.until",
+                format!(
+                    "{} is not after {}: the range (after, until] is empty",
+                    quote(until.as_str()),
+                    quote(after.as_str())
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn validate_prefix(prefix: &str) -> Result<()> {
+    if prefix.len() > ObjectKey::MAX_LEN {
+        return Err(plan_error("objects", "prefix is longer than 1024 bytes"));
+    }
+    if prefix.contains('\0') {
+        return Err(plan_error("objects", "prefix contains a NUL byte"));
+    }
+    Ok(())
 }
 
 impl ObjectSelection {
@@ -343,6 +431,19 @@ impl ObjectSelection {
         ObjectSelection::Keys(keys.into_iter().collect())
     }
 
+    /// Every key that starts with `prefix` and lies in `(after, until]`: see [`KeyRange`].
+    pub fn range(
+        prefix: impl Into<String>,
+        after: Option<ObjectKey>,
+        until: Option<ObjectKey>,
+    ) -> ObjectSelection {
+        ObjectSelection::Range(KeyRange {
+            prefix: prefix.into(),
+            after,
+            until,
+        })
+    }
+
     fn validate(&self) -> Result<()> {
         match self {
             ObjectSelection::Keys(keys) => {
@@ -356,14 +457,8 @@ impl ObjectSelection {
                     }
                 }
             }
-            ObjectSelection::Prefix(prefix) => {
-                if prefix.len() > ObjectKey::MAX_LEN {
-                    return Err(plan_error("objects", "prefix is longer than 1024 bytes"));
-                }
-                if prefix.contains('\0') {
-                    return Err(plan_error("objects", "prefix contains a NUL byte"));
-                }
-            }
+            ObjectSelection::Prefix(prefix) => validate_prefix(prefix)?,
+            ObjectSelection::Range(range) => range.validate()?,
         }
         Ok(())
     }
@@ -578,7 +673,9 @@ impl MigrationPlan {
     /// # Errors
     ///
     /// [`Error::InvalidPlan`] naming the first offending field: `target` equal to `source`;
-    /// `objects` listing a key twice, or a prefix that is too long or holds a NUL byte; a
+    /// `objects` listing a key twice, or a prefix that is too long or holds a NUL byte;
+    /// `objects.range.after` or `objects.range.until` not starting with the range's prefix;
+    /// `objects.range.until` not after `objects.range.after`; a
     /// zero `options.chunk_size`, `options.max_flip_attempts`, `options.fence_timeout`,
     /// `options.checkpoint.objects`, `options.checkpoint.every`,
     /// `options.retry.max_attempts` or `options.retry.multiplier`; or
@@ -797,6 +894,151 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "invalid plan: target: source and target are the same node \"a\""
+        );
+    }
+
+    fn k(key: &str) -> ObjectKey {
+        ObjectKey::new(key).unwrap()
+    }
+
+    #[test]
+    fn range_validate_checks_the_prefix_and_the_bounds() {
+        let range = |prefix: &str, after: Option<&str>, until: Option<&str>| {
+            MigrationPlan::new(
+                node("a"),
+                node("b"),
+                ObjectSelection::range(prefix, after.map(k), until.map(k)),
+            )
+            .validate()
+        };
+        for ok in [
+            range("", None, None),
+            range("p/", None, None),
+            range("p/", Some("p/3"), None),
+            range("p/", None, Some("p/3")),
+            range("p/", Some("p/3"), Some("p/6")),
+            range("", Some("a"), Some("b")),
+        ] {
+            ok.unwrap();
+        }
+        let cases: Vec<(Result<()>, &str, &[&str])> = vec![
+            (
+                range(&"p".repeat(1025), None, None),
+                "objects",
+                &["longer than 1024 bytes"],
+            ),
+            (range("p\0", None, None), "objects", &["NUL"]),
+            (
+                range("p/", Some("q/1"), None),
+                "objects.range.after",
+                &["\"q/1\"", "\"p/\""],
+            ),
+            (
+                range("p/", None, Some("p")),
+                "objects.range.until",
+                &["\"p\"", "\"p/\""],
+            ),
+            (
+                range("p/", Some("p/6"), Some("p/3")),
+                "objects.range.until",
+                &["\"p/3\"", "\"p/6\""],
+            ),
+            (
+                range("p/", Some("p/3"), Some("p/3")),
+                "objects.range.until",
+                &["\"p/3\" is not after \"p/3\""],
+            ),
+        ];
+        for (result, want_field, want_parts) in cases {
+            match result {
+                Err(Error::InvalidPlan { field, reason }) => {
+                    assert_eq!(field, want_field, "{reason}");
+                    for part in want_parts {
+                        assert!(reason.contains(part), "{part} missing from {reason}");
+                    }
+                }
+                other => panic!("{want_field}: expected InvalidPlan, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn range_contains_excludes_after_and_includes_until() {
+        let bounded = KeyRange {
+            prefix: "p/".into(),
+            after: Some(k("p/3")),
+            until: Some(k("p/6")),
+        };
+        let table = [
+            ("p/2", false),
+            ("p/3", false), // `after` itself is excluded
+            ("p/30", true), // after "p/3" in byte order
+            ("p/4", true),
+            ("p/6", true), // `until` itself is included
+            ("p/60", false),
+            ("p/7", false),
+            ("q/4", false),
+            ("p", false),
+        ];
+        for (key, want) in table {
+            assert_eq!(bounded.contains(&k(key)), want, "{key}");
+        }
+        let open = KeyRange {
+            prefix: "p/".into(),
+            after: None,
+            until: None,
+        };
+        assert!(open.contains(&k("p/")));
+        assert!(open.contains(&k("p/zzz")));
+        assert!(!open.contains(&k("o/zzz")));
+        let from = KeyRange {
+            after: Some(k("p/3")),
+            ..open.clone()
+        };
+        assert!(!from.contains(&k("p/3")) && from.contains(&k("p/zzz")));
+        let to = KeyRange {
+            until: Some(k("p/3")),
+            ..open
+        };
+        assert!(to.contains(&k("p/")) && to.contains(&k("p/3")) && !to.contains(&k("p/31")));
+    }
+
+    #[test]
+    fn range_variant_leaves_the_encoding_of_the_others_unchanged() {
+        // Records are postcard-encoded by variant index: Keys is 0 and Prefix 1, as before
+        // Range was appended.
+        let prefix = postcard::to_allocvec(&ObjectSelection::prefix("ab")).unwrap();
+        assert_eq!(prefix, [1, 2, b'a', b'b']);
+        let keys = postcard::to_allocvec(&ObjectSelection::keys([k("ab")])).unwrap();
+        assert_eq!(keys, [0, 1, 2, b'a', b'b']);
+        let all = postcard::to_allocvec(&ObjectSelection::all()).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<ObjectSelection>(&all).unwrap(),
+            ObjectSelection::all()
+        );
+
+        let range = ObjectSelection::range("p/", Some(k("p/3")), None);
+        let bin = postcard::to_allocvec(&range).unwrap();
+        assert_eq!(bin[0], 2, "Range comes last");
+        assert_eq!(
+            postcard::from_bytes::<ObjectSelection>(&bin).unwrap(),
+            range
+        );
+        let json = serde_json::to_string(&range).unwrap();
+        assert_eq!(
+            json,
+            r#"{"range":{"prefix":"p/","after":"p/3","until":null}}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<ObjectSelection>(&json).unwrap(),
+            range
+        );
+        let short: ObjectSelection =
+            serde_json::from_str(r#"{"range":{"prefix":"p/","until":"p/6"}}"#).unwrap();
+        assert_eq!(short, ObjectSelection::range("p/", None, Some(k("p/6"))));
+        assert!(
+            serde_json::from_str::<ObjectSelection>(r#"{"range":{"prefix":"p/","befor":"p/6"}}"#)
+                .is_err()
         );
     }
 

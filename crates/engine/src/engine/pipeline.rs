@@ -1,5 +1,6 @@
 //! The job's runner and the per-object pipeline COPY → VERIFY → FORWARD → CLEANUP (SPEC §2).
 
+use std::borrow::Cow;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,8 +11,8 @@ use std::collections::BTreeMap;
 use ferry_checkpoint::{Checkpointer, FlipRecord, Progress, ProgressUpdate};
 use ferry_forwarding::{Conflict, EntryState};
 use ferry_types::{
-    Checksum, CleanupPolicy, JobSnapshot, JobStatus, MigrationPlan, ObjectKey, ObjectMeta,
-    ObjectSelection, ObjectState, VerifyMode, Version,
+    Checksum, CleanupPolicy, JobSnapshot, JobStatus, KeyRange, MigrationPlan, ObjectKey,
+    ObjectMeta, ObjectSelection, ObjectState, VerifyMode, Version,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
@@ -174,36 +175,63 @@ fn key_stream(
         ));
     }
     let progress = progress.clone();
-    let stream: BoxStream<'static, Result<ObjectKey>> = match &ctx.plan.objects {
+    let stream: KeyStream = match &ctx.plan.objects {
         ObjectSelection::Keys(keys) => {
             let mut keys = keys.clone();
             keys.sort();
             keys.dedup();
             Box::pin(futures_util::stream::iter(keys.into_iter().map(Ok)))
         }
-        ObjectSelection::Prefix(prefix) if !ctx.committed.is_empty() => {
-            // A crashed run may have cleaned a source it had not yet recorded done: such a
-            // key is only on the target now, journaled as flipped, and must still be
-            // recorded (I4).
-            let source = ctx.source.list(prefix, after).map_ok(|meta| meta.key);
-            let flipped: Vec<Result<ObjectKey>> = ctx
-                .committed
-                .keys()
-                .filter(|key| key.as_str().starts_with(prefix.as_str()))
-                .filter(|key| after.is_none_or(|after| *key > after))
-                .cloned()
-                .map(Ok)
-                .collect();
-            merge_keys(
-                Box::pin(source),
-                Box::pin(futures_util::stream::iter(flipped)),
-            )
-        }
-        ObjectSelection::Prefix(prefix) => {
-            Box::pin(ctx.source.list(prefix, after).map_ok(|meta| meta.key))
-        }
+        ObjectSelection::Prefix(prefix) => listed_keys(ctx, &unbounded(prefix), after),
+        ObjectSelection::Range(range) => listed_keys(ctx, range, after),
     };
     Box::pin(stream.try_filter(move |key| std::future::ready(!progress.is_done(key))))
+}
+
+/// A prefix selection as a range: every key of the prefix.
+fn unbounded(prefix: &str) -> KeyRange {
+    KeyRange {
+        prefix: prefix.to_owned(),
+        after: None,
+        until: None,
+    }
+}
+
+/// The keys of a listed selection (`range`) after `after` (when given), in key order: the
+/// source's listing, and the keys a crashed run flipped.
+fn listed_keys(ctx: &JobCtx, range: &KeyRange, after: Option<&ObjectKey>) -> KeyStream {
+    let source = list_range(&*ctx.source, range, after);
+    if ctx.committed.is_empty() {
+        return source;
+    }
+    // A crashed run may have cleaned a source it had not yet recorded done: such a key is
+    // only on the target now, journaled as flipped, and must still be recorded (I4).
+    let flipped: Vec<Result<ObjectKey>> = ctx
+        .committed
+        .keys()
+        .filter(|key| range.contains(key))
+        .filter(|key| after.is_none_or(|after| *key > after))
+        .cloned()
+        .map(Ok)
+        .collect();
+    merge_keys(source, Box::pin(futures_util::stream::iter(flipped)))
+}
+
+/// The keys of `store` in `range` and after `after` (when given), in key order. The listing
+/// starts after the later of the two lower bounds and stops at the first key past
+/// `range.until`: the rest of the store is not listed.
+fn list_range(store: &dyn Store, range: &KeyRange, after: Option<&ObjectKey>) -> KeyStream {
+    let start = match (range.after.as_ref(), after) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let keys = store.list(&range.prefix, start).map_ok(|meta| meta.key);
+    match range.until.clone() {
+        None => Box::pin(keys),
+        Some(until) => {
+            Box::pin(keys.try_take_while(move |key| std::future::ready(Ok(*key <= until))))
+        }
+    }
 }
 
 type KeyStream = BoxStream<'static, Result<ObjectKey>>;
@@ -1495,9 +1523,10 @@ fn forward(table: &ferry_forwarding::Table, plan: &MigrationPlan, key: &ObjectKe
 /// that stopped had moved and recorded done, so that reads go on being served by the target
 /// after a restart (I2): a key recorded done that the target holds was flipped (skipped keys
 /// are absent from the target). Keys are found in the target's key-ordered listing (prefix
-/// plans) or with `head` (explicit keys), a key at a time; a key the table already has an
-/// entry for is left as it is. Keys not recorded done are settled by the flip journal
-/// ([`resolve_flips`]). Returns how many entries were loaded.
+/// and range plans; a range plan lists only its range) or with `head` (explicit keys), a key
+/// at a time; a key the table already has an entry for is left as it is. Keys not recorded
+/// done are settled by the flip journal ([`resolve_flips`]). Returns how many entries were
+/// loaded.
 ///
 /// A key recorded failed is not loaded even under the watermark (which failed keys pass):
 /// its copy on the target, if any, was never flipped, and may be stale.
@@ -1508,7 +1537,7 @@ pub(crate) async fn reload_forwarded(
     progress: &Progress,
 ) -> Result<u64> {
     let mut loaded = 0;
-    match &plan.objects {
+    let range = match &plan.objects {
         ObjectSelection::Keys(keys) => {
             for key in keys {
                 if done_not_failed(progress, key)
@@ -1518,14 +1547,16 @@ pub(crate) async fn reload_forwarded(
                     loaded += 1;
                 }
             }
+            return Ok(loaded);
         }
-        ObjectSelection::Prefix(prefix) => {
-            let mut on_target = target.list(prefix, None).map_ok(|meta| meta.key);
-            while let Some(key) = on_target.try_next().await? {
-                if done_not_failed(progress, &key) && forward(table, plan, &key) {
-                    loaded += 1;
-                }
-            }
+        ObjectSelection::Prefix(prefix) => Cow::Owned(unbounded(prefix)),
+        ObjectSelection::Range(range) => Cow::Borrowed(range),
+    };
+    // Only the keys of the range: a key of the target outside it is another job's.
+    let mut on_target = list_range(target, &range, None);
+    while let Some(key) = on_target.try_next().await? {
+        if done_not_failed(progress, &key) && forward(table, plan, &key) {
+            loaded += 1;
         }
     }
     Ok(loaded)

@@ -10,6 +10,7 @@ mod hooks;
 mod journal;
 mod memory;
 mod model;
+mod range;
 mod resume;
 mod retry;
 mod util;
