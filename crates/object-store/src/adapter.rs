@@ -104,68 +104,7 @@ impl ObjectStoreAdapter {
     /// configuration. Nothing is sent over the network here: bad credentials show on the
     /// first operation.
     pub fn from_url(url: &str) -> crate::Result<ObjectStoreAdapter> {
-        let parsed = parse(url)?;
-        let build = |source: object_store::Error| crate::Error::Build {
-            url: url.to_owned(),
-            source: Box::new(source),
-        };
-        let (store, listing, local): (Arc<dyn ObjectStore>, _, _) = match parsed.backend {
-            Backend::Memory => (
-                Arc::new(object_store::memory::InMemory::new()),
-                Listing::Sorted,
-                false,
-            ),
-            Backend::File(dir) => {
-                std::fs::create_dir_all(&dir).map_err(|source| crate::Error::Dir {
-                    path: dir.clone(),
-                    source,
-                })?;
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                    .map_err(build)?
-                    .with_fsync(true);
-                (Arc::new(fs), Listing::Walk, true)
-            }
-            #[cfg(feature = "aws")]
-            Backend::S3 { bucket } => {
-                let s3 = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .build()
-                    .map_err(build)?;
-                (Arc::new(s3), Listing::Sorted, false)
-            }
-            #[cfg(feature = "gcp")]
-            Backend::Gcs { bucket } => {
-                let gcs = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_bucket_name(bucket)
-                    .build()
-                    .map_err(build)?;
-                (Arc::new(gcs), Listing::Sorted, false)
-            }
-            #[cfg(feature = "azure")]
-            Backend::Azure { container } => {
-                let az = object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_container_name(container)
-                    .build()
-                    .map_err(build)?;
-                (Arc::new(az), Listing::Sorted, false)
-            }
-            #[allow(unreachable_patterns)]
-            _ => {
-                // `parse` refuses the schemes whose feature is off.
-                return Err(crate::Error::InvalidUrl {
-                    url: url.to_owned(),
-                    reason: "this build cannot open it",
-                });
-            }
-        };
-        let store: Arc<dyn ObjectStore> = if parsed.prefix.is_empty() {
-            store
-        } else {
-            Arc::new(object_store::prefix::PrefixStore::new(
-                store,
-                Path::from_iter(parsed.prefix.split('/')),
-            ))
-        };
+        let (store, listing, local) = open_url(url)?;
         let mut adapter = ObjectStoreAdapter::new(store, listing);
         adapter.reserve_upload_names = local;
         Ok(adapter)
@@ -751,6 +690,74 @@ impl Store for ObjectStoreAdapter {
         // Object stores acknowledge a put once it is durable; `file://` stores fsync each put.
         Box::pin(std::future::ready(Ok(())))
     }
+}
+
+/// The store a URL names (its prefix applied), how it lists, and whether it is a local
+/// directory. See [`ObjectStoreAdapter::from_url`].
+pub(crate) fn open_url(url: &str) -> crate::Result<(Arc<dyn ObjectStore>, Listing, bool)> {
+    let parsed = parse(url)?;
+    let build = |source: object_store::Error| crate::Error::Build {
+        url: url.to_owned(),
+        source: Box::new(source),
+    };
+    let (store, listing, local): (Arc<dyn ObjectStore>, _, _) = match parsed.backend {
+        Backend::Memory => (
+            Arc::new(object_store::memory::InMemory::new()),
+            Listing::Sorted,
+            false,
+        ),
+        Backend::File(dir) => {
+            std::fs::create_dir_all(&dir).map_err(|source| crate::Error::Dir {
+                path: dir.clone(),
+                source,
+            })?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                .map_err(build)?
+                .with_fsync(true);
+            (Arc::new(fs), Listing::Walk, true)
+        }
+        #[cfg(feature = "aws")]
+        Backend::S3 { bucket } => {
+            let s3 = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(build)?;
+            (Arc::new(s3), Listing::Sorted, false)
+        }
+        #[cfg(feature = "gcp")]
+        Backend::Gcs { bucket } => {
+            let gcs = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(build)?;
+            (Arc::new(gcs), Listing::Sorted, false)
+        }
+        #[cfg(feature = "azure")]
+        Backend::Azure { container } => {
+            let az = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_container_name(container)
+                .build()
+                .map_err(build)?;
+            (Arc::new(az), Listing::Sorted, false)
+        }
+        #[allow(unreachable_patterns)]
+        _ => {
+            // `parse` refuses the schemes whose feature is off.
+            return Err(crate::Error::InvalidUrl {
+                url: url.to_owned(),
+                reason: "this build cannot open it",
+            });
+        }
+    };
+    let store: Arc<dyn ObjectStore> = if parsed.prefix.is_empty() {
+        store
+    } else {
+        Arc::new(object_store::prefix::PrefixStore::new(
+            store,
+            Path::from_iter(parsed.prefix.split('/')),
+        ))
+    };
+    Ok((store, listing, local))
 }
 
 #[cfg(test)]

@@ -4,9 +4,11 @@
 //!
 //! [`ObjectStoreAdapter`] passes the engine's conformance checks on `memory://`, `file://`
 //! and `s3://` (a real S3 server in the tests, `test_server` with the `test-server`
-//! feature). The `ferry` command takes these URLs as SRC and DST. There is no checkpoint
-//! backend or worker coordination in an object store yet. object_store's API is used in this
-//! crate only, so its churn stays here.
+//! feature). The `ferry` command takes these URLs as SRC and DST.
+//!
+//! [`ObjectRecords`] keeps checkpoint records in a bucket with conditional writes, for
+//! `ferry_checkpoint::LeasedStore`: workers on many machines then share jobs, one owner at a
+//! time (SPEC I6). object_store's API is used in this crate only, so its churn stays here.
 //!
 //! # Example
 //! ```
@@ -47,6 +49,7 @@
 
 mod adapter;
 mod error;
+mod records;
 #[cfg(feature = "test-server")]
 pub mod test_server;
 mod url;
@@ -55,5 +58,6 @@ pub use crate::adapter::{
     DEFAULT_PART_SIZE, DEFAULT_UPLOAD_CONCURRENCY, Listing, ObjectStoreAdapter,
 };
 pub use crate::error::{Error, Result};
+pub use crate::records::ObjectRecords;
 /// The object_store version this crate is built on, for [`ObjectStoreAdapter::new`].
 pub use object_store;
