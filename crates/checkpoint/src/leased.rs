@@ -257,6 +257,9 @@ impl fmt::Debug for Inner {
 /// A job this store holds.
 struct Held {
     epoch: u64,
+    /// The epoch another process took the job over at, once a write found it: the lease is
+    /// lost, and every later use of it is refused with [`Error::StaleEpoch`].
+    taken_at: Option<u64>,
     /// Serialises this process's writes of the job (saves and renewals), so they never
     /// conflict with each other.
     gate: Arc<tokio::sync::Mutex<()>>,
@@ -394,6 +397,15 @@ impl Inner {
     /// The gate of the job, checked against the lease.
     fn gate(&self, lease: &Lease) -> Result<Arc<tokio::sync::Mutex<()>>> {
         match self.held.lock().get(&lease.job) {
+            Some(Held {
+                epoch,
+                taken_at: Some(current),
+                ..
+            }) if *epoch == lease.epoch => Err(Error::StaleEpoch {
+                job: lease.job.clone(),
+                epoch: lease.epoch,
+                current: *current,
+            }),
             Some(held) if held.epoch == lease.epoch => Ok(Arc::clone(&held.gate)),
             Some(held) if held.epoch > lease.epoch => Err(Error::StaleEpoch {
                 job: lease.job.clone(),
@@ -418,6 +430,20 @@ impl Inner {
         }
     }
 
+    /// Marks the lease of `job` at `epoch` lost to the owner at `current`, and stops renewing
+    /// it.
+    fn taken_over(&self, job: &JobId, epoch: u64, current: u64) {
+        let mut held = self.held.lock();
+        if let Some(held) = held.get_mut(job)
+            && held.epoch == epoch
+        {
+            held.taken_at = Some(current);
+            if let Some(renewer) = held.renewer.take() {
+                renewer.abort();
+            }
+        }
+    }
+
     /// Changes the held job's record with `f`, which may also change the lease (which
     /// otherwise is extended), by a conditional write on the version it read.
     async fn update_held<R>(
@@ -437,7 +463,7 @@ impl Inner {
                 });
             };
             if record.epoch != lease.epoch {
-                self.forget(&lease.job, lease.epoch);
+                self.taken_over(&lease.job, lease.epoch, record.epoch);
                 return Err(Error::StaleEpoch {
                     job: lease.job.clone(),
                     epoch: lease.epoch,
@@ -475,11 +501,23 @@ impl Inner {
     }
 
     async fn acquire(self: &Arc<Self>, job: &JobId) -> Result<Acquired> {
-        if let Some(held) = self.held.lock().get(job) {
-            return Err(Error::Locked {
-                job: job.clone(),
-                holder: format!("{} (epoch {}, this process)", self.holder, held.epoch),
-            });
+        {
+            let mut held = self.held.lock();
+            match held.get(job) {
+                // Lost to another process: this process may own it again.
+                Some(Held {
+                    taken_at: Some(_), ..
+                }) => {
+                    held.remove(job);
+                }
+                Some(held) => {
+                    return Err(Error::Locked {
+                        job: job.clone(),
+                        holder: format!("{} (epoch {}, this process)", self.holder, held.epoch),
+                    });
+                }
+                None => {}
+            }
         }
         for _ in 0..ATTEMPTS {
             let Some((holder, mut record, tag)) = self.read(job).await? else {
@@ -526,6 +564,7 @@ impl Inner {
                         job.clone(),
                         Held {
                             epoch: record.epoch,
+                            taken_at: None,
                             gate: Arc::default(),
                             renewer,
                         },
@@ -572,7 +611,9 @@ impl Inner {
     }
 
     async fn delete(&self, job: &JobId) -> Result<bool> {
-        if let Some(held) = self.held.lock().get(job) {
+        if let Some(held) = self.held.lock().get(job)
+            && held.taken_at.is_none()
+        {
             return Err(Error::Locked {
                 job: job.clone(),
                 holder: format!("{} (epoch {}, this process)", self.holder, held.epoch),

@@ -90,8 +90,19 @@ async fn i6_a_live_lease_refuses_a_second_worker_and_a_run_out_one_is_taken_over
         }) => {}
         other => panic!("the stale worker's save was not refused: {other:?}"),
     }
-    assert!(a.renew(&old).await.is_err());
-    assert!(a.release(&old).await.is_err());
+    // And stays refused as stale: the lease is lost, not merely unknown.
+    for refused in [
+        a.save(&old, JobStatus::Running, progress(98))
+            .await
+            .map(|_| ()),
+        a.renew(&old).await,
+        a.release(&old).await,
+    ] {
+        assert!(
+            matches!(refused, Err(Error::StaleEpoch { current: 2, .. })),
+            "{refused:?}"
+        );
+    }
     let record = b.load(&job()).await?.expect("exists").record;
     assert_eq!((record.epoch, &record.progress), (2, &progress(10)));
     let holder = b.holder(&job()).await?.expect("held");
