@@ -323,6 +323,9 @@ impl Engine {
             }
         };
         let acquired = store.acquire(&id).await?;
+        for warning in &acquired.warnings {
+            tracing::warn!(job = %id, "{warning}");
+        }
         if retrying && acquired.record.status != JobStatus::CompletedWithErrors {
             let _ = store.release(&acquired.lease).await;
             return Err(Error::NotRetryable {
