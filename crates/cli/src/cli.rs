@@ -21,8 +21,9 @@ pub(crate) struct Cli {
     pub(crate) verbose: u8,
 
     /// The state directory: job records, checkpoints, control sockets
-    /// [default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry].
-    #[arg(long, global = true, env = "FERRY_STATE", value_name = "DIR")]
+    /// [default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry]. For `submit` and `worker`,
+    /// the URL of a bucket all workers reach: s3://bucket/ferry-state.
+    #[arg(long, global = true, env = "FERRY_STATE", value_name = "DIR|URL")]
     pub(crate) state: Option<PathBuf>,
 
     #[command(subcommand)]
@@ -64,6 +65,12 @@ pub(crate) enum Command {
     Forget(IdArg),
     /// Dry run: what `migrate` would move and how long it takes at the rate. Writes nothing.
     Plan(PlanArgs),
+    /// Split a job into key ranges in a shared state bucket (--state s3://bucket/prefix), for
+    /// `ferry worker`s on many machines. Nothing moves yet.
+    Submit(SubmitArgs),
+    /// Claim ranges of the jobs in a shared state bucket and run them, taking over the ranges
+    /// of workers whose lease ran out, until every range is finished.
+    Worker(WorkerArgs),
     /// A self-contained run showing no failed reads and no lost writes while objects move
     /// under concurrent readers and writers, with a pause, a rate change and a crash.
     Demo(DemoArgs),
@@ -221,6 +228,54 @@ pub(crate) struct DemoArgs {
     /// Machine-readable summary.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SubmitArgs {
+    /// The source: a directory every worker reaches at this path, or a bucket URL.
+    #[arg(value_name = "SRC")]
+    pub(crate) source: Location,
+    /// The destination: a directory every worker reaches at this path, or a bucket URL.
+    #[arg(value_name = "DST")]
+    pub(crate) target: Location,
+    /// The job's id, which workers and `--id` name it by.
+    #[arg(long)]
+    pub(crate) id: String,
+    /// How many key ranges to split the job into (about equal object counts): at most this
+    /// many workers work on it at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) ranges: u32,
+    #[command(flatten)]
+    pub(crate) select: SelectArgs,
+    /// Copies in flight per range.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub(crate) concurrency: u16,
+    /// none, size or checksum.
+    #[arg(long, default_value = "checksum", value_parser = parse_verify)]
+    pub(crate) verify: VerifyMode,
+    /// never, after-verify or grace=DURATION.
+    #[arg(long, default_value = "never", value_parser = parse_cleanup)]
+    pub(crate) cleanup: CleanupPolicy,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    /// Work on this job only (default: every job in the shared state).
+    #[arg(long)]
+    pub(crate) id: Option<String>,
+    /// How long a claimed range stays this worker's without a renewal: after a crash, another
+    /// worker takes the range over this long after the last renewal. At least 3s; keep it
+    /// well above the clock offset between machines.
+    #[arg(long, default_value = "30s", value_parser = parse_lease)]
+    pub(crate) lease: std::time::Duration,
+}
+
+fn parse_lease(text: &str) -> Result<std::time::Duration, String> {
+    let lease = ferry::types::parse_duration(text).map_err(|e| e.to_string())?;
+    if lease < std::time::Duration::from_secs(3) {
+        return Err(format!("a lease of {text} is too short: give at least 3s"));
+    }
+    Ok(lease)
 }
 
 fn parse_rate(text: &str) -> Result<Rate, String> {

@@ -24,11 +24,14 @@ use crate::scan::{self, Scan};
 use crate::state::{JobMeta, State};
 
 pub(crate) async fn dispatch(cli: Cli) -> Result<u8> {
-    if let Command::Demo(args) = cli.command {
-        return crate::demo::run(args).await;
-    }
+    let command = match cli.command {
+        Command::Demo(args) => return crate::demo::run(args).await,
+        Command::Submit(args) => return crate::worker::submit(cli.state.as_deref(), args).await,
+        Command::Worker(args) => return crate::worker::worker(cli.state.as_deref(), args).await,
+        command => command,
+    };
     let state = State::open(cli.state.as_deref())?;
-    match cli.command {
+    match command {
         Command::Migrate(args) => migrate(&state, args).await,
         Command::Resume(args) => resume(&state, args).await,
         Command::Pause(args) => pause(&state, args).await,
@@ -39,7 +42,9 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<u8> {
         Command::RetryFailed(args) => retry_failed(&state, args).await,
         Command::Forget(args) => forget(&state, args).await,
         Command::Plan(args) => plan(&state, args).await,
-        Command::Demo(args) => crate::demo::run(args).await,
+        Command::Demo(_) | Command::Submit(_) | Command::Worker(_) => {
+            unreachable!("handled before the state directory is opened")
+        }
     }
 }
 
@@ -64,7 +69,7 @@ fn fresh_id() -> Result<JobId> {
 
 async fn migrate(state: &State, args: MigrateArgs) -> Result<u8> {
     let signals = Signals::register()?;
-    let ends = scan::endpoints(&args.source, &args.target, state.root())?;
+    let ends = scan::endpoints(&args.source, &args.target, Some(state.root()))?;
     let id = match &args.id {
         Some(id) => State::job_id(id)?,
         None => fresh_id()?,
@@ -628,7 +633,7 @@ async fn forget(state: &State, args: IdArg) -> Result<u8> {
 }
 
 async fn plan(state: &State, args: PlanArgs) -> Result<u8> {
-    let ends = scan::endpoints(&args.source, &args.target, state.root())?;
+    let ends = scan::endpoints(&args.source, &args.target, Some(state.root()))?;
     let found = scan::survey(&ends.source, &args.select.prefix).await?;
     let secs = match args.select.rate {
         Rate::Unlimited => None,

@@ -26,8 +26,13 @@ pub(crate) struct Endpoints {
 
 /// Resolves SRC and DST and refuses what cannot work: a missing source directory, SRC == DST,
 /// one inside the other (after resolving links and `..`, or by whole prefix segments in one
-/// bucket), and a state directory inside a local SRC or DST.
-pub(crate) fn endpoints(source: &Location, target: &Location, state: &Path) -> Result<Endpoints> {
+/// bucket), and a local state directory (`None` when the state is in a bucket) inside a local
+/// SRC or DST.
+pub(crate) fn endpoints(
+    source: &Location,
+    target: &Location,
+    state: Option<&Path>,
+) -> Result<Endpoints> {
     let src = match source {
         Location::Local(path) => Location::Local(source_dir(path)?),
         bucket => bucket.clone(),
@@ -80,9 +85,9 @@ pub(crate) fn endpoints(source: &Location, target: &Location, state: &Path) -> R
         }
         None => {}
     }
-    let (state, _) = resolve_maybe_missing(state)?;
+    let state = state.map(resolve_maybe_missing).transpose()?;
     for (side, end) in [("source", &src), ("destination", &dst)] {
-        if let Location::Local(dir) = end
+        if let (Location::Local(dir), Some((state, _))) = (end, &state)
             && state.starts_with(dir)
         {
             return Err(usage(

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -988,4 +988,266 @@ fn s3_bad_urls_and_wrong_credentials_are_clear_errors() {
         "{}",
         text(&out)
     );
+}
+
+/// `ferry worker` (through the S3 server's variables) with its stderr lines on a channel.
+fn spawn_worker(env: &Env, server: &S3Server, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = s3_cmd(env, server)
+        .arg("worker")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ferry starts");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Runs `cmd` to its end, killed (and the test failed) if it takes longer than `limit`.
+fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ferry starts");
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let _ = wait_exit(&mut child, limit);
+    Output {
+        status: child.wait().expect("ferry exited"),
+        stdout: stdout.join().expect("stdout read"),
+        stderr: stderr.join().expect("stderr read"),
+    }
+}
+
+/// Reads lines until one contains `needle`, within `limit`; every line read is kept in `seen`.
+fn wait_text(rx: &mpsc::Receiver<String>, limit: Duration, needle: &str, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return;
+                }
+            }
+            Err(e) => panic!("no line with {needle:?} within {limit:?} ({e}); seen: {seen:#?}"),
+        }
+    }
+}
+
+/// Submits a 40 × 200 KiB tree in two ranges at 1 MiB/s per range, so a range runs for
+/// seconds: long enough to stop or kill its worker in the middle.
+fn submit_slow_job(env: &Env, server: &S3Server, id: &str) -> (PathBuf, PathBuf) {
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    flat_tree(&src, 40, 200 << 10);
+    let out = s3_cmd(env, server)
+        .args(["submit", src.to_str().unwrap(), dst.to_str().unwrap()])
+        .args(["--state", "s3://state/ferry", "--id", id, "--ranges", "2"])
+        .args(["--rate", "1MiB", "--concurrency", "4"])
+        .output()
+        .expect("ferry runs");
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("40 objects"), "{said}");
+    assert!(said.contains("2 ranges"), "{said}");
+    assert!(
+        said.contains("ferry worker --state s3://state/ferry"),
+        "{said}"
+    );
+    (src, dst)
+}
+
+#[test]
+fn i6_a_killed_workers_range_is_taken_over_when_its_lease_runs_out() {
+    let env = Env::new();
+    let server = S3Server::start(&["state"]).expect("the S3 test server starts");
+    let (src, dst) = submit_slow_job(&env, &server, "shared");
+    let state = ["--state", "s3://state/ferry", "--lease", "3s"];
+    let (mut a, rx) = spawn_worker(&env, &server, &state);
+    let mut seen = Vec::new();
+    wait_text(
+        &rx,
+        Duration::from_secs(30),
+        "running range shared.r000",
+        &mut seen,
+    );
+    // Kill worker a once it has copied part of its range.
+    wait_until(Duration::from_secs(30), "a's first copies", || {
+        regular_files(&dst).0.len() >= 4
+    });
+    signal(&a, "-KILL");
+    let _ = wait_exit(&mut a, Duration::from_secs(10));
+    assert!(
+        regular_files(&dst).0.len() < 40,
+        "worker a finished before the kill"
+    );
+
+    // Worker b runs the free range, waits for a's lease to run out, then takes it over.
+    let mut b = s3_cmd(&env, &server);
+    b.arg("worker").args(state);
+    let out = output_within(b, Duration::from_secs(60));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("took the job over from pid {}", a.id())),
+        "{err}"
+    );
+    assert!(err.contains("running range shared.r001"), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("every range is finished: 40 objects done"),
+        "{}",
+        text(&out)
+    );
+    assert_same_files(&src, &dst);
+
+    // Nothing is left to do, for any worker.
+    let out = s3_cmd(&env, &server)
+        .args(["worker", "--state", "s3://state/ferry", "--id", "shared"])
+        .output()
+        .expect("ferry runs");
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(!stderr(&out).contains("running range"), "{}", text(&out));
+}
+
+#[test]
+fn i6_a_stopped_worker_is_fenced_when_it_wakes_after_a_takeover() {
+    let env = Env::new();
+    let server = S3Server::start(&["state"]).expect("the S3 test server starts");
+    let (src, dst) = submit_slow_job(&env, &server, "fenced");
+    let state = ["--state", "s3://state/ferry", "--lease", "3s"];
+    let (mut a, rx) = spawn_worker(&env, &server, &state);
+    let mut seen = Vec::new();
+    wait_text(
+        &rx,
+        Duration::from_secs(30),
+        "running range fenced.r000",
+        &mut seen,
+    );
+    wait_until(Duration::from_secs(30), "a's first copies", || {
+        !regular_files(&dst).0.is_empty()
+    });
+    // Worker a hangs (a long pause, a partition): it holds its lease and renews nothing.
+    signal(&a, "-STOP");
+    let mut b = s3_cmd(&env, &server);
+    b.arg("worker").args(state);
+    let out = output_within(b, Duration::from_secs(60));
+    signal(&a, "-CONT");
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(stderr(&out).contains("took the job over"), "{}", text(&out));
+
+    // Worker a wakes: its next checkpoint save is refused and it stops, exit 1.
+    wait_text(
+        &rx,
+        Duration::from_secs(60),
+        "was taken over by another worker",
+        &mut seen,
+    );
+    assert_eq!(wait_exit(&mut a, Duration::from_secs(30)), 1, "{seen:#?}");
+    assert_same_files(&src, &dst);
+    // The ranges stay finished: the stale worker's saves left no trace.
+    let out = s3_cmd(&env, &server)
+        .args(["worker", "--state", "s3://state/ferry"])
+        .output()
+        .expect("ferry runs");
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("every range is finished: 40 objects done"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn submit_and_worker_refuse_bad_state_and_ids_with_clear_errors() {
+    let env = Env::new();
+    let server = S3Server::start(&["state"]).expect("the S3 test server starts");
+    let src = env.path("src");
+    flat_tree(&src, 3, 100);
+    let (s, d) = (src.to_str().unwrap(), env.path("dst"));
+    let d = d.to_str().unwrap();
+    let run = |args: &[&str]| {
+        s3_cmd(&env, &server)
+            .env_remove("FERRY_STATE")
+            .args(args)
+            .output()
+            .expect("ferry runs")
+    };
+    let out = run(&["worker"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(stderr(&out).contains("needs --state"), "{}", text(&out));
+    let out = run(&["submit", s, d, "--id", "j", "--state", "/tmp/dir"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        stderr(&out).contains("is not a bucket URL"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&["worker", "--state", "s3://state/empty"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        stderr(&out).contains("there is no job in s3://state/empty"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&["worker", "--state", "s3://state/x", "--lease", "1s"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(stderr(&out).contains("too short"), "{}", text(&out));
+
+    let submit = ["submit", s, d, "--id", "j", "--state", "s3://state/x"];
+    assert_eq!(code(&run(&submit)), 0);
+    let out = run(&submit);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        stderr(&out).contains("a job j already exists in s3://state/x"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&["worker", "--state", "s3://state/x", "--id", "nope"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        stderr(&out).contains("there is no job nope"),
+        "{}",
+        text(&out)
+    );
+
+    let out = s3_cmd(&env, &server)
+        .env("AWS_SECRET_ACCESS_KEY", "wrong")
+        .args(["worker", "--state", "s3://state/x"])
+        .output()
+        .expect("ferry runs");
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        stderr(&out).contains("in the shared state s3://state/x"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stderr(&out).contains("AWS_SECRET_ACCESS_KEY"),
+        "{}",
+        text(&out)
+    );
+    // The job is still there, untouched, and a worker finishes it.
+    let out = run(&["worker", "--state", "s3://state/x"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_same_files(&src, Path::new(d));
 }

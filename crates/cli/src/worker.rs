@@ -1,0 +1,464 @@
+//! Jobs shared by many machines. `ferry submit` splits a job into key ranges whose records
+//! live in a bucket (`--state s3://bucket/ferry-state`); `ferry worker` processes on any
+//! number of machines claim ranges one at a time with timed leases, run them, and take over a
+//! range whose worker died once its lease runs out. A worker that was cut off and comes back
+//! finds its next checkpoint save refused and stops (SPEC I6; docs/design.md §5).
+//!
+//! ```text
+//! <state>/jobs/<ID>.r<N>    a range's checkpoint record (ferry-checkpoint's LeasedStore)
+//! <state>/meta/jobs/<ID>    the job: SRC, DST and its ranges (JSON, written once)
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use ferry::checkpoint::{CheckpointStore, Condition, LeasedStore, SharedRecords, Written};
+use ferry::engine::{Engine, JobHandle};
+use ferry::types::{JobId, JobStatus, MigrationPlan, ObjectKey, ObjectSelection, PlanOptions};
+use ferry_object_store::ObjectRecords;
+use futures_util::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{SubmitArgs, WorkerArgs};
+use crate::error::{EXIT_FAILED_OBJECTS, EXIT_INTERRUPTED, EXIT_OK, Explain, fail, usage};
+use crate::location::Location;
+use crate::progress::{Totals, line, size};
+use crate::run::{self, BUCKET_HINT, Signals};
+use crate::scan;
+use crate::state::State;
+
+/// The format of a shared job's description; bumped on an incompatible change.
+const SHARED_VERSION: u32 = 1;
+
+/// A job as `ferry submit` wrote it for the workers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SharedJob {
+    version: u32,
+    id: String,
+    source: Location,
+    target: Location,
+    /// The ids of its ranges' records, in key order.
+    ranges: Vec<String>,
+    /// The source's objects and bytes when it was submitted.
+    objects: u64,
+    bytes: u64,
+}
+
+/// The shared state: range records under timed leases, and the jobs' descriptions.
+struct Shared {
+    url: String,
+    ranges: Arc<LeasedStore>,
+    jobs: ObjectRecords,
+}
+
+impl Shared {
+    fn open(state: Option<&Path>, lease: Duration) -> Result<Shared> {
+        let hint = "jobs shared by workers on many machines keep their state in a bucket they \
+                    all reach: --state s3://bucket/ferry-state (or gs://…, az://…)";
+        let Some(state) = state else {
+            return Err(usage(
+                "this command needs --state with the URL of a bucket",
+                hint,
+            ));
+        };
+        let text = state.to_string_lossy();
+        let url = match text.parse::<Location>() {
+            Ok(Location::Bucket(url)) => url,
+            _ => return Err(usage(format!("--state {text} is not a bucket URL"), hint)),
+        };
+        let open = |url: String| {
+            ObjectRecords::from_url(&url).explain(|| {
+                (
+                    format!("cannot open the shared state {url}"),
+                    BUCKET_HINT.to_owned(),
+                )
+            })
+        };
+        let ranges = LeasedStore::builder(Arc::new(open(url.clone())?))
+            .lease(lease)
+            .build();
+        Ok(Shared {
+            jobs: open(format!("{url}/meta"))?,
+            ranges: Arc::new(ranges),
+            url,
+        })
+    }
+
+    fn unreachable(&self, what: &str) -> impl FnOnce() -> (String, String) {
+        let message = format!("cannot {what} in the shared state {}", self.url);
+        move || (message, BUCKET_HINT.to_owned())
+    }
+
+    async fn job(&self, id: &JobId) -> Result<Option<SharedJob>> {
+        let Some((bytes, _)) = self
+            .jobs
+            .read(id)
+            .await
+            .explain(self.unreachable("read job"))?
+        else {
+            return Ok(None);
+        };
+        let place = self.jobs.place(id);
+        let job: SharedJob = serde_json::from_slice(&bytes).explain(|| {
+            (
+                format!("the job description {place} is not valid"),
+                "it was not written by `ferry submit`, or by a newer ferry".to_owned(),
+            )
+        })?;
+        if job.version > SHARED_VERSION {
+            return Err(fail(
+                format!("the job description {place} has version {}", job.version),
+                format!("this ferry reads up to version {SHARED_VERSION}: upgrade it"),
+            ));
+        }
+        Ok(Some(job))
+    }
+}
+
+/// `ferry submit`: splits the job into ranges and records them in the shared state. Nothing
+/// moves: workers do that.
+pub(crate) async fn submit(state: Option<&Path>, args: SubmitArgs) -> Result<u8> {
+    let shared = Shared::open(state, ferry::checkpoint::DEFAULT_LEASE)?;
+    let ends = scan::endpoints(&args.source, &args.target, None)?;
+    let id = State::job_id(&args.id)?;
+    if shared.job(&id).await?.is_some() {
+        return Err(usage(
+            format!("a job {id} already exists in {}", shared.url),
+            "run `ferry worker` to finish it, or pick another --id",
+        ));
+    }
+    let prefix = &args.select.prefix;
+    let found = scan::survey(&ends.source, prefix).await?;
+    match &ends.target {
+        Location::Local(dir) => std::fs::create_dir_all(dir).explain(|| {
+            (
+                format!("cannot create the destination directory {}", dir.display()),
+                "check the permissions of its parent directory".to_owned(),
+            )
+        })?,
+        bucket => scan::probe_bucket("destination", bucket).await?,
+    }
+    let source = run::open_store("source", &ends.source).await?;
+    let wanted = u64::from(args.ranges).min(found.objects.max(1));
+    let bounds = split_points(&*source, prefix, found.objects, wanted).await?;
+    let mut after: Option<ObjectKey> = None;
+    let mut ranges = Vec::new();
+    for n in 0..=bounds.len() {
+        let until = bounds.get(n).cloned();
+        ranges.push((
+            JobId::new(format!("{id}.r{n:03}"))?,
+            after.clone(),
+            until.clone(),
+        ));
+        after = until;
+    }
+    let job = SharedJob {
+        version: SHARED_VERSION,
+        id: id.as_str().to_owned(),
+        source: ends.source.clone(),
+        target: ends.target.clone(),
+        ranges: ranges
+            .iter()
+            .map(|(r, _, _)| r.as_str().to_owned())
+            .collect(),
+        objects: found.objects,
+        bytes: found.bytes,
+    };
+    let bytes = serde_json::to_vec_pretty(&job)?;
+    let written = shared
+        .jobs
+        .write(&id, bytes, Condition::Absent)
+        .await
+        .explain(shared.unreachable("write the job"))?;
+    if written == Written::Conflict {
+        return Err(usage(
+            format!(
+                "a job {id} was just submitted to {} by someone else",
+                shared.url
+            ),
+            "pick another --id",
+        ));
+    }
+    let (src, dst) = run::nodes()?;
+    let options = PlanOptions {
+        verify: args.verify,
+        cleanup: args.cleanup,
+        concurrency: NonZeroUsize::new(usize::from(args.concurrency)).unwrap_or(NonZeroUsize::MIN),
+        rate: args.select.rate,
+        ..PlanOptions::default()
+    };
+    for (range, after, until) in &ranges {
+        let plan = MigrationPlan::new(
+            src,
+            dst,
+            ObjectSelection::range(prefix.clone(), after.clone(), until.clone()),
+        )
+        .with_id(range.clone())
+        .with_options(options.clone());
+        shared
+            .ranges
+            .create(range, &plan)
+            .await
+            .explain(shared.unreachable("create the ranges"))?;
+    }
+    println!(
+        "submitted job {id}: {} objects, {} in {} ranges, to {}",
+        found.objects,
+        size(found.bytes),
+        ranges.len(),
+        shared.url
+    );
+    println!(
+        "run on each machine: ferry worker --state {}",
+        crate::state::shell_quote(&shared.url)
+    );
+    Ok(EXIT_OK)
+}
+
+/// The upper bounds of `ranges` ranges of about equal object counts: every
+/// `objects / ranges`-th key of a listing (one fewer than `ranges`).
+async fn split_points(
+    source: &dyn ferry::engine::store::Store,
+    prefix: &str,
+    objects: u64,
+    ranges: u64,
+) -> Result<Vec<ObjectKey>> {
+    let mut bounds = Vec::new();
+    if ranges <= 1 {
+        return Ok(bounds);
+    }
+    let mut next = 1;
+    let mut listed = source.list(prefix, None);
+    let mut seen = 0u64;
+    while let Some(meta) = listed.try_next().await.explain(|| {
+        (
+            "cannot list the source to split the job".to_owned(),
+            "check that the source is readable".to_owned(),
+        )
+    })? {
+        seen += 1;
+        if next < ranges && seen == next * objects / ranges {
+            bounds.push(meta.key);
+            next += 1;
+        }
+    }
+    Ok(bounds)
+}
+
+/// `ferry worker`: claims ranges one at a time and runs them, until every range of the
+/// job(s) is finished; then exits 0, or 3 if objects failed.
+pub(crate) async fn worker(state: Option<&Path>, args: WorkerArgs) -> Result<u8> {
+    let shared = Shared::open(state, args.lease)?;
+    let mut signals = Signals::register()?;
+    let poll = (args.lease / 3).max(Duration::from_millis(500));
+    let mut engines: HashMap<String, Engine> = HashMap::new();
+    let mut said_waiting = HashSet::new();
+    loop {
+        let ids = match &args.id {
+            Some(id) => vec![State::job_id(id)?],
+            None => shared
+                .jobs
+                .jobs()
+                .await
+                .explain(shared.unreachable("list jobs"))?,
+        };
+        if ids.is_empty() {
+            return Err(fail(
+                format!("there is no job in {}", shared.url),
+                "submit one first: ferry submit SRC DST --state URL --id ID",
+            ));
+        }
+        let (mut open, mut ran, mut failed, mut done) = (0, false, 0u64, 0u64);
+        let mut stopped = Vec::new();
+        for id in &ids {
+            let Some(job) = shared.job(id).await? else {
+                return Err(fail(
+                    format!("there is no job {id} in {}", shared.url),
+                    "check the id, or submit the job first",
+                ));
+            };
+            for range in &job.ranges {
+                let range = JobId::new(range.as_str())?;
+                let Some(loaded) = shared
+                    .ranges
+                    .load(&range)
+                    .await
+                    .explain(shared.unreachable("read a range"))?
+                else {
+                    return Err(fail(
+                        format!("range {range} of job {id} has no record in {}", shared.url),
+                        "its submit was cut short: submit the job again under another id",
+                    ));
+                };
+                let record = loaded.record;
+                if matches!(record.status, JobStatus::Failed | JobStatus::Cancelled) {
+                    stopped.push(format!("{range} ({})", record.status));
+                    continue;
+                }
+                if record.status.is_finished() {
+                    done += record.progress.done_objects;
+                    failed += record.progress.failed.len() as u64;
+                    continue;
+                }
+                open += 1;
+                let engine = match engines.get(id.as_str()) {
+                    Some(engine) => engine,
+                    None => {
+                        let engine = build_engine(&shared, &job).await?;
+                        engines.entry(id.as_str().to_owned()).or_insert(engine)
+                    }
+                };
+                match engine.start(record.plan.clone()).await {
+                    Ok(handle) => {
+                        ran = true;
+                        said_waiting.remove(&range);
+                        eprintln!("ferry worker: running range {range} of job {id}");
+                        if let Some(code) = run_range(handle, &range, &mut signals).await? {
+                            return Ok(code);
+                        }
+                    }
+                    Err(ferry::engine::Error::Checkpoint(ferry::checkpoint::Error::Locked {
+                        holder,
+                        ..
+                    })) => {
+                        if said_waiting.insert(range.clone()) {
+                            eprintln!(
+                                "ferry worker: range {range} is held by {holder}; waiting for it \
+                                 to finish or for its lease to run out"
+                            );
+                        }
+                    }
+                    Err(ferry::engine::Error::JobFinished { .. }) => {}
+                    Err(err) => {
+                        return Err(fail(
+                            format!("cannot run range {range} of job {id}: {err}"),
+                            BUCKET_HINT,
+                        ));
+                    }
+                }
+            }
+        }
+        if open == 0 && !stopped.is_empty() {
+            return Err(fail(
+                format!(
+                    "every range has ended, but not all of them finished: {}",
+                    stopped.join(", ")
+                ),
+                "see the workers' logs; the other ranges' objects are moved",
+            ));
+        }
+        if open == 0 {
+            println!("ferry worker: every range is finished: {done} objects done, {failed} failed");
+            return Ok(if failed > 0 {
+                EXIT_FAILED_OBJECTS
+            } else {
+                EXIT_OK
+            });
+        }
+        if !ran {
+            tokio::select! {
+                () = tokio::time::sleep(poll) => {}
+                () = signals.recv() => return Ok(EXIT_INTERRUPTED),
+            }
+        }
+    }
+}
+
+/// An engine over the job's two stores, with the shared range records as its checkpoints.
+async fn build_engine(shared: &Shared, job: &SharedJob) -> Result<Engine> {
+    let (src, dst) = run::nodes()?;
+    let source = run::open_store("source", &job.source).await?;
+    let target = run::open_store("destination", &job.target).await?;
+    Ok(Engine::builder()
+        .node(src, source)
+        .node(dst, target)
+        .checkpoint_store(Arc::clone(&shared.ranges) as Arc<dyn CheckpointStore>)
+        .build()?)
+}
+
+/// Runs one range to its end with a progress line every few seconds. `Some(exit code)` when
+/// the worker must stop: interrupted, or the range was taken over by another worker.
+async fn run_range(handle: JobHandle, range: &JobId, signals: &mut Signals) -> Result<Option<u8>> {
+    let mut watch = handle.watch();
+    let mut ticker = tokio::time::interval(Duration::from_secs(2));
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            changed = watch.changed() => {
+                if changed.is_err() || watch.borrow_and_update().status.is_finished() {
+                    break;
+                }
+            }
+            _ = ticker.tick() => {
+                let snap = handle.snapshot();
+                eprintln!("ferry worker: {range}: {}", line(&snap, Totals::default()));
+            }
+            () = signals.recv() => {
+                eprintln!(
+                    "ferry worker: interrupted: pausing range {range} and saving its checkpoint; \
+                     another worker takes it over when its lease runs out"
+                );
+                handle.pause().await;
+                return Ok(Some(EXIT_INTERRUPTED));
+            }
+        }
+    }
+    match handle.wait().await {
+        Ok(snap) => {
+            eprintln!("ferry worker: {range}: {}", line(&snap, Totals::default()));
+            if snap.status == JobStatus::Failed {
+                return Err(fail(
+                    format!("range {range} failed"),
+                    "see the log above (-v for more), then run `ferry worker` again",
+                ));
+            }
+            Ok(None)
+        }
+        Err(err) if taken_over(&err) => Err(fail(
+            format!("range {range} was taken over by another worker; this worker stops"),
+            "its lease ran out (it was stopped, or cut off from the bucket) and its checkpoint \
+             saves are refused; the other worker finishes the range",
+        )),
+        Err(err) => Err(fail(
+            format!("range {range} stopped: {}", chain(&err)),
+            BUCKET_HINT,
+        )),
+    }
+}
+
+/// Whether `err` says that another worker owns the range now (a stale or released lease),
+/// however deep in its chain of causes.
+fn taken_over(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        // A checkpointer's background failure holds its cause in an `Arc`.
+        let checkpoint = err.downcast_ref::<ferry::checkpoint::Error>().or_else(|| {
+            err.downcast_ref::<Arc<ferry::checkpoint::Error>>()
+                .map(|e| &**e)
+        });
+        if let Some(
+            ferry::checkpoint::Error::StaleEpoch { .. } | ferry::checkpoint::Error::NotOwner { .. },
+        ) = checkpoint
+        {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
+}
+
+/// An error and its causes on one line.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        cause = err.source();
+    }
+    text
+}
