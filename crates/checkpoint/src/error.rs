@@ -95,6 +95,21 @@ pub enum Error {
         current: u64,
     },
 
+    /// A timed lease ran out by this process's own clock before it could be renewed (the
+    /// shared store was unreachable): another process may own the job now, so this one must
+    /// stop working on it (I6). The job is taken over, or acquired again, once the lease has
+    /// run out everywhere.
+    #[error(
+        "the lease of job `{job}` (epoch {epoch}) ran out before it could be renewed: another \
+         worker may own the job now; stop working on it"
+    )]
+    LeaseLost {
+        /// The job.
+        job: JobId,
+        /// The epoch of the lease.
+        epoch: u64,
+    },
+
     /// A lease that was released (or never acquired from this store) was used.
     #[error("job `{job}` is not owned through this store (epoch {epoch}): acquire it first")]
     NotOwner {

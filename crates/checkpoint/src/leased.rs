@@ -16,6 +16,11 @@
 //! - A task renews each held lease every third of its length, so a live holder keeps its job
 //!   while the engine is idle; a holder that dies, hangs or loses the network stops renewing
 //!   and its job is taken over one lease length later.
+//! - A holder that cannot renew stops by itself: nine tenths of a lease after the start of
+//!   its last successful write (by its monotonic clock), every save, renewal and release is
+//!   refused with [`Error::LeaseLost`] before it reaches the store, so a worker cut off by a
+//!   partition saves (and, since the engine deletes only after a save, deletes) nothing once
+//!   another worker could have taken its job over.
 //!
 //! Clocks: a lease's end is written by its holder's clock and read by the others'. Two
 //! machines whose clocks differ by `d` can overlap by `d`: keep clocks synchronised (NTP) and
@@ -260,6 +265,11 @@ struct Held {
     /// The epoch another process took the job over at, once a write found it: the lease is
     /// lost, and every later use of it is refused with [`Error::StaleEpoch`].
     taken_at: Option<u64>,
+    /// Until when the lease is surely this process's by its own monotonic clock: the start of
+    /// the last write that extended it, plus the lease, less a tenth for clock drift. Past
+    /// it, every use of the lease is refused with [`Error::LeaseLost`], so a worker cut off
+    /// from the store stops before anyone can take its job over.
+    sure_until: tokio::time::Instant,
     /// Serialises this process's writes of the job (saves and renewals), so they never
     /// conflict with each other.
     gate: Arc<tokio::sync::Mutex<()>>,
@@ -406,7 +416,15 @@ impl Inner {
                 epoch: lease.epoch,
                 current: *current,
             }),
-            Some(held) if held.epoch == lease.epoch => Ok(Arc::clone(&held.gate)),
+            Some(held) if held.epoch == lease.epoch => {
+                if tokio::time::Instant::now() >= held.sure_until {
+                    return Err(Error::LeaseLost {
+                        job: lease.job.clone(),
+                        epoch: lease.epoch,
+                    });
+                }
+                Ok(Arc::clone(&held.gate))
+            }
             Some(held) if held.epoch > lease.epoch => Err(Error::StaleEpoch {
                 job: lease.job.clone(),
                 epoch: lease.epoch,
@@ -427,6 +445,20 @@ impl Inner {
             && let Some(renewer) = gone.renewer
         {
             renewer.abort();
+        }
+    }
+
+    /// How long after a write's start the lease it extended is surely this process's.
+    fn sure_for(&self) -> Duration {
+        self.lease - self.lease / 10
+    }
+
+    /// Records that a write started at `started` extended `lease`.
+    fn extended(&self, lease: &Lease, started: tokio::time::Instant) {
+        if let Some(held) = self.held.lock().get_mut(&lease.job)
+            && held.epoch == lease.epoch
+        {
+            held.sure_until = held.sure_until.max(started + self.sure_for());
         }
     }
 
@@ -477,6 +509,7 @@ impl Inner {
                     epoch: lease.epoch,
                 });
             }
+            let started = tokio::time::Instant::now();
             let mut holder = Some(LeaseHolder {
                 holder: self.holder.clone(),
                 until_ms: self.until(),
@@ -488,7 +521,10 @@ impl Inner {
                 .write(&lease.job, bytes, Condition::Matches(tag))
                 .await?
             {
-                Written::Done(_) => return Ok(out),
+                Written::Done(_) => {
+                    self.extended(lease, started);
+                    return Ok(out);
+                }
                 // Someone wrote since the read (an acquire after our lease ran out, or a
                 // write of ours whose reply was lost): read again and see.
                 Written::Conflict => continue,
@@ -544,6 +580,7 @@ impl Inner {
             }
             record.epoch += 1;
             record.generation += 1;
+            let started = tokio::time::Instant::now();
             let holder = Some(LeaseHolder {
                 holder: self.holder.clone(),
                 until_ms: self.until(),
@@ -565,6 +602,7 @@ impl Inner {
                         Held {
                             epoch: record.epoch,
                             taken_at: None,
+                            sure_until: started + self.sure_for(),
                             gate: Arc::default(),
                             renewer,
                         },
@@ -597,7 +635,10 @@ impl Inner {
                 match store.update_held(&lease, |_, _| Ok(())).await {
                     Ok(()) => {}
                     Err(
-                        Error::StaleEpoch { .. } | Error::NotOwner { .. } | Error::NotFound { .. },
+                        Error::StaleEpoch { .. }
+                        | Error::NotOwner { .. }
+                        | Error::NotFound { .. }
+                        | Error::LeaseLost { .. },
                     ) => {
                         return;
                     }

@@ -279,3 +279,109 @@ async fn i5_a_corrupt_shared_record_is_an_error_naming_its_place() -> Result<()>
     }
     Ok(())
 }
+
+/// Records that a test can cut off from this process (a network partition).
+#[derive(Debug, Default)]
+struct Partitionable {
+    inner: MemoryRecords,
+    cut: std::sync::atomic::AtomicBool,
+}
+
+impl Partitionable {
+    fn check(&self) -> ferry_checkpoint::Result<()> {
+        if self.cut.load(Ordering::SeqCst) {
+            return Err(Error::Remote {
+                op: "write",
+                place: "memory/jobs/shared-job".into(),
+                source: "the network is down".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl SharedRecords for Partitionable {
+    fn place(&self, job: &JobId) -> String {
+        self.inner.place(job)
+    }
+
+    fn read<'a>(
+        &'a self,
+        job: &'a JobId,
+    ) -> BoxFuture<'a, ferry_checkpoint::Result<Option<Versioned>>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.read(job).await
+        })
+    }
+
+    fn write<'a>(
+        &'a self,
+        job: &'a JobId,
+        bytes: Vec<u8>,
+        condition: Condition,
+    ) -> BoxFuture<'a, ferry_checkpoint::Result<Written>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.write(job, bytes, condition).await
+        })
+    }
+
+    fn remove<'a>(&'a self, job: &'a JobId) -> BoxFuture<'a, ferry_checkpoint::Result<bool>> {
+        self.inner.remove(job)
+    }
+
+    fn jobs(&self) -> BoxFuture<'_, ferry_checkpoint::Result<Vec<JobId>>> {
+        self.inner.jobs()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn i6_a_holder_cut_off_past_its_lease_stops_by_itself_even_when_the_store_comes_back()
+-> Result<()> {
+    let records = Arc::new(Partitionable::default());
+    let clock = tokio_clock();
+    let a = LeasedStore::builder(Arc::clone(&records) as Arc<dyn SharedRecords>)
+        .holder("worker a")
+        .lease(Duration::from_secs(30))
+        .clock(Arc::clone(&clock))
+        .build();
+    a.create(&job(), &plan()).await?;
+    let lease = a.acquire(&job()).await?.lease;
+
+    // Cut off: the renewals fail. Within nine tenths of the lease the holder still owns it.
+    records.cut.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(26)).await;
+    records.cut.store(false, Ordering::SeqCst);
+    a.save(&lease, JobStatus::Running, progress(1)).await?;
+
+    // Cut off again, for longer: past nine tenths of a lease since that save, the holder
+    // refuses its own writes, even with the store back and nobody having taken over.
+    records.cut.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(28)).await;
+    records.cut.store(false, Ordering::SeqCst);
+    for refused in [
+        a.save(&lease, JobStatus::Running, progress(2))
+            .await
+            .map(|_| ()),
+        a.renew(&lease).await,
+    ] {
+        assert!(
+            matches!(refused, Err(Error::LeaseLost { epoch: 1, .. })),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(
+        a.load(&job()).await?.expect("exists").record.progress,
+        progress(1),
+        "nothing saved after the lease was lost"
+    );
+    // Once the lease has run out everywhere, another worker takes the job over.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let b = LeasedStore::builder(Arc::clone(&records) as Arc<dyn SharedRecords>)
+        .holder("worker b")
+        .clock(clock)
+        .build();
+    assert_eq!(b.acquire(&job()).await?.lease.epoch(), 2);
+    Ok(())
+}

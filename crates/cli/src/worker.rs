@@ -441,7 +441,9 @@ fn taken_over(err: &(dyn std::error::Error + 'static)) -> bool {
                 .map(|e| &**e)
         });
         if let Some(
-            ferry::checkpoint::Error::StaleEpoch { .. } | ferry::checkpoint::Error::NotOwner { .. },
+            ferry::checkpoint::Error::StaleEpoch { .. }
+            | ferry::checkpoint::Error::NotOwner { .. }
+            | ferry::checkpoint::Error::LeaseLost { .. },
         ) = checkpoint
         {
             return true;
