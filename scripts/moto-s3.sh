@@ -55,3 +55,12 @@ unset AWS_CA_BUNDLE
 "$ferry" migrate s3://ferry-cli/across "$work/back"
 diff -r "$work/tree" "$work/back"
 echo "moto: ferry migrate dir -> s3 -> s3 -> dir: identical"
+
+# Two workers share one job through a state bucket on the same server (conditional writes).
+"$ferry" submit "$work/tree" "$work/shared" --state s3://ferry-cli/state --id moto --ranges 2
+"$ferry" worker --state s3://ferry-cli/state --lease 3s &
+first=$!
+"$ferry" worker --state s3://ferry-cli/state --lease 3s
+wait "$first"
+diff -r "$work/tree" "$work/shared"
+echo "moto: ferry submit + two ferry workers, state in a bucket: identical"

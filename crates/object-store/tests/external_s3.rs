@@ -1,9 +1,11 @@
 //! The store conformance checks against a second, independent S3 implementation: the server
 //! at `FERRY_TEST_S3_ENDPOINT` (any credentials accepted). `.ci/run` starts `moto_server`
 //! (moto, from PyPI, installed by `scripts/moto-s3.sh`) and runs this with the variable set;
-//! without it the test has nothing to talk to and says so.
+//! without it the tests have nothing to talk to and say so. Checkpoint records
+//! (`ObjectRecords`) are checked there too: moto enforces `If-Match` / `If-None-Match` on PUT.
 
 mod common;
+mod records;
 
 use std::io::{Read, Write};
 
@@ -72,4 +74,33 @@ async fn an_external_s3_server_conforms() {
     let bare = adapter(&endpoint, &bucket, "");
     put(&adapter(&endpoint, &bucket, "p"), "k", b"x").await;
     assert!(common::read(&bare, "p/k").await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_s3_server_enforces_the_conditional_writes_of_checkpoint_records() {
+    let Ok(endpoint) = std::env::var(ENDPOINT) else {
+        eprintln!("{ENDPOINT} is not set: no second S3 server to test against (see .ci/run)");
+        return;
+    };
+    let bucket = format!("ferry-records-{}", std::process::id());
+    create_bucket(&endpoint, &bucket);
+    let s3 = |prefix: &str| {
+        let client = AmazonS3Builder::new()
+            .with_endpoint(&endpoint)
+            .with_allow_http(true)
+            .with_virtual_hosted_style_request(false)
+            .with_region("us-east-1")
+            .with_bucket_name(&bucket)
+            .with_access_key_id("ferry-test")
+            .with_secret_access_key("ferry-test")
+            .build()
+            .unwrap();
+        let store: std::sync::Arc<dyn ferry_object_store::object_store::ObjectStore> =
+            std::sync::Arc::new(ferry_object_store::object_store::prefix::PrefixStore::new(
+                client, prefix,
+            ));
+        ferry_object_store::ObjectRecords::new(store, &format!("s3://{bucket}/{prefix}"))
+    };
+    records::conditional_writes_are_enforced(&s3("writes")).await;
+    records::i6_the_stale_worker_is_fenced(std::sync::Arc::new(s3("fenced"))).await;
 }
