@@ -176,8 +176,8 @@ pub enum Error {
     /// A request to the shared store behind a [`LeasedStore`](crate::LeasedStore) failed (an
     /// object store: network, credentials, permissions, or no conditional-write support).
     #[error(
-        "could not {op} {place}: check the endpoint, the credentials and that the store \
-         supports conditional writes"
+        "could not {op} {place}: check the endpoint, the credentials and the network (and, \
+         for writes, that the store supports conditional writes)"
     )]
     Remote {
         /// What was being done: `read`, `write`, `list`, `delete`.

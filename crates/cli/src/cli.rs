@@ -76,6 +76,27 @@ pub(crate) enum Command {
     Demo(DemoArgs),
 }
 
+impl Command {
+    /// The subcommand as typed.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Command::Migrate(_) => "migrate",
+            Command::Resume(_) => "resume",
+            Command::Pause(_) => "pause",
+            Command::SetRate(_) => "set-rate",
+            Command::Status(_) => "status",
+            Command::List(_) => "list",
+            Command::Cancel(_) => "cancel",
+            Command::RetryFailed(_) => "retry-failed",
+            Command::Forget(_) => "forget",
+            Command::Plan(_) => "plan",
+            Command::Submit(_) => "submit",
+            Command::Worker(_) => "worker",
+            Command::Demo(_) => "demo",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum CheckpointKind {

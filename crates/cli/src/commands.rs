@@ -30,6 +30,21 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Worker(args) => return crate::worker::worker(cli.state.as_deref(), args).await,
         command => command,
     };
+    if let Some(url) = cli.state.as_deref().and_then(crate::worker::bucket_state) {
+        return match command {
+            Command::Status(args) => crate::worker::status(&url, args.id, args.json).await,
+            Command::List(args) => crate::worker::status(&url, None, args.json).await,
+            _ => Err(usage(
+                format!(
+                    "--state {url} is a bucket: `ferry {}` keeps its jobs in a state directory \
+                     on this machine",
+                    command.name()
+                ),
+                "a bucket state is for `ferry submit`, `worker`, `status` and `list`; give this \
+                 command --state DIR, or no --state",
+            )),
+        };
+    }
     let state = State::open(cli.state.as_deref())?;
     match command {
         Command::Migrate(args) => migrate(&state, args).await,

@@ -48,6 +48,14 @@ struct SharedJob {
     bytes: u64,
 }
 
+/// The bucket URL `--state` names, when it names one (not a directory).
+pub(crate) fn bucket_state(state: &Path) -> Option<String> {
+    match state.to_string_lossy().parse::<Location>() {
+        Ok(Location::Bucket(url)) => Some(url),
+        _ => None,
+    }
+}
+
 /// The shared state: range records under timed leases, and the jobs' descriptions.
 struct Shared {
     url: String,
@@ -65,10 +73,11 @@ impl Shared {
                 hint,
             ));
         };
-        let text = state.to_string_lossy();
-        let url = match text.parse::<Location>() {
-            Ok(Location::Bucket(url)) => url,
-            _ => return Err(usage(format!("--state {text} is not a bucket URL"), hint)),
+        let Some(url) = bucket_state(state) else {
+            return Err(usage(
+                format!("--state {} is not a bucket URL", state.display()),
+                hint,
+            ));
         };
         let open = |url: String| {
             ObjectRecords::from_url(&url).explain(|| {
@@ -463,4 +472,131 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
         cause = err.source();
     }
     text
+}
+
+/// `ferry status [ID]` and `ferry list` over a bucket state: each job with its ranges, their
+/// status, progress and holders.
+pub(crate) async fn status(url: &str, id: Option<String>, json: bool) -> Result<u8> {
+    let shared = Shared::open(Some(Path::new(url)), ferry::checkpoint::DEFAULT_LEASE)?;
+    let ids = match &id {
+        Some(id) => vec![State::job_id(id)?],
+        None => shared
+            .jobs
+            .jobs()
+            .await
+            .explain(shared.unreachable("list jobs"))?,
+    };
+    let now = ferry::checkpoint::system_clock()();
+    let mut all = Vec::new();
+    for id in &ids {
+        let Some(job) = shared.job(id).await? else {
+            return Err(fail(
+                format!("there is no job {id} in {}", shared.url),
+                format!("`ferry list --state {}` shows the jobs there", shared.url),
+            ));
+        };
+        let mut ranges = Vec::new();
+        let mut statuses = Vec::new();
+        let (mut done, mut bytes, mut failed) = (0u64, 0u64, 0u64);
+        for range in &job.ranges {
+            let range = JobId::new(range.as_str())?;
+            let loaded = shared
+                .ranges
+                .load(&range)
+                .await
+                .explain(shared.unreachable("read a range"))?;
+            let holder = shared
+                .ranges
+                .holder(&range)
+                .await
+                .explain(shared.unreachable("read a range"))?
+                .filter(|h| h.until_ms > now);
+            let Some(loaded) = loaded else {
+                ranges.push(serde_json::json!({"id": range.as_str(), "status": "missing"}));
+                continue;
+            };
+            let record = loaded.record;
+            statuses.push(record.status);
+            done += record.progress.done_objects;
+            bytes += record.progress.done_bytes;
+            failed += record.progress.failed.len() as u64;
+            ranges.push(serde_json::json!({
+                "id": range.as_str(),
+                "status": record.status.as_str(),
+                "done_objects": record.progress.done_objects,
+                "done_bytes": record.progress.done_bytes,
+                "failed_objects": record.progress.failed.len(),
+                "epoch": record.epoch,
+                "holder": holder.as_ref().map(|h| h.holder.as_str()),
+                "lease_ends_in_ms": holder.as_ref().map(|h| h.until_ms - now),
+            }));
+        }
+        let status = if statuses.len() < job.ranges.len() {
+            "incomplete"
+        } else if statuses.iter().all(|s| *s == JobStatus::Completed) {
+            "completed"
+        } else if statuses.contains(&JobStatus::Failed) {
+            "failed"
+        } else if statuses.iter().all(|s| s.is_finished()) {
+            "completed_with_errors"
+        } else if ranges.iter().any(|r| !r["holder"].is_null()) {
+            "running"
+        } else {
+            "waiting_for_workers"
+        };
+        all.push(serde_json::json!({
+            "id": job.id,
+            "status": status,
+            "source": job.source.to_string(),
+            "target": job.target.to_string(),
+            "total_objects": job.objects,
+            "total_bytes": job.bytes,
+            "done_objects": done,
+            "done_bytes": bytes,
+            "failed_objects": failed,
+            "ranges": ranges,
+        }));
+    }
+    if json {
+        let value = match id {
+            Some(_) => all.pop().unwrap_or_default(),
+            None => serde_json::Value::Array(all),
+        };
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(EXIT_OK);
+    }
+    if all.is_empty() {
+        println!("no jobs in {}", shared.url);
+    }
+    for job in &all {
+        println!(
+            "job {}: {} — {}/{} objects, {}/{}, {} failed; {} → {}",
+            job["id"].as_str().unwrap_or("?"),
+            job["status"].as_str().unwrap_or("?").replace('_', " "),
+            job["done_objects"],
+            job["total_objects"],
+            size(job["done_bytes"].as_u64().unwrap_or(0)),
+            size(job["total_bytes"].as_u64().unwrap_or(0)),
+            job["failed_objects"],
+            job["source"].as_str().unwrap_or("?"),
+            job["target"].as_str().unwrap_or("?"),
+        );
+        for range in job["ranges"].as_array().into_iter().flatten() {
+            let held = match range["holder"].as_str() {
+                Some(holder) => format!(
+                    ", held by {holder} (lease ends in {:.1} s)",
+                    range["lease_ends_in_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+                ),
+                None => String::new(),
+            };
+            println!(
+                "  {:<16} {:<22} {} done, {} failed{held}",
+                range["id"].as_str().unwrap_or("?"),
+                range["status"].as_str().unwrap_or("?").replace('_', " "),
+                range["done_objects"],
+                range["failed_objects"],
+            );
+        }
+    }
+    Ok(EXIT_OK)
 }

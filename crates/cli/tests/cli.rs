@@ -1247,7 +1247,37 @@ fn submit_and_worker_refuse_bad_state_and_ids_with_clear_errors() {
         text(&out)
     );
     // The job is still there, untouched, and a worker finishes it.
+    let out = run(&["status", "j", "--state", "s3://state/x", "--json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let status: Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    assert_eq!(status["status"], "waiting_for_workers", "{status:#}");
+    assert_eq!(status["total_objects"], 3, "{status:#}");
     let out = run(&["worker", "--state", "s3://state/x"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert_same_files(&src, Path::new(d));
+    let out = run(&["list", "--state", "s3://state/x", "--json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).expect("list --json is JSON");
+    assert_eq!(list[0]["status"], "completed", "{list:#}");
+    assert_eq!(list[0]["done_objects"], 3, "{list:#}");
+    assert!(
+        list[0]["ranges"]
+            .as_array()
+            .expect("ranges")
+            .iter()
+            .all(|r| r["status"] == "completed" && r["holder"].is_null()),
+        "{list:#}"
+    );
+    // The commands of this machine's state directory refuse a bucket state.
+    let out = run(&["migrate", s, d, "--state", "s3://state/x"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        stderr(&out).contains("is a bucket: `ferry migrate`"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !Path::new("s3:").exists(),
+        "no local directory named after the URL"
+    );
 }
