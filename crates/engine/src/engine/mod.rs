@@ -326,6 +326,13 @@ impl Engine {
         for warning in &acquired.warnings {
             tracing::warn!(job = %id, "{warning}");
         }
+        // The record may have changed between the load and the acquire: another process
+        // (a worker sharing the checkpoint store) may have finished the job meanwhile.
+        let status = acquired.record.status;
+        if !retrying && (status.is_terminal() || status == JobStatus::CompletedWithErrors) {
+            let _ = store.release(&acquired.lease).await;
+            return Err(Error::JobFinished { job: id, status });
+        }
         if retrying && acquired.record.status != JobStatus::CompletedWithErrors {
             let _ = store.release(&acquired.lease).await;
             return Err(Error::NotRetryable {

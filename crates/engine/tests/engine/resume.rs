@@ -365,3 +365,127 @@ async fn i3_resume_does_not_forward_a_failed_key_to_its_stale_copy() {
     );
     assert_eq!(source.bytes(key(0).as_str()).unwrap(), content(0));
 }
+
+/// A checkpoint store whose next `load` answers with a record read earlier: what a process
+/// sees when another one, sharing the store, finishes the job between its load and its
+/// acquire.
+#[derive(Debug)]
+struct StaleLoad {
+    inner: Arc<dyn CheckpointStore>,
+    stale: parking_lot::Mutex<Option<ferry_checkpoint::JobRecord>>,
+}
+
+impl CheckpointStore for StaleLoad {
+    fn create<'a>(
+        &'a self,
+        job: &'a JobId,
+        plan: &'a ferry_types::MigrationPlan,
+    ) -> ferry_checkpoint::BoxFuture<'a, ferry_checkpoint::Result<ferry_checkpoint::JobRecord>>
+    {
+        self.inner.create(job, plan)
+    }
+
+    fn load<'a>(
+        &'a self,
+        job: &'a JobId,
+    ) -> ferry_checkpoint::BoxFuture<'a, ferry_checkpoint::Result<Option<ferry_checkpoint::Loaded>>>
+    {
+        match self.stale.lock().take() {
+            Some(record) => Box::pin(async move {
+                Ok(Some(ferry_checkpoint::Loaded {
+                    record,
+                    warnings: Vec::new(),
+                }))
+            }),
+            None => self.inner.load(job),
+        }
+    }
+
+    fn list(&self) -> ferry_checkpoint::BoxFuture<'_, ferry_checkpoint::Result<Vec<JobId>>> {
+        self.inner.list()
+    }
+
+    fn delete<'a>(
+        &'a self,
+        job: &'a JobId,
+    ) -> ferry_checkpoint::BoxFuture<'a, ferry_checkpoint::Result<bool>> {
+        self.inner.delete(job)
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        job: &'a JobId,
+    ) -> ferry_checkpoint::BoxFuture<'a, ferry_checkpoint::Result<ferry_checkpoint::Acquired>> {
+        self.inner.acquire(job)
+    }
+
+    fn renew<'a>(
+        &'a self,
+        lease: &'a ferry_checkpoint::Lease,
+    ) -> ferry_checkpoint::BoxFuture<'a, ferry_checkpoint::Result<()>> {
+        self.inner.renew(lease)
+    }
+
+    fn release<'a>(
+        &'a self,
+        lease: &'a ferry_checkpoint::Lease,
+    ) -> ferry_checkpoint::BoxFuture<'a, ferry_checkpoint::Result<()>> {
+        self.inner.release(lease)
+    }
+
+    fn save<'a>(
+        &'a self,
+        lease: &'a ferry_checkpoint::Lease,
+        status: JobStatus,
+        progress: ferry_checkpoint::Progress,
+    ) -> ferry_checkpoint::BoxFuture<'a, ferry_checkpoint::Result<u64>> {
+        self.inner.save(lease, status, progress)
+    }
+}
+
+#[tokio::test]
+async fn i6_a_job_finished_by_another_process_between_load_and_acquire_is_not_run_again() {
+    let source = filled(8);
+    let target = MemStore::new();
+    let checkpoints = Arc::new(StaleLoad {
+        inner: mem_checkpoints(),
+        stale: parking_lot::Mutex::new(None),
+    });
+    let engine = engine(
+        Arc::new(source.clone()),
+        Arc::new(target.clone()),
+        &Table::new(Default::default()),
+        Arc::clone(&checkpoints) as Arc<dyn CheckpointStore>,
+    );
+    let job = JobId::new("finished-elsewhere").unwrap();
+    let plan = plan("finished-elsewhere", ObjectSelection::all());
+    // The record as a process saw it before the job ran elsewhere: pending.
+    checkpoints.inner.create(&job, &plan).await.unwrap();
+    let pending = checkpoints.inner.load(&job).await.unwrap().unwrap().record;
+    let done = engine
+        .start(plan.clone())
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(done.status, JobStatus::Completed);
+
+    *checkpoints.stale.lock() = Some(pending);
+    match engine.start(plan).await {
+        Err(ferry_engine::Error::JobFinished {
+            status: JobStatus::Completed,
+            ..
+        }) => {}
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(handle) => panic!(
+            "a finished job ran again, and ended {:?}",
+            handle.wait().await.map(|s| s.status)
+        ),
+    }
+    // The record is as the finishing run left it, and nobody holds the job.
+    let record = checkpoints.inner.load(&job).await.unwrap().unwrap().record;
+    assert_eq!(record.status, JobStatus::Completed);
+    let lease = checkpoints.inner.acquire(&job).await.unwrap().lease;
+    checkpoints.inner.release(&lease).await.unwrap();
+}
