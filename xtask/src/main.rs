@@ -2,8 +2,9 @@
 //!
 //! - `ci`: what CI checks, in the order it checks it: `cargo fmt --check`, clippy on every
 //!   target and feature with warnings denied, the README's test command, the docs with
-//!   warnings denied, and `scripts/moto-s3.sh` (the S3 tests against moto, installed from
-//!   PyPI). If this passes locally, `.ci/run` passes.
+//!   warnings denied, `scripts/moto-s3.sh` (the S3 tests against moto, installed from PyPI)
+//!   and `scripts/azurite.sh` (the az:// tests against Azurite, installed from npm). If this
+//!   passes locally, `.ci/run` passes.
 //! - `bench [ARGS…]`: the criterion benches of every crate; extra arguments go to criterion
 //!   (for example `cargo xtask bench -- acquire`).
 //! - `bench cli`: the `ferry` command against its peers in the same run (SPEC §8): `ferry
@@ -81,14 +82,17 @@ fn ci() -> Result<(), String> {
         &["doc", "--workspace", "--no-deps", "--all-features"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
-    // The S3 tests against moto, a second S3 implementation (`.ci/run` runs it too).
-    let script = cli_bench::env_dir()?.join("../scripts/moto-s3.sh");
-    eprintln!("xtask: $ {}", script.display());
-    let status = Command::new(&script)
-        .status()
-        .map_err(|e| format!("{}: {e}", script.display()))?;
-    if !status.success() {
-        return Err(format!("{} failed: {status}", script.display()));
+    // The S3 tests against moto, a second S3 implementation, and the az:// tests against
+    // Azurite, Azure's emulator (`.ci/run` runs both too).
+    for script in ["moto-s3.sh", "azurite.sh"] {
+        let script = cli_bench::env_dir()?.join("../scripts").join(script);
+        eprintln!("xtask: $ {}", script.display());
+        let status = Command::new(&script)
+            .status()
+            .map_err(|e| format!("{}: {e}", script.display()))?;
+        if !status.success() {
+            return Err(format!("{} failed: {status}", script.display()));
+        }
     }
     eprintln!("xtask: ci passed");
     Ok(())

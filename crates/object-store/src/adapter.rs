@@ -242,7 +242,7 @@ impl ObjectStoreAdapter {
         size: u64,
         done: object_store::PutResult,
     ) -> Result<ObjectMeta> {
-        if let Some(version) = done.e_tag.or(done.version) {
+        if let Some(version) = done.e_tag.map(unquoted).or(done.version) {
             return Ok(ObjectMeta {
                 key: key.clone(),
                 size,
@@ -437,10 +437,21 @@ fn is_upload_name(segment: &str) -> bool {
         .is_some_and(|(_, suffix)| !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// An ETag without the double quotes HTTP puts around it. Azure's listings give ETags bare
+/// but its headers quote them (S3 quotes both): without this, a listed version would never
+/// equal `head`'s.
+fn unquoted(e_tag: String) -> String {
+    match e_tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(bare) => bare.to_owned(),
+        None => e_tag,
+    }
+}
+
 fn convert_meta(key: ObjectKey, meta: &object_store::ObjectMeta) -> ObjectMeta {
     let version = meta
         .e_tag
         .clone()
+        .map(unquoted)
         .or_else(|| meta.version.clone())
         .unwrap_or_else(|| {
             // Neither: the modification time and size stand in for a version.
@@ -820,6 +831,14 @@ mod tests {
                 assert!(mapped.to_string().contains("put of \"a/b\""), "{mapped}");
             }
         }
+    }
+
+    #[test]
+    fn etags_are_compared_without_their_quotes() {
+        assert_eq!(unquoted("\"0x8D\"".into()), "0x8D");
+        assert_eq!(unquoted("0x8D".into()), "0x8D");
+        assert_eq!(unquoted("\"abc-2\"".into()), "abc-2");
+        assert_eq!(unquoted("\"".into()), "\"");
     }
 
     #[test]
