@@ -141,7 +141,19 @@ pub(crate) struct MigrateArgs {
     pub(crate) id: Option<String>,
     #[command(flatten)]
     pub(crate) select: SelectArgs,
-    /// How many files move at once.
+    #[command(flatten)]
+    pub(crate) job: JobArgs,
+    /// Where the job's checkpoint is kept.
+    #[arg(long, value_enum, default_value_t = CheckpointKind::File)]
+    pub(crate) checkpoint: CheckpointKind,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+/// How a job moves each object: `migrate` and `submit` take the same.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct JobArgs {
+    /// How many files move at once (per range, for `submit`).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub(crate) concurrency: u16,
     /// How each copy is checked before it counts as moved.
@@ -150,11 +162,20 @@ pub(crate) struct MigrateArgs {
     /// When source files are deleted: never, after-verify, or grace=DURATION (e.g. grace=30s).
     #[arg(long, default_value = "never", value_parser = parse_cleanup)]
     pub(crate) cleanup: CleanupPolicy,
-    /// Where the job's checkpoint is kept.
-    #[arg(long, value_enum, default_value_t = CheckpointKind::File)]
-    pub(crate) checkpoint: CheckpointKind,
-    #[command(flatten)]
-    pub(crate) output: OutputArgs,
+}
+
+impl JobArgs {
+    /// The plan options these flags and `rate` give.
+    pub(crate) fn options(&self, rate: Rate) -> ferry::types::PlanOptions {
+        ferry::types::PlanOptions {
+            verify: self.verify,
+            cleanup: self.cleanup,
+            concurrency: std::num::NonZeroUsize::new(usize::from(self.concurrency))
+                .unwrap_or(std::num::NonZeroUsize::MIN),
+            rate,
+            ..ferry::types::PlanOptions::default()
+        }
+    }
 }
 
 #[derive(Debug, Args, Clone)]
@@ -268,15 +289,8 @@ pub(crate) struct SubmitArgs {
     pub(crate) ranges: u32,
     #[command(flatten)]
     pub(crate) select: SelectArgs,
-    /// Copies in flight per range.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=4096))]
-    pub(crate) concurrency: u16,
-    /// none, size or checksum.
-    #[arg(long, default_value = "checksum", value_parser = parse_verify)]
-    pub(crate) verify: VerifyMode,
-    /// never, after-verify or grace=DURATION.
-    #[arg(long, default_value = "never", value_parser = parse_cleanup)]
-    pub(crate) cleanup: CleanupPolicy,
+    #[command(flatten)]
+    pub(crate) job: JobArgs,
 }
 
 #[derive(Debug, Args)]

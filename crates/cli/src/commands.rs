@@ -1,14 +1,11 @@
 //! One function per subcommand.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use anyhow::Result;
 use ferry::checkpoint::{CheckpointStore, Error as CkError};
-use ferry::types::{
-    JobId, JobStatus, MigrationPlan, ObjectSelection, PlanOptions, Rate, format_duration,
-};
+use ferry::types::{JobId, JobStatus, MigrationPlan, ObjectSelection, Rate, format_duration};
 use serde_json::json;
 
 use crate::cli::{
@@ -125,13 +122,7 @@ async fn migrate(state: &State, args: MigrateArgs) -> Result<u8> {
     );
     meta.not_regular_skipped = found.skipped.len() as u64;
     let (src, dst) = run::nodes()?;
-    let options = PlanOptions {
-        verify: args.verify,
-        cleanup: args.cleanup,
-        concurrency: NonZeroUsize::new(usize::from(args.concurrency)).unwrap_or(NonZeroUsize::MIN),
-        rate: args.select.rate,
-        ..PlanOptions::default()
-    };
+    let options = args.job.options(args.select.rate);
     let plan = MigrationPlan::new(src, dst, ObjectSelection::prefix(&args.select.prefix))
         .with_id(id.clone())
         .with_options(options);

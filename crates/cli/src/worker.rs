@@ -10,7 +10,6 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
-use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +17,7 @@ use std::time::Duration;
 use anyhow::Result;
 use ferry::checkpoint::{CheckpointStore, Condition, LeasedStore, SharedRecords, Written};
 use ferry::engine::{Engine, JobHandle};
-use ferry::types::{JobId, JobStatus, MigrationPlan, ObjectKey, ObjectSelection, PlanOptions};
+use ferry::types::{JobId, JobStatus, MigrationPlan, ObjectKey, ObjectSelection};
 use ferry_object_store::ObjectRecords;
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
@@ -193,13 +192,7 @@ pub(crate) async fn submit(state: Option<&Path>, args: SubmitArgs) -> Result<u8>
         ));
     }
     let (src, dst) = run::nodes()?;
-    let options = PlanOptions {
-        verify: args.verify,
-        cleanup: args.cleanup,
-        concurrency: NonZeroUsize::new(usize::from(args.concurrency)).unwrap_or(NonZeroUsize::MIN),
-        rate: args.select.rate,
-        ..PlanOptions::default()
-    };
+    let options = args.job.options(args.select.rate);
     for (range, after, until) in &ranges {
         let plan = MigrationPlan::new(
             src,
@@ -304,11 +297,13 @@ pub(crate) async fn worker(state: Option<&Path>, args: WorkerArgs) -> Result<u8>
                     ));
                 };
                 let record = loaded.record;
-                if matches!(record.status, JobStatus::Failed | JobStatus::Cancelled) {
-                    stopped.push(format!("{range} ({})", record.status));
+                if record.status == JobStatus::Cancelled {
+                    stopped.push(range.to_string());
                     continue;
                 }
-                if record.status.is_finished() {
+                // A range that failed as a whole (its store unreachable for longer than the
+                // retries, say) runs again from its checkpoint, once per worker run.
+                if record.status.is_finished() && record.status != JobStatus::Failed {
                     done += record.progress.done_objects;
                     failed += record.progress.failed.len() as u64;
                     continue;
@@ -354,10 +349,11 @@ pub(crate) async fn worker(state: Option<&Path>, args: WorkerArgs) -> Result<u8>
         if open == 0 && !stopped.is_empty() {
             return Err(fail(
                 format!(
-                    "every range has ended, but not all of them finished: {}",
+                    "every range has ended, but these were cancelled: {}",
                     stopped.join(", ")
                 ),
-                "see the workers' logs; the other ranges' objects are moved",
+                "the other ranges' objects are moved; submit the cancelled ranges' keys as a \
+                 new job to move them",
             ));
         }
         if open == 0 {
@@ -422,7 +418,8 @@ async fn run_range(handle: JobHandle, range: &JobId, signals: &mut Signals) -> R
             if snap.status == JobStatus::Failed {
                 return Err(fail(
                     format!("range {range} failed"),
-                    "see the log above (-v for more), then run `ferry worker` again",
+                    "see the log above (-v for more); `ferry worker` runs it again from its \
+                     checkpoint",
                 ));
             }
             Ok(None)

@@ -1077,24 +1077,53 @@ fn submit_slow_job(env: &Env, server: &S3Server, id: &str) -> (PathBuf, PathBuf)
     (src, dst)
 }
 
-#[test]
-fn i6_a_killed_workers_range_is_taken_over_when_its_lease_runs_out() {
+/// A slow job submitted, and its first worker (`a`, lease 3 s) in the middle of its first
+/// range: running it, with at least `copied` files in DST.
+struct MidRange {
+    env: Env,
+    server: S3Server,
+    src: PathBuf,
+    dst: PathBuf,
+    a: Child,
+    rx: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+const WORKER_STATE: [&str; 4] = ["--state", "s3://state/ferry", "--lease", "3s"];
+
+fn worker_mid_range(id: &str, copied: usize) -> MidRange {
     let env = Env::new();
     let server = S3Server::start(&["state"]).expect("the S3 test server starts");
-    let (src, dst) = submit_slow_job(&env, &server, "shared");
-    let state = ["--state", "s3://state/ferry", "--lease", "3s"];
-    let (mut a, rx) = spawn_worker(&env, &server, &state);
+    let (src, dst) = submit_slow_job(&env, &server, id);
+    let (a, rx) = spawn_worker(&env, &server, &WORKER_STATE);
     let mut seen = Vec::new();
-    wait_text(
-        &rx,
-        Duration::from_secs(30),
-        "running range shared.r000",
-        &mut seen,
-    );
-    // Kill worker a once it has copied part of its range.
+    let first = format!("running range {id}.r000");
+    wait_text(&rx, Duration::from_secs(30), &first, &mut seen);
     wait_until(Duration::from_secs(30), "a's first copies", || {
-        regular_files(&dst).0.len() >= 4
+        regular_files(&dst).0.len() >= copied
     });
+    MidRange {
+        env,
+        server,
+        src,
+        dst,
+        a,
+        rx,
+        seen,
+    }
+}
+
+#[test]
+fn i6_a_killed_workers_range_is_taken_over_when_its_lease_runs_out() {
+    let MidRange {
+        env,
+        server,
+        src,
+        dst,
+        mut a,
+        ..
+    } = worker_mid_range("shared", 4);
+    let state = WORKER_STATE;
     signal(&a, "-KILL");
     let _ = wait_exit(&mut a, Duration::from_secs(10));
     assert!(
@@ -1131,21 +1160,16 @@ fn i6_a_killed_workers_range_is_taken_over_when_its_lease_runs_out() {
 
 #[test]
 fn i6_a_stopped_worker_is_fenced_when_it_wakes_after_a_takeover() {
-    let env = Env::new();
-    let server = S3Server::start(&["state"]).expect("the S3 test server starts");
-    let (src, dst) = submit_slow_job(&env, &server, "fenced");
-    let state = ["--state", "s3://state/ferry", "--lease", "3s"];
-    let (mut a, rx) = spawn_worker(&env, &server, &state);
-    let mut seen = Vec::new();
-    wait_text(
-        &rx,
-        Duration::from_secs(30),
-        "running range fenced.r000",
-        &mut seen,
-    );
-    wait_until(Duration::from_secs(30), "a's first copies", || {
-        !regular_files(&dst).0.is_empty()
-    });
+    let MidRange {
+        env,
+        server,
+        src,
+        dst,
+        mut a,
+        rx,
+        mut seen,
+    } = worker_mid_range("fenced", 1);
+    let state = WORKER_STATE;
     // Worker a hangs (a long pause, a partition): it holds its lease and renews nothing.
     signal(&a, "-STOP");
     let mut b = s3_cmd(&env, &server);
