@@ -84,6 +84,11 @@ pub(crate) fn this_process() -> String {
 
 pub(crate) fn decode_at(place: &Path, job: &JobId, bytes: &[u8]) -> Result<JobRecord> {
     let record = envelope::decode(bytes).map_err(|e| e.at(place))?;
+    of_job(place, job, record)
+}
+
+/// `record`, checked to be `job`'s: a record under another job's name is corrupt.
+pub(crate) fn of_job(place: &Path, job: &JobId, record: JobRecord) -> Result<JobRecord> {
     if &record.job != job {
         return Err(Error::Corrupt {
             path: place.to_path_buf(),

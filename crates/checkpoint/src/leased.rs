@@ -35,8 +35,8 @@ use ferry_types::{JobId, JobStatus, MigrationPlan};
 use parking_lot::Mutex;
 
 use crate::envelope;
-use crate::error::{CorruptReason, Error, Result};
-use crate::kv::{check_transition, new_record};
+use crate::error::{Error, Result};
+use crate::kv::{check_transition, new_record, of_job};
 use crate::record::{Acquired, JobRecord, Lease, LeaseHolder, Loaded, Progress, Warning};
 use crate::{BoxFuture, CheckpointStore};
 
@@ -390,18 +390,9 @@ impl Inner {
         let Some((bytes, tag)) = self.records.read(job).await? else {
             return Ok(None);
         };
-        let place = self.records.place(job);
+        let place = std::path::PathBuf::from(self.records.place(job));
         let (holder, record) = envelope::decode_leased(&bytes).map_err(|e| e.at(&place))?;
-        if &record.job != job {
-            return Err(Error::Corrupt {
-                path: place.into(),
-                reason: CorruptReason::WrongJob {
-                    expected: job.clone(),
-                    found: record.job,
-                },
-            });
-        }
-        Ok(Some((holder, record, tag)))
+        Ok(Some((holder, of_job(&place, job, record)?, tag)))
     }
 
     /// The gate of the job, checked against the lease.

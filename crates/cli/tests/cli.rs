@@ -59,16 +59,21 @@ impl Env {
             .spawn()
             .expect("ferry starts");
         let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        (child, rx)
+        (child, line_channel(stdout))
     }
+}
+
+/// The lines of `pipe`, read by a thread of their own, on a channel.
+fn line_channel(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 fn code(out: &Output) -> i32 {
@@ -1000,15 +1005,7 @@ fn spawn_worker(env: &Env, server: &S3Server, args: &[&str]) -> (Child, mpsc::Re
         .spawn()
         .expect("ferry starts");
     let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
+    (child, line_channel(stderr))
 }
 
 /// Runs `cmd` to its end, killed (and the test failed) if it takes longer than `limit`.
