@@ -89,9 +89,13 @@ impl Default for SyncStrategy {
 /// renames a new one over it) and mount points under the root.
 ///
 /// # Atomic puts, grouped durability
-/// `put` streams the body into a temp file `.ferry-tmp-…` in the target's directory and
-/// renames it over the final name: readers see the old file or the whole new one. Temp files
-/// are never listed, and those a crash left behind are removed by [`DirStore::open`]. Nothing
+/// `put` streams the body into a temp file in the target's directory and puts it in place
+/// under the final name: readers see the old file or the whole new one. On Linux the temp
+/// file is unnamed (`O_TMPFILE`) and linked to the final name (to a temp name renamed over
+/// it when the name exists), so a crash leaves nothing behind and a put takes the directory's
+/// lock once; elsewhere (or [`DirStore::with_named_temp_files`]) it is `.ferry-tmp-…`,
+/// renamed over the final name. Temp files are never listed, and named ones a crash left
+/// behind are removed by [`DirStore::open`]. Nothing
 /// is fsynced by `put`; [`sync`](Store::sync) makes every put and delete before it durable, as
 /// [`SyncStrategy`] says. Deleting the last object of a directory leaves the directory.
 ///
@@ -111,6 +115,8 @@ pub struct DirStore {
     inner: Arc<Inner>,
     chunk_size: usize,
     strategy: SyncStrategy,
+    /// Whether puts use unnamed (`O_TMPFILE`) temp files where the system has them.
+    unnamed_temps: bool,
 }
 
 #[derive(Debug)]
@@ -366,17 +372,31 @@ impl Inner {
 
     /// Creates the directories of `segs` and a temp file beside its final name. Returns the
     /// file and the directories whose entries changed.
-    fn create_temp(&self, key: &ObjectKey, segs: &[&str]) -> Result<(TempFile, Vec<String>)> {
+    fn create_temp(
+        &self,
+        key: &ObjectKey,
+        segs: &[&str],
+        unnamed: bool,
+    ) -> Result<(TempFile, Vec<String>)> {
         let (target, dirs) = split_last(segs);
         let mut created = Vec::new();
         let Walk::Dir(dir) = self.walk(Op::Put, key, dirs, Some(&mut created))? else {
             return Err(Error::io(Op::Put, key.as_str(), Errno::NOENT));
         };
-        let name = temp_name();
-        let flags =
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(&dir, name.as_str(), flags, Mode::from_raw_mode(0o644))
-            .map_err(|e| Error::io(Op::Put, key.as_str(), e))?;
+        let (fd, name) = match unnamed.then(|| unnamed_temp(&dir)).flatten() {
+            Some(fd) => (fd, None),
+            None => {
+                let name = temp_name();
+                let flags = OFlags::WRONLY
+                    | OFlags::CREATE
+                    | OFlags::EXCL
+                    | OFlags::NOFOLLOW
+                    | OFlags::CLOEXEC;
+                let fd = rustix::fs::openat(&dir, name.as_str(), flags, Mode::from_raw_mode(0o644))
+                    .map_err(|e| Error::io(Op::Put, key.as_str(), e))?;
+                (fd, Some(name))
+            }
+        };
         let temp = TempFile {
             dir,
             file: File::from(fd),
@@ -470,12 +490,43 @@ fn temp_name() -> String {
     )
 }
 
+/// Whether `O_TMPFILE` files can be named through `/proc/self/fd`, probed once.
+static UNNAMED_TEMPS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// An unnamed file in `dir` (`O_TMPFILE`, Linux ≥ 3.11 on ext4, xfs, btrfs, tmpfs…), or
+/// `None` where the file system or the kernel has none or `/proc` is not mounted (then a
+/// named temp file is used).
+///
+/// Why: creating a named temp file and renaming it both take the directory's lock for
+/// writing, and concurrent puts into one directory queue on it (7% of the CPU of a
+/// 10k-file copy went to spinning on it). An unnamed file takes no directory lock until
+/// [`TempFile::finish`] links it under its final name: one locked step per put instead of
+/// two. A crash leaves nothing behind: an unnamed file vanishes with its last descriptor.
+fn unnamed_temp(dir: &OwnedFd) -> Option<OwnedFd> {
+    #[cfg(target_os = "linux")]
+    {
+        let usable = *UNNAMED_TEMPS.get_or_init(|| std::path::Path::new("/proc/self/fd").is_dir());
+        if !usable {
+            return None;
+        }
+        let flags = OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC;
+        // An error means no support here (the file system, an old kernel): named temp files.
+        rustix::fs::openat(dir, ".", flags, Mode::from_raw_mode(0o644)).ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (dir, &UNNAMED_TEMPS);
+        None
+    }
+}
+
 /// The temp file of a put in progress; removed when dropped before [`TempFile::finish`]
 /// (the put failed or was dropped).
 struct TempFile {
     dir: OwnedFd,
     file: File,
-    name: String,
+    /// Its name in `dir`; `None` for an unnamed (`O_TMPFILE`) file.
+    name: Option<String>,
     /// The final name, in `dir`.
     target: String,
     armed: bool,
@@ -505,17 +556,44 @@ impl TempFile {
         Ok(())
     }
 
-    /// Renames the temp file over the target: the atomic step of a put.
+    /// Puts the temp file in place under the target's name, atomically for readers: renames
+    /// a named one over the target; links an unnamed one to the target's name, or, when the
+    /// target exists, to a temp name that is then renamed over it.
     fn finish(&mut self, key: &ObjectKey) -> Result<Stat> {
         let io = |e| Error::io(Op::Put, key.as_str(), e);
         let stat = rustix::fs::fstat(&self.file).map_err(io)?;
-        rustix::fs::renameat(
-            &self.dir,
-            self.name.as_str(),
-            &self.dir,
-            self.target.as_str(),
-        )
-        .map_err(io)?;
+        if self.name.is_none() {
+            let fd = format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&self.file)
+            );
+            let link = |name: &str| {
+                rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    fd.as_str(),
+                    &self.dir,
+                    name,
+                    AtFlags::SYMLINK_FOLLOW,
+                )
+            };
+            match link(self.target.as_str()) {
+                Ok(()) => {
+                    self.armed = false;
+                    return Ok(stat);
+                }
+                // An existing target is replaced by a rename, the only atomic way.
+                Err(Errno::EXIST) => {
+                    let name = temp_name();
+                    link(name.as_str()).map_err(io)?;
+                    self.name = Some(name);
+                }
+                Err(e) => return Err(io(e)),
+            }
+        }
+        if let Some(name) = &self.name {
+            rustix::fs::renameat(&self.dir, name.as_str(), &self.dir, self.target.as_str())
+                .map_err(io)?;
+        }
         self.armed = false;
         Ok(stat)
     }
@@ -523,8 +601,10 @@ impl TempFile {
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        if self.armed {
-            let _ = rustix::fs::unlinkat(&self.dir, self.name.as_str(), AtFlags::empty());
+        if self.armed
+            && let Some(name) = &self.name
+        {
+            let _ = rustix::fs::unlinkat(&self.dir, name.as_str(), AtFlags::empty());
         }
     }
 }
@@ -618,7 +698,16 @@ impl DirStore {
             inner: Arc::new(inner),
             chunk_size: DEFAULT_CHUNK_SIZE,
             strategy: SyncStrategy::default(),
+            unnamed_temps: true,
         })
+    }
+
+    /// Puts write named temp files (`.ferry-tmp-…`) and rename them, as they do where
+    /// `O_TMPFILE` or `/proc` is missing, instead of unnamed files linked in place. For tests
+    /// of that path, and for file systems where linking through `/proc/self/fd` is unwanted.
+    pub fn with_named_temp_files(mut self) -> DirStore {
+        self.unnamed_temps = false;
+        self
     }
 
     /// Bodies from `get` come in chunks of at most `chunk_size` bytes (at least 1; default
@@ -660,9 +749,10 @@ impl DirStore {
         let inner = Arc::clone(&self.inner);
         let k = key.clone();
         let whole = second.is_none();
+        let unnamed = self.unnamed_temps;
         let (mut temp, created, stat) = blocking(Op::Put, move || {
             let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-            let (mut temp, created) = inner.create_temp(&k, &segs)?;
+            let (mut temp, created) = inner.create_temp(&k, &segs, unnamed)?;
             if let Some(chunk) = first {
                 temp.write(&k, &chunk)?;
             }

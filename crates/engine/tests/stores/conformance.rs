@@ -376,12 +376,17 @@ async fn faulty_store_without_faults_conforms() {
 async fn dir_store_conforms() {
     use ferry_engine::store::{DirStore, SyncStrategy};
     for strategy in [SyncStrategy::Syncfs, SyncStrategy::PerFileFsync] {
-        let dir = tempfile::tempdir().unwrap();
-        let store = DirStore::open(dir.path())
-            .await
-            .unwrap()
-            .with_sync_strategy(strategy);
-        suite(Arc::new(store), Holds::Disk).await;
+        for named in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = DirStore::open(dir.path())
+                .await
+                .unwrap()
+                .with_sync_strategy(strategy);
+            if named {
+                store = store.with_named_temp_files();
+            }
+            suite(Arc::new(store), Holds::Disk).await;
+        }
     }
 }
 

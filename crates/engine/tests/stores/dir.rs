@@ -225,3 +225,71 @@ async fn a_file_changed_in_place_while_read_is_an_error_not_a_cut_copy() {
     assert_eq!(chunks.iter().map(Bytes::len).collect::<Vec<_>>(), [4, 4, 2]);
     assert_eq!(chunks.concat(), b"0123456789");
 }
+
+/// A body of `chunks` whose last chunk waits for `release`; `reached` is notified when the
+/// put asks for it, i.e. once it has created its temp file and written what came before.
+fn held_body(
+    chunks: Vec<Bytes>,
+    reached: std::sync::Arc<tokio::sync::Notify>,
+    release: tokio::sync::oneshot::Receiver<()>,
+) -> ferry_engine::store::ByteStream {
+    use futures_util::StreamExt as _;
+    let last = chunks.len() - 1;
+    let mut release = Some(release);
+    Box::pin(
+        futures_util::stream::iter(chunks.into_iter().enumerate()).then(move |(i, chunk)| {
+            let wait = (i == last).then(|| release.take()).flatten();
+            let reached = std::sync::Arc::clone(&reached);
+            async move {
+                if let Some(wait) = wait {
+                    reached.notify_one();
+                    let _ = wait.await;
+                }
+                Ok::<_, Error>(chunk)
+            }
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_put_in_progress_shows_no_temp_name_with_unnamed_temp_files_and_one_without() {
+    for named in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = DirStore::open(dir.path()).await.unwrap();
+        if named {
+            store = store.with_named_temp_files();
+        }
+        let store = std::sync::Arc::new(store);
+        put(&*store, "a/b", b"old").await;
+        let chunks: Vec<Bytes> = ["one-", "two-", "three"].map(Bytes::from).into();
+        let reached = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (release, held) = tokio::sync::oneshot::channel();
+        let body = held_body(chunks, std::sync::Arc::clone(&reached), held);
+        let putting = {
+            let store = std::sync::Arc::clone(&store);
+            tokio::spawn(async move { store.put(&key("a/b"), body).await })
+        };
+        reached.notified().await;
+        let temps: Vec<String> = tree(dir.path())
+            .into_iter()
+            .filter(|p| p.contains(TEMP_PREFIX))
+            .collect();
+        if cfg!(target_os = "linux") && !named {
+            assert!(
+                temps.is_empty(),
+                "an unnamed temp file has a name: {temps:?}"
+            );
+        } else {
+            assert_eq!(temps.len(), 1, "{temps:?}");
+        }
+        // Readers still see the old object while the put runs.
+        assert_eq!(read(&*store, "a/b").await.as_deref(), Some(&b"old"[..]));
+        release.send(()).unwrap();
+        putting.await.unwrap().unwrap();
+        assert_eq!(
+            read(&*store, "a/b").await.as_deref(),
+            Some(&b"one-two-three"[..])
+        );
+        assert_eq!(tree(dir.path()), ["a", "a/b"], "named: {named}");
+    }
+}
