@@ -276,6 +276,14 @@ struct Held {
     renewer: Option<tokio::task::AbortHandle>,
 }
 
+impl Held {
+    /// Whether this process no longer owns the job: another took it over, or the lease ran
+    /// out unrenewed by this process's clock.
+    fn is_lost(&self) -> bool {
+        self.taken_at.is_some() || tokio::time::Instant::now() >= self.sure_until
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         for held in self.held.get_mut().values() {
@@ -531,10 +539,9 @@ impl Inner {
         {
             let mut held = self.held.lock();
             match held.get(job) {
-                // Lost to another process: this process may own it again.
-                Some(Held {
-                    taken_at: Some(_), ..
-                }) => {
+                // Lost (taken over, or run out unrenewed): this process may own it again,
+                // under a new epoch, once the store says nobody else does.
+                Some(lost) if lost.is_lost() => {
                     held.remove(job);
                 }
                 Some(held) => {
@@ -644,7 +651,7 @@ impl Inner {
 
     async fn delete(&self, job: &JobId) -> Result<bool> {
         if let Some(held) = self.held.lock().get(job)
-            && held.taken_at.is_none()
+            && !held.is_lost()
         {
             return Err(Error::Locked {
                 job: job.clone(),
