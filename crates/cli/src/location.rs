@@ -8,6 +8,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use ferry_object_store::BucketUrl;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A source or destination given on the command line.
@@ -20,46 +21,17 @@ pub(crate) enum Location {
     Bucket(String),
 }
 
-/// The object-store schemes the command takes, with what follows `://`.
-const BUCKET_SCHEMES: [(&str, &str); 4] = [
-    ("s3", "bucket"),
-    ("s3a", "bucket"),
-    ("gs", "bucket"),
-    ("az", "container"),
-];
-
 impl Location {
-    /// The URL's scheme (`s3a` counts as `s3`), bucket and prefix segments.
-    fn bucket_parts(url: &str) -> Option<(&str, &str, Vec<&str>)> {
-        let (scheme, rest) = url.split_once("://")?;
-        let scheme = if scheme.eq_ignore_ascii_case("s3a") {
-            "s3"
-        } else {
-            scheme
-        };
-        let mut parts = rest.split('/').filter(|s| !s.is_empty());
-        let bucket = parts.next()?;
-        Some((scheme, bucket, parts.collect()))
-    }
-
-    /// How two bucket locations relate: `Some(Equal)` the same place, `Some(Less)` `self`
-    /// holds `other`, `Some(Greater)` `other` holds `self`, `None` apart.
+    /// How two bucket locations relate, by whole prefix segments (see
+    /// [`BucketUrl::nesting`]): `Some(Equal)` the same place, `Some(Less)` `self` holds
+    /// `other`, `Some(Greater)` `other` holds `self`, `None` apart.
     pub(crate) fn bucket_nesting(&self, other: &Location) -> Option<std::cmp::Ordering> {
         let (Location::Bucket(a), Location::Bucket(b)) = (self, other) else {
             return None;
         };
-        let (sa, ba, pa) = Location::bucket_parts(a)?;
-        let (sb, bb, pb) = Location::bucket_parts(b)?;
-        if !sa.eq_ignore_ascii_case(sb) || ba != bb {
-            return None;
-        }
-        if pb.starts_with(&pa) {
-            Some(pa.len().cmp(&pb.len()))
-        } else if pa.starts_with(&pb) {
-            Some(std::cmp::Ordering::Greater)
-        } else {
-            None
-        }
+        BucketUrl::parse(a)
+            .ok()?
+            .nesting(&BucketUrl::parse(b).ok()?)
     }
 }
 
@@ -104,17 +76,14 @@ impl FromStr for Location {
                     .to_owned(),
             );
         }
-        let Some((_, what)) = BUCKET_SCHEMES.iter().find(|(s, _)| *s == lower) else {
-            return Err(format!(
+        match BucketUrl::parse(text) {
+            Ok(url) => Ok(Location::Bucket(url.to_string())),
+            Err(ferry_object_store::Error::UnknownScheme { .. }) => Err(format!(
                 "{scheme}:// is not a location ferry knows: give a directory, file:///dir, \
                  s3://bucket/prefix, gs://bucket/prefix or az://container/prefix"
-            ));
-        };
-        let trimmed = rest.trim_end_matches('/');
-        if trimmed.split('/').next().is_none_or(str::is_empty) {
-            return Err(format!("{text} has no {what}: {lower}://{what}/prefix"));
+            )),
+            Err(err) => Err(err.to_string()),
         }
-        Ok(Location::Bucket(format!("{lower}://{trimmed}")))
     }
 }
 
@@ -167,6 +136,9 @@ mod tests {
         assert!(err.contains("has no container"), "{err}");
         let err = "memory://x".parse::<Location>().unwrap_err();
         assert!(err.contains("inside one process"), "{err}");
+        let err = "s3://b/x//y".parse::<Location>().unwrap_err();
+        assert!(err.contains("empty, '.' or '..' segment"), "{err}");
+        assert_eq!("s3a://b/x".parse::<Location>(), Ok(bucket("s3://b/x")));
         let err = "ftp://host/x".parse::<Location>().unwrap_err();
         assert!(err.contains("ftp:// is not a location"), "{err}");
         assert!("".parse::<Location>().is_err());

@@ -59,5 +59,6 @@ pub use crate::adapter::{
 };
 pub use crate::error::{Error, Result};
 pub use crate::records::ObjectRecords;
+pub use crate::url::BucketUrl;
 /// The object_store version this crate is built on, for [`ObjectStoreAdapter::new`].
 pub use object_store;

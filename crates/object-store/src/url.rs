@@ -29,6 +29,102 @@ pub(crate) struct Parsed {
     pub(crate) prefix: String,
 }
 
+/// A bucket URL taken apart: `s3://bucket/pre/fix` (or `s3a://…`), `gs://bucket/…`,
+/// `az://container/…`. The one parser of these URLs: the `ferry` command checks its
+/// arguments with it, and [`ObjectStoreAdapter::from_url`](crate::ObjectStoreAdapter::from_url)
+/// opens what it names.
+///
+/// # Example
+/// ```
+/// use ferry_object_store::BucketUrl;
+///
+/// let url = BucketUrl::parse("S3a://photos/2024/")?;
+/// assert_eq!((url.scheme, url.bucket.as_str(), url.prefix.as_str()), ("s3", "photos", "2024"));
+/// assert_eq!(url.to_string(), "s3://photos/2024");
+/// let inner = BucketUrl::parse("s3://photos/2024/may")?;
+/// assert_eq!(url.nesting(&inner), Some(std::cmp::Ordering::Less));
+/// assert_eq!(url.nesting(&BucketUrl::parse("s3://photos/2024may")?), None);
+/// # Ok::<(), ferry_object_store::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketUrl {
+    /// `s3` (for `s3://` and `s3a://`), `gs` or `az`.
+    pub scheme: &'static str,
+    /// The bucket (the container, for `az://`).
+    pub bucket: String,
+    /// The key prefix: `""` for none, never with a leading or trailing `/`, and a valid
+    /// object_store path (no empty, `.` or `..` segment, no control character).
+    pub prefix: String,
+}
+
+impl BucketUrl {
+    /// Parses a bucket URL; the scheme's case is ignored.
+    ///
+    /// # Errors
+    /// [`Error::UnknownScheme`] for any other URL or a plain path, [`Error::InvalidUrl`] for
+    /// a missing bucket or a malformed prefix.
+    pub fn parse(url: &str) -> Result<BucketUrl> {
+        let unknown = |scheme: &str| Error::UnknownScheme {
+            url: url.to_owned(),
+            scheme: scheme.to_owned(),
+        };
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(unknown(""));
+        };
+        let (scheme, what): (&'static str, _) = match scheme.to_ascii_lowercase().as_str() {
+            "s3" | "s3a" => ("s3", "has no bucket: s3://bucket/prefix"),
+            "gs" => ("gs", "has no bucket: gs://bucket/prefix"),
+            "az" => ("az", "has no container: az://container/prefix"),
+            _ => return Err(unknown(scheme)),
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(Error::InvalidUrl {
+                url: url.to_owned(),
+                reason: what,
+            });
+        }
+        Ok(BucketUrl {
+            scheme,
+            bucket: bucket.to_owned(),
+            prefix: prefix_of(url, prefix)?,
+        })
+    }
+
+    /// How two bucket URLs relate, by whole prefix segments: `Some(Equal)` the same place,
+    /// `Some(Less)` `self` holds `other`, `Some(Greater)` `other` holds `self`, `None` apart
+    /// (another scheme or bucket, or prefixes like `x` and `xy`).
+    pub fn nesting(&self, other: &BucketUrl) -> Option<std::cmp::Ordering> {
+        if self.scheme != other.scheme || self.bucket != other.bucket {
+            return None;
+        }
+        let segments = |p: &str| -> Vec<String> {
+            p.split('/')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let (a, b) = (segments(&self.prefix), segments(&other.prefix));
+        if b.starts_with(&a) {
+            Some(a.len().cmp(&b.len()))
+        } else if a.starts_with(&b) {
+            Some(std::cmp::Ordering::Greater)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for BucketUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.bucket)?;
+        if !self.prefix.is_empty() {
+            write!(f, "/{}", self.prefix)?;
+        }
+        Ok(())
+    }
+}
+
 /// Parses `file:///abs/path`, a plain path, `memory://[prefix]`, `s3://bucket[/prefix]`,
 /// `gs://bucket[/prefix]` and `az://container[/prefix]`.
 pub(crate) fn parse(url: &str) -> Result<Parsed> {
@@ -47,13 +143,6 @@ pub(crate) fn parse(url: &str) -> Result<Parsed> {
             prefix: String::new(),
         });
     };
-    let bucket_and_prefix = |what| -> Result<(String, String)> {
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(invalid(what));
-        }
-        Ok((bucket.to_owned(), prefix_of(url, prefix)?))
-    };
     let backend = match scheme.to_ascii_lowercase().as_str() {
         "memory" => {
             return Ok(Parsed {
@@ -70,33 +159,27 @@ pub(crate) fn parse(url: &str) -> Result<Parsed> {
                 prefix: String::new(),
             });
         }
-        "s3" | "s3a" => {
-            let (bucket, prefix) = bucket_and_prefix("has no bucket: s3://bucket/prefix")?;
-            (Backend::S3 { bucket }, prefix, "aws", cfg!(feature = "aws"))
-        }
-        "gs" => {
-            let (bucket, prefix) = bucket_and_prefix("has no bucket: gs://bucket/prefix")?;
-            (
-                Backend::Gcs { bucket },
+        _ => {
+            let BucketUrl {
+                scheme,
+                bucket,
                 prefix,
-                "gcp",
-                cfg!(feature = "gcp"),
-            )
-        }
-        "az" => {
-            let (container, prefix) = bucket_and_prefix("has no container: az://container/prefix")?;
-            (
-                Backend::Azure { container },
-                prefix,
-                "azure",
-                cfg!(feature = "azure"),
-            )
-        }
-        other => {
-            return Err(Error::UnknownScheme {
-                url: url.to_owned(),
-                scheme: other.to_owned(),
-            });
+            } = BucketUrl::parse(url)?;
+            match scheme {
+                "s3" => (Backend::S3 { bucket }, prefix, "aws", cfg!(feature = "aws")),
+                "gs" => (
+                    Backend::Gcs { bucket },
+                    prefix,
+                    "gcp",
+                    cfg!(feature = "gcp"),
+                ),
+                _ => (
+                    Backend::Azure { container: bucket },
+                    prefix,
+                    "azure",
+                    cfg!(feature = "azure"),
+                ),
+            }
         }
     };
     let (backend, prefix, feature, enabled) = backend;
