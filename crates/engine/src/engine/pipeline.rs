@@ -297,11 +297,14 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
     let mut last_key: Option<ObjectKey> = None;
     let mut list_attempts = 0u32;
     let mut set: JoinSet<Outcome> = JoinSet::new();
-    let mut pending: Vec<Outcome> = Vec::new();
-    let mut syncing: Option<Syncing<'_>> = None;
-    // The ticker fired while a sync was under way: the commit after it is due at once.
-    let mut tick_missed = false;
-    let mut order = Order::default();
+    let mut commits = Commits {
+        ctx,
+        checkpointer,
+        pending: Vec::new(),
+        syncing: None,
+        order: Order::default(),
+        tick_missed: false,
+    };
     let mut exhausted = false;
     let mut paused_rx = shared.paused.subscribe();
     let mut cancelled_rx = shared.cancelled.subscribe();
@@ -318,15 +321,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
         let stopping = shared.is_cancelled() || fatal.is_some();
         if paused && !was_paused && !stopping {
             // Pause: save what is finished, then say so.
-            let all = commit_all(
-                ctx,
-                checkpointer,
-                &mut syncing,
-                &mut pending,
-                &mut order,
-                &mut set,
-            );
-            if let Err(err) = all.await {
+            if let Err(err) = commits.all(&mut set).await {
                 fatal = Some(err);
                 shared.cancelled.send_replace(true);
                 continue;
@@ -358,7 +353,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
                     dispatched += 1;
                     failed_again += u64::from(ctx.failed_before.contains(&key));
                     last_key = Some(key.clone());
-                    order.dispatched.push_back(key.clone());
+                    commits.order.dispatched.push_back(key.clone());
                     spawn_process(ctx, &mut set, key, 0);
                 }
                 Some(Err(err))
@@ -394,15 +389,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
         if set.is_empty() && ((exhausted && !paused) || stopping) {
             // Flip what is verified; a refused flip (copied again) or a grace period keeps
             // the job going.
-            let all = commit_all(
-                ctx,
-                checkpointer,
-                &mut syncing,
-                &mut pending,
-                &mut order,
-                &mut set,
-            );
-            if let Err(err) = all.await {
+            if let Err(err) = commits.all(&mut set).await {
                 fatal.get_or_insert(err);
                 shared.cancelled.send_replace(true);
             }
@@ -419,46 +406,33 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
             Some(joined) = set.join_next() => {
                 shared.in_flight.fetch_sub(1, Ordering::Relaxed);
                 match joined {
-                    Ok(outcome) => pending.push(outcome),
+                    Ok(outcome) => commits.pending.push(outcome),
                     Err(_) => {
                         // A per-object task panicked: stop the job; its key stays unfinished.
                         fatal.get_or_insert(Error::RunnerGone { job: shared.id.clone() });
                         shared.cancelled.send_replace(true);
                     }
                 }
-                if pending.len() as u64 >= interval.objects
-                    && let Err(err) = start_commit(ctx, checkpointer, &mut syncing, &mut pending, &mut order, &mut set).await
+                if commits.pending.len() as u64 >= interval.objects
+                    && let Err(err) = commits.start(&mut set).await
                 {
                     fatal.get_or_insert(err);
                     shared.cancelled.send_replace(true);
                 }
             }
             synced = async {
-                match syncing.as_mut() {
+                match commits.syncing.as_mut() {
                     Some(under_way) => under_way.sync.as_mut().await,
                     None => std::future::pending().await,
                 }
             } => {
-                let Some(Syncing { batch, .. }) = syncing.take() else {
-                    unreachable!("only a sync under way completes");
-                };
-                let mut committed = match synced {
-                    Ok(()) => commit_synced(ctx, checkpointer, batch, &mut order, &mut set).await,
-                    Err(err) => Err(err),
-                };
-                // What finished meanwhile may be a batch already, or a tick may have passed.
-                let due = std::mem::take(&mut tick_missed) || pending.len() as u64 >= interval.objects;
-                if committed.is_ok() && due {
-                    committed = start_commit(ctx, checkpointer, &mut syncing, &mut pending, &mut order, &mut set).await;
-                }
-                if let Err(err) = committed {
+                if let Err(err) = commits.after_sync(synced, &mut set).await {
                     fatal.get_or_insert(err);
                     shared.cancelled.send_replace(true);
                 }
             }
             _ = ticker.tick() => {
-                tick_missed = syncing.is_some();
-                if let Err(err) = start_commit(ctx, checkpointer, &mut syncing, &mut pending, &mut order, &mut set).await {
+                if let Err(err) = commits.tick(&mut set).await {
                     fatal.get_or_insert(err);
                     shared.cancelled.send_replace(true);
                 }
@@ -486,53 +460,78 @@ fn spawn_process(ctx: &Arc<JobCtx>, set: &mut JoinSet<Outcome>, key: ObjectKey, 
     ));
 }
 
-/// Makes the target durable (one `sync` for the whole batch); flips the verified objects,
-/// journaled (the intents saved before the flips, the outcome after them: SPEC I2, I3);
-/// finishes the forwarded objects (commit hook, version re-check, source delete: never
-/// before a completed target sync, I1); then records the finished objects (sync before
-/// record: an object recorded done is on the target durably, I1/I4). A refused flip sends
-/// its object back to copy again, and a grace period is waited out on the task set: both
-/// come back in a later batch.
-async fn commit(
-    ctx: &Arc<JobCtx>,
-    checkpointer: &Checkpointer,
-    pending: &mut Vec<Outcome>,
-    order: &mut Order,
-    set: &mut JoinSet<Outcome>,
-) -> Result<()> {
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let batch = std::mem::take(pending);
-    if needs_sync(&batch) {
-        sync_target(ctx).await?;
-    }
-    commit_synced(ctx, checkpointer, batch, order, set).await
+/// The commits of a job's finished objects: the batch being gathered, the one whose target
+/// sync is under way while the pipeline goes on copying, and the dispatch order the watermark
+/// follows. One commit at a time, batches in dispatch order.
+struct Commits<'a> {
+    ctx: &'a Arc<JobCtx>,
+    checkpointer: &'a Checkpointer,
+    /// Finished objects not yet in a commit.
+    pending: Vec<Outcome>,
+    /// The batch whose target sync is under way, if any.
+    syncing: Option<Syncing<'a>>,
+    order: Order,
+    /// The ticker fired while a sync was under way: the commit after it is due at once.
+    tick_missed: bool,
 }
 
-/// Starts committing `pending`, unless a commit is under way (its end starts the next one):
-/// a batch that needs the target synced is left in `syncing` while its sync runs; any other
-/// batch is committed at once.
-async fn start_commit<'a>(
-    ctx: &'a Arc<JobCtx>,
-    checkpointer: &Checkpointer,
-    syncing: &mut Option<Syncing<'a>>,
-    pending: &mut Vec<Outcome>,
-    order: &mut Order,
-    set: &mut JoinSet<Outcome>,
-) -> Result<()> {
-    if syncing.is_some() || pending.is_empty() {
-        return Ok(());
+impl<'a> Commits<'a> {
+    /// Starts committing `pending`, unless a commit is under way (its end starts the next
+    /// one): a batch that needs the target synced is left in `syncing` while its sync runs;
+    /// any other batch is committed at once.
+    async fn start(&mut self, set: &mut JoinSet<Outcome>) -> Result<()> {
+        if self.syncing.is_some() || self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.pending);
+        if needs_sync(&batch) {
+            self.syncing = Some(Syncing {
+                batch,
+                sync: Box::pin(sync_target(self.ctx)),
+            });
+            return Ok(());
+        }
+        commit_synced(self.ctx, self.checkpointer, batch, &mut self.order, set).await
     }
-    let batch = std::mem::take(pending);
-    if needs_sync(&batch) {
-        *syncing = Some(Syncing {
-            batch,
-            sync: Box::pin(sync_target(ctx)),
-        });
-        return Ok(());
+
+    /// The checkpoint interval's tick: a commit now, or right after the one under way.
+    async fn tick(&mut self, set: &mut JoinSet<Outcome>) -> Result<()> {
+        self.tick_missed = self.syncing.is_some();
+        self.start(set).await
     }
-    commit_synced(ctx, checkpointer, batch, order, set).await
+
+    /// The batch under way got its sync (`synced`): commits it, then starts the next commit
+    /// if one is due (a batch finished meanwhile, or a tick passed).
+    async fn after_sync(&mut self, synced: Result<()>, set: &mut JoinSet<Outcome>) -> Result<()> {
+        let Some(Syncing { batch, .. }) = self.syncing.take() else {
+            unreachable!("only a sync under way completes");
+        };
+        synced?;
+        commit_synced(self.ctx, self.checkpointer, batch, &mut self.order, set).await?;
+        let due = std::mem::take(&mut self.tick_missed)
+            || self.pending.len() as u64 >= self.ctx.plan.options.checkpoint.objects;
+        if due {
+            self.start(set).await?;
+        }
+        Ok(())
+    }
+
+    /// Commits everything finished: the batch whose sync is under way, then `pending`, in
+    /// that order (the watermark moves in dispatch order).
+    async fn all(&mut self, set: &mut JoinSet<Outcome>) -> Result<()> {
+        if let Some(Syncing { batch, sync }) = self.syncing.take() {
+            sync.await?;
+            commit_synced(self.ctx, self.checkpointer, batch, &mut self.order, set).await?;
+        }
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.pending);
+        if needs_sync(&batch) {
+            sync_target(self.ctx).await?;
+        }
+        commit_synced(self.ctx, self.checkpointer, batch, &mut self.order, set).await
+    }
 }
 
 /// Whether committing `batch` needs the target synced first: it holds copies to flip, or
@@ -560,25 +559,14 @@ struct Syncing<'a> {
     sync: std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>,
 }
 
-/// Commits everything finished: the batch whose sync is under way, then `pending`, in
-/// that order (the watermark moves in dispatch order).
-async fn commit_all(
-    ctx: &Arc<JobCtx>,
-    checkpointer: &Checkpointer,
-    syncing: &mut Option<Syncing<'_>>,
-    pending: &mut Vec<Outcome>,
-    order: &mut Order,
-    set: &mut JoinSet<Outcome>,
-) -> Result<()> {
-    if let Some(Syncing { batch, sync }) = syncing.take() {
-        sync.await?;
-        commit_synced(ctx, checkpointer, batch, order, set).await?;
-    }
-    commit(ctx, checkpointer, pending, order, set).await
-}
-
-/// The commit of a batch whose copies the target has made durable: the flips, the cleanups
-/// that follow them, and the records of what finished.
+/// The commit of a batch whose copies the target has made durable (one `sync` for the
+/// whole batch, by [`Commits`]): flips the verified objects,
+/// journaled (the intents saved before the flips, the outcome after them: SPEC I2, I3);
+/// finishes the forwarded objects (commit hook, version re-check, source delete: never
+/// before a completed target sync, I1); then records the finished objects (sync before
+/// record: an object recorded done is on the target durably, I1/I4). A refused flip sends
+/// its object back to copy again, and a grace period is waited out on the task set: both
+/// come back in a later batch.
 async fn commit_synced(
     ctx: &Arc<JobCtx>,
     checkpointer: &Checkpointer,
