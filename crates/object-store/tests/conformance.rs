@@ -1,21 +1,36 @@
-//! The store conformance checks of `common` run against `ObjectStoreAdapter` over
-//! `memory://` and over `file://` in a temp dir, and URL errors.
+//! The store conformance suite (`common`) run against `ObjectStoreAdapter` over `memory://`
+//! and over `file://` in a temp dir, and URL errors.
 
 mod common;
 
-use common::{Holds, Listed, Versions, keys, put, suite};
+use std::sync::Arc;
+
+use common::{ADAPTER, Expect, Holds, Reads, keys, put, suite};
 use ferry_object_store::ObjectStoreAdapter;
+
+/// `memory://`: contents in memory, split into whole chunks by a get.
+const MEMORY: Expect = Expect {
+    holds: Holds::Memory,
+    reads: Reads::WholeChunks,
+    ..ADAPTER
+};
+
+/// `file://`: a local file, read a chunk at a time by a get.
+const FILE: Expect = Expect {
+    reads: Reads::WholeChunks,
+    ..ADAPTER
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_url_conforms() {
     let store = ObjectStoreAdapter::from_url("memory://").unwrap();
-    suite(&store, Holds::Memory, Versions::PerWrite, Listed::Versions).await;
+    suite(Arc::new(store), MEMORY).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_url_with_a_prefix_conforms_and_keys_stay_relative() {
     let store = ObjectStoreAdapter::from_url("memory://some/prefix/").unwrap();
-    suite(&store, Holds::Memory, Versions::PerWrite, Listed::Versions).await;
+    suite(Arc::new(store), MEMORY).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,7 +38,7 @@ async fn file_url_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}", dir.path().display());
     let store = ObjectStoreAdapter::from_url(&url).unwrap();
-    suite(&store, Holds::Disk, Versions::PerWrite, Listed::Versions).await;
+    suite(Arc::new(store), FILE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

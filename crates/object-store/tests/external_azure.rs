@@ -10,7 +10,7 @@ mod records;
 
 use std::sync::Arc;
 
-use common::{Holds, Listed, Versions, suite};
+use common::{ADAPTER, suite};
 use ferry_object_store::{ObjectRecords, ObjectStoreAdapter};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,7 +23,7 @@ async fn azurite_conforms_and_enforces_the_conditional_writes_of_checkpoint_reco
     for prefix in [format!("run-{run}"), format!("run-{run}/some/prefix")] {
         let store = ObjectStoreAdapter::from_url(&format!("az://ferry-tests/{prefix}")).unwrap();
         // Azure gives every write a new ETag, and lists the ETags `head` gives.
-        suite(&store, Holds::Disk, Versions::PerWrite, Listed::Versions).await;
+        suite(Arc::new(store), ADAPTER).await;
     }
     let records = |name: &str| {
         ObjectRecords::from_url(&format!("az://ferry-tests/records-{run}/{name}")).unwrap()

@@ -6,4 +6,5 @@ mod conformance;
 mod dir;
 mod faulty;
 mod model;
+mod suite;
 mod util;
