@@ -92,6 +92,12 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `ferry` exited with `code` and said `needle` on stderr.
+fn assert_fails(out: &Output, code_wanted: i32, needle: &str) {
+    assert_eq!(code(out), code_wanted, "{}", text(out));
+    assert!(stderr(out).contains(needle), "{}", text(out));
+}
+
 /// Reads JSON lines until one satisfies `pred`, within `limit`.
 fn wait_line(rx: &mpsc::Receiver<String>, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + limit;
@@ -1213,60 +1219,27 @@ fn submit_and_worker_refuse_bad_state_and_ids_with_clear_errors() {
             .output()
             .expect("ferry runs")
     };
-    let out = run(&["worker"]);
-    assert_eq!(code(&out), 2, "{}", text(&out));
-    assert!(stderr(&out).contains("needs --state"), "{}", text(&out));
+    assert_fails(&run(&["worker"]), 2, "needs --state");
     let out = run(&["submit", s, d, "--id", "j", "--state", "/tmp/dir"]);
-    assert_eq!(code(&out), 2, "{}", text(&out));
-    assert!(
-        stderr(&out).contains("is not a bucket URL"),
-        "{}",
-        text(&out)
-    );
+    assert_fails(&out, 2, "is not a bucket URL");
     let out = run(&["worker", "--state", "s3://state/empty"]);
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        stderr(&out).contains("there is no job in s3://state/empty"),
-        "{}",
-        text(&out)
-    );
+    assert_fails(&out, 1, "there is no job in s3://state/empty");
     let out = run(&["worker", "--state", "s3://state/x", "--lease", "1s"]);
-    assert_eq!(code(&out), 2, "{}", text(&out));
-    assert!(stderr(&out).contains("too short"), "{}", text(&out));
+    assert_fails(&out, 2, "too short");
 
     let submit = ["submit", s, d, "--id", "j", "--state", "s3://state/x"];
     assert_eq!(code(&run(&submit)), 0);
-    let out = run(&submit);
-    assert_eq!(code(&out), 2, "{}", text(&out));
-    assert!(
-        stderr(&out).contains("a job j already exists in s3://state/x"),
-        "{}",
-        text(&out)
-    );
+    assert_fails(&run(&submit), 2, "a job j already exists in s3://state/x");
     let out = run(&["worker", "--state", "s3://state/x", "--id", "nope"]);
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        stderr(&out).contains("there is no job nope"),
-        "{}",
-        text(&out)
-    );
+    assert_fails(&out, 1, "there is no job nope");
 
     let out = s3_cmd(&env, &server)
         .env("AWS_SECRET_ACCESS_KEY", "wrong")
         .args(["worker", "--state", "s3://state/x"])
         .output()
         .expect("ferry runs");
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        stderr(&out).contains("in the shared state s3://state/x"),
-        "{}",
-        text(&out)
-    );
-    assert!(
-        stderr(&out).contains("AWS_SECRET_ACCESS_KEY"),
-        "{}",
-        text(&out)
-    );
+    assert_fails(&out, 1, "in the shared state s3://state/x");
+    assert_fails(&out, 1, "AWS_SECRET_ACCESS_KEY");
     // The job is still there, untouched, and a worker finishes it.
     let out = run(&["status", "j", "--state", "s3://state/x", "--json"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
@@ -1291,12 +1264,7 @@ fn submit_and_worker_refuse_bad_state_and_ids_with_clear_errors() {
     );
     // The commands of this machine's state directory refuse a bucket state.
     let out = run(&["migrate", s, d, "--state", "s3://state/x"]);
-    assert_eq!(code(&out), 2, "{}", text(&out));
-    assert!(
-        stderr(&out).contains("is a bucket: `ferry migrate`"),
-        "{}",
-        text(&out)
-    );
+    assert_fails(&out, 2, "is a bucket: `ferry migrate`");
     assert!(
         !Path::new("s3:").exists(),
         "no local directory named after the URL"
