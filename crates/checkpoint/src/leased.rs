@@ -316,17 +316,18 @@ impl LeasedStore {
         self.inner.lease
     }
 
-    /// Who holds `job`'s lease and until when, as stored; `None` when nobody does or there is
-    /// no such job. A lease whose end has passed is returned too: compare it with the clock.
+    /// `job`'s record and who holds its lease and until when, as stored, in one read; `None`
+    /// when there is no such job. A lease whose end has passed is returned too: compare it
+    /// with the clock.
     ///
     /// # Errors
     /// The read errors of [`load`](CheckpointStore::load).
-    pub async fn holder(&self, job: &JobId) -> Result<Option<LeaseHolder>> {
+    pub async fn load_held(&self, job: &JobId) -> Result<Option<(JobRecord, Option<LeaseHolder>)>> {
         Ok(self
             .inner
             .read(job)
             .await?
-            .and_then(|(holder, _, _)| holder))
+            .map(|(holder, record, _)| (record, holder)))
     }
 }
 

@@ -105,7 +105,8 @@ async fn i6_a_live_lease_refuses_a_second_worker_and_a_run_out_one_is_taken_over
     }
     let record = b.load(&job()).await?.expect("exists").record;
     assert_eq!((record.epoch, &record.progress), (2, &progress(10)));
-    let holder = b.holder(&job()).await?.expect("held");
+    let (_, holder) = b.load_held(&job()).await?.expect("exists");
+    let holder = holder.expect("held");
     assert_eq!(holder.holder, "worker b");
 
     b.save(&taken.lease, JobStatus::Running, progress(20))

@@ -101,6 +101,32 @@ impl Shared {
         move || (message, BUCKET_HINT.to_owned())
     }
 
+    /// The job `id` names, or every job of the shared state.
+    async fn job_ids(&self, id: Option<&str>) -> Result<Vec<JobId>> {
+        match id {
+            Some(id) => Ok(vec![State::job_id(id)?]),
+            None => self
+                .jobs
+                .jobs()
+                .await
+                .explain(self.unreachable("list jobs")),
+        }
+    }
+
+    /// The job `id`, which must exist.
+    async fn existing_job(&self, id: &JobId) -> Result<SharedJob> {
+        self.job(id).await?.ok_or_else(|| {
+            fail(
+                format!("there is no job {id} in {}", self.url),
+                format!(
+                    "check the id (`ferry list --state {}` shows the jobs there), or submit \
+                     the job first",
+                    self.url
+                ),
+            )
+        })
+    }
+
     async fn job(&self, id: &JobId) -> Result<Option<SharedJob>> {
         let Some((bytes, _)) = self
             .jobs
@@ -260,14 +286,7 @@ pub(crate) async fn worker(state: Option<&Path>, args: WorkerArgs) -> Result<u8>
     let mut engines: HashMap<String, Engine> = HashMap::new();
     let mut said_waiting = HashSet::new();
     loop {
-        let ids = match &args.id {
-            Some(id) => vec![State::job_id(id)?],
-            None => shared
-                .jobs
-                .jobs()
-                .await
-                .explain(shared.unreachable("list jobs"))?,
-        };
+        let ids = shared.job_ids(args.id.as_deref()).await?;
         if ids.is_empty() {
             return Err(fail(
                 format!("there is no job in {}", shared.url),
@@ -277,12 +296,7 @@ pub(crate) async fn worker(state: Option<&Path>, args: WorkerArgs) -> Result<u8>
         let (mut open, mut ran, mut failed, mut done) = (0, false, 0u64, 0u64);
         let mut stopped = Vec::new();
         for id in &ids {
-            let Some(job) = shared.job(id).await? else {
-                return Err(fail(
-                    format!("there is no job {id} in {}", shared.url),
-                    "check the id, or submit the job first",
-                ));
-            };
+            let job = shared.existing_job(id).await?;
             for range in &job.ranges {
                 let range = JobId::new(range.as_str())?;
                 let Some(loaded) = shared
@@ -475,23 +489,11 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 /// status, progress and holders.
 pub(crate) async fn status(url: &str, id: Option<String>, json: bool) -> Result<u8> {
     let shared = Shared::open(Some(Path::new(url)), ferry::checkpoint::DEFAULT_LEASE)?;
-    let ids = match &id {
-        Some(id) => vec![State::job_id(id)?],
-        None => shared
-            .jobs
-            .jobs()
-            .await
-            .explain(shared.unreachable("list jobs"))?,
-    };
+    let ids = shared.job_ids(id.as_deref()).await?;
     let now = ferry::checkpoint::system_clock()();
     let mut all = Vec::new();
     for id in &ids {
-        let Some(job) = shared.job(id).await? else {
-            return Err(fail(
-                format!("there is no job {id} in {}", shared.url),
-                format!("`ferry list --state {}` shows the jobs there", shared.url),
-            ));
-        };
+        let job = shared.existing_job(id).await?;
         let mut ranges = Vec::new();
         let mut statuses = Vec::new();
         let (mut done, mut bytes, mut failed) = (0u64, 0u64, 0u64);
@@ -499,20 +501,14 @@ pub(crate) async fn status(url: &str, id: Option<String>, json: bool) -> Result<
             let range = JobId::new(range.as_str())?;
             let loaded = shared
                 .ranges
-                .load(&range)
+                .load_held(&range)
                 .await
                 .explain(shared.unreachable("read a range"))?;
-            let holder = shared
-                .ranges
-                .holder(&range)
-                .await
-                .explain(shared.unreachable("read a range"))?
-                .filter(|h| h.until_ms > now);
-            let Some(loaded) = loaded else {
+            let Some((record, holder)) = loaded else {
                 ranges.push(serde_json::json!({"id": range.as_str(), "status": "missing"}));
                 continue;
             };
-            let record = loaded.record;
+            let holder = holder.filter(|h| h.until_ms > now);
             statuses.push(record.status);
             done += record.progress.done_objects;
             bytes += record.progress.done_bytes;
