@@ -138,11 +138,7 @@ async fn i2_i4_a_range_job_resumed_after_a_crash_moves_only_its_range() {
             &Table::default(),
             checkpoints,
         );
-        let handle = engine.start(plan.clone()).await.unwrap();
-        while handle.snapshot().done_objects < 10 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        handle.crash_for_tests().await;
+        crash_when_done(&engine, plan.clone(), 10).await;
     }
     let left = share
         .iter()

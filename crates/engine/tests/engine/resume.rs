@@ -41,11 +41,7 @@ async fn i4_resume_after_a_crash_redoes_little_and_finishes_every_object_once() 
             &Table::default(),
             checkpoints,
         );
-        let handle = engine.start(plan.clone()).await.unwrap();
-        while handle.snapshot().done_objects < 25 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        handle.crash_for_tests().await;
+        crash_when_done(&engine, plan.clone(), 25).await;
     }
     assert!(target.calls(Op::Put) < N as u64, "the crash came mid-job");
 
@@ -142,11 +138,7 @@ async fn i4_recover_resumes_unfinished_jobs_and_each_object_is_done_once() {
             .unwrap();
         let done = other.start(plan("finished", ObjectSelection::all())).await;
         done.unwrap().wait().await.unwrap();
-        let handle = engine.start(slow).await.unwrap();
-        while handle.snapshot().done_objects < 10 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        handle.crash_for_tests().await;
+        crash_when_done(&engine, slow, 10).await;
     }
     assert!(!source.is_empty(), "the crash came mid-job");
 

@@ -81,3 +81,13 @@ pub(crate) fn plan(id: &str, objects: ObjectSelection) -> MigrationPlan {
             every: std::time::Duration::from_millis(50),
         })
 }
+
+/// Starts `plan` on `engine`, and crashes the job (no final save) once `done` objects are
+/// recorded done. On a paused clock the wait between looks costs nothing.
+pub(crate) async fn crash_when_done(engine: &Engine, plan: MigrationPlan, done: u64) {
+    let handle = engine.start(plan).await.unwrap();
+    while handle.snapshot().done_objects < done {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    handle.crash_for_tests().await;
+}
