@@ -132,6 +132,17 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// An earlier `sync` of this directory store failed: the writes it covered may never
+    /// reach the disk, and the kernel reports such a failure only once, so no later sync of
+    /// the store can vouch for them. Every sync after the first failure fails with this
+    /// (as PostgreSQL treats a failed fsync); reopen the store and copy again.
+    #[error(
+        "store at {root:?} is poisoned: an earlier sync failed, so its writes may not be durable"
+    )]
+    SyncPoisoned {
+        /// The store's root directory.
+        root: PathBuf,
+    },
     /// A plan names a node the engine was not built with.
     #[error("unknown node {node}: the engine has no store for it")]
     UnknownNode {

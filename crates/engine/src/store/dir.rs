@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use ferry_types::{ObjectKey, ObjectMeta, Version};
@@ -97,7 +97,9 @@ impl Default for SyncStrategy {
 /// renamed over the final name. Temp files are never listed, and named ones a crash left
 /// behind are removed by [`DirStore::open`]. Nothing
 /// is fsynced by `put`; [`sync`](Store::sync) makes every put and delete before it durable, as
-/// [`SyncStrategy`] says. Deleting the last object of a directory leaves the directory.
+/// [`SyncStrategy`] says. The first sync that fails poisons the store: every later sync
+/// fails with [`Error::SyncPoisoned`](crate::Error::SyncPoisoned), since the kernel reports a
+/// write-back error only once. Deleting the last object of a directory leaves the directory.
 ///
 /// # Versions and checksums
 /// The version is the file's inode, size and modification time in nanoseconds: a put always
@@ -127,6 +129,10 @@ struct Inner {
     /// Held for a whole `sync`, so a sync that begins while another runs waits for it and
     /// never returns before the operations the other one took are durable.
     sync_lock: tokio::sync::Mutex<()>,
+    /// A sync failed: every later sync fails too ([`Error::SyncPoisoned`]). The kernel reports
+    /// a write-back error once, so a retried fsync or syncfs that succeeds proves nothing
+    /// about the writes the failed one covered.
+    poisoned: AtomicBool,
 }
 
 /// Paths relative to the root (`""` is the root) written or touched since the last barrier.
@@ -691,6 +697,7 @@ impl DirStore {
                 root_fd,
                 dirty: Mutex::default(),
                 sync_lock: tokio::sync::Mutex::new(()),
+                poisoned: AtomicBool::new(false),
             })
         })
         .await?;
@@ -792,6 +799,12 @@ impl DirStore {
 
     async fn sync_inner(&self) -> Result<()> {
         let _barrier = self.inner.sync_lock.lock().await;
+        let poisoned = || Error::SyncPoisoned {
+            root: self.inner.root.clone(),
+        };
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            return Err(poisoned());
+        }
         let dirty = std::mem::take(&mut *self.inner.dirty.lock());
         if dirty.is_empty() {
             return Ok(());
@@ -808,10 +821,11 @@ impl DirStore {
             }
             _ => self.fsync_all(&dirty).await,
         };
-        if result.is_err() {
-            let mut now = self.inner.dirty.lock();
-            now.files.extend(dirty.files);
-            now.dirs.extend(dirty.dirs);
+        if let Err(err) = &result {
+            // Never retried: the writes this sync covered may be lost for good (the kernel
+            // has cleared its error), so no later sync may return Ok for them.
+            self.inner.poisoned.store(true, Ordering::Release);
+            tracing::error!(root = ?self.inner.root, error = %err, "sync failed: store poisoned");
         }
         result
     }

@@ -178,6 +178,45 @@ async fn a_key_under_an_object_is_a_permanent_error() {
     assert!(!store.delete(&key("d")).await.unwrap());
 }
 
+/// Hole G of the engine-wing review: after a failed sync the kernel has reported its
+/// write-back error and forgotten it, so a later sync that succeeds says nothing of the
+/// writes the failed one covered. The first failure poisons the store: every later sync
+/// fails, and a commit can never delete a source on the word of a retried barrier (I1).
+#[tokio::test]
+async fn a_failed_sync_poisons_the_store_and_every_later_sync_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DirStore::open(dir.path())
+        .await
+        .unwrap()
+        .with_sync_strategy(SyncStrategy::PerFileFsync);
+    put(&store, "d/x", b"data").await;
+    // Make the barrier fail once: the directory on the way to the file becomes a symbolic
+    // link, which the store refuses to follow; then put it back as it was.
+    let (d, moved) = (dir.path().join("d"), dir.path().join("moved"));
+    std::fs::rename(&d, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &d).unwrap();
+    let first = store.sync().await.unwrap_err();
+    assert!(
+        !matches!(first, Error::SyncPoisoned { .. }),
+        "the first failure is the cause itself: {first}"
+    );
+    std::fs::remove_file(&d).unwrap();
+    std::fs::rename(&moved, &d).unwrap();
+    // Nothing is wrong with the tree any more, yet no sync may vouch for the write now.
+    for _ in 0..2 {
+        let err = store.sync().await.unwrap_err();
+        assert!(matches!(err, Error::SyncPoisoned { .. }), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Permanent);
+        assert!(err.to_string().contains("poisoned"), "{err}");
+    }
+    // Reads still work: the store refuses only to vouch for durability.
+    assert_eq!(read(&store, "d/x").await.as_deref(), Some(&b"data"[..]));
+    // A store opened afresh starts clean (the caller copies again what it cannot vouch for).
+    let reopened = DirStore::open(dir.path()).await.unwrap();
+    put(&reopened, "d/y", b"more").await;
+    reopened.sync().await.unwrap();
+}
+
 #[tokio::test]
 async fn every_sync_strategy_syncs_puts_and_deletes() {
     for strategy in [SyncStrategy::PerFileFsync, SyncStrategy::Syncfs] {
