@@ -1317,6 +1317,11 @@ impl Table {
             })?
     }
 
+    /// The TTL new entries get ([`Config::default_ttl`]), counted from their flip.
+    pub fn default_ttl(&self) -> Duration {
+        Duration::from_nanos(self.inner.default_ttl)
+    }
+
     /// Sets the TTL of `key`'s entry. For a forwarded entry the TTL restarts now (use it to
     /// count the TTL from cleanup); for a moving one it applies from the flip.
     ///

@@ -13,7 +13,7 @@ use ferry_checkpoint::{CheckpointStore, Checkpointer, JobRecord};
 use ferry_forwarding::{Route, Table};
 use ferry_throttle::Throttle;
 use ferry_types::{
-    JobId, JobSnapshot, JobStatus, MigrationPlan, NodeId, ObjectKey, ObjectSelection,
+    CleanupPolicy, JobId, JobSnapshot, JobStatus, MigrationPlan, NodeId, ObjectKey, ObjectSelection,
 };
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
@@ -299,6 +299,7 @@ impl Engine {
         let retrying = mode == Mode::Retry;
         let paused = mode == Mode::Start { paused: true };
         plan.validate()?;
+        self.check_ttl(&plan)?;
         let source = self.store_of(&plan.source)?;
         let target = self.store_of(&plan.target)?;
         let id = match &plan.id {
@@ -434,6 +435,30 @@ impl Engine {
         let run = pipeline::run(Arc::new(ctx), progress);
         let task = tokio::spawn(tracing::Instrument::instrument(run, span));
         Ok(JobHandle::new(shared, task))
+    }
+
+    /// Refuses a grace period the forwarding entries would not outlive: an entry expires a
+    /// TTL after its flip, and a key's cleanup runs at the first commit after its grace
+    /// period; were the entry gone by then, reads and writes would go to the source before
+    /// the hook ran, and a write acknowledged through the flip would be lost (I2, I3).
+    fn check_ttl(&self, plan: &MigrationPlan) -> Result<()> {
+        let CleanupPolicy::AfterGrace(grace) = plan.options.cleanup else {
+            return Ok(());
+        };
+        let ttl = self.inner.table.default_ttl();
+        let needed = grace.saturating_add(plan.options.checkpoint.every);
+        if needed >= ttl {
+            return Err(Error::Plan(ferry_types::Error::InvalidPlan {
+                field: "options.cleanup",
+                reason: format!(
+                    "a grace period of {grace:?} plus the checkpoint interval of {:?} is not \
+                     shorter than the forwarding table's entry TTL of {ttl:?}: entries would \
+                     expire before their cleanup; shorten the grace period or lengthen the TTL",
+                    plan.options.checkpoint.every
+                ),
+            }));
+        }
+        Ok(())
     }
 
     fn store_of(&self, node: &NodeId) -> Result<Arc<dyn Store>> {

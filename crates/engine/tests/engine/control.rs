@@ -135,3 +135,40 @@ async fn grace_period_does_not_hold_copy_slots() {
     );
     assert!(started.elapsed() >= grace);
 }
+
+/// Hole H of the engine-wing review: an entry expires a TTL after its flip, and a key's
+/// cleanup (the commit hook, then the delete) runs at the first commit after its grace
+/// period. Were the entry gone by then, reads and writes would go to the source before the
+/// hook ran, and a write acknowledged through the flip would read back stale (I2, I3). Such
+/// a plan is refused before anything moves; one the TTL covers runs.
+#[tokio::test(start_paused = true)]
+async fn i3_a_grace_period_the_forwarding_ttl_does_not_cover_is_refused() {
+    let source = filled(3);
+    let target = MemStore::new();
+    let ttl = Duration::from_secs(60);
+    let table = Table::new(ferry_forwarding::Config::default().with_default_ttl(ttl));
+    let engine = mem_engine(&source, &target, &table);
+    // 60 s of grace, plus the 50 ms checkpoint interval, outlives the 60 s TTL.
+    let long = plan("ttl-too-short", ObjectSelection::all())
+        .with_cleanup(CleanupPolicy::AfterGrace(Duration::from_secs(60)));
+    let err = engine.start(long).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ferry_engine::Error::Plan(ferry_types::Error::InvalidPlan {
+                field: "options.cleanup",
+                ..
+            })
+        ),
+        "{err}"
+    );
+    let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(chain.contains("TTL"), "the message says why: {chain}");
+    assert!(target.is_empty() && table.is_empty(), "nothing moved");
+    let short = plan("ttl-covers", ObjectSelection::all())
+        .with_cleanup(CleanupPolicy::AfterGrace(Duration::from_secs(50)));
+    let snap = engine.start(short).await.unwrap().wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed);
+    assert!(source.is_empty());
+    assert_eq!(target.len(), 3);
+}
