@@ -186,6 +186,16 @@ pub enum Error {
         /// What differed (size or checksum).
         what: &'static str,
     },
+    /// A key written so often that its flips kept being refused could not be moved under a
+    /// fence either: the fenced copy, sync and flip took longer than the plan's
+    /// `fence_timeout`. The fence was lifted (writers go on to the source) and the source kept.
+    #[error("key {:?} is written too often to move: its fenced copy took longer than {timeout:?}", key.as_str())]
+    HotKey {
+        /// The key.
+        key: ObjectKey,
+        /// The plan's `fence_timeout`.
+        timeout: std::time::Duration,
+    },
     /// The job's runner task ended abnormally (panicked or was aborted).
     #[error("the runner of job {job} ended abnormally")]
     RunnerGone {

@@ -485,7 +485,10 @@ pub struct PlanOptions {
     pub checkpoint: CheckpointInterval,
     /// Refused flips (a write raced the copy) before the key is fenced (default 3, SPEC I3).
     pub max_flip_attempts: u32,
-    /// How long writers wait on a fenced key before they give up (default 5 s).
+    /// The longest the engine holds a hot key's fence (its fenced copy, target sync and
+    /// flip; default 5 s). Past it the fence is lifted, writers go on to the source, and the
+    /// object fails with a hot-key error, its source kept. Keep it at most the forwarding
+    /// table's own fence timeout, which is how long a writer waits on a fence.
     #[serde(with = "serde_text")]
     pub fence_timeout: Duration,
 }

@@ -908,16 +908,30 @@ async fn copy_once(
     let body = if ahead { read_ahead(body) } else { body };
     let state = Mutex::new((blake3::Hasher::new(), 0u64));
     let streaming = Streaming::enter(shared);
+    // Under a fence (no `observed` generation) the copy neither parks at a pause nor waits
+    // for the throttle: writers wait for as long as it runs, so it runs at full speed and
+    // its bytes are paid to the throttle once the fence is lifted.
+    let fenced = observed.is_none();
     let throttled =
         futures_util::stream::unfold((body, &state), move |(mut body, state)| async move {
-            if let Err(err) = shared.chunk_boundary().await {
+            let boundary = if fenced {
+                match shared.is_cancelled() {
+                    true => Err(shared.cancelled_error()),
+                    false => Ok(()),
+                }
+            } else {
+                shared.chunk_boundary().await
+            };
+            if let Err(err) = boundary {
                 return Some((Err(err), (body, state)));
             }
             let chunk: Bytes = match body.next().await? {
                 Ok(chunk) => chunk,
                 Err(err) => return Some((Err(err), (body, state))),
             };
-            shared.throttle.acquire(chunk.len() as u64).await;
+            if !fenced {
+                shared.throttle.acquire(chunk.len() as u64).await;
+            }
             {
                 let mut guard = state.lock();
                 guard.0.update(&chunk);
@@ -1072,52 +1086,93 @@ async fn process(ctx: &JobCtx, key: ObjectKey, refused: u32) -> Outcome {
             Err(outcome) => return outcome,
         }
     }
-    // A hot key: its flips were refused `max_flip_attempts` times. Fence its writers, wait
-    // for the writes in flight, copy once more, and flip here, the copy synced and the flip
-    // journaled first (as the commit does for a batch).
-    if let Err(err) = table.fence(key.as_str()) {
-        return fail(refused, err.into());
+    // A hot key: its flips were refused `max_flip_attempts` times. Fence its writers and
+    // flip it here; never fenced while paused, never for longer than `fence_timeout`.
+    if ctx.shared.chunk_boundary().await.is_err() {
+        // Cancelled (the only error of a chunk boundary) before the fence.
+        track.to(ObjectState::Pending);
+        return rolled_back(ctx, key);
     }
-    let copied = loop {
+    let fence_timeout = ctx.plan.options.fence_timeout;
+    let fenced = tokio::time::timeout(
+        fence_timeout,
+        fenced_flip(ctx, &key, track, &fail, &mut refused),
+    )
+    .await;
+    let copied = match fenced {
+        Ok(Ok(copied)) => copied,
+        Ok(Err(outcome)) => return outcome,
+        Err(_elapsed) => {
+            // Writers go back to the source (`fail` removes the entry, which lifts the
+            // fence); an intent journaled meanwhile is void with the failure (I3).
+            return fail(
+                refused + 1,
+                Error::HotKey {
+                    key: key.clone(),
+                    timeout: fence_timeout,
+                },
+            );
+        }
+    };
+    // The fenced copy did not wait for the throttle: its bytes are paid now, unfenced.
+    ctx.shared.throttle.acquire(copied.bytes).await;
+    ctx.shared.forwarded.fetch_add(1, Ordering::Relaxed);
+    track.to(ObjectState::Forwarded);
+    cleanup(ctx, key, CopiedFrom::Version(copied.version), copied.bytes).await
+}
+
+/// The FORWARD step of a hot key, on its own: fences its writers, waits for the writes in
+/// flight, copies once more (neither parked by a pause nor held back by the throttle, so the
+/// fence lasts as long as the copy itself), syncs the target, journals the intent and flips.
+/// The caller bounds it with the plan's `fence_timeout`.
+async fn fenced_flip(
+    ctx: &JobCtx,
+    key: &ObjectKey,
+    track: &Tracker<'_>,
+    fail: &impl Fn(u32, Error) -> Outcome,
+    refused: &mut u32,
+) -> Result<Copied, Outcome> {
+    let table = &ctx.engine.table;
+    let max_flips = ctx.plan.options.max_flip_attempts;
+    if let Err(err) = table.fence(key.as_str()) {
+        return Err(fail(*refused, err.into()));
+    }
+    loop {
         let observed = match table.wait_drained(key.as_str()).await {
             Ok(generation) => generation,
-            Err(err) => return fail(refused + 1, err.into()),
+            Err(err) => return Err(fail(*refused + 1, err.into())),
         };
         // Fenced: no write reaches the source, so a changed source is a verify error.
-        let copied = match copy_step(ctx, &key, track, &fail, None).await {
-            Ok(Some(copied)) => copied,
-            Ok(None) => unreachable!("only a copy given a generation reports a written source"),
-            Err(outcome) => return outcome,
+        let copied = match copy_step(ctx, key, track, fail, None).await? {
+            Some(copied) => copied,
+            None => unreachable!("only a copy given a generation reports a written source"),
         };
         if let Err((attempts, err)) = with_retry(ctx, "sync", || ctx.target.sync()).await {
-            return fail(attempts, err);
+            return Err(fail(attempts, err));
         }
         let intent = ProgressUpdate::FlipIntent {
             key: key.clone(),
             digest: copied.digest,
         };
         if let Err(err) = ctx.checkpointer.record_durable(intent).await {
-            return fail(refused + 1, err.into());
+            return Err(fail(*refused + 1, err.into()));
         }
         match table.try_flip(key.as_str(), observed) {
-            Ok(()) => break copied,
+            Ok(()) => return Ok(copied),
             Err(Conflict::WritesSinceCopyBegan { .. } | Conflict::WritesInFlight { .. }) => {
-                refused += 1;
+                *refused += 1;
                 // The intent is void, durably, before the next copy writes the target.
                 let dropped = ProgressUpdate::FlipDropped { key: key.clone() };
                 if let Err(err) = ctx.checkpointer.record_durable(dropped).await {
-                    return fail(refused, err.into());
+                    return Err(fail(*refused, err.into()));
                 }
-                if refused > max_flips + 2 {
-                    return fail(refused, Error::Forwarding(not_found(&key)));
+                if *refused > max_flips + 2 {
+                    return Err(fail(*refused, Error::Forwarding(not_found(key))));
                 }
             }
-            Err(_) => return fail(refused + 1, Error::Forwarding(not_found(&key))),
+            Err(_) => return Err(fail(*refused + 1, Error::Forwarding(not_found(key)))),
         }
-    };
-    ctx.shared.forwarded.fetch_add(1, Ordering::Relaxed);
-    track.to(ObjectState::Forwarded);
-    cleanup(ctx, key, CopiedFrom::Version(copied.version), copied.bytes).await
+    }
 }
 
 /// COPY and VERIFY with retries; a vanished source, a spent retry policy or a cancel end the

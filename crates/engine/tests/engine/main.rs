@@ -7,6 +7,7 @@ mod copy;
 mod events;
 mod faults;
 mod hooks;
+mod hot;
 mod journal;
 mod memory;
 mod model;
