@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ferry_types::NodeId;
+use ferry_types::{JobId, NodeId};
 
 use crate::EntryState;
 
@@ -46,10 +46,12 @@ pub enum Error {
         max: u32,
     },
     /// The key is already being copied (`Copying` or `Fenced`).
-    #[error("key {key:?} is already moving")]
+    #[error("key {key:?} is already moving{}", owner.as_ref().map(|job| format!(" (job {job})")).unwrap_or_default())]
     AlreadyMoving {
         /// The key.
         key: String,
+        /// The job moving it, when it was registered for one.
+        owner: Option<JobId>,
     },
     /// A forwarded key was registered to move from a node that does not hold it.
     #[error("key {key:?} is served by node {expected}, not by node {given}")]

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Duration;
 
-use ferry_types::{NodeId, ObjectKey};
+use ferry_types::{JobId, NodeId, ObjectKey};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::duration_nanos;
@@ -48,6 +48,9 @@ pub struct EntrySnapshot {
     pub ttl: Duration,
     /// For a forwarded entry, the time left before it expires.
     pub expires_in: Option<Duration>,
+    /// The job that registered the entry, if any (absent in snapshots from before owners).
+    #[serde(default)]
+    pub owner: Option<JobId>,
 }
 
 impl TableSnapshot {
@@ -76,6 +79,7 @@ impl Table {
                 ttl: Duration::from_nanos(entry.cold.ttl),
                 expires_in: (entry.state == EntryState::Forwarded)
                     .then(|| Duration::from_nanos(entry.expires_at.saturating_sub(now))),
+                owner: entry.cold.owner.clone(),
             });
         });
         entries.sort_by(|a, b| a.key.cmp(&b.key));
@@ -138,6 +142,7 @@ impl Table {
                     ttl,
                     source: record.source,
                     copy_from: record.copy_from,
+                    owner: record.owner,
                 }),
             });
         }

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
-use ferry_types::{NodeId, ObjectKey};
+use ferry_types::{JobId, NodeId, ObjectKey};
 use hashbrown::HashTable;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -139,6 +139,9 @@ pub struct EntryInfo {
     pub ttl: Duration,
     /// Time left before a forwarded entry expires; `None` while the key is moving.
     pub expires_in: Option<Duration>,
+    /// The job that registered the entry's last move ([`Table::register_for`]); `None` for
+    /// an entry registered without one.
+    pub owner: Option<JobId>,
 }
 
 /// Counters of a table since it was built.
@@ -264,6 +267,8 @@ pub(crate) struct Cold {
     pub(crate) ttl: u64,
     pub(crate) source: NodeId,
     pub(crate) copy_from: NodeId,
+    /// The job that registered the entry (its last move), if it was registered for one.
+    pub(crate) owner: Option<JobId>,
 }
 
 impl Entry {
@@ -294,6 +299,7 @@ impl Entry {
             ttl: Duration::from_nanos(self.cold.ttl),
             expires_in: (self.state == EntryState::Forwarded)
                 .then(|| Duration::from_nanos(self.expires_at.saturating_sub(now))),
+            owner: self.cold.owner.clone(),
         }
     }
 }
@@ -548,6 +554,7 @@ impl Inner {
         key: &ObjectKey,
         source: NodeId,
         target: NodeId,
+        owner: Option<&JobId>,
     ) -> Result<Registration> {
         if source == target {
             return Err(Error::SameSourceAndTarget {
@@ -579,6 +586,7 @@ impl Inner {
                     EntryState::Copying | EntryState::Fenced => {
                         return Err(Error::AlreadyMoving {
                             key: key.as_str().to_owned(),
+                            owner: entry.cold.owner.clone(),
                         });
                     }
                     EntryState::Forwarded => {}
@@ -611,6 +619,7 @@ impl Inner {
                 entry.cold.copy_from = source;
                 entry.target = target;
                 entry.cold.hops = hops;
+                entry.cold.owner = owner.cloned();
                 entry.expires_at = NEVER;
                 entry.maybe_untracked |= untracked.load(Relaxed) > 0;
                 self.counters.registrations.fetch_add(1, Relaxed);
@@ -652,6 +661,7 @@ impl Inner {
                 ttl: self.default_ttl,
                 source,
                 copy_from: source,
+                owner: owner.cloned(),
             }),
         };
         self.filter.insert(hash);
@@ -906,7 +916,8 @@ impl Inner {
         Ok(drained.then(|| entry.generation.load(Relaxed)))
     }
 
-    pub(crate) fn remove(&self, key: &str) -> bool {
+    /// Removes `key`'s entry; with `owner`, only an entry that job registered.
+    pub(crate) fn remove(&self, key: &str, owner: Option<&JobId>) -> bool {
         let hash = self.hash(key);
         let shard = self.shard(hash);
         let mut map = shard.map.write();
@@ -914,6 +925,7 @@ impl Inner {
         let Some((live, incarnation)) = map
             .entries
             .find(hash, |e| e.hash == hash && e.key.is(key))
+            .filter(|e| owner.is_none_or(|owner| e.cold.owner.as_ref() == Some(owner)))
             .map(|e| (e.live(now), e.incarnation))
         else {
             return false;
@@ -1170,7 +1182,25 @@ impl Table {
         source: NodeId,
         target: NodeId,
     ) -> Result<Registration> {
-        self.inner.register(key, source, target)
+        self.inner.register(key, source, target, None)
+    }
+
+    /// [`Table::register`] on behalf of the job `owner`: the entry records it, so that only
+    /// that job changes or removes it ([`Table::remove_owned`]); another job that meets the
+    /// entry while the key moves gets [`Error::AlreadyMoving`] naming `owner`. A chained
+    /// move of a forwarded key passes the entry to its new owner.
+    ///
+    /// # Errors
+    ///
+    /// As [`Table::register`].
+    pub fn register_for(
+        &self,
+        key: &ObjectKey,
+        source: NodeId,
+        target: NodeId,
+        owner: &JobId,
+    ) -> Result<Registration> {
+        self.inner.register(key, source, target, Some(owner))
     }
 
     /// The generation of `key`'s live entry: the engine reads it when its copy begins and
@@ -1335,7 +1365,13 @@ impl Table {
     /// Removes `key`'s entry (in any state); returns whether a live one was there. Writers
     /// waiting on its fence proceed to the source.
     pub fn remove(&self, key: &str) -> bool {
-        self.inner.remove(key)
+        self.inner.remove(key, None)
+    }
+
+    /// Removes `key`'s entry only if the job `owner` registered it ([`Table::register_for`]);
+    /// returns whether a live one was removed. Another job's entry is left as it is.
+    pub fn remove_owned(&self, key: &str, owner: &JobId) -> bool {
+        self.inner.remove(key, Some(owner))
     }
 
     /// Removes every entry whose source (the key's home, A in A→B→C) is `node`; returns how

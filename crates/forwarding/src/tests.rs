@@ -71,6 +71,7 @@ fn register_rejections() {
             c,
             Error::AlreadyMoving {
                 key: "moving".into(),
+                owner: None,
             },
         ),
         (
@@ -304,7 +305,10 @@ fn filter_rebuild_keeps_present_keys() {
 #[test]
 fn error_messages_are_lowercase_without_period() {
     let errors = [
-        Error::AlreadyMoving { key: "k".into() },
+        Error::AlreadyMoving {
+            key: "k".into(),
+            owner: None,
+        },
         Error::NotFound { key: "k".into() },
         Error::FenceTimeout {
             key: "k".into(),
@@ -348,4 +352,51 @@ fn i2_keys_inline_or_shared_route_flip_and_snapshot_alike() {
     }
     assert!(table.remove(&long));
     assert_eq!(table.route_read(&long), Route::Source);
+}
+
+/// Entries carry the job that registered them: another job that meets the key while it
+/// moves is refused with the owner named, and cannot remove the entry; the owner can, and a
+/// chained move passes the entry to its new owner.
+#[test]
+fn entries_are_changed_and_removed_only_by_the_job_that_registered_them() {
+    let (table, _) = manual_table();
+    let (one, two) = (
+        ferry_types::JobId::new("one").unwrap(),
+        ferry_types::JobId::new("two").unwrap(),
+    );
+    table
+        .register_for(&key("k"), node("a"), node("b"), &one)
+        .unwrap();
+    assert_eq!(table.get("k").unwrap().owner.as_ref(), Some(&one));
+    let err = table
+        .register_for(&key("k"), node("a"), node("b"), &two)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::AlreadyMoving {
+            key: "k".into(),
+            owner: Some(one.clone()),
+        }
+    );
+    assert_eq!(err.to_string(), "key \"k\" is already moving (job one)");
+    assert!(!table.remove_owned("k", &two), "not two's entry");
+    assert_eq!(table.get("k").unwrap().owner.as_ref(), Some(&one));
+    let g = table.generation("k").unwrap();
+    table.try_flip("k", g).unwrap();
+    assert!(!table.remove_owned("k", &two));
+    assert_eq!(table.route_read("k"), Route::Target(node("b")));
+    // A chained move b → c by job two: the entry is two's now.
+    table
+        .register_for(&key("k"), node("b"), node("c"), &two)
+        .unwrap();
+    assert_eq!(table.get("k").unwrap().owner.as_ref(), Some(&two));
+    assert!(!table.remove_owned("k", &one));
+    assert!(table.remove_owned("k", &two));
+    assert_eq!(table.route_read("k"), Route::Source);
+    // The snapshot keeps owners.
+    table
+        .register_for(&key("s"), node("a"), node("b"), &one)
+        .unwrap();
+    let restored = Table::restore(Config::default(), table.snapshot()).unwrap();
+    assert_eq!(restored.get("s").unwrap().owner, Some(one));
 }

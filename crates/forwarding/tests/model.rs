@@ -128,7 +128,7 @@ impl Model {
         let maybe_untracked = self.untracked(k) > 0;
         if let Some(e) = self.live(k).cloned() {
             if e.state != EntryState::Forwarded {
-                return Err(Error::AlreadyMoving { key });
+                return Err(Error::AlreadyMoving { key, owner: None });
             }
             if s != e.target {
                 return Err(Error::WrongSource {

@@ -741,7 +741,7 @@ async fn flip_verified(
                 again.push((key, refused + 1));
             }
             Err(_) => {
-                table.remove(key.as_str());
+                table.remove_owned(key.as_str(), &shared.id);
                 out.push(Outcome::Failed {
                     key: key.clone(),
                     attempts: refused + 1,
@@ -1012,8 +1012,10 @@ async fn process(ctx: &JobCtx, key: ObjectKey, refused: u32) -> Outcome {
     let track = &track;
     let table = &ctx.engine.table;
     let (source, target) = (ctx.plan.source, ctx.plan.target);
+    let job = &ctx.shared.id;
     let fail = |attempts, error| {
-        table.remove(track_key.as_str());
+        // Only this job's entry: another job's is never touched (I8).
+        table.remove_owned(track_key.as_str(), job);
         Outcome::Failed {
             key: track_key.clone(),
             attempts,
@@ -1022,7 +1024,7 @@ async fn process(ctx: &JobCtx, key: ObjectKey, refused: u32) -> Outcome {
     };
     // A key copied again after a refused flip has its entry already.
     let registered = if refused == 0 {
-        table.register(&key, source, target).map(|_| ())
+        table.register_for(&key, source, target, job).map(|_| ())
     } else {
         Ok(())
     };
@@ -1031,17 +1033,22 @@ async fn process(ctx: &JobCtx, key: ObjectKey, refused: u32) -> Outcome {
             // Left by a run of this job that stopped mid-copy: start the move afresh.
             Some(info)
                 if matches!(info.state, EntryState::Copying | EntryState::Fenced)
+                    && info.owner.as_ref() == Some(job)
                     && info.copy_from == source
                     && info.target == target =>
             {
-                table.remove(key.as_str());
-                if let Err(err) = table.register(&key, source, target) {
+                table.remove_owned(key.as_str(), job);
+                if let Err(err) = table.register_for(&key, source, target, job) {
                     return fail(1, err.into());
                 }
             }
             // Flipped by a run of this job that stopped before recording it done: the target
             // holds the object and serves it; only the cleanup is left.
-            Some(info) if info.state == EntryState::Forwarded && info.target == target => {
+            Some(info)
+                if info.state == EntryState::Forwarded
+                    && info.owner.as_ref() == Some(job)
+                    && info.target == target =>
+            {
                 ctx.shared.forwarded.fetch_add(1, Ordering::Relaxed);
                 let journaled = ctx.committed.get(&key).copied();
                 // On failure the entry stays: the target serves the key (I2).
@@ -1192,7 +1199,7 @@ async fn copy_step(
             return Ok(None);
         }
         Ok(CopyResult::Vanished) => {
-            table.remove(key.as_str());
+            table.remove_owned(key.as_str(), &ctx.shared.id);
             // Absent on both sides, never resurrected (I3). (A key an earlier run moved
             // and cleaned is journaled and does not come here.)
             return Err(
@@ -1237,7 +1244,7 @@ fn not_found(key: &ObjectKey) -> ferry_forwarding::Error {
 }
 
 fn rolled_back(ctx: &JobCtx, key: ObjectKey) -> Outcome {
-    ctx.engine.table.remove(key.as_str());
+    ctx.engine.table.remove_owned(key.as_str(), &ctx.shared.id);
     ctx.shared.rolled_back.lock().push(key);
     Outcome::RolledBack
 }
@@ -1556,7 +1563,12 @@ fn done_not_failed(progress: &Progress, key: &ObjectKey) -> bool {
 /// Registers `key` and flips it to the plan's target; whether it was (a key the table
 /// already has an entry for is left as it is).
 fn forward(table: &ferry_forwarding::Table, plan: &MigrationPlan, key: &ObjectKey) -> bool {
-    table.register(key, plan.source, plan.target).is_ok()
+    let Some(job) = plan.id.as_ref() else {
+        return false;
+    };
+    table
+        .register_for(key, plan.source, plan.target, job)
+        .is_ok()
         && table
             .generation(key.as_str())
             .is_some_and(|generation| table.try_flip(key.as_str(), generation).is_ok())

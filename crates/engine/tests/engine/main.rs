@@ -11,6 +11,7 @@ mod hot;
 mod journal;
 mod memory;
 mod model;
+mod overlap;
 mod range;
 mod resume;
 mod retry;

@@ -1,0 +1,71 @@
+//! Two jobs over the same keys: entries of the forwarding table belong to the job that
+//! registered them (SPEC I8: only that job changes or removes them).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_forwarding::{Route, Table};
+use ferry_types::{ByteSize, CleanupPolicy, JobId, JobStatus, ObjectSelection, Rate};
+
+use crate::util::*;
+
+/// Hole E of the engine-wing review: a second job that met a key the first one was copying
+/// removed the first job's entry and registered its own; the first job's end of the move
+/// then removed whatever entry was there (the second job's, already forwarded and cleaned):
+/// reads went to a source that no longer held the key, and the "vanished" source made the
+/// first job delete the only copy left. Now the second job fails that object with
+/// `AlreadyMoving` naming the first, touches nothing of its entry, and the first job moves
+/// the key as if alone.
+#[tokio::test(start_paused = true)]
+async fn i8_a_job_never_takes_over_or_removes_another_jobs_entry() {
+    // 4 KiB at 4 B/s: the first job's copy takes over a quarter of an hour.
+    let source = ferry_engine::store::MemStore::with_chunk_size(16);
+    let k = key(0);
+    source.insert(k.clone(), vec![7u8; 4096]);
+    let content = source.bytes(k.as_str()).unwrap();
+    let target = ferry_engine::store::MemStore::new();
+    let table = Table::default();
+    let checkpoints = mem_checkpoints();
+    let engine = engine(
+        Arc::new(source.clone()),
+        Arc::new(target.clone()),
+        &table,
+        Arc::clone(&checkpoints),
+    );
+    let slow = plan("one", ObjectSelection::keys([k.clone()]))
+        .with_rate(Rate::bytes_per_sec(4).unwrap())
+        .with_chunk_size(ByteSize::b(4))
+        .with_cleanup(CleanupPolicy::AfterVerify);
+    let one = engine.start(slow).await.unwrap();
+    while one.snapshot().bytes_copied == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let fast =
+        plan("two", ObjectSelection::keys([k.clone()])).with_cleanup(CleanupPolicy::AfterVerify);
+    let two = engine.start(fast).await.unwrap().wait().await.unwrap();
+    assert_eq!(two.status, JobStatus::CompletedWithErrors, "{two:?}");
+    let record = checkpoints
+        .load(&JobId::new("two").unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
+    let reason = &record.progress.failed[&k].last_error;
+    assert!(reason.contains("already moving (job one)"), "{reason}");
+    // The first job's move went on undisturbed.
+    assert_eq!(
+        table.get(k.as_str()).unwrap().owner,
+        Some(JobId::new("one").unwrap())
+    );
+    assert_eq!(table.route_read(k.as_str()), Route::Source);
+    assert_eq!(source.bytes(k.as_str()).unwrap(), content);
+    let one = one.wait().await.unwrap();
+    assert_eq!(one.status, JobStatus::Completed, "{one:?}");
+    assert_eq!(table.route_read(k.as_str()), Route::Target(b()));
+    assert_eq!(
+        target.bytes(k.as_str()).unwrap(),
+        content,
+        "the key was never lost"
+    );
+    assert!(source.is_empty());
+}
