@@ -92,7 +92,22 @@ enum Outcome {
         error: Error,
     },
     /// Stopped by cancel before its flip; its entry was removed.
-    RolledBack,
+    RolledBack {
+        key: ObjectKey,
+    },
+}
+
+impl Outcome {
+    fn key(&self) -> &ObjectKey {
+        match self {
+            Outcome::Verified { key, .. }
+            | Outcome::Done { key, .. }
+            | Outcome::Forwarded { key, .. }
+            | Outcome::Skipped { key }
+            | Outcome::Failed { key, .. }
+            | Outcome::RolledBack { key } => key,
+        }
+    }
 }
 
 /// Runs the job to its end.
@@ -287,6 +302,12 @@ fn merge_keys(a: KeyStream, b: KeyStream) -> KeyStream {
 /// done set above the watermark.
 const GRACE_SLOTS: usize = 64;
 
+/// How far, in keys per copy slot, dispatch may run past an object that holds the watermark.
+/// The record's done set above the watermark then holds at most about
+/// `concurrency × LAG_PER_SLOT` keys (plus those waiting out a grace period), however long
+/// one object takes, and a crash still re-does only the objects in flight (I4).
+const LAG_PER_SLOT: usize = 16;
+
 async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progress) -> Result<()> {
     let shared = &ctx.shared;
     let concurrency = ctx.plan.options.concurrency.get();
@@ -346,7 +367,15 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
             was_paused = false;
         }
         let waiting = (*grace_rx.borrow_and_update()).min(concurrency * (GRACE_SLOTS - 1));
-        while !paused && !stopping && !exhausted && set.len() < concurrency + waiting {
+        // One slow object holds the watermark; the others may run this far past it, no
+        // further: the record's done set above the watermark stays bounded (I4).
+        let window = concurrency * LAG_PER_SLOT + waiting;
+        while !paused
+            && !stopping
+            && !exhausted
+            && set.len() < concurrency + waiting
+            && !commits.order.lagging(window)
+        {
             match keys.next().await {
                 Some(Ok(key)) => {
                     list_attempts = 0;
@@ -354,7 +383,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
                     failed_again += u64::from(ctx.failed_before.contains(&key));
                     last_key = Some(key.clone());
                     commits.order.dispatched.push_back(key.clone());
-                    spawn_process(ctx, &mut set, key, 0);
+                    spawn_process(ctx, &mut set, &mut commits.order, key, 0);
                 }
                 Some(Err(err))
                     if err.is_transient()
@@ -406,7 +435,10 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
             Some(joined) = set.join_next() => {
                 shared.in_flight.fetch_sub(1, Ordering::Relaxed);
                 match joined {
-                    Ok(outcome) => commits.pending.push(outcome),
+                    Ok(outcome) => {
+                        commits.order.flying.remove(outcome.key());
+                        commits.pending.push(outcome);
+                    }
                     Err(_) => {
                         // A per-object task panicked: stop the job; its key stays unfinished.
                         fatal.get_or_insert(Error::RunnerGone { job: shared.id.clone() });
@@ -450,7 +482,14 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
 }
 
 /// Starts the pipeline of `key` on the job's task set.
-fn spawn_process(ctx: &Arc<JobCtx>, set: &mut JoinSet<Outcome>, key: ObjectKey, refused: u32) {
+fn spawn_process(
+    ctx: &Arc<JobCtx>,
+    set: &mut JoinSet<Outcome>,
+    order: &mut Order,
+    key: ObjectKey,
+    refused: u32,
+) {
+    order.flying.insert(key.clone());
     ctx.shared.in_flight.fetch_add(1, Ordering::Relaxed);
     let span = tracing::debug_span!("object", key = %key.as_str());
     let ctx = Arc::clone(ctx);
@@ -473,6 +512,20 @@ struct Commits<'a> {
     order: Order,
     /// The ticker fired while a sync was under way: the commit after it is due at once.
     tick_missed: bool,
+}
+
+impl Order {
+    /// Whether dispatch must wait: `window` keys or more are past the watermark and the
+    /// oldest of them is still on the task set, so the keys finishing after it would pile up
+    /// in the record's done set above the watermark. (When the oldest has finished, the
+    /// next commit moves the watermark past it: dispatch goes on while a commit syncs.)
+    fn lagging(&self, window: usize) -> bool {
+        self.dispatched.len() >= window
+            && self
+                .dispatched
+                .front()
+                .is_some_and(|oldest| self.flying.contains(oldest))
+    }
 }
 
 impl<'a> Commits<'a> {
@@ -588,7 +641,7 @@ async fn commit_synced(
             flipped = true;
         }
     }
-    let saved = flip_verified(ctx, checkpointer, verified, &mut batch, set).await?;
+    let saved = flip_verified(ctx, checkpointer, verified, &mut batch, order, set).await?;
     if flipped && !saved {
         checkpointer.flush().await?;
     }
@@ -651,7 +704,7 @@ async fn commit_synced(
                 });
             }
             // Forwarded ones were finished above; verified ones were flipped.
-            Outcome::RolledBack | Outcome::Forwarded { .. } | Outcome::Verified { .. } => {}
+            Outcome::RolledBack { .. } | Outcome::Forwarded { .. } | Outcome::Verified { .. } => {}
         }
     }
     if done + failed + unfailed > 0 {
@@ -690,6 +743,7 @@ async fn flip_verified(
     checkpointer: &Checkpointer,
     verified: Vec<Outcome>,
     out: &mut Vec<Outcome>,
+    order: &mut Order,
     set: &mut JoinSet<Outcome>,
 ) -> Result<bool> {
     if verified.is_empty() {
@@ -754,12 +808,13 @@ async fn flip_verified(
     // key is copied again.
     checkpointer.flush().await?;
     for (key, refused) in again {
-        spawn_process(ctx, set, key, refused);
+        spawn_process(ctx, set, order, key, refused);
     }
     let grace = matches!(ctx.plan.options.cleanup, CleanupPolicy::AfterGrace(_));
     for (key, copied) in flipped {
         let from = CopiedFrom::Version(copied.version);
         if grace {
+            order.flying.insert(key.clone());
             shared.in_flight.fetch_add(1, Ordering::Relaxed);
             let ctx = Arc::clone(ctx);
             let span = tracing::debug_span!("object", key = %key.as_str());
@@ -779,6 +834,8 @@ async fn flip_verified(
 #[derive(Default)]
 struct Order {
     dispatched: std::collections::VecDeque<ObjectKey>,
+    /// Keys whose task is on the task set (copying, or waiting out a grace period).
+    flying: std::collections::HashSet<ObjectKey>,
     finished: std::collections::HashSet<ObjectKey>,
 }
 
@@ -1245,8 +1302,8 @@ fn not_found(key: &ObjectKey) -> ferry_forwarding::Error {
 
 fn rolled_back(ctx: &JobCtx, key: ObjectKey) -> Outcome {
     ctx.engine.table.remove_owned(key.as_str(), &ctx.shared.id);
-    ctx.shared.rolled_back.lock().push(key);
-    Outcome::RolledBack
+    ctx.shared.rolled_back.lock().push(key.clone());
+    Outcome::RolledBack { key }
 }
 
 /// CLEANUP per the policy, first half: waits out the grace period; the rest (commit hook,
@@ -1273,7 +1330,7 @@ async fn cleanup(ctx: &JobCtx, key: ObjectKey, copied: CopiedFrom, bytes: u64) -
             _ = cancelled.wait_for(|c| *c) => {
                 // Cancelled during the grace period: the object stays forwarded, the source
                 // stays; not recorded done, as it is not cleaned.
-                return Outcome::RolledBack;
+                return Outcome::RolledBack { key };
             }
         }
     }

@@ -230,3 +230,52 @@ async fn a_tick_that_passes_during_a_sync_commits_right_after_it() {
     assert_eq!(snap.status, JobStatus::Completed);
     assert_eq!(snap.done_objects, N as u64);
 }
+
+/// Hole C of the engine-wing review: dispatch was limited by the tasks running, not by how
+/// far the watermark lagged, so one slow object held the watermark while every other object
+/// landed in the record's done set above it (2,000 keys, four at a time, the first read
+/// slow: 1,999 entries, every save rewriting them all). Dispatch now stays within a window
+/// of the watermark: the done set stays within `16 × concurrency`, and the job still ends
+/// with every object done (I4).
+#[tokio::test(start_paused = true)]
+async fn i4_one_slow_object_never_grows_the_done_set_past_the_window() {
+    const N: usize = 2000;
+    let source = FaultyStore::new(filled(N));
+    // The first read (key 0's copy) takes a minute.
+    source.inject(
+        Op::Get,
+        ferry_engine::store::Trigger::Call(1),
+        ferry_engine::store::Fault::Latency(Duration::from_secs(60)),
+    );
+    let target = MemStore::new();
+    let checkpoints = mem_checkpoints();
+    let engine = engine(
+        Arc::new(source.clone()),
+        Arc::new(target.clone()),
+        &Table::default(),
+        Arc::clone(&checkpoints),
+    );
+    let plan = plan("lagging-watermark", ObjectSelection::all())
+        .with_concurrency(NonZeroUsize::new(4).unwrap())
+        .with_checkpoint(CheckpointInterval {
+            objects: 10,
+            every: Duration::from_millis(10),
+        });
+    let handle = engine.start(plan).await.unwrap();
+    let id = handle.id().clone();
+    let mut largest = 0;
+    while !handle.snapshot().status.is_finished() {
+        if let Some(loaded) = checkpoints.load(&id).await.unwrap() {
+            largest = largest.max(loaded.record.progress.done_above.len());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snap = handle.wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed);
+    assert_eq!(snap.done_objects, N as u64);
+    assert!(largest > 0, "the slow object held the watermark");
+    assert!(
+        largest <= 16 * 4,
+        "the done set above the watermark grew to {largest} keys"
+    );
+}
