@@ -21,6 +21,10 @@ pub struct CancelReport {
     pub rolled_back: Vec<ObjectKey>,
     /// Objects that were already forwarded when the job was cancelled; they stay forwarded.
     pub forwarded: u64,
+    /// Forwarded objects whose grace period the cancel cut short: their commit finished (the
+    /// commit hook ran, the target serves them) and their source copy was kept, not deleted
+    /// before its grace period ended.
+    pub sources_kept: Vec<ObjectKey>,
     /// The job's snapshot at the end.
     pub snapshot: Option<JobSnapshot>,
 }
@@ -88,6 +92,8 @@ pub(crate) struct JobShared {
     pub(crate) bytes_copied: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) rolled_back: Mutex<Vec<ObjectKey>>,
+    /// Forwarded keys whose grace period a cancel cut short: committed, source kept.
+    pub(crate) kept: Mutex<Vec<ObjectKey>>,
     pub(crate) forwarded: AtomicU64,
     pub(crate) started: tokio::time::Instant,
     pub(crate) events: broadcast::Sender<ObjectEvent>,
@@ -120,6 +126,7 @@ impl JobShared {
             bytes_copied: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             rolled_back: Mutex::new(Vec::new()),
+            kept: Mutex::new(Vec::new()),
             forwarded: AtomicU64::new(0),
             started: tokio::time::Instant::now(),
             events: broadcast::Sender::new(EVENTS_CAPACITY),
@@ -316,8 +323,10 @@ impl JobHandle {
         let shared = Arc::clone(&self.shared);
         let snapshot = self.wait().await?;
         let rolled_back = std::mem::take(&mut *shared.rolled_back.lock());
+        let sources_kept = std::mem::take(&mut *shared.kept.lock());
         Ok(CancelReport {
             rolled_back,
+            sources_kept,
             forwarded: shared.forwarded.load(Ordering::Relaxed),
             snapshot: Some(snapshot),
         })

@@ -260,7 +260,10 @@ impl Engine {
     /// Resumes every unfinished job of the checkpoint store (status `Pending`, `Running`,
     /// `Paused` or `Completing`) that is not already running in this engine, as [`start`](Engine::start)
     /// with its stored plan does: from its checkpoint, under a new lease (I6). A job recorded
-    /// `Paused` is resumed paused: nothing moves until [`JobHandle::resume`].
+    /// `Paused` is resumed paused: nothing moves until [`JobHandle::resume`]. Of every other
+    /// job (finished: failed, cancelled, completed with errors), the flips it committed and
+    /// did not finish are forwarded again, so their keys go on being served by the target
+    /// (SPEC I8).
     ///
     /// # Errors
     /// The first error of listing, loading or starting a job (jobs started before it go on
@@ -286,6 +289,16 @@ impl Engine {
                 status,
                 JobStatus::Pending | JobStatus::Running | JobStatus::Paused | JobStatus::Completing
             ) {
+                // A finished job runs no more, but a flip it committed is never forgotten
+                // (I8): a key whose commit did not finish (its hook failed, the job failed
+                // or was cancelled before it) is served by its target until that commit is
+                // finished (`retry_failed`) or the key moves again.
+                let plan = loaded.record.plan.with_id(id);
+                for (key, flip) in &loaded.record.progress.flips {
+                    if flip.committed {
+                        pipeline::forward(&self.inner.table, &plan, key);
+                    }
+                }
                 continue;
             }
             let plan = loaded.record.plan.with_id(id);

@@ -1328,9 +1328,17 @@ async fn cleanup(ctx: &JobCtx, key: ObjectKey, copied: CopiedFrom, bytes: u64) -
         tokio::select! {
             () = tokio::time::sleep(grace) => {}
             _ = cancelled.wait_for(|c| *c) => {
-                // Cancelled during the grace period: the object stays forwarded, the source
-                // stays; not recorded done, as it is not cleaned.
-                return Outcome::RolledBack { key };
+                // Cancelled during the grace period: the flip is committed and writes may
+                // have reached the target through it, so it is never left half-done (I8).
+                // The commit finishes (the hook runs: the placement serves the target) and
+                // the source is kept, its grace period cut short.
+                ctx.shared.kept.lock().push(key.clone());
+                return Outcome::Forwarded {
+                    key,
+                    copied,
+                    bytes,
+                    delete: false,
+                };
             }
         }
     }
@@ -1619,7 +1627,11 @@ fn done_not_failed(progress: &Progress, key: &ObjectKey) -> bool {
 
 /// Registers `key` and flips it to the plan's target; whether it was (a key the table
 /// already has an entry for is left as it is).
-fn forward(table: &ferry_forwarding::Table, plan: &MigrationPlan, key: &ObjectKey) -> bool {
+pub(crate) fn forward(
+    table: &ferry_forwarding::Table,
+    plan: &MigrationPlan,
+    key: &ObjectKey,
+) -> bool {
     let Some(job) = plan.id.as_ref() else {
         return false;
     };

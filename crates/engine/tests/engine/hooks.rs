@@ -140,3 +140,102 @@ async fn commit_hook_runs_under_cleanup_never_and_nothing_is_deleted() {
     assert_eq!(seen.lock().len(), N);
     assert_eq!(source.len(), N);
 }
+
+/// Hole A of the engine-wing review: a cancel during the grace period used to leave the
+/// flipped objects half-done: forwarded, journaled as committed, never handed to the commit
+/// hook, and the job `Cancelled`, so no run would ever finish them. A write acknowledged
+/// through the flip lives only on the target; once the entry went (a restart, or its TTL),
+/// the placement still named the source and the write read back stale. Now the cancel
+/// finishes their commit: the hook runs, the source is kept (its grace period was cut
+/// short) and reported, and the record holds no half-done flip (I8).
+#[tokio::test(start_paused = true)]
+async fn i8_a_cancel_during_the_grace_period_finishes_the_commit_of_every_flip() {
+    const N: usize = 6;
+    let (source, target, table) = (filled(N), MemStore::new(), Table::default());
+    let checkpoints = mem_checkpoints();
+    let seen: Seen = Arc::default();
+    let engine = engine_with_hook(
+        &source,
+        &target,
+        &table,
+        Arc::clone(&checkpoints),
+        &seen,
+        None,
+    );
+    let grace = std::time::Duration::from_secs(3600);
+    let plan =
+        plan("grace-cancel", ObjectSelection::all()).with_cleanup(CleanupPolicy::AfterGrace(grace));
+    let handle = engine.start(plan).await.unwrap();
+    while (0..N).any(|i| table.route_read(key(i).as_str()) != Route::Target(b())) {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // A client writes key 0 through the flip: the write lands on the target only.
+    {
+        let ticket = table.begin_write(key(0).as_str()).await.unwrap();
+        assert_eq!(ticket.route(), Route::Target(b()));
+        target.insert(key(0), "v2");
+    }
+    let report = handle.cancel().await.unwrap();
+    let mut kept = report.sources_kept.clone();
+    kept.sort();
+    assert_eq!(kept, (0..N).map(key).collect::<Vec<_>>(), "{report:?}");
+    // Every flipped key's commit finished: the placement learned the target.
+    let mut hooked: Vec<ObjectKey> = seen.lock().iter().map(|s| s.0.clone()).collect();
+    hooked.sort();
+    assert_eq!(hooked, (0..N).map(key).collect::<Vec<_>>());
+    assert_eq!(
+        source.len(),
+        N,
+        "no source went before its grace period ended"
+    );
+    let record = checkpoints
+        .load(&JobId::new("grace-cancel").unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
+    assert_eq!(record.status, JobStatus::Cancelled);
+    assert!(
+        record.progress.flips.is_empty(),
+        "no flip is left half-done: {:?}",
+        record.progress.flips
+    );
+    assert_eq!(target.bytes(key(0).as_str()).unwrap(), "v2".as_bytes());
+}
+
+/// Hole A, second half: a flip committed by a job that then ended `CompletedWithErrors`
+/// (its commit hook failed) stays served by the target, and a write acknowledged through it
+/// lives there only. A restart must forward it again although the job is finished: the
+/// recovered table routes it to the target, never to the stale source (I8).
+#[tokio::test]
+async fn i8_recover_forwards_again_the_committed_flips_of_finished_jobs() {
+    const N: usize = 4;
+    let (source, target) = (filled(N), MemStore::new());
+    let checkpoints = mem_checkpoints();
+    let seen: Seen = Arc::default();
+    {
+        let table = Table::default();
+        let engine = engine_with_hook(
+            &source,
+            &target,
+            &table,
+            Arc::clone(&checkpoints),
+            &seen,
+            Some(key(2)),
+        );
+        let plan = plan("hook-fails-restart", ObjectSelection::all())
+            .with_cleanup(CleanupPolicy::AfterVerify);
+        let snap = engine.start(plan).await.unwrap().wait().await.unwrap();
+        assert_eq!(snap.status, JobStatus::CompletedWithErrors);
+        let ticket = table.begin_write(key(2).as_str()).await.unwrap();
+        assert_eq!(ticket.route(), Route::Target(b()));
+        target.insert(key(2), "v2");
+    }
+    // A restart: a new, empty table.
+    let table = Table::default();
+    let engine = engine_with_hook(&source, &target, &table, checkpoints, &seen, Some(key(2)));
+    assert!(engine.recover().await.unwrap().is_empty(), "nothing to run");
+    assert_eq!(table.route_read(key(2).as_str()), Route::Target(b()));
+    assert_eq!(target.bytes(key(2).as_str()).unwrap(), "v2".as_bytes());
+    assert_eq!(source.bytes(key(2).as_str()).unwrap(), content(2), "stale");
+}
