@@ -434,6 +434,9 @@ impl Engine {
             resumed,
             retry_keys,
             failed_before: progress.failed.keys().cloned().collect(),
+            left: Arc::new(parking_lot::Mutex::new(
+                progress.failed.keys().cloned().collect(),
+            )),
             checkpointer,
             committed,
         };

@@ -38,6 +38,9 @@ pub(crate) struct JobCtx {
     /// already, so one that succeeds now leaves that count and one that fails again is not
     /// counted twice.
     pub(crate) failed_before: std::collections::HashSet<ObjectKey>,
+    /// Keys the run leaves on the source by design (failed, or changed since their copy):
+    /// re-listings leave them out ([`Passes`]).
+    pub(crate) left: Arc<Mutex<std::collections::HashSet<ObjectKey>>>,
     /// The job's checkpoint, shared with the object tasks: they journal flips in it.
     pub(crate) checkpointer: Arc<Checkpointer>,
     /// The flips an earlier run made and did not record done (the committed entries of the
@@ -313,7 +316,8 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
     let concurrency = ctx.plan.options.concurrency.get();
     let mut grace_rx = shared.grace_waiting.subscribe();
     let interval = ctx.plan.options.checkpoint;
-    let mut keys = key_stream(ctx, progress, None);
+    let mut passes = Passes::new(ctx);
+    let mut keys = passes.stream(ctx, progress, None);
     // The last key the stream gave, and the listing's transient failures in a row.
     let mut last_key: Option<ObjectKey> = None;
     let mut list_attempts = 0u32;
@@ -373,6 +377,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
         while !paused
             && !stopping
             && !exhausted
+            && !passes.listed
             && set.len() < concurrency + waiting
             && !commits.order.lagging(window)
         {
@@ -395,26 +400,47 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
                     let retry = &ctx.plan.options.retry;
                     tokio::time::sleep(retry.backoff(list_attempts, jitter_unit(list_attempts)))
                         .await;
-                    keys = key_stream(ctx, progress, last_key.as_ref());
+                    keys = passes.stream(ctx, progress, last_key.as_ref());
                 }
                 Some(Err(err)) => {
                     fatal = Some(err);
                     shared.cancelled.send_replace(true);
                     break;
                 }
+                None if passes.relists() => {
+                    // This pass is listed to its end; the next one starts once it settles.
+                    passes.listed = true;
+                    break;
+                }
                 None => {
                     exhausted = true;
-                    if shared.snapshot.borrow().total_objects.is_none() {
-                        // Done (skipped included) and failed before this run, plus what this
-                        // run was given, counting a failed key given again once.
-                        let before = progress.done_objects + ctx.failed_before.len() as u64;
-                        let total = before + dispatched - failed_again;
-                        shared.publish(|s| s.total_objects = Some(total));
-                    }
+                    passes.total(ctx, progress, dispatched - failed_again);
                 }
             }
         }
         let stopping = shared.is_cancelled() || fatal.is_some();
+        if passes.listed && set.is_empty() && !stopping && !paused {
+            // The pass is listed and nothing of it is in flight: its sources are cleaned
+            // once its last objects commit; then the selection is listed again for keys
+            // created behind the listing (SPEC I8), or the job is done.
+            if let Err(err) = commits.all(&mut set).await {
+                fatal.get_or_insert(err);
+                shared.cancelled.send_replace(true);
+                continue;
+            }
+            if !set.is_empty() {
+                // Refused flips copy again, grace periods run: this pass is not over.
+                continue;
+            }
+            passes.total(ctx, progress, dispatched - failed_again);
+            if passes.next(dispatched) {
+                last_key = None;
+                keys = passes.stream(ctx, progress, None);
+            } else {
+                exhausted = true;
+            }
+            continue;
+        }
         if set.is_empty() && ((exhausted && !paused) || stopping) {
             // Flip what is verified; a refused flip (copied again) or a grace period keeps
             // the job going.
@@ -478,6 +504,97 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
     match fatal {
         Some(err) => Err(err),
         None => Ok(()),
+    }
+}
+
+/// Listings of the selection after the first, for keys created in it behind the listing
+/// while the job ran (a drain must leave nothing of its selection on the source, SPEC I8):
+/// when a job's cleanup deletes sources, the selection is listed again once a pass has
+/// settled, until a pass finds nothing to move, at most `MAX_RELISTS` times. A key still on
+/// the source at the end of a pass was moved and kept (its source changed, or it failed) or
+/// is new: the kept and failed ones are left out of later passes.
+struct Passes {
+    /// Whether later passes are listed at all: listed selections whose cleanup deletes.
+    relist: bool,
+    /// Re-listings made so far.
+    made: u32,
+    /// The current pass is listed to its end.
+    listed: bool,
+    /// `dispatched` when the current pass began.
+    dispatched_before: u64,
+}
+
+/// Re-listings after the first pass, at most: writers that keep creating keys in the
+/// selection faster than the job moves them would otherwise keep it running for ever.
+const MAX_RELISTS: u32 = 8;
+
+impl Passes {
+    fn new(ctx: &JobCtx) -> Passes {
+        let deletes = !matches!(ctx.plan.options.cleanup, CleanupPolicy::Never);
+        let listed = !matches!(ctx.plan.objects, ObjectSelection::Keys(_));
+        Passes {
+            relist: deletes && listed && ctx.retry_keys.is_none(),
+            made: 0,
+            listed: false,
+            dispatched_before: 0,
+        }
+    }
+
+    /// Whether the end of the current pass's listing is followed by another pass (or by the
+    /// decision that there is none), rather than by the end of the job.
+    fn relists(&self) -> bool {
+        self.relist
+    }
+
+    /// The keys of the current pass (after `after`, when a transient error cut it short).
+    fn stream(&self, ctx: &JobCtx, progress: &Progress, after: Option<&ObjectKey>) -> KeyStream {
+        if self.made == 0 {
+            return key_stream(ctx, progress, after);
+        }
+        let range = match &ctx.plan.objects {
+            ObjectSelection::Prefix(prefix) => unbounded(prefix),
+            ObjectSelection::Range(range) => range.clone(),
+            ObjectSelection::Keys(_) => unreachable!("explicit keys are listed once"),
+        };
+        // Every key still on the source, but those kept there by design (failed, or changed
+        // since their copy), whatever the watermark says: a new key may sort below it.
+        let left = Arc::clone(&ctx.left);
+        Box::pin(
+            list_range(&*ctx.source, &range, after)
+                .try_filter(move |key| std::future::ready(!left.lock().contains(key))),
+        )
+    }
+
+    /// The pass settled: whether to list again (the pass moved something, and re-listings
+    /// are left). `dispatched`: keys given to the pipeline by this run so far.
+    fn next(&mut self, dispatched: u64) -> bool {
+        let found = dispatched > self.dispatched_before || self.made == 0;
+        self.listed = false;
+        if !found || self.made >= MAX_RELISTS {
+            if found {
+                tracing::warn!(
+                    relists = self.made,
+                    "keys are still being created in the selection; those created after the last listing stay on the source"
+                );
+            }
+            return false;
+        }
+        self.made += 1;
+        self.dispatched_before = dispatched;
+        true
+    }
+
+    /// Publishes the job's total once a listing ended: done (skipped included) and failed
+    /// before this run, plus `given` (the keys this run was given, counting a failed key
+    /// given again once).
+    fn total(&self, ctx: &JobCtx, progress: &Progress, given: u64) {
+        // Explicit keys and retry runs know their total from the start.
+        if matches!(ctx.plan.objects, ObjectSelection::Keys(_)) || ctx.retry_keys.is_some() {
+            return;
+        }
+        let before = progress.done_objects + ctx.failed_before.len() as u64;
+        ctx.shared
+            .publish(|s| s.total_objects = Some(before + given));
     }
 }
 
@@ -696,6 +813,7 @@ async fn commit_synced(
                     },
                 );
                 order.finished.insert(key.clone());
+                ctx.left.lock().insert(key.clone());
                 failed += u64::from(!ctx.failed_before.contains(&key));
                 checkpointer.record(ProgressUpdate::Failed {
                     key,
@@ -1407,6 +1525,7 @@ async fn finish_cleanup(
                 key = %key.as_str(),
                 "source kept: it changed since it was copied (a write outside the forwarding table)"
             );
+            ctx.left.lock().insert(key.clone());
             return Outcome::Done { key, bytes };
         }
         Err((attempts, error)) => {
