@@ -124,12 +124,35 @@ impl Checkpointer {
     }
 
     /// Records one change in memory; a save follows when the interval is due. Cheap: a
-    /// short lock, no I/O, no await.
-    pub fn record(&self, update: ProgressUpdate) {
-        let (wake, _) = self.apply(update, false);
+    /// short lock, no I/O, no await. Returns the change's sequence number (see
+    /// [`Saved::records`]).
+    pub fn record(&self, update: ProgressUpdate) -> u64 {
+        let (wake, seq) = self.apply(update, false);
         if wake {
             self.shared.wake.notify_one();
         }
+        seq
+    }
+
+    /// Asks for a save as soon as the one under way (if any) ends, without waiting for it:
+    /// [`saved`](Checkpointer::saved) tells when the changes recorded so far are durable
+    /// (`Saved::records` reaches the number [`record`](Checkpointer::record) returned). A
+    /// failed save also changes `saved`, without moving `records`: call this again to learn
+    /// of it.
+    ///
+    /// # Errors
+    /// [`Error::Background`] when a save failed: nothing recorded will be saved any more.
+    pub fn save_soon(&self) -> Result<()> {
+        if let Some(e) = self.shared.failed.lock().as_ref() {
+            return Err(background(&self.lease.job, e));
+        }
+        let mut state = self.shared.state.lock();
+        if state.dirty_since.is_some() && !state.urgent {
+            state.urgent = true;
+            drop(state);
+            self.shared.wake.notify_one();
+        }
+        Ok(())
     }
 
     /// Records one change and waits until a save that includes it is durable; returns the

@@ -32,7 +32,9 @@ pub const MAGIC: [u8; 4] = *b"FCKP";
 /// - 2: [`Progress`](crate::Progress) gains `flips`, its last field (the record's last bytes).
 ///   A version 1 payload decodes as version 2 with an empty journal (its encoding, one
 ///   zero byte, is appended before decoding).
-pub const FORMAT_VERSION: u16 = 2;
+/// - 3: [`Progress`](crate::Progress) gains `copying`, its new last field. Older payloads
+///   decode with an empty set (one more zero byte appended).
+pub const FORMAT_VERSION: u16 = 3;
 /// The size of the header in front of the payload.
 pub const HEADER_LEN: usize = 16;
 /// The record kind of a [`JobRecord`].
@@ -154,11 +156,13 @@ pub(crate) fn decode_leased(bytes: &[u8]) -> Result<(Option<LeaseHolder>, JobRec
 
 fn decode_record(version: u16, payload: &[u8]) -> Result<JobRecord, DecodeError> {
     let upgraded;
-    let payload = if version == 1 {
-        // Version 1 lacks the flip journal, the last field: an empty map is one zero byte.
-        let mut owned = Vec::with_capacity(payload.len() + 1);
+    // Each version before the newest lacks the last fields added since: the flip journal
+    // (version 2) and the copy intents (version 3). An empty map or set is one zero byte.
+    let missing = usize::from(FORMAT_VERSION - version);
+    let payload = if missing > 0 {
+        let mut owned = Vec::with_capacity(payload.len() + missing);
         owned.extend_from_slice(payload);
-        owned.push(0);
+        owned.resize(payload.len() + missing, 0);
         upgraded = owned;
         &upgraded[..]
     } else {
@@ -314,22 +318,25 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn version_1_records_decode_with_an_empty_flip_journal() {
-        // A version 1 record is a version 2 record without the journal's one zero byte.
+    fn older_records_decode_with_an_empty_flip_journal_and_no_copy_intents() {
+        // A version 2 record is a version 3 record without the intents' one zero byte, and a
+        // version 1 record one without the journal's either.
         let record = sample("old-job", 2);
-        assert!(record.progress.flips.is_empty());
+        assert!(record.progress.flips.is_empty() && record.progress.copying.is_empty());
         let mut bytes = encode(&record).unwrap();
-        assert_eq!(bytes.pop(), Some(0));
-        let len = u32::try_from(bytes.len() - HEADER_LEN).unwrap();
-        bytes[8..12].copy_from_slice(&len.to_le_bytes());
-        let bytes = with_version(bytes, 1);
-        assert_eq!(decode(&bytes).unwrap(), record);
-        assert_eq!(peek_head(&bytes[..HEAD_PREFIX_LEN]), Some((3, 17)));
-        // The same bytes labelled version 2 are short by the journal: corrupt, not guessed.
-        assert!(matches!(
-            decode(&with_version(bytes, 2)),
-            Err(DecodeError::Corrupt(CorruptReason::Payload(_)))
-        ));
+        for version in [2, 1] {
+            assert_eq!(bytes.pop(), Some(0));
+            let len = u32::try_from(bytes.len() - HEADER_LEN).unwrap();
+            bytes[8..12].copy_from_slice(&len.to_le_bytes());
+            bytes = with_version(bytes, version);
+            assert_eq!(decode(&bytes).unwrap(), record, "version {version}");
+            assert_eq!(peek_head(&bytes[..HEAD_PREFIX_LEN]), Some((3, 17)));
+            // The same bytes labelled a newer version are short: corrupt, not guessed.
+            assert!(matches!(
+                decode(&with_version(bytes.clone(), version + 1)),
+                Err(DecodeError::Corrupt(CorruptReason::Payload(_)))
+            ));
+        }
     }
 
     #[test]
@@ -425,6 +432,7 @@ pub(crate) mod tests {
             counters in (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
             failed in proptest::collection::btree_map("[a-z]{1,8}", (any::<u32>(), ".{0,20}"), 0..8),
             flips in proptest::collection::btree_map("[a-z]{1,8}", (any::<[u8; 32]>(), any::<bool>()), 0..8),
+            copying in proptest::collection::btree_set("[a-z]{1,8}", 0..8),
         ) {
             let mut record = sample("prop", 0);
             record.epoch = counters.0;
@@ -447,6 +455,7 @@ pub(crate) mod tests {
                         (ObjectKey::new(k).unwrap(), crate::FlipRecord { digest, committed })
                     })
                     .collect(),
+                copying: copying.into_iter().map(|k| ObjectKey::new(k).unwrap()).collect(),
             };
             let bytes = encode(&record).unwrap();
             prop_assert_eq!(peek_head(&bytes[..HEAD_PREFIX_LEN.min(bytes.len())]), Some((record.epoch, record.generation)));

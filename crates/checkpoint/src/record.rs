@@ -84,6 +84,12 @@ pub struct Progress {
     /// knows which keys may have been served from the target (SPEC I2, I3). Added in format
     /// version 2; empty in records of version 1.
     pub flips: BTreeMap<ObjectKey, FlipRecord>,
+    /// Copy intents: objects whose copy may have begun writing the target and whose end is
+    /// not recorded yet (a small set: at most the objects dispatched ahead of the saves). An
+    /// intent is durable before its copy begins, so after a crash the engine knows every
+    /// copy the stopped run may have left on the target (SPEC I8), and takes each up again.
+    /// Added in format version 3; empty in older records.
+    pub copying: BTreeSet<ObjectKey>,
 }
 
 /// One entry of [`Progress::flips`].
@@ -153,6 +159,17 @@ pub enum ProgressUpdate {
         /// The object.
         key: ObjectKey,
     },
+    /// The object's copy may begin: journal it before the copy writes the target.
+    CopyIntent {
+        /// The object.
+        key: ObjectKey,
+    },
+    /// The object's copy intent is void: nothing of the copy is left on the target (it was
+    /// never written, or it was removed when the copy was rolled back).
+    CopyDropped {
+        /// The object.
+        key: ObjectKey,
+    },
 }
 
 impl ProgressUpdate {
@@ -178,6 +195,7 @@ impl Progress {
     pub fn mark_done(&mut self, key: ObjectKey, bytes: u64) {
         self.failed.remove(&key);
         self.flips.remove(&key);
+        self.copying.remove(&key);
         self.done_objects += 1;
         self.done_bytes += bytes;
         if self.watermark.as_ref().is_none_or(|w| &key > w) {
@@ -197,6 +215,9 @@ impl Progress {
         if self.flips.get(&key).is_some_and(|f| !f.committed) {
             self.flips.remove(&key);
         }
+        // A failed object is accounted for by its failure: its copy, if any, is not taken
+        // up again unless the object is retried.
+        self.copying.remove(&key);
         self.failed.insert(
             key,
             Failure {
@@ -247,6 +268,12 @@ impl Progress {
                 if self.flips.get(&key).is_some_and(|f| !f.committed) {
                     self.flips.remove(&key);
                 }
+            }
+            ProgressUpdate::CopyIntent { key } => {
+                self.copying.insert(key);
+            }
+            ProgressUpdate::CopyDropped { key } => {
+                self.copying.remove(&key);
             }
         }
     }
@@ -404,6 +431,27 @@ mod tests {
             bytes: 5,
         });
         assert!(p.failed.is_empty());
+    }
+
+    #[test]
+    fn copy_intents_last_until_the_object_ends_or_the_copy_is_dropped() {
+        let mut p = Progress::default();
+        for k in ["a", "b", "c", "d"] {
+            p.apply(ProgressUpdate::CopyIntent { key: key(k) });
+        }
+        p.apply(ProgressUpdate::Done {
+            key: key("a"),
+            bytes: 1,
+        });
+        p.apply(ProgressUpdate::Skipped { key: key("b") });
+        p.apply(ProgressUpdate::Failed {
+            key: key("c"),
+            attempts: 1,
+            error: "x".into(),
+        });
+        assert_eq!(p.copying.iter().collect::<Vec<_>>(), vec![&key("d")]);
+        p.apply(ProgressUpdate::CopyDropped { key: key("d") });
+        assert!(p.copying.is_empty());
     }
 
     #[test]

@@ -209,6 +209,8 @@ pub(crate) struct Tracker<'a> {
     shared: &'a JobShared,
     key: &'a ObjectKey,
     last: Mutex<ObjectState>,
+    /// A copy of this run wrote the target (the object reached `Copied` at least once).
+    wrote: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> Tracker<'a> {
@@ -217,7 +219,18 @@ impl<'a> Tracker<'a> {
             shared,
             key,
             last: Mutex::new(ObjectState::Pending),
+            wrote: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Notes that an earlier task of this run wrote the target.
+    pub(crate) fn wrote_before(&self) {
+        self.wrote.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a copy of this run wrote the target.
+    pub(crate) fn wrote(&self) -> bool {
+        self.wrote.load(Ordering::Relaxed)
     }
 
     /// Moves to `state` (staying put sends nothing; a copy that starts over goes through
@@ -226,6 +239,9 @@ impl<'a> Tracker<'a> {
         let mut last = self.last.lock();
         if *last == state {
             return;
+        }
+        if state == ObjectState::Copied {
+            self.wrote.store(true, Ordering::Relaxed);
         }
         if state == ObjectState::Copying
             && matches!(*last, ObjectState::Copied | ObjectState::Verified)

@@ -200,8 +200,10 @@ fn key_stream(
             keys.dedup();
             Box::pin(futures_util::stream::iter(keys.into_iter().map(Ok)))
         }
-        ObjectSelection::Prefix(prefix) => listed_keys(ctx, &unbounded(prefix), after),
-        ObjectSelection::Range(range) => listed_keys(ctx, range, after),
+        ObjectSelection::Prefix(prefix) => {
+            listed_keys(ctx, &progress.copying, &unbounded(prefix), after)
+        }
+        ObjectSelection::Range(range) => listed_keys(ctx, &progress.copying, range, after),
     };
     Box::pin(stream.try_filter(move |key| std::future::ready(!progress.is_done(key))))
 }
@@ -216,17 +218,27 @@ fn unbounded(prefix: &str) -> KeyRange {
 }
 
 /// The keys of a listed selection (`range`) after `after` (when given), in key order: the
-/// source's listing, and the keys a crashed run flipped.
-fn listed_keys(ctx: &JobCtx, range: &KeyRange, after: Option<&ObjectKey>) -> KeyStream {
+/// source's listing, the keys a crashed run flipped, and those it had begun to copy
+/// (`copying`, the record's copy intents).
+fn listed_keys(
+    ctx: &JobCtx,
+    copying: &std::collections::BTreeSet<ObjectKey>,
+    range: &KeyRange,
+    after: Option<&ObjectKey>,
+) -> KeyStream {
     let source = list_range(&*ctx.source, range, after);
-    if ctx.committed.is_empty() {
+    if ctx.committed.is_empty() && copying.is_empty() {
         return source;
     }
     // A crashed run may have cleaned a source it had not yet recorded done: such a key is
-    // only on the target now, journaled as flipped, and must still be recorded (I4).
-    let flipped: Vec<Result<ObjectKey>> = ctx
-        .committed
-        .keys()
+    // only on the target now, journaled as flipped, and must still be recorded (I4). And a
+    // key it had begun to copy may be gone from the source since, its copy left on the
+    // target: taken up again, it ends skipped and its copy removed (I3, I8).
+    let mut extra: Vec<&ObjectKey> = ctx.committed.keys().chain(copying.iter()).collect();
+    extra.sort();
+    extra.dedup();
+    let flipped: Vec<Result<ObjectKey>> = extra
+        .into_iter()
         .filter(|key| range.contains(key))
         .filter(|key| after.is_none_or(|after| *key > after))
         .cloned()
@@ -331,6 +343,12 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
         tick_missed: false,
     };
     let mut exhausted = false;
+    // Keys listed and not yet dispatched, with the sequence number of their copy intent;
+    // whether the current pass's listing ended.
+    let mut ahead: std::collections::VecDeque<(ObjectKey, u64)> = Default::default();
+    let lookahead = (concurrency * LAG_PER_SLOT).max(interval.objects.min(10_000) as usize);
+    let mut listing_over = false;
+    let mut saved_rx = checkpointer.saved();
     let mut paused_rx = shared.paused.subscribe();
     let mut cancelled_rx = shared.cancelled.subscribe();
     let mut ticker = tokio::time::interval(interval.every.max(std::time::Duration::from_millis(1)));
@@ -374,21 +392,22 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
         // One slow object holds the watermark; the others may run this far past it, no
         // further: the record's done set above the watermark stays bounded (I4).
         let window = concurrency * LAG_PER_SLOT + waiting;
+        // Keys are listed ahead of dispatch and their copy intents recorded; a key is
+        // dispatched once its intent is durable (SPEC I8: after a crash, every copy the run
+        // may have left on the target is known). Saves are asked for ahead of need.
         while !paused
             && !stopping
             && !exhausted
+            && !listing_over
             && !passes.listed
-            && set.len() < concurrency + waiting
-            && !commits.order.lagging(window)
+            && ahead.len() < lookahead
         {
             match keys.next().await {
                 Some(Ok(key)) => {
                     list_attempts = 0;
-                    dispatched += 1;
-                    failed_again += u64::from(ctx.failed_before.contains(&key));
                     last_key = Some(key.clone());
-                    commits.order.dispatched.push_back(key.clone());
-                    spawn_process(ctx, &mut set, &mut commits.order, key, 0);
+                    let seq = checkpointer.record(ProgressUpdate::CopyIntent { key: key.clone() });
+                    ahead.push_back((key, seq));
                 }
                 Some(Err(err))
                     if err.is_transient()
@@ -407,15 +426,44 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
                     shared.cancelled.send_replace(true);
                     break;
                 }
-                None if passes.relists() => {
-                    // This pass is listed to its end; the next one starts once it settles.
-                    passes.listed = true;
-                    break;
-                }
-                None => {
-                    exhausted = true;
-                    passes.total(ctx, progress, dispatched - failed_again);
-                }
+                None => listing_over = true,
+            }
+        }
+        let durable = saved_rx.borrow_and_update().records;
+        let ready = ahead.partition_point(|(_, seq)| *seq <= durable);
+        if !stopping
+            && ready < ahead.len()
+            && ready <= lookahead / 2
+            && let Err(err) = checkpointer.save_soon()
+        {
+            // The saves stopped: no intent will be durable, nothing more may start.
+            fatal.get_or_insert(err.into());
+            shared.cancelled.send_replace(true);
+            continue;
+        }
+        let mut ready = ready;
+        while ready > 0
+            && !paused
+            && !stopping
+            && set.len() < concurrency + waiting
+            && !commits.order.lagging(window)
+        {
+            let Some((key, _)) = ahead.pop_front() else {
+                break;
+            };
+            ready -= 1;
+            dispatched += 1;
+            failed_again += u64::from(ctx.failed_before.contains(&key));
+            commits.order.dispatched.push_back(key.clone());
+            spawn_process(ctx, &mut set, &mut commits.order, key, 0);
+        }
+        if listing_over && ahead.is_empty() && !exhausted && !passes.listed {
+            if passes.relists() {
+                // This pass is listed to its end; the next one starts once it settles.
+                passes.listed = true;
+            } else {
+                exhausted = true;
+                passes.total(ctx, progress, dispatched - failed_again);
             }
         }
         let stopping = shared.is_cancelled() || fatal.is_some();
@@ -435,6 +483,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
             passes.total(ctx, progress, dispatched - failed_again);
             if passes.next(dispatched) {
                 last_key = None;
+                listing_over = false;
                 keys = passes.stream(ctx, progress, None);
             } else {
                 exhausted = true;
@@ -495,10 +544,15 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
                     shared.cancelled.send_replace(true);
                 }
             }
+            _ = saved_rx.changed(), if !ahead.is_empty() => {}
             _ = paused_rx.changed() => {}
             _ = cancelled_rx.changed() => {}
             _ = grace_rx.changed() => {}
         }
+    }
+    // Keys listed but never dispatched (a cancel or an error stopped the job): no copy.
+    for (key, _) in ahead {
+        checkpointer.record(ProgressUpdate::CopyDropped { key });
     }
     checkpointer.flush().await?;
     match fatal {
@@ -873,7 +927,7 @@ async fn flip_verified(
         for outcome in verified {
             if let Outcome::Verified { key, .. } = outcome {
                 shared.emit(&key, ObjectState::Pending);
-                out.push(rolled_back(ctx, key));
+                out.push(rolled_back(ctx, key, true).await);
             }
         }
         return Ok(false);
@@ -1184,6 +1238,10 @@ async fn copy_once(
 async fn process(ctx: &JobCtx, key: ObjectKey, refused: u32) -> Outcome {
     let track_key = key.clone();
     let track = Tracker::new(&ctx.shared, &track_key);
+    if refused > 0 {
+        // Copied again after a refused flip: the earlier copy is on the target.
+        track.wrote_before();
+    }
     let track = &track;
     let table = &ctx.engine.table;
     let (source, target) = (ctx.plan.source, ctx.plan.target);
@@ -1273,7 +1331,7 @@ async fn process(ctx: &JobCtx, key: ObjectKey, refused: u32) -> Outcome {
     if ctx.shared.chunk_boundary().await.is_err() {
         // Cancelled (the only error of a chunk boundary) before the fence.
         track.to(ObjectState::Pending);
-        return rolled_back(ctx, key);
+        return rolled_back(ctx, key, true).await;
     }
     let fence_timeout = ctx.plan.options.fence_timeout;
     let fenced = tokio::time::timeout(
@@ -1387,14 +1445,14 @@ async fn copy_step(
         Err((attempts, err)) => {
             if ctx.shared.is_cancelled() {
                 track.to(ObjectState::Pending);
-                return Err(rolled_back(ctx, key.clone()));
+                return Err(rolled_back(ctx, key.clone(), track.wrote()).await);
             }
             return Err(fail(attempts, err));
         }
     };
     if ctx.shared.is_cancelled() {
         track.to(ObjectState::Pending);
-        return Err(rolled_back(ctx, key.clone()));
+        return Err(rolled_back(ctx, key.clone(), true).await);
     }
     Ok(Some(copied))
 }
@@ -1418,8 +1476,26 @@ fn not_found(key: &ObjectKey) -> ferry_forwarding::Error {
     }
 }
 
-fn rolled_back(ctx: &JobCtx, key: ObjectKey) -> Outcome {
+/// Rolls back the move of `key`, stopped by a cancel before its flip: its entry goes (reads
+/// and writes stay on the source), and so does the copy this run wrote on the target
+/// (`wrote`), so that nothing the job copied outlives it unaccounted (SPEC I8). A copy that
+/// cannot be removed keeps its copy intent in the record.
+async fn rolled_back(ctx: &JobCtx, key: ObjectKey, wrote: bool) -> Outcome {
     ctx.engine.table.remove_owned(key.as_str(), &ctx.shared.id);
+    let removed = match wrote {
+        false => true,
+        true => match ctx.target.delete(&key).await {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::warn!(key = %key.as_str(), error = %error_chain(&err), "the rolled-back copy could not be removed from the target");
+                false
+            }
+        },
+    };
+    if removed {
+        ctx.checkpointer
+            .record(ProgressUpdate::CopyDropped { key: key.clone() });
+    }
     ctx.shared.rolled_back.lock().push(key.clone());
     Outcome::RolledBack { key }
 }

@@ -231,3 +231,45 @@ async fn i8_a_drain_leaves_no_key_created_during_it_on_the_source() {
     assert_eq!(snap.done_objects, (N + created.len()) as u64);
     assert_eq!(snap.total_objects, Some((N + created.len()) as u64));
 }
+
+/// A cancel rolls back the objects not yet flipped: their entries go (reads stay on the
+/// source) and so do the copies the job wrote for them, so nothing it copied outlives it
+/// unaccounted (SPEC I8; the copies were what a later resume wrongly forwarded, hole B).
+#[tokio::test(start_paused = true)]
+async fn i8_a_cancel_removes_the_copies_of_the_objects_it_rolls_back() {
+    // The last read takes an hour: the job holds still with every other object verified.
+    let source = ferry_engine::store::FaultyStore::new(filled(N));
+    source.inject(
+        ferry_engine::Op::Get,
+        ferry_engine::store::Trigger::Call(N as u64),
+        ferry_engine::store::Fault::Latency(Duration::from_secs(3600)),
+    );
+    let target = MemStore::new();
+    let table = Table::default();
+    let engine = engine(
+        std::sync::Arc::new(source.clone()),
+        std::sync::Arc::new(target.clone()),
+        &table,
+        mem_checkpoints(),
+    );
+    // No commit comes before the cancel: every object is copied, none flipped.
+    let plan = plan("cancel-copies", ObjectSelection::all())
+        .with_cleanup(CleanupPolicy::AfterVerify)
+        .with_checkpoint(ferry_types::CheckpointInterval {
+            objects: 1000,
+            every: Duration::from_secs(3600),
+        });
+    let handle = engine.start(plan).await.unwrap();
+    while target.len() < N - 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let report = handle.cancel().await.unwrap();
+    assert_eq!(report.rolled_back.len(), N, "{report:?}");
+    assert!(
+        target.is_empty(),
+        "{} copies left on the target",
+        target.len()
+    );
+    assert!(table.is_empty());
+    assert_eq!(source.inner().len(), N);
+}

@@ -481,3 +481,72 @@ async fn i6_a_job_finished_by_another_process_between_load_and_acquire_is_not_ru
     let lease = checkpoints.inner.acquire(&job).await.unwrap().lease;
     checkpoints.inner.release(&lease).await.unwrap();
 }
+
+/// Hole I of the engine-wing review: keys copied and verified but not flipped when the
+/// engine died, then deleted by a client on the source, were never listed by the recovered
+/// run: the target kept their copies and the table their `Copying` entries, for ever. A copy
+/// intent is durable before each copy begins, so the recovered run takes every such key up
+/// again: a key gone from the source ends skipped, its copy and its entry removed (I3, I8).
+#[tokio::test(start_paused = true)]
+async fn i8_recover_removes_the_copies_of_keys_deleted_after_a_crash() {
+    const N: usize = 20;
+    // The last read takes an hour: the job holds still with every other object verified.
+    let source = FaultyStore::new(filled(N));
+    source.inject(
+        Op::Get,
+        ferry_engine::store::Trigger::Call(N as u64),
+        ferry_engine::store::Fault::Latency(Duration::from_secs(3600)),
+    );
+    let target = MemStore::new();
+    let table = Table::default();
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints =
+        || -> Arc<dyn CheckpointStore> { Arc::new(FileStore::open(dir.path()).unwrap()) };
+    let start = |checkpoints| {
+        engine(
+            Arc::new(source.clone()),
+            Arc::new(target.clone()),
+            &table,
+            checkpoints,
+        )
+    };
+    // No commit before the crash: every object is copied and verified, none flipped.
+    let plan = plan("crash-before-flips", ObjectSelection::all())
+        .with_cleanup(CleanupPolicy::AfterVerify)
+        .with_checkpoint(CheckpointInterval {
+            objects: 1000,
+            every: Duration::from_secs(3600),
+        });
+    let handle = start(checkpoints()).start(plan).await.unwrap();
+    while target.len() < N - 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    handle.crash_for_tests().await;
+    // A client deletes every other key: not flipped, they route to the source.
+    for i in (0..N).step_by(2) {
+        let ticket = table.begin_write(key(i).as_str()).await.unwrap();
+        assert_eq!(ticket.route(), ferry_forwarding::Route::Source);
+        ferry_engine::store::Store::delete(source.inner(), &key(i))
+            .await
+            .unwrap();
+    }
+    // The process restarts its engine (the table is the storage system's: it stays).
+    let handles = start(checkpoints()).recover().await.unwrap();
+    let snap = handles.into_iter().next().unwrap().wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed, "{snap:?}");
+    for i in 0..N {
+        let k = key(i);
+        if i % 2 == 0 {
+            assert!(target.bytes(k.as_str()).is_none(), "{k:?}: copy left");
+            assert!(table.get(k.as_str()).is_none(), "{k:?}: entry left");
+            assert!(source.inner().bytes(k.as_str()).is_none());
+        } else {
+            assert_eq!(target.bytes(k.as_str()).unwrap(), content(i));
+            assert_eq!(
+                table.route_read(k.as_str()),
+                ferry_forwarding::Route::Target(b())
+            );
+        }
+    }
+    assert_eq!(snap.skipped_objects, (N / 2) as u64);
+}
