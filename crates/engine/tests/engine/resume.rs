@@ -550,3 +550,89 @@ async fn i8_recover_removes_the_copies_of_keys_deleted_after_a_crash() {
     }
     assert_eq!(snap.skipped_objects, (N / 2) as u64);
 }
+
+/// Hole B of the engine-wing review, the case a cancel made: a cancelled job left its copies
+/// on the target; a key then deleted on the source was never listed by the next job, so the
+/// watermark passed it, and that job's resume forwarded it to the stale copy: the deleted
+/// key read back. A cancel now removes the copies it rolls back, so a resume finds none to
+/// forward (I3: no resurrection).
+#[tokio::test(start_paused = true)]
+async fn i3_a_resume_never_forwards_a_deleted_key_to_a_cancelled_jobs_copy() {
+    const N: usize = 10;
+    let source = FaultyStore::new(filled(N));
+    // The first job's last read takes an hour: it holds still with its copies made.
+    source.inject(
+        Op::Get,
+        ferry_engine::store::Trigger::Call(N as u64),
+        ferry_engine::store::Fault::Latency(Duration::from_secs(3600)),
+    );
+    let target = MemStore::new();
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints =
+        || -> Arc<dyn CheckpointStore> { Arc::new(FileStore::open(dir.path()).unwrap()) };
+    let quiet = CheckpointInterval {
+        objects: 1000,
+        every: Duration::from_secs(3600),
+    };
+    {
+        let table = Table::default();
+        let engine = engine(
+            Arc::new(source.clone()),
+            Arc::new(target.clone()),
+            &table,
+            checkpoints(),
+        );
+        let first = plan("first", ObjectSelection::all())
+            .with_cleanup(CleanupPolicy::AfterVerify)
+            .with_checkpoint(quiet);
+        let handle = engine.start(first).await.unwrap();
+        while target.len() < N - 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        handle.cancel().await.unwrap();
+    }
+    // A client deletes key 3 (no job moves it: it routes to the source).
+    ferry_engine::store::Store::delete(source.inner(), &key(3))
+        .await
+        .unwrap();
+    // A second job moves the rest, crashes past key 3, and resumes after a restart.
+    let second = plan("second", ObjectSelection::all())
+        .with_cleanup(CleanupPolicy::Never)
+        .with_rate(Rate::bytes_per_sec(64).unwrap())
+        .with_chunk_size(ByteSize::b(16))
+        .with_concurrency(NonZeroUsize::new(1).unwrap())
+        .with_checkpoint(CheckpointInterval {
+            objects: 1,
+            every: Duration::from_secs(3600),
+        });
+    {
+        let table = Table::default();
+        let engine = engine(
+            Arc::new(source.inner().clone()),
+            Arc::new(target.clone()),
+            &table,
+            checkpoints(),
+        );
+        crash_when_done(&engine, second.clone(), 5).await;
+    }
+    let table = Table::default();
+    let engine = engine(
+        Arc::new(source.inner().clone()),
+        Arc::new(target.clone()),
+        &table,
+        checkpoints(),
+    );
+    let handle = engine.start(second).await.unwrap();
+    assert_eq!(
+        table.route_read(key(3).as_str()),
+        ferry_forwarding::Route::Source,
+        "the deleted key is not forwarded to a stale copy"
+    );
+    assert!(target.bytes(key(3).as_str()).is_none());
+    let snap = handle.wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed);
+    assert_eq!(
+        table.route_read(key(3).as_str()),
+        ferry_forwarding::Route::Source
+    );
+}
