@@ -459,7 +459,10 @@ fn node_eq(name: &str, id: NodeId) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    // `PROPTEST_CASES` overrides the default (512), as for every proptest suite here.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(512)
+    ))]
 
     /// I2 and I3 at the table's level: routes, generations, in-flight counts, flip outcomes
     /// and expiry agree with the model after every step of any sequence.

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 /// Serde writes it as a string and validates it again when reading.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct JobId(String);
+pub struct JobId(Arc<str>);
 
 impl JobId {
     /// The longest job id, in bytes.
@@ -59,7 +59,7 @@ impl JobId {
         };
         match reason {
             Some(reason) => Err(Error::InvalidJobId { id, reason }),
-            None => Ok(JobId(id)),
+            None => Ok(JobId(id.into())),
         }
     }
 
@@ -93,7 +93,7 @@ impl TryFrom<String> for JobId {
 
 impl From<JobId> for String {
     fn from(id: JobId) -> String {
-        id.0
+        id.0.to_string()
     }
 }
 

@@ -132,7 +132,10 @@ fn allowed(rates: &[(Instant, u64)], from: Instant, to: Instant) -> u128 {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    // `PROPTEST_CASES` overrides the default (128), as for every proptest suite here.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(128)
+    ))]
 
     #[test]
     fn granted_bytes_never_exceed_rate_times_window_plus_burst(

@@ -80,7 +80,10 @@ fn queries() -> impl Strategy<Value = Vec<(String, Option<String>)>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    // `PROPTEST_CASES` overrides the default (48), as for every proptest suite here.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(48)
+    ))]
 
     #[test]
     fn mem_store_lists_like_the_model(
