@@ -94,6 +94,8 @@ pub(crate) struct JobShared {
     pub(crate) rolled_back: Mutex<Vec<ObjectKey>>,
     /// Forwarded keys whose grace period a cancel cut short: committed, source kept.
     pub(crate) kept: Mutex<Vec<ObjectKey>>,
+    /// The job is stopping because of an error, not a cancel.
+    pub(crate) failing: std::sync::atomic::AtomicBool,
     pub(crate) forwarded: AtomicU64,
     pub(crate) started: tokio::time::Instant,
     pub(crate) events: broadcast::Sender<ObjectEvent>,
@@ -127,6 +129,7 @@ impl JobShared {
             in_flight: AtomicU64::new(0),
             rolled_back: Mutex::new(Vec::new()),
             kept: Mutex::new(Vec::new()),
+            failing: std::sync::atomic::AtomicBool::new(false),
             forwarded: AtomicU64::new(0),
             started: tokio::time::Instant::now(),
             events: broadcast::Sender::new(EVENTS_CAPACITY),
@@ -195,6 +198,17 @@ impl JobShared {
         };
         self.streaming.add();
         outcome
+    }
+
+    /// Stops the job because of an error (not a cancel): cancels it, marked as failing.
+    pub(crate) fn stop_failing(&self) {
+        self.failing.store(true, Ordering::Release);
+        self.cancelled.send_replace(true);
+    }
+
+    /// Whether the job is stopping because of an error ([`JobShared::stop_failing`]).
+    pub(crate) fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
     }
 
     pub(crate) fn cancelled_error(&self) -> Error {

@@ -369,13 +369,13 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
             // Pause: save what is finished, then say so.
             if let Err(err) = commits.all(&mut set).await {
                 fatal = Some(err);
-                shared.cancelled.send_replace(true);
+                shared.stop_failing();
                 continue;
             }
             checkpointer.set_status(JobStatus::Paused);
             if let Err(err) = checkpointer.flush().await {
                 fatal = Some(err.into());
-                shared.cancelled.send_replace(true);
+                shared.stop_failing();
                 continue;
             }
             tracing::debug!("job paused");
@@ -385,7 +385,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
             checkpointer.set_status(JobStatus::Running);
             if let Err(err) = checkpointer.flush().await {
                 fatal = Some(err.into());
-                shared.cancelled.send_replace(true);
+                shared.stop_failing();
             }
             tracing::debug!("job resumed");
             shared.publish(|s| s.status = JobStatus::Running);
@@ -426,7 +426,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
                 }
                 Some(Err(err)) => {
                     fatal = Some(err);
-                    shared.cancelled.send_replace(true);
+                    shared.stop_failing();
                     break;
                 }
                 None => listing_over = true,
@@ -441,7 +441,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
         {
             // The saves stopped: no intent will be durable, nothing more may start.
             fatal.get_or_insert(err.into());
-            shared.cancelled.send_replace(true);
+            shared.stop_failing();
             continue;
         }
         let mut ready = ready;
@@ -476,7 +476,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
             // created behind the listing (SPEC I8), or the job is done.
             if let Err(err) = commits.all(&mut set).await {
                 fatal.get_or_insert(err);
-                shared.cancelled.send_replace(true);
+                shared.stop_failing();
                 continue;
             }
             if !set.is_empty() {
@@ -498,7 +498,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
             // the job going.
             if let Err(err) = commits.all(&mut set).await {
                 fatal.get_or_insert(err);
-                shared.cancelled.send_replace(true);
+                shared.stop_failing();
             }
             if set.is_empty() {
                 break;
@@ -520,14 +520,14 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
                     Err(_) => {
                         // A per-object task panicked: stop the job; its key stays unfinished.
                         fatal.get_or_insert(Error::RunnerGone { job: shared.id.clone() });
-                        shared.cancelled.send_replace(true);
+                        shared.stop_failing();
                     }
                 }
                 if commits.pending.len() as u64 >= interval.objects
                     && let Err(err) = commits.start(&mut set).await
                 {
                     fatal.get_or_insert(err);
-                    shared.cancelled.send_replace(true);
+                    shared.stop_failing();
                 }
             }
             synced = async {
@@ -538,13 +538,13 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
             } => {
                 if let Err(err) = commits.after_sync(synced, &mut set).await {
                     fatal.get_or_insert(err);
-                    shared.cancelled.send_replace(true);
+                    shared.stop_failing();
                 }
             }
             _ = ticker.tick() => {
                 if let Err(err) = commits.tick(&mut set).await {
                     fatal.get_or_insert(err);
-                    shared.cancelled.send_replace(true);
+                    shared.stop_failing();
                 }
             }
             _ = saved_rx.changed(), if !ahead.is_empty() => {}
@@ -1485,6 +1485,12 @@ fn not_found(key: &ObjectKey) -> ferry_forwarding::Error {
 /// cannot be removed keeps its copy intent in the record.
 async fn rolled_back(ctx: &JobCtx, key: ObjectKey, wrote: bool) -> Outcome {
     ctx.engine.table.remove_owned(key.as_str(), &ctx.shared.id);
+    // A job stopping on an error may have lost its lease to another process moving the
+    // same keys: it touches no store then, and its intents stay for the next run.
+    if ctx.shared.is_failing() {
+        ctx.shared.rolled_back.lock().push(key.clone());
+        return Outcome::RolledBack { key };
+    }
     let removed = match wrote {
         false => true,
         true => match ctx.target.delete(&key).await {
