@@ -237,13 +237,7 @@ async fn i8_a_drain_leaves_no_key_created_during_it_on_the_source() {
 /// unaccounted (SPEC I8; the copies were what a later resume wrongly forwarded, hole B).
 #[tokio::test(start_paused = true)]
 async fn i8_a_cancel_removes_the_copies_of_the_objects_it_rolls_back() {
-    // The last read takes an hour: the job holds still with every other object verified.
-    let source = ferry_engine::store::FaultyStore::new(filled(N));
-    source.inject(
-        ferry_engine::Op::Get,
-        ferry_engine::store::Trigger::Call(N as u64),
-        ferry_engine::store::Fault::Latency(Duration::from_secs(3600)),
-    );
+    let source = slow_last_read(N);
     let target = MemStore::new();
     let table = Table::default();
     let engine = engine(

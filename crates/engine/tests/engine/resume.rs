@@ -490,13 +490,7 @@ async fn i6_a_job_finished_by_another_process_between_load_and_acquire_is_not_ru
 #[tokio::test(start_paused = true)]
 async fn i8_recover_removes_the_copies_of_keys_deleted_after_a_crash() {
     const N: usize = 20;
-    // The last read takes an hour: the job holds still with every other object verified.
-    let source = FaultyStore::new(filled(N));
-    source.inject(
-        Op::Get,
-        ferry_engine::store::Trigger::Call(N as u64),
-        ferry_engine::store::Fault::Latency(Duration::from_secs(3600)),
-    );
+    let source = slow_last_read(N);
     let target = MemStore::new();
     let table = Table::default();
     let dir = tempfile::tempdir().unwrap();
@@ -559,13 +553,7 @@ async fn i8_recover_removes_the_copies_of_keys_deleted_after_a_crash() {
 #[tokio::test(start_paused = true)]
 async fn i3_a_resume_never_forwards_a_deleted_key_to_a_cancelled_jobs_copy() {
     const N: usize = 10;
-    let source = FaultyStore::new(filled(N));
-    // The first job's last read takes an hour: it holds still with its copies made.
-    source.inject(
-        Op::Get,
-        ferry_engine::store::Trigger::Call(N as u64),
-        ferry_engine::store::Fault::Latency(Duration::from_secs(3600)),
-    );
+    let source = slow_last_read(N);
     let target = MemStore::new();
     let dir = tempfile::tempdir().unwrap();
     let checkpoints =

@@ -91,3 +91,15 @@ pub(crate) async fn crash_when_done(engine: &Engine, plan: MigrationPlan, done: 
     }
     handle.crash_for_tests().await;
 }
+
+/// A source of `n` small objects whose `n`-th read takes an hour: a job over it holds still
+/// with every other object copied and verified, and nothing flipped until it commits.
+pub(crate) fn slow_last_read(n: usize) -> ferry_engine::store::FaultyStore<MemStore> {
+    let source = ferry_engine::store::FaultyStore::new(filled(n));
+    source.inject(
+        ferry_engine::Op::Get,
+        ferry_engine::store::Trigger::Call(n as u64),
+        ferry_engine::store::Fault::Latency(std::time::Duration::from_secs(3600)),
+    );
+    source
+}
