@@ -339,9 +339,11 @@ impl JobHandle {
     }
 
     /// Cancels the job: no new object starts, copies in flight stop and their forwarding
-    /// entries (`Copying`) are removed, so those keys are served from the source as before;
-    /// objects already forwarded stay forwarded (reads go to their complete target copy).
-    /// Waits for the job to end and reports what was rolled back.
+    /// entries (`Copying`) are removed, so those keys are served from the source as before,
+    /// and the copies this run wrote for them are removed from the target; objects already
+    /// forwarded stay forwarded (reads go to their complete target copy), and those waiting
+    /// out a grace period finish their commit (the commit hook runs) with their source kept.
+    /// Waits for the job to end and reports what was rolled back and kept.
     ///
     /// # Errors
     /// As [`wait`](JobHandle::wait).
