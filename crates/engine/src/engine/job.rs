@@ -179,13 +179,19 @@ impl JobShared {
         *self.cancelled.borrow()
     }
 
+    /// `Err(Cancelled)` when the job is cancelled: a chunk boundary that never parks.
+    pub(crate) fn cancel_point(&self) -> Result<()> {
+        match self.is_cancelled() {
+            true => Err(self.cancelled_error()),
+            false => Ok(()),
+        }
+    }
+
     /// Parks while the job is paused, at a chunk boundary. Returns `Err(Cancelled)` when the
     /// job is cancelled (also while parked). The caller is counted in `streaming` before
     /// and after; while parked it is not.
     pub(crate) async fn chunk_boundary(&self) -> Result<()> {
-        if self.is_cancelled() {
-            return Err(self.cancelled_error());
-        }
+        self.cancel_point()?;
         if !*self.paused.borrow() {
             return Ok(());
         }

@@ -208,6 +208,15 @@ fn key_stream(
     Box::pin(stream.try_filter(move |key| std::future::ready(!progress.is_done(key))))
 }
 
+/// The range a listed selection covers (a prefix: every key of it); `None` for explicit keys.
+fn listed_range(objects: &ObjectSelection) -> Option<Cow<'_, KeyRange>> {
+    match objects {
+        ObjectSelection::Keys(_) => None,
+        ObjectSelection::Prefix(prefix) => Some(Cow::Owned(unbounded(prefix))),
+        ObjectSelection::Range(range) => Some(Cow::Borrowed(range)),
+    }
+}
+
 /// A prefix selection as a range: every key of the prefix.
 fn unbounded(prefix: &str) -> KeyRange {
     KeyRange {
@@ -433,7 +442,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
             }
         }
         let durable = saved_rx.borrow_and_update().records;
-        let ready = ahead.partition_point(|(_, seq)| *seq <= durable);
+        let mut ready = ahead.partition_point(|(_, seq)| *seq <= durable);
         if !stopping
             && ready < ahead.len()
             && ready <= lookahead / 4
@@ -444,7 +453,6 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
             shared.stop_failing();
             continue;
         }
-        let mut ready = ready;
         while ready > 0
             && !paused
             && !stopping
@@ -461,7 +469,7 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
             spawn_process(ctx, &mut set, &mut commits.order, key, 0);
         }
         if listing_over && ahead.is_empty() && !exhausted && !passes.listed {
-            if passes.relists() {
+            if passes.relist {
                 // This pass is listed to its end; the next one starts once it settles.
                 passes.listed = true;
             } else {
@@ -597,21 +605,14 @@ impl Passes {
         }
     }
 
-    /// Whether the end of the current pass's listing is followed by another pass (or by the
-    /// decision that there is none), rather than by the end of the job.
-    fn relists(&self) -> bool {
-        self.relist
-    }
-
     /// The keys of the current pass (after `after`, when a transient error cut it short).
     fn stream(&self, ctx: &JobCtx, progress: &Progress, after: Option<&ObjectKey>) -> KeyStream {
         if self.made == 0 {
             return key_stream(ctx, progress, after);
         }
-        let range = match &ctx.plan.objects {
-            ObjectSelection::Prefix(prefix) => unbounded(prefix),
-            ObjectSelection::Range(range) => range.clone(),
-            ObjectSelection::Keys(_) => unreachable!("explicit keys are listed once"),
+        let Some(range) = listed_range(&ctx.plan.objects) else {
+            // Explicit keys are listed once (`relist` is false for them).
+            return Box::pin(futures_util::stream::empty());
         };
         // Every key still on the source, but those kept there by design (failed, or changed
         // since their copy), whatever the watermark says: a new key may sort below it.
@@ -1147,10 +1148,7 @@ async fn copy_once(
     let throttled =
         futures_util::stream::unfold((body, &state), move |(mut body, state)| async move {
             let boundary = if fenced {
-                match shared.is_cancelled() {
-                    true => Err(shared.cancelled_error()),
-                    false => Ok(()),
-                }
+                shared.cancel_point()
             } else {
                 shared.chunk_boundary().await
             };
@@ -1485,21 +1483,20 @@ fn not_found(key: &ObjectKey) -> ferry_forwarding::Error {
 /// cannot be removed keeps its copy intent in the record.
 async fn rolled_back(ctx: &JobCtx, key: ObjectKey, wrote: bool) -> Outcome {
     ctx.engine.table.remove_owned(key.as_str(), &ctx.shared.id);
-    // A job stopping on an error may have lost its lease to another process moving the
-    // same keys: it touches no store then, and its intents stay for the next run.
-    if ctx.shared.is_failing() {
-        ctx.shared.rolled_back.lock().push(key.clone());
-        return Outcome::RolledBack { key };
-    }
-    let removed = match wrote {
-        false => true,
-        true => match ctx.target.delete(&key).await {
+    let removed = if ctx.shared.is_failing() {
+        // A job stopping on an error may have lost its lease to another process moving the
+        // same keys: it touches no store then, and its intents stay for the next run.
+        false
+    } else if !wrote {
+        true
+    } else {
+        match ctx.target.delete(&key).await {
             Ok(_) => true,
             Err(err) => {
                 tracing::warn!(key = %key.as_str(), error = %error_chain(&err), "the rolled-back copy could not be removed from the target");
                 false
             }
-        },
+        }
     };
     if removed {
         ctx.checkpointer
@@ -1865,8 +1862,8 @@ pub(crate) async fn reload_forwarded(
     progress: &Progress,
 ) -> Result<u64> {
     let mut loaded = 0;
-    let range = match &plan.objects {
-        ObjectSelection::Keys(keys) => {
+    let Some(range) = listed_range(&plan.objects) else {
+        if let ObjectSelection::Keys(keys) = &plan.objects {
             for key in keys {
                 if done_not_failed(progress, key)
                     && target.head(key).await?.is_some()
@@ -1875,10 +1872,8 @@ pub(crate) async fn reload_forwarded(
                     loaded += 1;
                 }
             }
-            return Ok(loaded);
         }
-        ObjectSelection::Prefix(prefix) => Cow::Owned(unbounded(prefix)),
-        ObjectSelection::Range(range) => Cow::Borrowed(range),
+        return Ok(loaded);
     };
     // Only the keys of the range: a key of the target outside it is another job's.
     let mut on_target = list_range(target, &range, None);

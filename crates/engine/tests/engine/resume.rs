@@ -593,24 +593,18 @@ async fn i3_a_resume_never_forwards_a_deleted_key_to_a_cancelled_jobs_copy() {
             objects: 1,
             every: Duration::from_secs(3600),
         });
-    {
-        let table = Table::default();
-        let engine = engine(
+    // An engine of a process (re)started with a new, empty table.
+    let started = |table: &Table| {
+        engine(
             Arc::new(source.inner().clone()),
             Arc::new(target.clone()),
-            &table,
+            table,
             checkpoints(),
-        );
-        crash_when_done(&engine, second.clone(), 5).await;
-    }
+        )
+    };
+    crash_when_done(&started(&Table::default()), second.clone(), 5).await;
     let table = Table::default();
-    let engine = engine(
-        Arc::new(source.inner().clone()),
-        Arc::new(target.clone()),
-        &table,
-        checkpoints(),
-    );
-    let handle = engine.start(second).await.unwrap();
+    let handle = started(&table).start(second).await.unwrap();
     assert_eq!(
         table.route_read(key(3).as_str()),
         ferry_forwarding::Route::Source,
