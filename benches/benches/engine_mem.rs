@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ferry_checkpoint::MemoryStore;
 use ferry_engine::Engine;
-use ferry_engine::store::{MemStore, Store};
 use ferry_forwarding::Table;
+use ferry_store::{MemStore, Store};
 use ferry_types::{
     CleanupPolicy, JobId, JobStatus, MigrationPlan, NodeId, ObjectKey, ObjectSelection, VerifyMode,
 };

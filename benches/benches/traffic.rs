@@ -51,8 +51,8 @@ use std::time::{Duration, Instant};
 
 use ferry_checkpoint::MemoryStore;
 use ferry_engine::Engine;
-use ferry_engine::store::{MemStore, Store};
 use ferry_forwarding::{Fenced, Route, Stats, Table, WriteTicket};
+use ferry_store::{MemStore, Store};
 use ferry_types::{
     CleanupPolicy, JobId, JobSnapshot, JobStatus, MigrationPlan, NodeId, ObjectKey,
     ObjectSelection, Rate, VerifyMode,

@@ -46,8 +46,8 @@ use ferry::checkpoint::{
     Acquired, BoxFuture, CheckpointStore, FileStore, JobRecord, Lease, Loaded, Progress,
 };
 use ferry::engine::BoxError;
-use ferry::engine::store::{DirStore, Store, body_from_bytes};
 use ferry::forwarding::{Route, Table};
+use ferry::store::{DirStore, Store, body_from_bytes};
 use ferry::types::{
     CheckpointInterval, CleanupPolicy, JobId, JobSnapshot, JobStatus, MigrationPlan, NodeId,
     ObjectKey, ObjectSelection, ObjectState, Rate, VerifyMode,

@@ -39,7 +39,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry::checkpoint::{CheckpointStore, FileStore};
-use ferry::engine::store::TEMP_PREFIX;
+use ferry::store::TEMP_PREFIX;
 use ferry::types::{JobId, JobStatus};
 use ferry_tests::crash::{self, CHECKPOINT_OBJECTS, CONCURRENCY, Rng, Value};
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use ferry::Engine;
 use ferry::checkpoint::FileStore;
-use ferry::engine::store::DirStore;
 use ferry::forwarding::{Route, Table};
+use ferry::store::DirStore;
 use ferry::types::{
     CleanupPolicy, JobId, JobStatus, MigrationPlan, NodeId, ObjectKey, ObjectSelection, VerifyMode,
 };

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use ferry::checkpoint::MemoryStore;
-use ferry::engine::store::{MemStore, Store};
 use ferry::forwarding::{Route, Table};
+use ferry::store::{MemStore, Store};
 use ferry::types::{
     CleanupPolicy, JobStatus, MigrationPlan, NodeId, ObjectKey, ObjectSelection, Rate,
 };

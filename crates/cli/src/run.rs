@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use ferry::checkpoint::{CheckpointStore, Failure};
-use ferry::engine::store::{DirStore, Store};
+use ferry::store::{DirStore, Store};
 use ferry::types::{JobId, JobSnapshot, JobStatus, NodeId, ObjectKey, format_duration};
 use ferry::{Engine, JobHandle};
 use ferry_object_store::ObjectStoreAdapter;

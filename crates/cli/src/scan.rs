@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::Result;
-use ferry::engine::store::TEMP_PREFIX;
+use ferry::store::TEMP_PREFIX;
 use futures_util::StreamExt;
 
 use crate::error::{Explain, fail, usage};

@@ -250,7 +250,7 @@ pub(crate) async fn submit(state: Option<&Path>, args: SubmitArgs) -> Result<u8>
 /// The upper bounds of `ranges` ranges of about equal object counts: every
 /// `objects / ranges`-th key of a listing (one fewer than `ranges`).
 async fn split_points(
-    source: &dyn ferry::engine::store::Store,
+    source: &dyn ferry::store::Store,
     prefix: &str,
     objects: u64,
     ranges: u64,

@@ -1,22 +1,8 @@
-//! Ferry's migration engine: the job runner ([`Engine`], [`EngineBuilder`], [`JobHandle`])
-//! and its storage layer: the [`Store`](store::Store) trait that every storage node
-//! implements, and the built-in stores.
-//!
-//! A store holds objects under [`ObjectKey`](ferry_types::ObjectKey)s and streams them in
-//! chunks of [`Bytes`](bytes::Bytes) (SPEC I7: memory stays bounded whatever the object
-//! size). `put` is atomic for readers but durable only after the next
-//! [`sync`](store::Store::sync), the barrier the engine calls once per checkpoint batch rather
-//! than once per object (SPEC §6: grouped durability, like a database's group commit).
-//! Errors say whether to give up, retry or treat the object as absent ([`ErrorKind`]).
-//!
-//! - [`MemStore`](store::MemStore): in memory, for tests and benchmarks.
-//! - [`DirStore`](store::DirStore) (unix): a local directory; keys that could escape the root
-//!   are refused and links are never followed.
-//! - [`FaultyStore`](store::FaultyStore): wraps any store and injects errors, latency,
-//!   truncated or corrupted bodies and power cuts.
-//!
-//! It is not an object-store client library (no S3 or HTTP here: a storage system plugs its
-//! nodes in by implementing `Store`).
+//! Ferry's migration engine: the job runner ([`Engine`], [`EngineBuilder`], [`JobHandle`]).
+//! It moves objects between storage nodes, each a [`Store`](ferry_store::Store) of the
+//! `ferry-store` crate (the trait, its errors and the built-in stores live there), while
+//! the storage system keeps serving reads and writes through the
+//! [`forwarding table`](ferry_forwarding::Table).
 //!
 //! # The job runner: what is implemented
 //! - [`Engine::builder`] (nodes, checkpoint store, forwarding table, global throttle) and
@@ -102,36 +88,9 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //!
-//! use bytes::Bytes;
-//! use ferry_engine::store::{body_from_bytes, MemStore, Store};
-//! use ferry_types::ObjectKey;
-//! use futures_util::TryStreamExt;
-//!
-//! let store: Arc<dyn Store> = Arc::new(MemStore::new());
-//! let key = ObjectKey::new("photos/cat.jpg")?;
-//! let body = body_from_bytes(Bytes::from_static(b"meow"), 2); // two chunks
-//! let meta = store.put(&key, body).await?;
-//! store.sync().await?; // the durability barrier
-//!
-//! let object = store.get(&key).await?;
-//! assert_eq!(object.meta, meta);
-//! let chunks: Vec<Bytes> = object.checked_body().try_collect().await?;
-//! assert_eq!(chunks.concat(), b"meow");
-//!
-//! let listed: Vec<_> = store.list("photos/", None).try_collect().await?;
-//! assert_eq!(listed, [meta]);
-//! # Ok(()) }
-//! ```
-//!
-//! # Example: a job
-//! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::sync::Arc;
-//!
 //! use ferry_checkpoint::MemoryStore;
 //! use ferry_engine::Engine;
-//! use ferry_engine::store::MemStore;
+//! use ferry_store::MemStore;
 //! use ferry_types::{CleanupPolicy, JobStatus, MigrationPlan, NodeId, ObjectKey, ObjectSelection};
 //!
 //! let (a, b) = (NodeId::new("a")?, NodeId::new("b")?);
@@ -168,7 +127,6 @@
 
 mod engine;
 mod error;
-pub mod store;
 
 pub use crate::engine::{CancelReport, CommitHook, Engine, EngineBuilder, JobHandle, ObjectEvent};
 pub use crate::error::{BoxError, Error, ErrorKind, Op, Result};

@@ -12,7 +12,9 @@
 //! | [`throttle`] | `ferry-throttle` | the async token bucket, adjustable while it runs |
 //! | [`forwarding`] | `ferry-forwarding` | the routing table on every read and write |
 //! | [`checkpoint`] | `ferry-checkpoint` | durable job records: file, sled, redb, memory |
-//! | [`engine`] | `ferry-engine` | the job runner and the `Store` trait with its stores |
+//! | [`store`] | `ferry-store` | the `Store` trait, its errors, the memory and directory stores |
+//! | [`engine`] | `ferry-engine` | the job runner |
+//! | `object_store` | `ferry-object-store` | a `Store` over S3, GCS, Azure (feature `object-store`) |
 //!
 //! # Example: move a prefix between two stores, watch it, wait
 //! ```
@@ -21,7 +23,7 @@
 //! use std::sync::Arc;
 //!
 //! use ferry::checkpoint::MemoryStore;
-//! use ferry::engine::store::{MemStore, Store, body_from_bytes};
+//! use ferry::store::{MemStore, Store, body_from_bytes};
 //! use ferry::forwarding::{Route, Table};
 //! use ferry::types::{CleanupPolicy, JobStatus, MigrationPlan, NodeId, ObjectKey, ObjectSelection};
 //! use ferry::Engine;
@@ -62,12 +64,22 @@
 //! # Feature flags
 //! - `sled`: the sled 0.34.7 checkpoint backend, `checkpoint::SledStore`.
 //! - `redb`: the redb checkpoint backend, `checkpoint::RedbStore`.
+//! - `object-store`: `object_store`, the `ferry-object-store` crate (S3, GCS, Azure and local
+//!   files behind one `Store`).
+//! - `testing`: `store::FaultyStore`, which injects faults into any store, for tests.
+//!
+//! A `Store` author needs nothing but [`store`]: it re-exports [`Bytes`](store::Bytes),
+//! [`BoxFuture`](store::BoxFuture), [`BoxStream`](store::BoxStream) and
+//! [`Stream`](store::Stream).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub use ferry_checkpoint as checkpoint;
 pub use ferry_engine as engine;
 pub use ferry_forwarding as forwarding;
+#[cfg(feature = "object-store")]
+pub use ferry_object_store as object_store;
+pub use ferry_store as store;
 pub use ferry_throttle as throttle;
 pub use ferry_types as types;
 

@@ -1,8 +1,7 @@
 //! The vocabulary of Ferry, a zero-downtime data migration engine.
 //!
 //! Every Ferry crate speaks these types: names ([`JobId`], [`ObjectKey`], [`NodeId`]), sizes
-//! and bandwidth ([`ByteSize`], [`Rate`]), what a store says about an object ([`ObjectMeta`]),
-//! what a job should do ([`MigrationPlan`]), where it stands ([`JobStatus`], [`ObjectState`],
+//! and bandwidth ([`ByteSize`], [`Rate`]), what a job should do ([`MigrationPlan`]), where it stands ([`JobStatus`], [`ObjectState`],
 //! [`JobSnapshot`]) and the one [`Error`] for invalid input. Each type validates on
 //! construction and on deserialization, and parses and prints a human text form that
 //! round-trips exactly.
@@ -52,7 +51,6 @@
 mod duration;
 mod error;
 mod ids;
-mod meta;
 mod plan;
 mod size;
 mod snapshot;
@@ -61,7 +59,6 @@ mod status;
 pub use duration::{FormattedDuration, format_duration, parse_duration};
 pub use error::{Error, Result};
 pub use ids::{JobId, NodeId, ObjectKey};
-pub use meta::{Checksum, ObjectMeta, Version};
 pub use plan::{
     CheckpointInterval, CleanupPolicy, KeyRange, MigrationPlan, ObjectSelection, PlanOptions,
     RetryPolicy, VerifyMode,

@@ -7,11 +7,12 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ferry_engine::store::{
+use ferry_store::{
     BoxFuture, BoxStream, ByteStream, DEFAULT_CHUNK_SIZE, MetaStream, Object, Store,
 };
-use ferry_engine::{Error, ErrorKind, Op, Result};
-use ferry_types::{ObjectKey, ObjectMeta, Version};
+use ferry_store::{Error, ErrorKind, Op, Result};
+use ferry_store::{ObjectMeta, Version};
+use ferry_types::ObjectKey;
 use futures_util::{StreamExt, stream};
 use object_store::path::Path;
 use object_store::{
@@ -477,7 +478,7 @@ fn listed(meta: &object_store::ObjectMeta) -> Result<ObjectMeta> {
     }
 }
 
-fn permanent(op: Op, key: Option<&ObjectKey>, source: ferry_engine::BoxError) -> Error {
+fn permanent(op: Op, key: Option<&ObjectKey>, source: ferry_store::BoxError) -> Error {
     Error::Permanent {
         op,
         key: key.cloned(),

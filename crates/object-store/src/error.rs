@@ -1,6 +1,6 @@
 //! Errors of `ferry-object-store` when a store is opened from a URL.
 //!
-//! Errors of the store's operations are [`ferry_engine::Error`]s, like every other store's.
+//! Errors of the store's operations are [`ferry_store::Error`]s, like every other store's.
 
 /// What can go wrong when an [`ObjectStoreAdapter`](crate::ObjectStoreAdapter) is built.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +49,7 @@ pub enum Error {
         url: String,
         /// The cause, from object_store.
         #[source]
-        source: ferry_engine::BoxError,
+        source: ferry_store::BoxError,
     },
 }
 

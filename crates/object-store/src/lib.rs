@@ -1,4 +1,4 @@
-//! A Ferry [`Store`](ferry_engine::store::Store) over the [`object_store`] crate: S3 and
+//! A Ferry [`Store`](ferry_store::Store) over the [`object_store`] crate: S3 and
 //! S3-compatible servers, Google Cloud Storage, Azure Blob Storage, a local directory or
 //! memory, selected by URL.
 //!
@@ -13,7 +13,7 @@
 //! # Example
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use ferry_engine::store::{Store, body_from_bytes};
+//! use ferry_store::{Store, body_from_bytes};
 //! use ferry_object_store::ObjectStoreAdapter;
 //! use ferry_types::ObjectKey;
 //!

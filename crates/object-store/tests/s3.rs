@@ -8,10 +8,10 @@ mod common;
 use std::sync::Arc;
 
 use common::{ADAPTER, Expect, Listed, Versions, key, keys, put, read, suite};
-use ferry_engine::store::Store;
-use ferry_engine::{Error, ErrorKind, Op};
 use ferry_object_store::ObjectStoreAdapter;
 use ferry_object_store::test_server::{self as s3_server, ACCESS_KEY, S3Server, SECRET_KEY};
+use ferry_store::Store;
+use ferry_store::{Error, ErrorKind, Op};
 use futures_util::StreamExt;
 
 /// s3s-fs: ETags are content MD5s, and listings carry none.
@@ -90,7 +90,7 @@ async fn wrong_credentials_are_a_clear_permanent_error() {
         let err = store
             .put(
                 &key("a/k"),
-                ferry_engine::store::body_from_bytes(bytes::Bytes::from_static(b"data"), 2),
+                ferry_store::body_from_bytes(bytes::Bytes::from_static(b"data"), 2),
             )
             .await
             .unwrap_err();

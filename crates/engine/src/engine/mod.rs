@@ -19,7 +19,7 @@ use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 
 use crate::error::{BoxError, Error, Result};
-use crate::store::Store;
+use ferry_store::Store;
 
 mod job;
 mod pipeline;

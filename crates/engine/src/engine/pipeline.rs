@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use ferry_checkpoint::{Checkpointer, FlipRecord, Progress, ProgressUpdate};
 use ferry_forwarding::{Conflict, EntryState};
 use ferry_types::{
-    Checksum, CleanupPolicy, JobSnapshot, JobStatus, KeyRange, MigrationPlan, ObjectKey,
-    ObjectMeta, ObjectSelection, ObjectState, VerifyMode, Version,
+    CleanupPolicy, JobSnapshot, JobStatus, KeyRange, MigrationPlan, ObjectKey, ObjectSelection,
+    ObjectState, VerifyMode,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use super::EngineInner;
 use super::job::{JobShared, Tracker};
 use crate::error::{Error, Result};
-use crate::store::{BoxStream, ByteStream, Store};
+use ferry_store::{BoxStream, ByteStream, Checksum, ObjectMeta, Store, Version};
 
 pub(crate) struct JobCtx {
     pub(crate) engine: Arc<EngineInner>,
@@ -264,7 +264,10 @@ fn list_range(store: &dyn Store, range: &KeyRange, after: Option<&ObjectKey>) ->
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     };
-    let keys = store.list(&range.prefix, start).map_ok(|meta| meta.key);
+    let keys = store
+        .list(&range.prefix, start)
+        .map_ok(|meta| meta.key)
+        .map_err(Error::from);
     match range.until.clone() {
         None => Box::pin(keys),
         Some(until) => {
@@ -970,12 +973,15 @@ async fn flip_verified(
                 shared.emit(&key, ObjectState::Pending);
                 again.push((key, refused + 1));
             }
-            Err(_) => {
+            Err(cause) => {
                 table.remove_owned(key.as_str(), &shared.id);
                 out.push(Outcome::Failed {
                     key: key.clone(),
                     attempts: refused + 1,
-                    error: Error::Forwarding(not_found(&key)),
+                    error: Error::FlipRefused {
+                        key: key.clone(),
+                        cause,
+                    },
                 });
             }
         }
@@ -1016,9 +1022,9 @@ struct Order {
 }
 
 /// The error and its causes, as the one line the checkpoint record keeps.
-fn error_chain(error: &Error) -> String {
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
+    let mut source = error.source();
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());
@@ -1035,19 +1041,20 @@ fn jitter_unit(attempt: u32) -> f64 {
 
 /// Runs `op` until it succeeds, fails permanently or the retry policy is spent. The error
 /// comes with the attempts made.
-async fn with_retry<'a, T, F>(
+async fn with_retry<'a, T, E, F>(
     ctx: &'a JobCtx,
     what: &'static str,
     mut op: impl FnMut() -> F,
 ) -> Result<T, (u32, Error)>
 where
-    F: std::future::Future<Output = Result<T>> + 'a,
+    F: std::future::Future<Output = Result<T, E>> + 'a,
+    E: Into<Error>,
 {
     let retry = &ctx.plan.options.retry;
     let mut attempts = 0;
     loop {
         attempts += 1;
-        match op().await {
+        match op().await.map_err(Into::into) {
             Ok(value) => return Ok(value),
             Err(err) if err.is_transient() && retry.should_retry(attempts) => {
                 tracing::warn!(what, attempt = attempts, error = %error_chain(&err), "transient error, retrying");
@@ -1132,7 +1139,7 @@ async fn copy_once(
     let object = match ctx.source.get(key).await {
         Ok(object) => object,
         Err(err) if err.is_not_found() => return Ok(CopyResult::Vanished),
-        Err(err) => return Err(err),
+        Err(err) => return Err(err.into()),
     };
     let version = object.meta.version.clone();
     let source_said = reported_blake3(&object.meta);
@@ -1140,6 +1147,10 @@ async fn copy_once(
     let body = object.checked_body();
     let body = if ahead { read_ahead(body) } else { body };
     let state = Mutex::new((blake3::Hasher::new(), 0u64));
+    // Why the body stopped short, when the job did (a cancel): the put sees a store error,
+    // the copy returns this one.
+    let stopped: Mutex<Option<Error>> = Mutex::new(None);
+    let stopped = &stopped;
     let streaming = Streaming::enter(shared);
     // Under a fence (no `observed` generation) the copy neither parks at a pause nor waits
     // for the throttle: writers wait for as long as it runs, so it runs at full speed and
@@ -1153,6 +1164,12 @@ async fn copy_once(
                 shared.chunk_boundary().await
             };
             if let Err(err) = boundary {
+                *stopped.lock() = Some(err);
+                let err = ferry_store::Error::Permanent {
+                    op: ferry_store::Op::Put,
+                    key: None,
+                    source: "the copy was stopped by its job".into(),
+                };
                 return Some((Err(err), (body, state)));
             }
             let chunk: Bytes = match body.next().await? {
@@ -1174,6 +1191,9 @@ async fn copy_once(
         });
     let put = ctx.target.put(key, Box::pin(throttled)).await;
     drop(streaming);
+    if let Some(err) = stopped.lock().take() {
+        return Err(err);
+    }
     let target_said = reported_blake3(&put?);
     track.to(ObjectState::Copied);
     let (hash, bytes) = {
@@ -1209,8 +1229,10 @@ async fn copy_once(
                     what: "source checksum",
                 });
             }
-            let (read, target_hash) =
-                on_target?.ok_or_else(|| Error::NotFound { key: key.clone() })?;
+            let (read, target_hash) = on_target?.ok_or_else(|| Error::VerifyMismatch {
+                key: key.clone(),
+                what: "target copy missing",
+            })?;
             if read != bytes {
                 return Err(Error::VerifyMismatch {
                     key: key.clone(),
@@ -1295,8 +1317,10 @@ async fn process(ctx: &JobCtx, key: ObjectKey, refused: u32) -> Outcome {
                     Ok(Some(meta)) => meta.size,
                     // Deleted through the table after its journaled flip: nothing to move.
                     Ok(None) if journaled.is_some() => 0,
-                    Ok(None) => return failed(Error::NotFound { key: key.clone() }),
-                    Err(err) => return failed(err),
+                    Ok(None) => {
+                        return failed(ferry_store::Error::NotFound { key: key.clone() }.into());
+                    }
+                    Err(err) => return failed(err.into()),
                 };
                 track.to(ObjectState::Forwarded);
                 let copied = journaled.map_or(CopiedFrom::Unknown, CopiedFrom::Digest);
@@ -1310,7 +1334,8 @@ async fn process(ctx: &JobCtx, key: ObjectKey, refused: u32) -> Outcome {
     while refused < max_flips {
         // The generation is read BEFORE the copy opens the source (I3).
         let Some(observed) = table.generation(key.as_str()) else {
-            return fail(refused + 1, Error::Forwarding(not_found(&key)));
+            let cause = Conflict::NotFound;
+            return fail(refused + 1, Error::FlipRefused { key, cause });
         };
         match copy_step(ctx, &key, track, &fail, Some(observed)).await {
             Ok(Some(copied)) => {
@@ -1400,7 +1425,9 @@ async fn fenced_flip(
         }
         match table.try_flip(key.as_str(), observed) {
             Ok(()) => return Ok(copied),
-            Err(Conflict::WritesSinceCopyBegan { .. } | Conflict::WritesInFlight { .. }) => {
+            Err(
+                cause @ (Conflict::WritesSinceCopyBegan { .. } | Conflict::WritesInFlight { .. }),
+            ) => {
                 *refused += 1;
                 // The intent is void, durably, before the next copy writes the target.
                 let dropped = ProgressUpdate::FlipDropped { key: key.clone() };
@@ -1408,10 +1435,14 @@ async fn fenced_flip(
                     return Err(fail(*refused, err.into()));
                 }
                 if *refused > max_flips + 2 {
-                    return Err(fail(*refused, Error::Forwarding(not_found(key))));
+                    let key = key.clone();
+                    return Err(fail(*refused, Error::FlipRefused { key, cause }));
                 }
             }
-            Err(_) => return Err(fail(*refused + 1, Error::Forwarding(not_found(key)))),
+            Err(cause) => {
+                let key = key.clone();
+                return Err(fail(*refused + 1, Error::FlipRefused { key, cause }));
+            }
         }
     }
 }
@@ -1468,12 +1499,6 @@ async fn commit_hook(ctx: &JobCtx, key: &ObjectKey) -> Result<()> {
                 key: key.clone(),
                 source,
             }),
-    }
-}
-
-fn not_found(key: &ObjectKey) -> ferry_forwarding::Error {
-    ferry_forwarding::Error::NotFound {
-        key: key.as_str().to_owned(),
     }
 }
 
@@ -1593,7 +1618,7 @@ async fn finish_cleanup(
         CopiedFrom::Digest(expected) => {
             with_retry(ctx, "compare", || async {
                 let source = digest(&*ctx.source, &key).await?;
-                Ok(source.is_some_and(|(_, hash)| hash.as_bytes() == expected))
+                Ok::<_, Error>(source.is_some_and(|(_, hash)| hash.as_bytes() == expected))
             })
             .await
         }
@@ -1746,7 +1771,7 @@ async fn digest(store: &dyn Store, key: &ObjectKey) -> Result<Option<(u64, blake
     let object = match store.get(key).await {
         Ok(object) => object,
         Err(err) if err.is_not_found() => return Ok(None),
-        Err(err) => return Err(err),
+        Err(err) => return Err(err.into()),
     };
     // Objects of a chunk or two gain nothing from reading ahead.
     let ahead = object.meta.size > 2 << 20;

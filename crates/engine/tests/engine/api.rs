@@ -4,8 +4,8 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_engine::store::MemStore;
 use ferry_forwarding::{Route, Table};
+use ferry_store::MemStore;
 use ferry_types::{ByteSize, CleanupPolicy, JobId, JobStatus, ObjectSelection, Rate};
 
 use crate::util::*;

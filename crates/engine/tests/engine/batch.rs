@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_engine::Op;
-use ferry_engine::Result as StoreResult;
-use ferry_engine::store::{BoxFuture, BoxStream, FaultyStore, MemStore, MetaStream, Object, Store};
 use ferry_forwarding::Table;
-use ferry_types::{
-    CheckpointInterval, CleanupPolicy, JobStatus, ObjectKey, ObjectMeta, ObjectSelection,
-};
+use ferry_store::ObjectMeta;
+use ferry_store::Result as StoreResult;
+use ferry_store::{BoxFuture, BoxStream, FaultyStore, MemStore, MetaStream, Object, Store};
+use ferry_types::{CheckpointInterval, CleanupPolicy, JobStatus, ObjectKey, ObjectSelection};
 
 use crate::util::*;
 
@@ -59,8 +58,8 @@ async fn i1_a_failed_commit_sync_deletes_no_source() {
     let target = FaultyStore::new(MemStore::new());
     target.inject(
         Op::Sync,
-        ferry_engine::store::Trigger::Always,
-        ferry_engine::store::Fault::Permanent,
+        ferry_store::Trigger::Always,
+        ferry_store::Fault::Permanent,
     );
     let engine = engine(
         Arc::new(source.clone()),
@@ -194,8 +193,8 @@ async fn a_tick_that_passes_during_a_sync_commits_right_after_it() {
     let source = FaultyStore::new(filled(N));
     source.inject(
         Op::Get,
-        ferry_engine::store::Trigger::Always,
-        ferry_engine::store::Fault::Latency(Duration::from_millis(300)),
+        ferry_store::Trigger::Always,
+        ferry_store::Fault::Latency(Duration::from_millis(300)),
     );
     let target = Arc::new(GatedSync::new(MemStore::new()));
     let table = Table::default();
@@ -244,8 +243,8 @@ async fn i4_one_slow_object_never_grows_the_done_set_past_the_window() {
     // The first read (key 0's copy) takes a minute.
     source.inject(
         Op::Get,
-        ferry_engine::store::Trigger::Call(1),
-        ferry_engine::store::Fault::Latency(Duration::from_secs(60)),
+        ferry_store::Trigger::Call(1),
+        ferry_store::Fault::Latency(Duration::from_secs(60)),
     );
     let target = MemStore::new();
     let checkpoints = mem_checkpoints();

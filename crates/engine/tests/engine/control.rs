@@ -3,8 +3,8 @@
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use ferry_engine::store::MemStore;
 use ferry_forwarding::{EntryState, Route, Table};
+use ferry_store::MemStore;
 use ferry_types::{ByteSize, CleanupPolicy, JobStatus, ObjectSelection, Rate};
 
 use crate::util::*;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_engine::store::{Fault, FaultyStore, MemStore, Store, Trigger, body_from_bytes};
 use ferry_engine::{Error, Op};
 use ferry_forwarding::{Route, Table};
+use ferry_store::{Fault, FaultyStore, MemStore, Store, Trigger, body_from_bytes};
 use ferry_types::{CleanupPolicy, JobStatus, ObjectKey, ObjectSelection, RetryPolicy, VerifyMode};
 
 use crate::util::*;

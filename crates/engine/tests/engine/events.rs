@@ -1,7 +1,7 @@
 //! The events stream: per-object transitions in protocol order (SPEC §2, §6).
 
-use ferry_engine::store::MemStore;
 use ferry_forwarding::Table;
+use ferry_store::MemStore;
 use ferry_types::{CleanupPolicy, JobStatus, ObjectSelection, ObjectState, VerifyMode};
 use tokio::sync::broadcast::error::TryRecvError;
 

@@ -33,11 +33,11 @@ use bytes::Bytes;
 use ferry_checkpoint::{
     Acquired, BoxFuture as CkFuture, CheckpointStore, FileStore, JobRecord, Lease, Loaded, Progress,
 };
-use ferry_engine::store::{
-    BoxFuture, BoxStream, Fault, FaultyStore, MemStore, MetaStream, Object, Store, Trigger,
-};
 use ferry_engine::{Engine, Error, Op};
 use ferry_forwarding::{Route, Table};
+use ferry_store::{
+    BoxFuture, BoxStream, Fault, FaultyStore, MemStore, MetaStream, Object, Store, Trigger,
+};
 use ferry_types::{
     CleanupPolicy, JobId, JobSnapshot, JobStatus, MigrationPlan, ObjectKey, ObjectSelection,
     VerifyMode,
@@ -184,17 +184,17 @@ impl Store for DiskFull {
     fn head<'a>(
         &'a self,
         key: &'a ObjectKey,
-    ) -> BoxFuture<'a, ferry_engine::Result<Option<ferry_types::ObjectMeta>>> {
+    ) -> BoxFuture<'a, ferry_store::Result<Option<ferry_store::ObjectMeta>>> {
         self.inner.head(key)
     }
-    fn get<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, ferry_engine::Result<Object>> {
+    fn get<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, ferry_store::Result<Object>> {
         self.inner.get(key)
     }
     fn put<'a>(
         &'a self,
         key: &'a ObjectKey,
-        body: BoxStream<'a, ferry_engine::Result<Bytes>>,
-    ) -> BoxFuture<'a, ferry_engine::Result<ferry_types::ObjectMeta>> {
+        body: BoxStream<'a, ferry_store::Result<Bytes>>,
+    ) -> BoxFuture<'a, ferry_store::Result<ferry_store::ObjectMeta>> {
         let used = Arc::clone(&self.used);
         let capacity = self.capacity;
         let start = used.load(Ordering::SeqCst);
@@ -205,7 +205,7 @@ impl Store for DiskFull {
             let chunk = chunk?;
             let n = counted.fetch_add(chunk.len() as u64, Ordering::SeqCst) + chunk.len() as u64;
             if start + n > capacity {
-                return Err(Error::Permanent {
+                return Err(ferry_store::Error::Permanent {
                     op: Op::Put,
                     key: Some(key2.clone()),
                     source: Box::new(std::io::Error::new(
@@ -222,13 +222,13 @@ impl Store for DiskFull {
             Ok(meta)
         })
     }
-    fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, ferry_engine::Result<bool>> {
+    fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, ferry_store::Result<bool>> {
         self.inner.delete(key)
     }
     fn list(&self, prefix: &str, start_after: Option<&ObjectKey>) -> MetaStream {
         self.inner.list(prefix, start_after)
     }
-    fn sync(&self) -> BoxFuture<'_, ferry_engine::Result<()>> {
+    fn sync(&self) -> BoxFuture<'_, ferry_store::Result<()>> {
         self.inner.sync()
     }
 }

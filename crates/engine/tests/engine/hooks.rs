@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use ferry_checkpoint::CheckpointStore;
 use ferry_engine::Engine;
-use ferry_engine::store::{MemStore, Store};
 use ferry_forwarding::{Route, Table};
+use ferry_store::{MemStore, Store};
 use ferry_types::{
     CleanupPolicy, JobId, JobStatus, NodeId, ObjectKey, ObjectSelection, ObjectState,
 };

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ferry_checkpoint::CheckpointStore;
 use ferry_engine::Op;
-use ferry_engine::store::{Fault, FaultyStore, MemStore};
 use ferry_forwarding::{EntryState, Route, Table};
+use ferry_store::{Fault, FaultyStore, MemStore};
 use ferry_types::{
     ByteSize, CleanupPolicy, JobId, JobStatus, MigrationPlan, ObjectKey, ObjectSelection, Rate,
     VerifyMode,
@@ -34,7 +34,7 @@ fn hot() -> Hot {
     let target = FaultyStore::new(MemStore::new().without_checksums());
     target.inject(
         Op::Put,
-        ferry_engine::store::Trigger::Always,
+        ferry_store::Trigger::Always,
         Fault::Latency(Duration::from_millis(10)),
     );
     Hot {

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_checkpoint::{CheckpointStore, FileStore, FlipRecord, MemoryStore, ProgressUpdate};
-use ferry_engine::store::{MemStore, Store, body_from_bytes};
 use ferry_engine::{Engine, ObjectEvent};
 use ferry_forwarding::{Route, Table};
+use ferry_store::{MemStore, Store, body_from_bytes};
 use ferry_types::{
     CheckpointInterval, CleanupPolicy, JobId, JobStatus, ObjectKey, ObjectSelection, ObjectState,
 };

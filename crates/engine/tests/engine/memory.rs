@@ -12,12 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use ferry_engine::store::{BoxFuture, BoxStream, MetaStream, Object, Store};
-use ferry_engine::{Error, Result};
 use ferry_forwarding::Table;
-use ferry_types::{
-    ByteSize, CleanupPolicy, JobStatus, ObjectKey, ObjectMeta, ObjectSelection, VerifyMode, Version,
-};
+use ferry_store::{BoxFuture, BoxStream, MetaStream, Object, Store};
+use ferry_store::{Error, Result};
+use ferry_store::{ObjectMeta, Version};
+use ferry_types::{ByteSize, CleanupPolicy, JobStatus, ObjectKey, ObjectSelection, VerifyMode};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 

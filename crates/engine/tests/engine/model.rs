@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_checkpoint::{CheckpointStore, FileStore};
-use ferry_engine::store::{Fault, FaultyStore, MemStore, Store, Trigger};
 use ferry_engine::{Engine, Op};
 use ferry_forwarding::{Route, Table};
+use ferry_store::{Fault, FaultyStore, MemStore, Store, Trigger};
 use ferry_types::{
     ByteSize, CheckpointInterval, CleanupPolicy, JobStatus, ObjectKey, ObjectSelection, Rate,
     VerifyMode,

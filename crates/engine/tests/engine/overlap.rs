@@ -19,11 +19,11 @@ use crate::util::*;
 #[tokio::test(start_paused = true)]
 async fn i8_a_job_never_takes_over_or_removes_another_jobs_entry() {
     // 4 KiB at 4 B/s: the first job's copy takes over a quarter of an hour.
-    let source = ferry_engine::store::MemStore::with_chunk_size(16);
+    let source = ferry_store::MemStore::with_chunk_size(16);
     let k = key(0);
     source.insert(k.clone(), vec![7u8; 4096]);
     let content = source.bytes(k.as_str()).unwrap();
-    let target = ferry_engine::store::MemStore::new();
+    let target = ferry_store::MemStore::new();
     let table = Table::default();
     let checkpoints = mem_checkpoints();
     let engine = engine(

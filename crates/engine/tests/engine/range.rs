@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_checkpoint::{CheckpointStore, FileStore, MemoryStore, ProgressUpdate};
-use ferry_engine::store::{
+use ferry_forwarding::{Route, Table};
+use ferry_store::ObjectMeta;
+use ferry_store::{
     BoxFuture, BoxStream, FaultyStore, InjectedFault, MemStore, MetaStream, Object, Store,
 };
-use ferry_engine::{Error, Op, Result as StoreResult};
-use ferry_forwarding::{Route, Table};
+use ferry_store::{Error, Op, Result as StoreResult};
 use ferry_types::{
-    ByteSize, CheckpointInterval, CleanupPolicy, JobId, JobStatus, ObjectKey, ObjectMeta,
-    ObjectSelection, Rate,
+    ByteSize, CheckpointInterval, CleanupPolicy, JobId, JobStatus, ObjectKey, ObjectSelection, Rate,
 };
 use futures_util::{StreamExt, TryStreamExt};
 

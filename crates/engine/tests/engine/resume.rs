@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use ferry_checkpoint::{CheckpointStore, FileStore};
 use ferry_engine::Op;
-use ferry_engine::store::{FaultyStore, MemStore};
 use ferry_forwarding::Table;
+use ferry_store::{FaultyStore, MemStore};
 use ferry_types::{
     ByteSize, CheckpointInterval, CleanupPolicy, JobId, JobStatus, ObjectSelection, Rate,
 };
@@ -520,7 +520,7 @@ async fn i8_recover_removes_the_copies_of_keys_deleted_after_a_crash() {
     for i in (0..N).step_by(2) {
         let ticket = table.begin_write(key(i).as_str()).await.unwrap();
         assert_eq!(ticket.route(), ferry_forwarding::Route::Source);
-        ferry_engine::store::Store::delete(source.inner(), &key(i))
+        ferry_store::Store::delete(source.inner(), &key(i))
             .await
             .unwrap();
     }
@@ -580,7 +580,7 @@ async fn i3_a_resume_never_forwards_a_deleted_key_to_a_cancelled_jobs_copy() {
         handle.cancel().await.unwrap();
     }
     // A client deletes key 3 (no job moves it: it routes to the source).
-    ferry_engine::store::Store::delete(source.inner(), &key(3))
+    ferry_store::Store::delete(source.inner(), &key(3))
         .await
         .unwrap();
     // A second job moves the rest, crashes past key 3, and resumes after a restart.

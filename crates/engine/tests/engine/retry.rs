@@ -4,9 +4,9 @@
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
-use ferry_engine::store::{Fault, FaultyStore, MemStore, Trigger};
 use ferry_engine::{Error, Op};
 use ferry_forwarding::{Route, Table};
+use ferry_store::{Fault, FaultyStore, MemStore, Trigger};
 use ferry_types::{CleanupPolicy, JobId, JobStatus, ObjectSelection};
 
 use crate::util::*;

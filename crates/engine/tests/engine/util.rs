@@ -2,8 +2,8 @@ use std::sync::Arc;
 
 use ferry_checkpoint::{CheckpointStore, MemoryStore};
 use ferry_engine::Engine;
-use ferry_engine::store::{MemStore, Store};
 use ferry_forwarding::Table;
+use ferry_store::{MemStore, Store};
 use ferry_types::{
     CheckpointInterval, JobId, MigrationPlan, NodeId, ObjectKey, ObjectSelection, RetryPolicy,
 };
@@ -94,12 +94,12 @@ pub(crate) async fn crash_when_done(engine: &Engine, plan: MigrationPlan, done: 
 
 /// A source of `n` small objects whose `n`-th read takes an hour: a job over it holds still
 /// with every other object copied and verified, and nothing flipped until it commits.
-pub(crate) fn slow_last_read(n: usize) -> ferry_engine::store::FaultyStore<MemStore> {
-    let source = ferry_engine::store::FaultyStore::new(filled(n));
+pub(crate) fn slow_last_read(n: usize) -> ferry_store::FaultyStore<MemStore> {
+    let source = ferry_store::FaultyStore::new(filled(n));
     source.inject(
         ferry_engine::Op::Get,
-        ferry_engine::store::Trigger::Call(n as u64),
-        ferry_engine::store::Fault::Latency(std::time::Duration::from_secs(3600)),
+        ferry_store::Trigger::Call(n as u64),
+        ferry_store::Fault::Latency(std::time::Duration::from_secs(3600)),
     );
     source
 }

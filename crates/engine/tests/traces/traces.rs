@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferry_engine::Op;
-use ferry_engine::store::{Fault, FaultyStore, MemStore, Trigger};
 use ferry_forwarding::Table;
+use ferry_store::{Fault, FaultyStore, MemStore, Trigger};
 use ferry_types::{CleanupPolicy, JobStatus, ObjectSelection};
 use parking_lot::Mutex;
 use tracing::field::{Field, Visit};

@@ -1,9 +1,9 @@
-//! The store conformance suite, shared with the engine (`crates/engine/tests/stores/suite.rs`,
+//! The store conformance suite, shared with the engine (`crates/store/tests/stores/suite.rs`,
 //! included by path), and what it expects of `ObjectStoreAdapter`; used by the test files that
 //! run it: `conformance.rs` (`memory://`, `file://`), `s3.rs` (`s3://` on the in-process
 //! server), `external_s3.rs` (moto) and `external_azure.rs` (Azurite).
 
-#[path = "../../../engine/tests/stores/suite.rs"]
+#[path = "../../../store/tests/stores/suite.rs"]
 mod suite;
 
 pub(crate) use suite::*;

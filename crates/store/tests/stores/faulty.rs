@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_engine::store::{Fault, FaultyStore, MemStore, Store, Trigger, body_from_bytes};
-use ferry_engine::{Error, ErrorKind, Op};
+use ferry_store::{Error, ErrorKind, Op};
+use ferry_store::{Fault, FaultyStore, MemStore, Store, Trigger, body_from_bytes};
 use futures_util::TryStreamExt;
 
 use crate::util::{key, keys, put, read};
@@ -37,9 +37,7 @@ async fn power_cut_loses_exactly_the_unsynced_changes() {
 #[tokio::test]
 async fn power_cut_on_a_dir_store_restores_the_last_barrier() {
     let dir = tempfile::tempdir().unwrap();
-    let inner = ferry_engine::store::DirStore::open(dir.path())
-        .await
-        .unwrap();
+    let inner = ferry_store::DirStore::open(dir.path()).await.unwrap();
     let store = FaultyStore::new(inner);
     put(&store, "x/synced", b"s").await;
     store.sync().await.unwrap();

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ferry_engine::store::{MemStore, Store};
+use ferry_store::{MemStore, Store};
 use proptest::prelude::*;
 
 use crate::util::{key, keys, put};
@@ -103,7 +103,7 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         rt.block_on(async {
-            let store = ferry_engine::store::DirStore::open(dir.path()).await.unwrap();
+            let store = ferry_store::DirStore::open(dir.path()).await.unwrap();
             check(Arc::new(store), actions, queries).await;
         });
     }

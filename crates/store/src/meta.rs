@@ -7,8 +7,7 @@ use std::sync::Arc;
 use serde::de::Deserializer;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::error::{Error, Result};
-use crate::ids::{ObjectKey, ValidatingVisitor};
+use ferry_types::{Error, ObjectKey};
 
 /// An opaque version token of an object on one store: an ETag, a generation number, an
 /// mtime-and-inode pair, whatever the store uses to tell one write from the next.
@@ -57,9 +56,7 @@ impl Serialize for Version {
 
 impl<'de> Deserialize<'de> for Version {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Version, D::Error> {
-        deserializer.deserialize_str(ValidatingVisitor::new("a version token", |s| {
-            Ok(Version::from(s))
-        }))
+        String::deserialize(deserializer).map(Version::from)
     }
 }
 
@@ -69,7 +66,7 @@ impl<'de> Deserialize<'de> for Version {
 /// either case when parsed.
 ///
 /// ```
-/// use ferry_types::Checksum;
+/// use ferry_store::Checksum;
 /// # fn main() -> Result<(), ferry_types::Error> {
 /// let sum: Checksum = "crc32c:e3069283".parse()?;
 /// assert_eq!(sum, Checksum::Crc32c(0xe306_9283));
@@ -112,7 +109,7 @@ impl fmt::Display for Checksum {
 impl FromStr for Checksum {
     type Err = Error;
 
-    fn from_str(text: &str) -> Result<Checksum> {
+    fn from_str(text: &str) -> Result<Checksum, Error> {
         let invalid = |reason: String| Error::InvalidChecksum {
             text: text.to_owned(),
             reason,
@@ -129,7 +126,7 @@ impl FromStr for Checksum {
         } else {
             return Err(invalid(format!(
                 "unknown algorithm {} (use blake3 or crc32c)",
-                crate::error::quote(algorithm)
+                quote(algorithm)
             )));
         };
         if hex.len() != want_digits || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -148,6 +145,11 @@ impl FromStr for Checksum {
             Checksum::Crc32c(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
         })
     }
+}
+
+/// `text` in double quotes, escaped as `{:?}` escapes it.
+fn quote(text: &str) -> String {
+    format!("{text:?}")
 }
 
 /// The value of one ASCII hex digit (already checked to be one).
@@ -184,10 +186,8 @@ impl Serialize for Checksum {
 impl<'de> Deserialize<'de> for Checksum {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Checksum, D::Error> {
         if deserializer.is_human_readable() {
-            deserializer.deserialize_str(ValidatingVisitor::new(
-                "a checksum such as \"crc32c:e3069283\"",
-                str::parse,
-            ))
+            let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+            text.parse().map_err(serde::de::Error::custom)
         } else {
             Ok(match ChecksumRepr::deserialize(deserializer)? {
                 ChecksumRepr::Blake3(bytes) => Checksum::Blake3(bytes),

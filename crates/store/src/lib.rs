@@ -1,37 +1,96 @@
-//! Where objects live: the [`Store`] trait and the built-in stores.
+//! Where objects live: the [`Store`] trait every storage node of a Ferry migration
+//! implements, its errors, and the built-in stores.
+//!
+//! A store holds objects under [`ObjectKey`]s and streams them in chunks of [`Bytes`] (SPEC
+//! I7: memory stays bounded whatever the object size). `put` is atomic for readers but durable
+//! only after the next [`sync`](Store::sync), the barrier the engine calls once per checkpoint
+//! batch rather than once per object (SPEC §6: grouped durability, like a database's group
+//! commit). Errors say whether to give up, retry or treat the object as absent
+//! ([`ErrorKind`]).
 //!
 //! - [`MemStore`]: in memory, for tests and benchmarks.
-//! - [`DirStore`] (unix): a local directory, keys mapped to relative paths.
-//! - [`FaultyStore`]: wraps any store and injects errors, latency, truncated or corrupted
-//!   bodies and power cuts, for tests.
+//! - [`DirStore`] (unix): a local directory, keys mapped to relative paths; keys that could
+//!   escape the root are refused and links are never followed.
+//! - `FaultyStore` (feature `testing`): wraps any store and injects errors, latency,
+//!   truncated or corrupted bodies and power cuts, for tests.
+//!
+//! This crate holds no job runner (that is `ferry-engine`) and no object-store client (that
+//! is `ferry-object-store`, a `Store` over S3, GCS and Azure): a storage system plugs its
+//! nodes into Ferry by implementing `Store`, with this crate alone.
+//!
+//! # Example
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//!
+//! use ferry_store::{Bytes, MemStore, Store, body_from_bytes};
+//! use ferry_types::ObjectKey;
+//! use futures_util::TryStreamExt;
+//!
+//! let store: Arc<dyn Store> = Arc::new(MemStore::new());
+//! let key = ObjectKey::new("photos/cat.jpg")?;
+//! let body = body_from_bytes(Bytes::from_static(b"meow"), 2); // two chunks
+//! let meta = store.put(&key, body).await?;
+//! store.sync().await?; // the durability barrier
+//!
+//! let object = store.get(&key).await?;
+//! assert_eq!(object.meta, meta);
+//! let chunks: Vec<Bytes> = object.checked_body().try_collect().await?;
+//! assert_eq!(chunks.concat(), b"meow");
+//!
+//! let listed: Vec<_> = store.list("photos/", None).try_collect().await?;
+//! assert_eq!(listed, [meta]);
+//! # Ok(()) }
+//! ```
 //!
 //! # Why boxed futures rather than `async fn` in the trait
 //! The engine holds its nodes as `Arc<dyn Store>`, so the trait must be dyn-compatible, which
 //! `async fn` in traits is not. Each method returns a [`BoxFuture`] (or a [`BoxStream`]) by
 //! hand, as `#[async_trait]` would generate, without a proc-macro dependency and with the
 //! lifetimes in plain sight: futures borrow `self` and the key, while bodies and listings are
-//! `'static` so that they can be moved into spawned tasks.
+//! `'static` so that they can be moved into spawned tasks. The types a `Store` author needs
+//! are re-exported here: [`Bytes`], [`BoxFuture`], [`BoxStream`], [`Stream`].
+//!
+//! # Feature flags
+//! - `testing`: `FaultyStore`, the fault-injecting wrapper (for tests of code built on
+//!   stores; never for production).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::print_stdout,
+        clippy::print_stderr
+    )
+)]
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use ferry_types::{ObjectKey, ObjectMeta};
-use futures_core::Stream;
+pub use bytes::Bytes;
+use ferry_types::ObjectKey;
+pub use futures_core::Stream;
 pub use futures_core::future::BoxFuture;
 pub use futures_core::stream::BoxStream;
 
-use crate::error::Result;
-
 #[cfg(unix)]
 mod dir;
+mod error;
+#[cfg(feature = "testing")]
 mod faulty;
 mod mem;
+mod meta;
 
 #[cfg(unix)]
 pub use self::dir::{DirStore, SyncStrategy, TEMP_PREFIX};
+pub use self::error::{BoxError, Error, ErrorKind, Op, Result};
+#[cfg(feature = "testing")]
 pub use self::faulty::{Fault, FaultyStore, InjectedFault, Trigger};
 pub use self::mem::MemStore;
+pub use self::meta::{Checksum, ObjectMeta, Version};
 
 /// The default chunk size of bodies the built-in stores produce: 1 MiB (SPEC I7).
 pub const DEFAULT_CHUNK_SIZE: usize = 1 << 20;
@@ -65,7 +124,7 @@ impl std::fmt::Debug for Object {
 
 impl Object {
     /// The body, checked against `meta.size`: a body that ends short of it (or runs past it)
-    /// ends with [`Error::Truncated`](crate::Error::Truncated) instead of looking like a
+    /// ends with [`Error::Truncated`] instead of looking like a
     /// complete, shorter object. Give this to [`Store::put`] when copying, so a truncated
     /// transfer fails the put instead of storing a short object.
     pub fn checked_body(self) -> ByteStream {
@@ -136,8 +195,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// What the store knows about `key`, or `None` when it is absent.
     ///
     /// # Errors
-    /// [`Error::InvalidKey`](crate::Error::InvalidKey) when the store cannot hold `key`; I/O
-    /// or backend failures, classified by [`Error::kind`](crate::Error::kind).
+    /// [`Error::InvalidKey`] when the store cannot hold `key`; I/O
+    /// or backend failures, classified by [`Error::kind`].
     ///
     /// # Cancel safety
     /// Cancel safe: it only reads.
@@ -148,7 +207,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// is read lazily, a chunk at a time, so memory stays bounded whatever the size (SPEC I7).
     ///
     /// # Errors
-    /// [`Error::NotFound`](crate::Error::NotFound) when `key` is absent; otherwise as
+    /// [`Error::NotFound`] when `key` is absent; otherwise as
     /// [`head`](Store::head). Errors while reading end the body with an error item.
     ///
     /// # Cancel safety
@@ -164,9 +223,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// error and the previous object (or its absence) stays as it was.
     ///
     /// # Errors
-    /// The body's own error; [`Error::InvalidKey`](crate::Error::InvalidKey) when the store
+    /// The body's own error; [`Error::InvalidKey`] when the store
     /// cannot hold `key`; I/O or backend failures, classified by
-    /// [`Error::kind`](crate::Error::kind).
+    /// [`Error::kind`].
     ///
     /// # Cancel safety
     /// Not cancel safe in what it leaves, but safe in what readers see: a put dropped before
@@ -236,7 +295,7 @@ mod tests {
         let meta = ObjectMeta {
             key,
             size: 10,
-            version: ferry_types::Version::new("1"),
+            version: Version::new("1"),
             checksum: None,
         };
         let short = Object {

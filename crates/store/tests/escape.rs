@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use ferry_engine::Error;
-use ferry_engine::store::{DirStore, Store, body_from_bytes};
+use ferry_store::Error;
+use ferry_store::{DirStore, Store, body_from_bytes};
 use ferry_types::ObjectKey;
 use futures_util::{StreamExt, TryStreamExt};
 

@@ -1,5 +1,5 @@
 //! The check of the `dirstore_key_path` fuzz target, shared with its stable replay
-//! (`crates/engine/tests/fuzz_corpus.rs`): the fuzz target compiles this same file with
+//! (`crates/store/tests/fuzz_corpus.rs`): the fuzz target compiles this same file with
 //! `#[path = "…"] mod check;`, so both run exactly the same assertions.
 //!
 //! One input is up to [`MAX_KEYS`] lines; each line that is an [`ObjectKey`] is put into a
@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use ferry_engine::Error;
-use ferry_engine::store::{DirStore, Store, body_from_bytes};
+use ferry_store::Error;
+use ferry_store::{DirStore, Store, body_from_bytes};
 use ferry_types::ObjectKey;
 use futures_util::{StreamExt, TryStreamExt};
 

@@ -5,13 +5,13 @@
 //! one checkpoint batch of the engine would; deleting them afterwards is not measured. Throughput is in files: criterion prints the
 //! files per second; the time per file is its inverse.
 //!
-//! `cargo bench -p ferry-engine --bench sync`
+//! `cargo bench -p ferry-store --bench sync`
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use ferry_engine::store::{DirStore, Store, SyncStrategy, body_from_bytes};
+use ferry_store::{DirStore, Store, SyncStrategy, body_from_bytes};
 use ferry_types::ObjectKey;
 
 const FILES: usize = 2_000;

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use ferry_engine::store::{DirStore, Store, SyncStrategy, TEMP_PREFIX, body_from_bytes};
-use ferry_engine::{Error, ErrorKind};
+use ferry_store::{DirStore, Store, SyncStrategy, TEMP_PREFIX, body_from_bytes};
+use ferry_store::{Error, ErrorKind};
 use ferry_types::ObjectKey;
 
 use crate::util::{key, keys, put, read};
@@ -150,7 +150,7 @@ async fn temp_leftovers_are_never_listed_and_removed_on_open() {
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(read(&store, "a/kept").await.unwrap(), b"k");
     // A failed put leaves no temp file either.
-    let body: ferry_engine::store::ByteStream = Box::pin(futures_util::stream::iter([
+    let body: ferry_store::ByteStream = Box::pin(futures_util::stream::iter([
         Ok(Bytes::from_static(b"x")),
         Err(Error::NotFound { key: key("src") }),
     ]));
@@ -271,7 +271,7 @@ fn held_body(
     chunks: Vec<Bytes>,
     reached: std::sync::Arc<tokio::sync::Notify>,
     release: tokio::sync::oneshot::Receiver<()>,
-) -> ferry_engine::store::ByteStream {
+) -> ferry_store::ByteStream {
     use futures_util::StreamExt as _;
     let last = chunks.len() - 1;
     let mut release = Some(release);

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ferry_engine::store::{FaultyStore, MemStore, Store, body_from_bytes};
-use ferry_types::Checksum;
+use ferry_store::Checksum;
+use ferry_store::{FaultyStore, MemStore, Store, body_from_bytes};
 
 use crate::suite::{Expect, Holds, Listed, MIB, Parts, Reads, Versions, key, suite};
 
@@ -68,7 +68,7 @@ async fn faulty_store_without_faults_conforms() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dir_store_conforms() {
-    use ferry_engine::store::{DirStore, SyncStrategy};
+    use ferry_store::{DirStore, SyncStrategy};
     for strategy in [SyncStrategy::Syncfs, SyncStrategy::PerFileFsync] {
         for named in [false, true] {
             let dir = tempfile::tempdir().unwrap();
@@ -87,7 +87,7 @@ async fn dir_store_conforms() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulty_dir_store_without_faults_conforms() {
-    use ferry_engine::store::DirStore;
+    use ferry_store::DirStore;
     let dir = tempfile::tempdir().unwrap();
     let store = DirStore::open(dir.path()).await.unwrap();
     suite(Arc::new(FaultyStore::new(store)), BUILT_IN).await;

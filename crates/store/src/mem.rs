@@ -5,12 +5,14 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use ferry_types::{Checksum, ObjectKey, ObjectMeta, Version};
+use ferry_types::ObjectKey;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 
-use super::{BoxFuture, BoxStream, DEFAULT_CHUNK_SIZE, MetaStream, Object, Store, body_from_bytes};
-use crate::error::{Error, Result};
+use crate::{
+    BoxFuture, BoxStream, Checksum, DEFAULT_CHUNK_SIZE, Error, MetaStream, Object, ObjectMeta,
+    Result, Store, Version, body_from_bytes,
+};
 
 /// How many entries a listing takes from the map per lock.
 const LIST_BATCH: usize = 256;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
-use ferry_types::{ObjectKey, ObjectMeta, Version};
+use ferry_types::ObjectKey;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -22,8 +22,10 @@ use rustix::fs::Advice;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
-use super::{BoxFuture, BoxStream, DEFAULT_CHUNK_SIZE, MetaStream, Object, Store};
-use crate::error::{Error, Op, Result};
+use crate::{
+    BoxFuture, BoxStream, DEFAULT_CHUNK_SIZE, Error, MetaStream, Object, ObjectMeta, Op, Result,
+    Store, Version,
+};
 
 /// The name prefix of the temp files a put writes before renaming them into place. Files
 /// with this prefix are never listed, and [`DirStore::open`] removes them.

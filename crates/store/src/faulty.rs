@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use ferry_types::{ObjectKey, ObjectMeta};
+use ferry_types::ObjectKey;
 use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 
-use super::{BoxFuture, BoxStream, ByteStream, MetaStream, Object, Store, body_from_bytes};
-use crate::error::{Error, Op, Result};
+use crate::{
+    BoxFuture, BoxStream, ByteStream, Error, MetaStream, Object, ObjectMeta, Op, Result, Store,
+    body_from_bytes,
+};
 
 /// The cause of an injected error: `source` of the [`Error::Transient`] or
 /// [`Error::Permanent`] a [`FaultyStore`] returns.

@@ -3,7 +3,7 @@
 //! outside its root, refuses the keys SPEC §6 names (absolute, empty, `.` or `..` segments),
 //! and fails with a clean error rather than a panic. The check is `fuzz_corpus/check.rs`,
 //! which the fuzz target compiles too. `cargo xtask fuzz` grows the corpus on nightly; CI runs
-//! what is committed. `FERRY_WRITE_FUZZ_SEEDS=1 cargo test -p ferry-engine --test fuzz_corpus`
+//! what is committed. `FERRY_WRITE_FUZZ_SEEDS=1 cargo test -p ferry-store --test fuzz_corpus`
 //! rewrites the seed inputs.
 
 #![cfg(unix)]

@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use ferry_engine::store::{ByteStream, Store, body_from_bytes};
-use ferry_engine::{Error, ErrorKind};
-use ferry_types::{Checksum, ObjectKey, ObjectMeta};
+use ferry_store::{ByteStream, Store, body_from_bytes};
+use ferry_store::{Checksum, ObjectMeta};
+use ferry_store::{Error, ErrorKind};
+use ferry_types::ObjectKey;
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 
@@ -359,7 +360,7 @@ pub(crate) async fn list_is_in_key_order_with_prefix_and_start_after(
 pub(crate) fn failing_body(good: Vec<Bytes>) -> ByteStream {
     Box::pin(futures_util::stream::iter(good.into_iter().map(Ok)).chain(
         futures_util::stream::iter([Err(Error::Transient {
-            op: ferry_engine::Op::Get,
+            op: ferry_store::Op::Get,
             key: None,
             source: "source went away".into(),
         })]),
