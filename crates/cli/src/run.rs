@@ -10,18 +10,20 @@ use ferry::engine::store::{DirStore, Store};
 use ferry::types::{JobId, JobSnapshot, JobStatus, NodeId, ObjectKey, format_duration};
 use ferry::{Engine, JobHandle};
 use ferry_object_store::ObjectStoreAdapter;
+use serde::Serialize;
 use serde_json::json;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::control::{self, Command, Reply};
+use crate::control::{self, Command, JobInfo, Reply};
 use crate::error::{
     CliError, EXIT_ERROR, EXIT_FAILED_OBJECTS, EXIT_INTERRUPTED, EXIT_OK, Explain, fail,
     is_disk_full, is_permission,
 };
 use crate::location::Location;
-use crate::progress::{Display, Totals, merge, size, snapshot_json};
+use crate::progress::{Display, LiveSnapshot, Totals, size};
 use crate::state::{JobMeta, State, shell_quote};
+use crate::view::FailedObject;
 
 /// The node ids of SRC and DST in a CLI job's plan (the sidecar maps them to directories).
 pub(crate) fn nodes() -> Result<(NodeId, NodeId)> {
@@ -177,14 +179,14 @@ pub(crate) async fn run(
     let (requests_tx, mut requests) = mpsc::channel::<control::Request>(16);
     let socket_path = state.socket_path(&id);
     let server = control::serve(&socket_path, requests_tx)?;
-    let info = json!({
-        "id": id.as_str(),
-        "source": meta.source,
-        "target": meta.target,
-        "pid": std::process::id(),
-        "total_objects": totals.objects,
-        "total_bytes": totals.bytes,
-    });
+    let info = JobInfo {
+        id: id.clone(),
+        source: meta.source.clone(),
+        target: meta.target.clone(),
+        pid: std::process::id(),
+        total_objects: totals.objects,
+        total_bytes: totals.bytes,
+    };
     display.event(json!({
         "event": "started",
         "id": id.as_str(),
@@ -225,11 +227,8 @@ pub(crate) async fn run(
                 return interrupt(h, &id, state, &display, &mut signals).await;
             }
             Some((command, reply)) = requests.recv() => {
-                let answer = |snap: JobSnapshot| Reply {
-                    ok: true,
-                    error: None,
-                    snapshot: Some(snapshot_json(&snap, totals)),
-                    info: Some(info.clone()),
+                let answer = |snap: JobSnapshot| {
+                    Reply::done(LiveSnapshot::new(snap, totals), info.clone())
                 };
                 match command {
                     Command::Status => {
@@ -260,7 +259,7 @@ pub(crate) async fn run(
                         let _ = reply.send(Reply {
                             ok: report.is_ok(),
                             error: report.as_ref().err().map(|e| e.to_string()),
-                            snapshot: snap.as_ref().map(|s| snapshot_json(s, totals)),
+                            snapshot: snap.map(|s| LiveSnapshot::new(s, totals)),
                             info: Some(info.clone()),
                         });
                         cancelled = Some(report);
@@ -387,16 +386,15 @@ fn summary(
 ) {
     let flag = state.flag();
     if display.is_json() {
-        let mut value = json!({
-            "event": "done",
-            "id": id.as_str(),
-            "source": meta.source,
-            "target": meta.target,
-            "not_regular_skipped": meta.not_regular_skipped,
-            "failed": failed.iter().map(|(k, f)| json!({"key": k.as_str(), "attempts": f.attempts, "error": f.last_error})).collect::<Vec<_>>(),
+        display.event(DoneEvent {
+            event: "done",
+            not_regular_skipped: meta.not_regular_skipped,
+            failed: failed
+                .iter()
+                .map(|(key, failure)| FailedObject::new(key, failure))
+                .collect(),
+            snapshot: LiveSnapshot::new(snap.clone(), totals),
         });
-        merge(&mut value, snapshot_json(snap, totals));
-        display.event(value);
         return;
     }
     if !display.is_quiet() {
@@ -452,24 +450,13 @@ fn summary(
     }
 }
 
-/// `status` of a stopped job's record, as JSON (also the shape used for live jobs).
-pub(crate) fn record_json(
-    meta: &JobMeta,
-    status: JobStatus,
-    progress: &ferry::checkpoint::Progress,
-) -> serde_json::Value {
-    json!({
-        "id": meta.id,
-        "status": status,
-        "live": false,
-        "source": meta.source,
-        "target": meta.target,
-        "checkpoint": meta.checkpoint,
-        "done_objects": progress.done_objects,
-        "done_bytes": progress.done_bytes,
-        "skipped_objects": progress.skipped_objects,
-        "not_regular_skipped": meta.not_regular_skipped,
-        "failed_objects": progress.failed.len(),
-        "failed": progress.failed.iter().map(|(k, f)| json!({"key": k.as_str(), "attempts": f.attempts, "error": f.last_error})).collect::<Vec<_>>(),
-    })
+/// The last `--json` event of a run: the job's figures (its `id`, and its nodes as `source`
+/// and `target`), how many entries the scan skipped, and every failed object.
+#[derive(Debug, Serialize)]
+struct DoneEvent {
+    event: &'static str,
+    not_regular_skipped: u64,
+    failed: Vec<FailedObject>,
+    #[serde(flatten)]
+    snapshot: LiveSnapshot,
 }
