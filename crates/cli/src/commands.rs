@@ -16,7 +16,7 @@ use crate::control::{self, Reply};
 use crate::error::{EXIT_ERROR, EXIT_OK, Explain, fail, usage};
 use crate::location::Location;
 use crate::progress::{Display, Totals, size};
-use crate::run::{self, RunCtx, Signals, explain_engine, open_engine};
+use crate::run::{self, RunCtx, Signals, explain_engine};
 use crate::scan::{self, Scan};
 use crate::state::{JobMeta, State};
 use crate::view::JobView;
@@ -128,23 +128,9 @@ async fn migrate(state: &State, args: MigrateArgs) -> Result<u8> {
         .with_id(id.clone())
         .with_options(options);
     state.save_meta(&meta)?;
-    let (engine, checkpoints) = open_engine(state, &meta).await?;
-    let handle = engine
-        .start(plan)
-        .await
-        .map_err(|e| explain_engine(e, &id, state))?;
-    let totals = Totals {
-        objects: Some(found.objects),
-        bytes: Some(found.bytes),
-    };
-    let ctx = RunCtx {
-        state,
-        meta: &meta,
-        id,
-        checkpoints,
-        totals,
-    };
-    run::run(ctx, handle, display, signals).await
+    let ctx = RunCtx::open(state, id, meta, signals).await?;
+    let handle = ctx.start(plan).await?;
+    run::run(ctx, handle, display, scanned(&found)).await
 }
 
 async fn resume(state: &State, args: ResumeArgs) -> Result<u8> {
@@ -170,9 +156,7 @@ async fn resume(state: &State, args: ResumeArgs) -> Result<u8> {
         }
         return Ok(EXIT_OK);
     }
-    let meta = state.load_meta(&id)?;
-    let (engine, checkpoints) = open_engine(state, &meta).await?;
-    let loaded = load_record(&*checkpoints, &id, state).await?;
+    let (ctx, loaded) = open_recorded(state, &id, signals).await?;
     if loaded.record.status == JobStatus::Completed {
         if !args.output.quiet {
             println!("ferry: job {id} is already completed: nothing to resume");
@@ -180,28 +164,34 @@ async fn resume(state: &State, args: ResumeArgs) -> Result<u8> {
         return Ok(EXIT_OK);
     }
     let display = Display::new(args.output);
-    let found = scan::survey(&meta.source, prefix_of(&loaded.record.plan)).await?;
+    let found = scan::survey(&ctx.meta().source, prefix_of(&loaded.record.plan)).await?;
     report_skipped(&display, &found);
-    let plan = loaded.record.plan.clone().with_id(id.clone());
-    let handle = engine
-        .start(plan)
-        .await
-        .map_err(|e| explain_engine(e, &id, state))?;
+    let handle = ctx.start(loaded.record.plan.with_id(id)).await?;
     if let Some(rate) = args.rate {
         handle.set_rate(rate);
     }
-    let totals = Totals {
+    run::run(ctx, handle, display, scanned(&found)).await
+}
+
+/// The totals of a job from the scan of its source.
+fn scanned(found: &Scan) -> Totals {
+    Totals {
         objects: Some(found.objects),
         bytes: Some(found.bytes),
-    };
-    let ctx = RunCtx {
-        state,
-        meta: &meta,
-        id,
-        checkpoints,
-        totals,
-    };
-    run::run(ctx, handle, display, signals).await
+    }
+}
+
+/// A job of the state directory that no process runs, opened to run in this one, with its
+/// checkpoint record.
+async fn open_recorded<'a>(
+    state: &'a State,
+    id: &JobId,
+    signals: Signals,
+) -> Result<(RunCtx<'a>, ferry::checkpoint::Loaded)> {
+    let meta = state.load_meta(id)?;
+    let ctx = RunCtx::open(state, id.clone(), meta, signals).await?;
+    let loaded = load_record(ctx.checkpoints(), id, state).await?;
+    Ok((ctx, loaded))
 }
 
 fn prefix_of(plan: &MigrationPlan) -> &str {
@@ -224,27 +214,15 @@ async fn retry_failed(state: &State, args: RetryArgs) -> Result<u8> {
             "wait for it to end; `retry-failed` runs the failed objects of a finished job",
         ));
     }
-    let meta = state.load_meta(&id)?;
-    let (engine, checkpoints) = open_engine(state, &meta).await?;
-    let loaded = load_record(&*checkpoints, &id, state).await?;
+    let (ctx, loaded) = open_recorded(state, &id, signals).await?;
     let failed = loaded.record.progress.failed.len() as u64;
-    let handle = engine
-        .retry_failed(&id)
-        .await
-        .map_err(|e| explain_engine(e, &id, state))?;
+    let handle = ctx.retry_failed().await?;
     let display = Display::new(args.output);
     let totals = Totals {
         objects: Some(loaded.record.progress.done_objects + failed),
         bytes: None,
     };
-    let ctx = RunCtx {
-        state,
-        meta: &meta,
-        id,
-        checkpoints,
-        totals,
-    };
-    run::run(ctx, handle, display, signals).await
+    run::run(ctx, handle, display, totals).await
 }
 
 /// The job's checkpoint record; errors name the job and, for a corrupt one, the file.

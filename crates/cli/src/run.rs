@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::Result;
 use ferry::checkpoint::{CheckpointStore, Failure};
 use ferry::engine::store::{DirStore, Store};
-use ferry::types::{JobId, JobSnapshot, JobStatus, NodeId, ObjectKey, format_duration};
+use ferry::types::{
+    JobId, JobSnapshot, JobStatus, MigrationPlan, NodeId, ObjectKey, format_duration,
+};
 use ferry::{Engine, JobHandle};
 use ferry_object_store::ObjectStoreAdapter;
 use serde::Serialize;
@@ -89,21 +91,18 @@ pub(crate) async fn open_store(side: &'static str, location: &Location) -> Resul
     }
 }
 
-/// An engine over the job's two stores and its checkpoint store.
-pub(crate) async fn open_engine(
-    state: &State,
-    meta: &JobMeta,
-) -> Result<(Engine, Arc<dyn CheckpointStore>)> {
+/// An engine over a job's two stores, as the nodes of [`nodes`], and a checkpoint store.
+pub(crate) fn engine_over(
+    source: Arc<dyn Store>,
+    target: Arc<dyn Store>,
+    checkpoints: Arc<dyn CheckpointStore>,
+) -> Result<Engine> {
     let (src, dst) = nodes()?;
-    let source = open_store("source", &meta.source).await?;
-    let target = open_store("destination", &meta.target).await?;
-    let checkpoints = state.checkpoints(meta.checkpoint)?;
-    let engine = Engine::builder()
+    Ok(Engine::builder()
         .node(src, source)
         .node(dst, target)
-        .checkpoint_store(Arc::clone(&checkpoints))
-        .build()?;
-    Ok((engine, checkpoints))
+        .checkpoint_store(checkpoints)
+        .build()?)
 }
 
 /// Explains an engine error about job `id` in the user's terms.
@@ -153,29 +152,86 @@ pub(crate) fn explain_engine(
     })
 }
 
-/// What [`run`] needs besides the job's handle.
+/// A job to run in this process (`migrate`, `resume`, `retry-failed`): its sidecar, an engine
+/// over its two stores and its checkpoint store, and the Ctrl-C handler. [`RunCtx::start`] or
+/// [`RunCtx::retry_failed`] starts it; [`run`] serves its control socket and shows its progress
+/// until it ends.
 pub(crate) struct RunCtx<'a> {
-    pub(crate) state: &'a State,
-    pub(crate) meta: &'a JobMeta,
-    pub(crate) id: JobId,
-    pub(crate) checkpoints: Arc<dyn CheckpointStore>,
-    pub(crate) totals: Totals,
+    state: &'a State,
+    meta: JobMeta,
+    id: JobId,
+    engine: Engine,
+    checkpoints: Arc<dyn CheckpointStore>,
+    signals: Signals,
 }
 
-/// Runs the started job to its end (or to Ctrl-C) and returns the exit code.
+impl<'a> RunCtx<'a> {
+    /// Opens the job `id` whose sidecar is `meta`: its source, its destination, then its
+    /// checkpoint store. `signals` were registered before anything started, so that no Ctrl-C
+    /// is lost.
+    pub(crate) async fn open(
+        state: &'a State,
+        id: JobId,
+        meta: JobMeta,
+        signals: Signals,
+    ) -> Result<RunCtx<'a>> {
+        let source = open_store("source", &meta.source).await?;
+        let target = open_store("destination", &meta.target).await?;
+        let checkpoints = state.checkpoints(meta.checkpoint)?;
+        let engine = engine_over(source, target, Arc::clone(&checkpoints))?;
+        Ok(RunCtx {
+            state,
+            meta,
+            id,
+            engine,
+            checkpoints,
+            signals,
+        })
+    }
+
+    pub(crate) fn meta(&self) -> &JobMeta {
+        &self.meta
+    }
+
+    pub(crate) fn checkpoints(&self) -> &dyn CheckpointStore {
+        &*self.checkpoints
+    }
+
+    /// Starts the job from `plan` (a new job, or a stopped one from its checkpoint).
+    pub(crate) async fn start(&self, plan: MigrationPlan) -> Result<JobHandle> {
+        self.engine
+            .start(plan)
+            .await
+            .map_err(|e| explain_engine(e, &self.id, self.state))
+    }
+
+    /// Starts the failed objects of the finished job again.
+    pub(crate) async fn retry_failed(&self) -> Result<JobHandle> {
+        self.engine
+            .retry_failed(&self.id)
+            .await
+            .map_err(|e| explain_engine(e, &self.id, self.state))
+    }
+}
+
+/// Runs the job `ctx` started as `handle` to its end (or to Ctrl-C) and returns the exit code.
+/// `totals` are the job's size as far as the command knows it, for the progress display.
 pub(crate) async fn run(
     ctx: RunCtx<'_>,
     handle: JobHandle,
     mut display: Display,
-    mut signals: Signals,
+    totals: Totals,
 ) -> Result<u8> {
     let RunCtx {
         state,
         meta,
         id,
+        // Kept until the job has ended.
+        engine: _engine,
         checkpoints,
-        totals,
+        mut signals,
     } = ctx;
+    let meta = &meta;
     let (requests_tx, mut requests) = mpsc::channel::<control::Request>(16);
     let socket_path = state.socket_path(&id);
     let server = control::serve(&socket_path, requests_tx)?;

@@ -389,14 +389,13 @@ pub(crate) async fn worker(state: Option<&Path>, args: WorkerArgs) -> Result<u8>
 
 /// An engine over the job's two stores, with the shared range records as its checkpoints.
 async fn build_engine(shared: &Shared, job: &SharedJob) -> Result<Engine> {
-    let (src, dst) = run::nodes()?;
     let source = run::open_store("source", &job.source).await?;
     let target = run::open_store("destination", &job.target).await?;
-    Ok(Engine::builder()
-        .node(src, source)
-        .node(dst, target)
-        .checkpoint_store(Arc::clone(&shared.ranges) as Arc<dyn CheckpointStore>)
-        .build()?)
+    run::engine_over(
+        source,
+        target,
+        Arc::clone(&shared.ranges) as Arc<dyn CheckpointStore>,
+    )
 }
 
 /// Runs one range to its end with a progress line every few seconds. `Some(exit code)` when
