@@ -16,9 +16,10 @@ use crate::control::{self, Reply};
 use crate::error::{EXIT_ERROR, EXIT_OK, Explain, fail, usage};
 use crate::location::Location;
 use crate::progress::{Display, Totals, size};
-use crate::run::{self, RunCtx, Signals, explain_engine, open_engine, record_json};
+use crate::run::{self, RunCtx, Signals, explain_engine};
 use crate::scan::{self, Scan};
 use crate::state::{JobMeta, State};
+use crate::view::JobView;
 
 pub(crate) async fn dispatch(cli: Cli) -> Result<u8> {
     let command = match cli.command {
@@ -127,23 +128,9 @@ async fn migrate(state: &State, args: MigrateArgs) -> Result<u8> {
         .with_id(id.clone())
         .with_options(options);
     state.save_meta(&meta)?;
-    let (engine, checkpoints) = open_engine(state, &meta).await?;
-    let handle = engine
-        .start(plan)
-        .await
-        .map_err(|e| explain_engine(e, &id, state))?;
-    let totals = Totals {
-        objects: Some(found.objects),
-        bytes: Some(found.bytes),
-    };
-    let ctx = RunCtx {
-        state,
-        meta: &meta,
-        id,
-        checkpoints,
-        totals,
-    };
-    run::run(ctx, handle, display, signals).await
+    let ctx = RunCtx::open(state, id, meta, signals).await?;
+    let handle = ctx.start(plan).await?;
+    run::run(ctx, handle, display, scanned(&found)).await
 }
 
 async fn resume(state: &State, args: ResumeArgs) -> Result<u8> {
@@ -169,9 +156,7 @@ async fn resume(state: &State, args: ResumeArgs) -> Result<u8> {
         }
         return Ok(EXIT_OK);
     }
-    let meta = state.load_meta(&id)?;
-    let (engine, checkpoints) = open_engine(state, &meta).await?;
-    let loaded = load_record(&*checkpoints, &id, state).await?;
+    let (ctx, loaded) = open_recorded(state, &id, signals).await?;
     if loaded.record.status == JobStatus::Completed {
         if !args.output.quiet {
             println!("ferry: job {id} is already completed: nothing to resume");
@@ -179,28 +164,34 @@ async fn resume(state: &State, args: ResumeArgs) -> Result<u8> {
         return Ok(EXIT_OK);
     }
     let display = Display::new(args.output);
-    let found = scan::survey(&meta.source, prefix_of(&loaded.record.plan)).await?;
+    let found = scan::survey(&ctx.meta().source, prefix_of(&loaded.record.plan)).await?;
     report_skipped(&display, &found);
-    let plan = loaded.record.plan.clone().with_id(id.clone());
-    let handle = engine
-        .start(plan)
-        .await
-        .map_err(|e| explain_engine(e, &id, state))?;
+    let handle = ctx.start(loaded.record.plan.with_id(id)).await?;
     if let Some(rate) = args.rate {
         handle.set_rate(rate);
     }
-    let totals = Totals {
+    run::run(ctx, handle, display, scanned(&found)).await
+}
+
+/// The totals of a job from the scan of its source.
+fn scanned(found: &Scan) -> Totals {
+    Totals {
         objects: Some(found.objects),
         bytes: Some(found.bytes),
-    };
-    let ctx = RunCtx {
-        state,
-        meta: &meta,
-        id,
-        checkpoints,
-        totals,
-    };
-    run::run(ctx, handle, display, signals).await
+    }
+}
+
+/// A job of the state directory that no process runs, opened to run in this one, with its
+/// checkpoint record.
+async fn open_recorded<'a>(
+    state: &'a State,
+    id: &JobId,
+    signals: Signals,
+) -> Result<(RunCtx<'a>, ferry::checkpoint::Loaded)> {
+    let meta = state.load_meta(id)?;
+    let ctx = RunCtx::open(state, id.clone(), meta, signals).await?;
+    let loaded = load_record(ctx.checkpoints(), id, state).await?;
+    Ok((ctx, loaded))
 }
 
 fn prefix_of(plan: &MigrationPlan) -> &str {
@@ -223,27 +214,15 @@ async fn retry_failed(state: &State, args: RetryArgs) -> Result<u8> {
             "wait for it to end; `retry-failed` runs the failed objects of a finished job",
         ));
     }
-    let meta = state.load_meta(&id)?;
-    let (engine, checkpoints) = open_engine(state, &meta).await?;
-    let loaded = load_record(&*checkpoints, &id, state).await?;
+    let (ctx, loaded) = open_recorded(state, &id, signals).await?;
     let failed = loaded.record.progress.failed.len() as u64;
-    let handle = engine
-        .retry_failed(&id)
-        .await
-        .map_err(|e| explain_engine(e, &id, state))?;
+    let handle = ctx.retry_failed().await?;
     let display = Display::new(args.output);
     let totals = Totals {
         objects: Some(loaded.record.progress.done_objects + failed),
         bytes: None,
     };
-    let ctx = RunCtx {
-        state,
-        meta: &meta,
-        id,
-        checkpoints,
-        totals,
-    };
-    run::run(ctx, handle, display, signals).await
+    run::run(ctx, handle, display, totals).await
 }
 
 /// The job's checkpoint record; errors name the job and, for a corrupt one, the file.
@@ -343,8 +322,7 @@ async fn pause(state: &State, args: IdArg) -> Result<u8> {
         let done = reply
             .snapshot
             .as_ref()
-            .and_then(|s| s["done_objects"].as_u64())
-            .unwrap_or(0);
+            .map_or(0, |s| s.snapshot.done_objects);
         println!(
             "ferry: job {id} paused ({done} objects done); `ferry {}resume {id}` continues it",
             state.flag()
@@ -364,32 +342,27 @@ async fn set_rate(state: &State, args: SetRateArgs) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// One job's status as JSON: live from its process, or from its record.
+/// One job's status: live from its process, or from its record.
 async fn job_status(
     state: &State,
     id: &JobId,
     stores: &mut BTreeMap<&'static str, std::sync::Arc<dyn CheckpointStore>>,
-) -> Result<serde_json::Value> {
+) -> Result<JobView> {
     let meta = state.load_meta(id)?;
     if let Some(reply) = control::send(&state.socket_path(id), &control::Command::Status).await?
         && reply.ok
     {
-        let snap = reply.snapshot.unwrap_or_default();
-        return Ok(json!({
-            "id": id.as_str(),
-            "status": snap["status"],
-            "live": true,
-            "source": meta.source,
-            "target": meta.target,
-            "checkpoint": meta.checkpoint,
-            "done_objects": snap["done_objects"],
-            "done_bytes": snap["done_bytes"],
-            "skipped_objects": snap["skipped_objects"],
-            "not_regular_skipped": meta.not_regular_skipped,
-            "failed_objects": snap["failed_objects"],
-            "snapshot": snap,
-            "pid": reply.info.as_ref().map(|i| i["pid"].clone()),
-        }));
+        let Some(snapshot) = reply.snapshot else {
+            return Err(fail(
+                format!("job {id}'s process answered its status without figures"),
+                "is the process on its control socket another version of ferry?",
+            ));
+        };
+        return Ok(JobView::live(
+            &meta,
+            snapshot,
+            reply.info.map(|info| info.pid),
+        ));
     }
     let store = match stores.get(meta.checkpoint.as_str()) {
         Some(store) => store.clone(),
@@ -400,70 +373,11 @@ async fn job_status(
         }
     };
     let loaded = load_record(&*store, id, state).await?;
-    Ok(record_json(
+    Ok(JobView::record(
         &meta,
         loaded.record.status,
         &loaded.record.progress,
     ))
-}
-
-fn human_status(value: &serde_json::Value) -> String {
-    let mut out = String::new();
-    let s = |k: &str| match &value[k] {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".to_owned(),
-        v => v.to_string(),
-    };
-    let status = s("status").replace('_', "-");
-    let live = if value["live"].as_bool() == Some(true) {
-        " (running in this machine's process)".to_owned()
-    } else {
-        String::new()
-    };
-    out.push_str(&format!("job:       {}\n", s("id")));
-    out.push_str(&format!("status:    {status}{live}\n"));
-    out.push_str(&format!("source:    {}\n", s("source")));
-    out.push_str(&format!("target:    {}\n", s("target")));
-    out.push_str(&format!(
-        "done:      {} objects, {}\n",
-        s("done_objects"),
-        size(value["done_bytes"].as_u64().unwrap_or(0))
-    ));
-    out.push_str(&format!(
-        "skipped:   {} (source vanished), {} (links and special files)\n",
-        s("skipped_objects"),
-        s("not_regular_skipped")
-    ));
-    out.push_str(&format!("failed:    {}\n", s("failed_objects")));
-    if let Some(snap) = value.get("snapshot").filter(|v| v.is_object()) {
-        out.push_str(&format!(
-            "rate:      {} limit, {}/s now\n",
-            snap["effective_rate"].as_str().unwrap_or("-"),
-            size(snap["throughput"].as_u64().unwrap_or(0)),
-        ));
-        if let Some(eta) = snap["eta_secs"].as_u64() {
-            out.push_str(&format!(
-                "eta:       {}\n",
-                format_duration(Duration::from_secs(eta))
-            ));
-        }
-    }
-    if let Some(failed) = value["failed"].as_array() {
-        for f in failed.iter().take(20) {
-            out.push_str(&format!(
-                "  failed {}: {}\n",
-                f["key"].as_str().unwrap_or("?"),
-                f["error"].as_str().unwrap_or("?")
-            ));
-        }
-        if failed.len() > 20 {
-            out.push_str(&format!(
-                "  … and {} more (--json lists them all)\n",
-                failed.len() - 20
-            ));
-        }
-    }
-    out
 }
 
 async fn status(state: &State, args: StatusArgs) -> Result<u8> {
@@ -471,11 +385,11 @@ async fn status(state: &State, args: StatusArgs) -> Result<u8> {
     match &args.id {
         Some(id) => {
             let id = State::job_id(id)?;
-            let value = job_status(state, &id, &mut stores).await?;
+            let view = job_status(state, &id, &mut stores).await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
-                print!("{}", human_status(&value));
+                print!("{}", view.human());
             }
         }
         None => {
@@ -488,8 +402,8 @@ async fn status(state: &State, args: StatusArgs) -> Result<u8> {
             } else if all.is_empty() {
                 println!("no jobs in {}", state.root().display());
             } else {
-                for value in &all {
-                    println!("{}", human_status(value));
+                for view in &all {
+                    println!("{}", view.human());
                 }
             }
         }
@@ -511,26 +425,9 @@ async fn list(state: &State, args: ListArgs) -> Result<u8> {
         println!("no jobs in {}", state.root().display());
         return Ok(EXIT_OK);
     }
-    println!(
-        "{:<24} {:<22} {:>9} {:>7}  SRC → DST",
-        "ID", "STATUS", "DONE", "FAILED"
-    );
+    println!("{}", JobView::list_header());
     for row in rows {
-        let status = row["status"].as_str().unwrap_or("?").replace('_', "-");
-        let status = if row["live"].as_bool() == Some(true) {
-            format!("{status} (live)")
-        } else {
-            status
-        };
-        println!(
-            "{:<24} {:<22} {:>9} {:>7}  {} → {}",
-            row["id"].as_str().unwrap_or("?"),
-            status,
-            row["done_objects"].to_string(),
-            row["failed_objects"].to_string(),
-            row["source"].as_str().unwrap_or("?"),
-            row["target"].as_str().unwrap_or("?"),
-        );
+        println!("{}", row.list_row());
     }
     Ok(EXIT_OK)
 }

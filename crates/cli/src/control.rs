@@ -1,9 +1,10 @@
 //! The control socket of a running job: `<state>/run/<ID>.sock`, owner-only.
 //!
 //! A line protocol: the client sends one command line (`status`, `pause`, `resume`,
-//! `set-rate <RATE>`, `cancel`) and reads one JSON line back: `{"ok":true,"snapshot":{…}}` or
-//! `{"ok":false,"error":"…"}`. The job's process owns the `JobHandle`; the listener hands each
-//! command to it over a channel and writes its answer.
+//! `set-rate <RATE>`, `cancel`) and reads one JSON line back, a [`Reply`]:
+//! `{"ok":true,"snapshot":{…},"info":{…}}` or `{"ok":false,"error":"…"}`. The job's process
+//! owns the `JobHandle`; the listener hands each command to it over a channel and writes its
+//! answer.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,13 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use ferry::types::Rate;
+use ferry::types::{JobId, Rate};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{RwLock, mpsc, oneshot};
 
 use crate::error::{Explain, fail};
+use crate::location::Location;
+use crate::progress::LiveSnapshot;
 use crate::state::create_private_dir;
 
 /// A command for the running job.
@@ -59,18 +62,75 @@ impl Command {
     }
 }
 
-/// The answer to a command.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The answer to a command. `--json` of `pause`, `set-rate` and `cancel` prints it as is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Reply {
     pub(crate) ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<String>,
-    /// The job's snapshot after the command (`ferry::types::JobSnapshot` as JSON).
+    /// The job's figures after the command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) snapshot: Option<serde_json::Value>,
-    /// Extra facts: the job's SRC, DST, process id.
+    pub(crate) snapshot: Option<LiveSnapshot>,
+    /// What the process runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) info: Option<serde_json::Value>,
+    pub(crate) info: Option<JobInfo>,
+}
+
+/// What a running job's process says about itself besides its figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct JobInfo {
+    pub(crate) id: JobId,
+    pub(crate) source: Location,
+    pub(crate) target: Location,
+    pub(crate) pid: u32,
+    /// The scan's totals.
+    pub(crate) total_objects: Option<u64>,
+    pub(crate) total_bytes: Option<u64>,
+}
+
+impl Reply {
+    /// A command carried out.
+    pub(crate) fn done(snapshot: LiveSnapshot, info: JobInfo) -> Reply {
+        Reply {
+            ok: true,
+            error: None,
+            snapshot: Some(snapshot),
+            info: Some(info),
+        }
+    }
+
+    /// A command refused or not carried out.
+    pub(crate) fn refused(error: impl Into<String>) -> Reply {
+        Reply {
+            ok: false,
+            error: Some(error.into()),
+            snapshot: None,
+            info: None,
+        }
+    }
+
+    /// The reply as the line the server writes.
+    fn to_line(&self) -> serde_json::Result<Vec<u8>> {
+        let mut line = serde_json::to_vec(self)?;
+        line.push(b'\n');
+        Ok(line)
+    }
+
+    /// Reads the line a server wrote on the socket `path`. An answer of another shape (from
+    /// another version of ferry) is an error that says so.
+    fn from_line(line: &str, path: &Path) -> Result<Reply> {
+        serde_json::from_str(line).explain(|| {
+            (
+                format!(
+                    "the control socket {} answered in a form this ferry does not read",
+                    path.display()
+                ),
+                "is the process on this socket another version of ferry? `ferry status ID` \
+                 from that version shows the job"
+                    .to_owned(),
+            )
+        })
+    }
 }
 
 /// One command from a client, with the way back.
@@ -162,20 +222,10 @@ async fn handle(stream: UnixStream, requests: mpsc::Sender<Request>) -> std::io:
     let mut reader = BufReader::new(read).take_line_limit();
     reader.read_line(&mut line).await?;
     let reply = match Command::parse(&line) {
-        Err(error) => Reply {
-            ok: false,
-            error: Some(error),
-            snapshot: None,
-            info: None,
-        },
+        Err(error) => Reply::refused(error),
         Ok(command) => {
             let (tx, rx) = oneshot::channel();
-            let gone = || Reply {
-                ok: false,
-                error: Some("the job is ending".to_owned()),
-                snapshot: None,
-                info: None,
-            };
+            let gone = || Reply::refused("the job is ending");
             if requests.send((command, tx)).await.is_err() {
                 gone()
             } else {
@@ -183,8 +233,7 @@ async fn handle(stream: UnixStream, requests: mpsc::Sender<Request>) -> std::io:
             }
         }
     };
-    let mut out = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
-    out.push(b'\n');
+    let out = reply.to_line().map_err(std::io::Error::other)?;
     write.write_all(&out).await?;
     write.shutdown().await
 }
@@ -253,18 +302,132 @@ pub(crate) async fn send(path: &Path, command: &Command) -> Result<Option<Reply>
         // The process ended between connect and answer.
         return Ok(None);
     }
-    let reply: Reply = serde_json::from_str(&line).explain(|| {
-        (
-            format!("the control socket {} answered garbage", path.display()),
-            "is the process on this socket another version of ferry?".to_owned(),
-        )
-    })?;
-    Ok(Some(reply))
+    Reply::from_line(&line, path).map(Some)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
+    use ferry::types::{JobSnapshot, JobStatus, NodeId};
+
     use super::*;
+    use crate::error::CliError;
+    use crate::progress::Totals;
+
+    fn info() -> JobInfo {
+        JobInfo {
+            id: JobId::new("j-1").unwrap(),
+            source: Location::Local(PathBuf::from("/srv/photos")),
+            target: Location::Bucket("s3://new/photos".to_owned()),
+            pid: 4242,
+            total_objects: Some(10),
+            total_bytes: Some(10 << 20),
+        }
+    }
+
+    fn snapshot() -> LiveSnapshot {
+        let mut snap = JobSnapshot::new(
+            JobId::new("j-1").unwrap(),
+            NodeId::new("src").unwrap(),
+            NodeId::new("dst").unwrap(),
+        );
+        snap.status = JobStatus::Paused;
+        snap.done_objects = 4;
+        snap.done_bytes = 4 << 20;
+        snap.throughput = 1 << 20;
+        snap.effective_rate = "2MiB".parse().unwrap();
+        snap.elapsed = Duration::from_millis(4_100);
+        snap.eta = Some(Duration::from_secs(6));
+        LiveSnapshot::new(
+            snap,
+            Totals {
+                objects: Some(10),
+                bytes: Some(10 << 20),
+            },
+        )
+    }
+
+    fn socket() -> PathBuf {
+        PathBuf::from("/state/run/j-1.sock")
+    }
+
+    #[test]
+    fn a_reply_written_by_the_server_reads_back_the_same_on_the_client() {
+        let cancelled = Reply {
+            ok: false,
+            error: Some("the checkpoint store failed".to_owned()),
+            snapshot: None,
+            info: Some(info()),
+        };
+        for reply in [
+            Reply::done(snapshot(), info()),
+            cancelled,
+            Reply::refused("unknown command \"explode\""),
+        ] {
+            let line = reply.to_line().unwrap();
+            assert_eq!(line.last(), Some(&b'\n'), "one line");
+            assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1, "one line");
+            let line = String::from_utf8(line).unwrap();
+            assert_eq!(Reply::from_line(&line, &socket()).unwrap(), reply);
+        }
+        // The snapshot travels flat, with the scan's totals and the time left beside it.
+        let line = Reply::done(snapshot(), info()).to_line().unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(value["snapshot"]["status"], "paused");
+        assert_eq!(value["snapshot"]["total_bytes"], 10 << 20);
+        assert_eq!(value["snapshot"]["eta_secs"], 6);
+        assert_eq!(value["info"]["pid"], 4242);
+        assert_eq!(value["info"]["target"], "s3://new/photos");
+    }
+
+    #[test]
+    fn a_reply_of_another_shape_is_an_error_that_says_so() {
+        let good = serde_json::to_value(Reply::done(snapshot(), info())).unwrap();
+        let mut bad_status = good.clone();
+        bad_status["snapshot"]["status"] = "exploding".into();
+        let mut old_snapshot = good.clone();
+        old_snapshot["snapshot"] = serde_json::json!({"done_objects": 3});
+        let mut bad_pid = good.clone();
+        bad_pid["info"]["pid"] = "me".into();
+        for line in [
+            "not json".to_owned(),
+            r#"{"status":"running","done_objects":3}"#.to_owned(),
+            bad_status.to_string(),
+            old_snapshot.to_string(),
+            bad_pid.to_string(),
+        ] {
+            let err = Reply::from_line(&line, &socket()).expect_err(&line);
+            let cli = err
+                .downcast_ref::<CliError>()
+                .expect("a message for the user");
+            assert!(
+                cli.message.contains("/state/run/j-1.sock")
+                    && cli.message.contains("does not read"),
+                "{line}: {}",
+                cli.message
+            );
+            assert!(
+                cli.hint
+                    .as_deref()
+                    .is_some_and(|h| h.contains("another version")),
+                "{line}: {:?}",
+                cli.hint
+            );
+            assert!(
+                err.chain().count() > 1,
+                "{line}: the parse error is kept as the cause"
+            );
+        }
+        // A newer process may add fields: they are ignored.
+        let mut newer = good;
+        newer["snapshot"]["new_counter"] = 7.into();
+        newer["uptime"] = "3s".into();
+        assert_eq!(
+            Reply::from_line(&newer.to_string(), &socket()).unwrap(),
+            Reply::done(snapshot(), info())
+        );
+    }
 
     #[test]
     fn commands_round_trip_through_their_line() {

@@ -26,6 +26,7 @@ mod progress;
 mod run;
 mod scan;
 mod state;
+mod view;
 mod worker;
 
 use std::process::ExitCode;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use ferry::types::{JobSnapshot, format_duration};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::cli::OutputArgs;
 
@@ -61,10 +61,15 @@ impl Display {
     }
 
     /// A JSON event line (only in JSON mode).
-    pub(crate) fn event(&self, value: serde_json::Value) {
+    pub(crate) fn event(&self, event: impl Serialize) {
         if let Display::Json = self {
+            // Every event is plain data (strings, numbers, maps with string keys): it always
+            // serializes; an error would only drop the line.
+            let Ok(line) = serde_json::to_string(&event) else {
+                return;
+            };
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{value}");
+            let _ = writeln!(out, "{line}");
             let _ = out.flush();
         }
     }
@@ -73,11 +78,10 @@ impl Display {
     pub(crate) fn progress(&mut self, snap: &JobSnapshot, totals: Totals, force: bool) {
         match self {
             Display::Quiet => {}
-            Display::Json => {
-                let mut value = json!({"event": "progress"});
-                merge(&mut value, snapshot_json(snap, totals));
-                self.event(value);
-            }
+            Display::Json => self.event(SnapshotEvent {
+                event: "progress",
+                snapshot: LiveSnapshot::new(snap.clone(), totals),
+            }),
             Display::Plain { last } => {
                 if force || last.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) {
                     *last = Some(Instant::now());
@@ -158,27 +162,30 @@ pub(crate) fn size(bytes: u64) -> String {
     }
 }
 
-/// A snapshot as JSON, with the totals from the scan.
-pub(crate) fn snapshot_json(snap: &JobSnapshot, totals: Totals) -> serde_json::Value {
-    let mut value = serde_json::to_value(snap).unwrap_or_else(|_| json!({}));
-    if let Some(obj) = value.as_object_mut() {
-        if obj.get("total_objects").is_none_or(|v| v.is_null()) {
-            obj.insert("total_objects".into(), json!(totals.objects));
-        }
-        if obj.get("total_bytes").is_none_or(|v| v.is_null()) {
-            obj.insert("total_bytes".into(), json!(totals.bytes));
-        }
-        obj.insert(
-            "eta_secs".into(),
-            json!(eta(snap, totals).map(|d| d.as_secs())),
-        );
-    }
-    value
+/// A running job's snapshot as the CLI shows and sends it: the engine's figures, with the
+/// scan's totals where the engine has none yet, and the time left from them. In JSON it is one
+/// flat object: the snapshot's fields and `eta_secs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LiveSnapshot {
+    #[serde(flatten)]
+    pub(crate) snapshot: JobSnapshot,
+    /// Seconds left at the recent throughput, from the scan's total; `None` when unknown.
+    pub(crate) eta_secs: Option<u64>,
 }
 
-/// Adds the fields of `extra` to `value` (both objects).
-pub(crate) fn merge(value: &mut serde_json::Value, extra: serde_json::Value) {
-    if let (Some(obj), serde_json::Value::Object(extra)) = (value.as_object_mut(), extra) {
-        obj.extend(extra);
+impl LiveSnapshot {
+    pub(crate) fn new(mut snapshot: JobSnapshot, totals: Totals) -> LiveSnapshot {
+        let eta_secs = eta(&snapshot, totals).map(|d| d.as_secs());
+        snapshot.total_objects = snapshot.total_objects.or(totals.objects);
+        snapshot.total_bytes = snapshot.total_bytes.or(totals.bytes);
+        LiveSnapshot { snapshot, eta_secs }
     }
+}
+
+/// A `--json` event that carries the job's figures: `{"event":"progress",…snapshot}`.
+#[derive(Debug, Serialize)]
+struct SnapshotEvent {
+    event: &'static str,
+    #[serde(flatten)]
+    snapshot: LiveSnapshot,
 }

@@ -7,21 +7,25 @@ use std::time::Duration;
 use anyhow::Result;
 use ferry::checkpoint::{CheckpointStore, Failure};
 use ferry::store::{DirStore, Store};
-use ferry::types::{JobId, JobSnapshot, JobStatus, NodeId, ObjectKey, format_duration};
+use ferry::types::{
+    JobId, JobSnapshot, JobStatus, MigrationPlan, NodeId, ObjectKey, format_duration,
+};
 use ferry::{Engine, JobHandle};
 use ferry_object_store::ObjectStoreAdapter;
+use serde::Serialize;
 use serde_json::json;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::control::{self, Command, Reply};
+use crate::control::{self, Command, JobInfo, Reply};
 use crate::error::{
     CliError, EXIT_ERROR, EXIT_FAILED_OBJECTS, EXIT_INTERRUPTED, EXIT_OK, Explain, fail,
     is_disk_full, is_permission,
 };
 use crate::location::Location;
-use crate::progress::{Display, Totals, merge, size, snapshot_json};
+use crate::progress::{Display, LiveSnapshot, Totals, size};
 use crate::state::{JobMeta, State, shell_quote};
+use crate::view::FailedObject;
 
 /// The node ids of SRC and DST in a CLI job's plan (the sidecar maps them to directories).
 pub(crate) fn nodes() -> Result<(NodeId, NodeId)> {
@@ -87,21 +91,18 @@ pub(crate) async fn open_store(side: &'static str, location: &Location) -> Resul
     }
 }
 
-/// An engine over the job's two stores and its checkpoint store.
-pub(crate) async fn open_engine(
-    state: &State,
-    meta: &JobMeta,
-) -> Result<(Engine, Arc<dyn CheckpointStore>)> {
+/// An engine over a job's two stores, as the nodes of [`nodes`], and a checkpoint store.
+pub(crate) fn engine_over(
+    source: Arc<dyn Store>,
+    target: Arc<dyn Store>,
+    checkpoints: Arc<dyn CheckpointStore>,
+) -> Result<Engine> {
     let (src, dst) = nodes()?;
-    let source = open_store("source", &meta.source).await?;
-    let target = open_store("destination", &meta.target).await?;
-    let checkpoints = state.checkpoints(meta.checkpoint)?;
-    let engine = Engine::builder()
+    Ok(Engine::builder()
         .node(src, source)
         .node(dst, target)
-        .checkpoint_store(Arc::clone(&checkpoints))
-        .build()?;
-    Ok((engine, checkpoints))
+        .checkpoint_store(checkpoints)
+        .build()?)
 }
 
 /// Explains an engine error about job `id` in the user's terms.
@@ -151,40 +152,97 @@ pub(crate) fn explain_engine(
     })
 }
 
-/// What [`run`] needs besides the job's handle.
+/// A job to run in this process (`migrate`, `resume`, `retry-failed`): its sidecar, an engine
+/// over its two stores and its checkpoint store, and the Ctrl-C handler. [`RunCtx::start`] or
+/// [`RunCtx::retry_failed`] starts it; [`run`] serves its control socket and shows its progress
+/// until it ends.
 pub(crate) struct RunCtx<'a> {
-    pub(crate) state: &'a State,
-    pub(crate) meta: &'a JobMeta,
-    pub(crate) id: JobId,
-    pub(crate) checkpoints: Arc<dyn CheckpointStore>,
-    pub(crate) totals: Totals,
+    state: &'a State,
+    meta: JobMeta,
+    id: JobId,
+    engine: Engine,
+    checkpoints: Arc<dyn CheckpointStore>,
+    signals: Signals,
 }
 
-/// Runs the started job to its end (or to Ctrl-C) and returns the exit code.
+impl<'a> RunCtx<'a> {
+    /// Opens the job `id` whose sidecar is `meta`: its source, its destination, then its
+    /// checkpoint store. `signals` were registered before anything started, so that no Ctrl-C
+    /// is lost.
+    pub(crate) async fn open(
+        state: &'a State,
+        id: JobId,
+        meta: JobMeta,
+        signals: Signals,
+    ) -> Result<RunCtx<'a>> {
+        let source = open_store("source", &meta.source).await?;
+        let target = open_store("destination", &meta.target).await?;
+        let checkpoints = state.checkpoints(meta.checkpoint)?;
+        let engine = engine_over(source, target, Arc::clone(&checkpoints))?;
+        Ok(RunCtx {
+            state,
+            meta,
+            id,
+            engine,
+            checkpoints,
+            signals,
+        })
+    }
+
+    pub(crate) fn meta(&self) -> &JobMeta {
+        &self.meta
+    }
+
+    pub(crate) fn checkpoints(&self) -> &dyn CheckpointStore {
+        &*self.checkpoints
+    }
+
+    /// Starts the job from `plan` (a new job, or a stopped one from its checkpoint).
+    pub(crate) async fn start(&self, plan: MigrationPlan) -> Result<JobHandle> {
+        self.engine
+            .start(plan)
+            .await
+            .map_err(|e| explain_engine(e, &self.id, self.state))
+    }
+
+    /// Starts the failed objects of the finished job again.
+    pub(crate) async fn retry_failed(&self) -> Result<JobHandle> {
+        self.engine
+            .retry_failed(&self.id)
+            .await
+            .map_err(|e| explain_engine(e, &self.id, self.state))
+    }
+}
+
+/// Runs the job `ctx` started as `handle` to its end (or to Ctrl-C) and returns the exit code.
+/// `totals` are the job's size as far as the command knows it, for the progress display.
 pub(crate) async fn run(
     ctx: RunCtx<'_>,
     handle: JobHandle,
     mut display: Display,
-    mut signals: Signals,
+    totals: Totals,
 ) -> Result<u8> {
     let RunCtx {
         state,
         meta,
         id,
+        // Kept until the job has ended.
+        engine: _engine,
         checkpoints,
-        totals,
+        mut signals,
     } = ctx;
+    let meta = &meta;
     let (requests_tx, mut requests) = mpsc::channel::<control::Request>(16);
     let socket_path = state.socket_path(&id);
     let server = control::serve(&socket_path, requests_tx)?;
-    let info = json!({
-        "id": id.as_str(),
-        "source": meta.source,
-        "target": meta.target,
-        "pid": std::process::id(),
-        "total_objects": totals.objects,
-        "total_bytes": totals.bytes,
-    });
+    let info = JobInfo {
+        id: id.clone(),
+        source: meta.source.clone(),
+        target: meta.target.clone(),
+        pid: std::process::id(),
+        total_objects: totals.objects,
+        total_bytes: totals.bytes,
+    };
     display.event(json!({
         "event": "started",
         "id": id.as_str(),
@@ -225,11 +283,8 @@ pub(crate) async fn run(
                 return interrupt(h, &id, state, &display, &mut signals).await;
             }
             Some((command, reply)) = requests.recv() => {
-                let answer = |snap: JobSnapshot| Reply {
-                    ok: true,
-                    error: None,
-                    snapshot: Some(snapshot_json(&snap, totals)),
-                    info: Some(info.clone()),
+                let answer = |snap: JobSnapshot| {
+                    Reply::done(LiveSnapshot::new(snap, totals), info.clone())
                 };
                 match command {
                     Command::Status => {
@@ -260,7 +315,7 @@ pub(crate) async fn run(
                         let _ = reply.send(Reply {
                             ok: report.is_ok(),
                             error: report.as_ref().err().map(|e| e.to_string()),
-                            snapshot: snap.as_ref().map(|s| snapshot_json(s, totals)),
+                            snapshot: snap.map(|s| LiveSnapshot::new(s, totals)),
                             info: Some(info.clone()),
                         });
                         cancelled = Some(report);
@@ -387,16 +442,15 @@ fn summary(
 ) {
     let flag = state.flag();
     if display.is_json() {
-        let mut value = json!({
-            "event": "done",
-            "id": id.as_str(),
-            "source": meta.source,
-            "target": meta.target,
-            "not_regular_skipped": meta.not_regular_skipped,
-            "failed": failed.iter().map(|(k, f)| json!({"key": k.as_str(), "attempts": f.attempts, "error": f.last_error})).collect::<Vec<_>>(),
+        display.event(DoneEvent {
+            event: "done",
+            not_regular_skipped: meta.not_regular_skipped,
+            failed: failed
+                .iter()
+                .map(|(key, failure)| FailedObject::new(key, failure))
+                .collect(),
+            snapshot: LiveSnapshot::new(snap.clone(), totals),
         });
-        merge(&mut value, snapshot_json(snap, totals));
-        display.event(value);
         return;
     }
     if !display.is_quiet() {
@@ -452,24 +506,13 @@ fn summary(
     }
 }
 
-/// `status` of a stopped job's record, as JSON (also the shape used for live jobs).
-pub(crate) fn record_json(
-    meta: &JobMeta,
-    status: JobStatus,
-    progress: &ferry::checkpoint::Progress,
-) -> serde_json::Value {
-    json!({
-        "id": meta.id,
-        "status": status,
-        "live": false,
-        "source": meta.source,
-        "target": meta.target,
-        "checkpoint": meta.checkpoint,
-        "done_objects": progress.done_objects,
-        "done_bytes": progress.done_bytes,
-        "skipped_objects": progress.skipped_objects,
-        "not_regular_skipped": meta.not_regular_skipped,
-        "failed_objects": progress.failed.len(),
-        "failed": progress.failed.iter().map(|(k, f)| json!({"key": k.as_str(), "attempts": f.attempts, "error": f.last_error})).collect::<Vec<_>>(),
-    })
+/// The last `--json` event of a run: the job's figures (its `id`, and its nodes as `source`
+/// and `target`), how many entries the scan skipped, and every failed object.
+#[derive(Debug, Serialize)]
+struct DoneEvent {
+    event: &'static str,
+    not_regular_skipped: u64,
+    failed: Vec<FailedObject>,
+    #[serde(flatten)]
+    snapshot: LiveSnapshot,
 }

@@ -389,14 +389,13 @@ pub(crate) async fn worker(state: Option<&Path>, args: WorkerArgs) -> Result<u8>
 
 /// An engine over the job's two stores, with the shared range records as its checkpoints.
 async fn build_engine(shared: &Shared, job: &SharedJob) -> Result<Engine> {
-    let (src, dst) = run::nodes()?;
     let source = run::open_store("source", &job.source).await?;
     let target = run::open_store("destination", &job.target).await?;
-    Ok(Engine::builder()
-        .node(src, source)
-        .node(dst, target)
-        .checkpoint_store(Arc::clone(&shared.ranges) as Arc<dyn CheckpointStore>)
-        .build()?)
+    run::engine_over(
+        source,
+        target,
+        Arc::clone(&shared.ranges) as Arc<dyn CheckpointStore>,
+    )
 }
 
 /// Runs one range to its end with a progress line every few seconds. `Some(exit code)` when
@@ -485,6 +484,158 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// A shared job as `ferry status --state URL` shows it.
+#[derive(Debug, Serialize)]
+struct SharedJobView {
+    id: String,
+    status: SharedStatus,
+    source: Location,
+    target: Location,
+    /// The source's objects and bytes when the job was submitted.
+    total_objects: u64,
+    total_bytes: u64,
+    done_objects: u64,
+    done_bytes: u64,
+    failed_objects: u64,
+    ranges: Vec<RangeView>,
+}
+
+/// Where a shared job stands, from its ranges' records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum SharedStatus {
+    /// A range has no record (its submit was cut short).
+    Incomplete,
+    Completed,
+    /// A range failed as a whole; a worker runs it again.
+    Failed,
+    CompletedWithErrors,
+    /// A worker holds a range.
+    Running,
+    WaitingForWorkers,
+}
+
+impl SharedStatus {
+    fn of(ranges: &[RangeView]) -> SharedStatus {
+        let statuses: Vec<JobStatus> = ranges
+            .iter()
+            .filter_map(|r| match r.status {
+                RangeStatus::Missing => None,
+                RangeStatus::Record(status) => Some(status),
+            })
+            .collect();
+        if statuses.len() < ranges.len() {
+            SharedStatus::Incomplete
+        } else if statuses.iter().all(|s| *s == JobStatus::Completed) {
+            SharedStatus::Completed
+        } else if statuses.contains(&JobStatus::Failed) {
+            SharedStatus::Failed
+        } else if statuses.iter().all(|s| s.is_finished()) {
+            SharedStatus::CompletedWithErrors
+        } else if ranges
+            .iter()
+            .any(|r| r.record.as_ref().is_some_and(|r| r.holder.is_some()))
+        {
+            SharedStatus::Running
+        } else {
+            SharedStatus::WaitingForWorkers
+        }
+    }
+}
+
+impl std::fmt::Display for SharedStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SharedStatus::Incomplete => "incomplete",
+            SharedStatus::Completed => "completed",
+            SharedStatus::Failed => "failed",
+            SharedStatus::CompletedWithErrors => "completed with errors",
+            SharedStatus::Running => "running",
+            SharedStatus::WaitingForWorkers => "waiting for workers",
+        })
+    }
+}
+
+/// One range of a shared job.
+#[derive(Debug, Serialize)]
+struct RangeView {
+    id: JobId,
+    status: RangeStatus,
+    /// `None` when the range has no record.
+    #[serde(flatten)]
+    record: Option<RangeFigures>,
+}
+
+/// A range's status: its record's, in the text form (`completed-with-errors`), or `missing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeStatus {
+    Missing,
+    Record(JobStatus),
+}
+
+impl RangeStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            RangeStatus::Missing => "missing",
+            RangeStatus::Record(status) => status.as_str(),
+        }
+    }
+}
+
+impl Serialize for RangeStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// What a range's record and lease say.
+#[derive(Debug, Serialize)]
+struct RangeFigures {
+    done_objects: u64,
+    done_bytes: u64,
+    failed_objects: u64,
+    epoch: u64,
+    /// The worker holding the range while its lease runs.
+    holder: Option<String>,
+    lease_ends_in_ms: Option<u64>,
+}
+
+impl SharedJobView {
+    fn human(&self) -> String {
+        let mut out = format!(
+            "job {}: {} — {}/{} objects, {}/{}, {} failed; {} → {}\n",
+            self.id,
+            self.status,
+            self.done_objects,
+            self.total_objects,
+            size(self.done_bytes),
+            size(self.total_bytes),
+            self.failed_objects,
+            self.source,
+            self.target,
+        );
+        for range in &self.ranges {
+            let (id, status) = (range.id.as_str(), range.status.as_str());
+            let Some(figures) = &range.record else {
+                out.push_str(&format!("  {id:<16} {status:<22} no record\n"));
+                continue;
+            };
+            let held = match &figures.holder {
+                Some(holder) => format!(
+                    ", held by {holder} (lease ends in {:.1} s)",
+                    figures.lease_ends_in_ms.unwrap_or(0) as f64 / 1000.0
+                ),
+                None => String::new(),
+            };
+            out.push_str(&format!(
+                "  {id:<16} {status:<22} {} done, {} failed{held}\n",
+                figures.done_objects, figures.failed_objects,
+            ));
+        }
+        out
+    }
+}
+
 /// `ferry status [ID]` and `ferry list` over a bucket state: each job with its ranges, their
 /// status, progress and holders.
 pub(crate) async fn status(url: &str, id: Option<String>, json: bool) -> Result<u8> {
@@ -495,7 +646,6 @@ pub(crate) async fn status(url: &str, id: Option<String>, json: bool) -> Result<
     for id in &ids {
         let job = shared.existing_job(id).await?;
         let mut ranges = Vec::new();
-        let mut statuses = Vec::new();
         let (mut done, mut bytes, mut failed) = (0u64, 0u64, 0u64);
         for range in &job.ranges {
             let range = JobId::new(range.as_str())?;
@@ -505,91 +655,56 @@ pub(crate) async fn status(url: &str, id: Option<String>, json: bool) -> Result<
                 .await
                 .explain(shared.unreachable("read a range"))?;
             let Some((record, holder)) = loaded else {
-                ranges.push(serde_json::json!({"id": range.as_str(), "status": "missing"}));
+                ranges.push(RangeView {
+                    id: range,
+                    status: RangeStatus::Missing,
+                    record: None,
+                });
                 continue;
             };
             let holder = holder.filter(|h| h.until_ms > now);
-            statuses.push(record.status);
             done += record.progress.done_objects;
             bytes += record.progress.done_bytes;
             failed += record.progress.failed.len() as u64;
-            ranges.push(serde_json::json!({
-                "id": range.as_str(),
-                "status": record.status.as_str(),
-                "done_objects": record.progress.done_objects,
-                "done_bytes": record.progress.done_bytes,
-                "failed_objects": record.progress.failed.len(),
-                "epoch": record.epoch,
-                "holder": holder.as_ref().map(|h| h.holder.as_str()),
-                "lease_ends_in_ms": holder.as_ref().map(|h| h.until_ms - now),
-            }));
+            ranges.push(RangeView {
+                id: range,
+                status: RangeStatus::Record(record.status),
+                record: Some(RangeFigures {
+                    done_objects: record.progress.done_objects,
+                    done_bytes: record.progress.done_bytes,
+                    failed_objects: record.progress.failed.len() as u64,
+                    epoch: record.epoch,
+                    lease_ends_in_ms: holder.as_ref().map(|h| h.until_ms - now),
+                    holder: holder.map(|h| h.holder),
+                }),
+            });
         }
-        let status = if statuses.len() < job.ranges.len() {
-            "incomplete"
-        } else if statuses.iter().all(|s| *s == JobStatus::Completed) {
-            "completed"
-        } else if statuses.contains(&JobStatus::Failed) {
-            "failed"
-        } else if statuses.iter().all(|s| s.is_finished()) {
-            "completed_with_errors"
-        } else if ranges.iter().any(|r| !r["holder"].is_null()) {
-            "running"
-        } else {
-            "waiting_for_workers"
-        };
-        all.push(serde_json::json!({
-            "id": job.id,
-            "status": status,
-            "source": job.source.to_string(),
-            "target": job.target.to_string(),
-            "total_objects": job.objects,
-            "total_bytes": job.bytes,
-            "done_objects": done,
-            "done_bytes": bytes,
-            "failed_objects": failed,
-            "ranges": ranges,
-        }));
+        all.push(SharedJobView {
+            status: SharedStatus::of(&ranges),
+            id: job.id,
+            source: job.source,
+            target: job.target,
+            total_objects: job.objects,
+            total_bytes: job.bytes,
+            done_objects: done,
+            done_bytes: bytes,
+            failed_objects: failed,
+            ranges,
+        });
     }
     if json {
-        let value = match id {
-            Some(_) => all.pop().unwrap_or_default(),
-            None => serde_json::Value::Array(all),
+        let text = match id {
+            Some(_) => serde_json::to_string_pretty(&all.pop())?,
+            None => serde_json::to_string_pretty(&all)?,
         };
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{text}");
         return Ok(EXIT_OK);
     }
     if all.is_empty() {
         println!("no jobs in {}", shared.url);
     }
     for job in &all {
-        println!(
-            "job {}: {} — {}/{} objects, {}/{}, {} failed; {} → {}",
-            job["id"].as_str().unwrap_or("?"),
-            job["status"].as_str().unwrap_or("?").replace('_', " "),
-            job["done_objects"],
-            job["total_objects"],
-            size(job["done_bytes"].as_u64().unwrap_or(0)),
-            size(job["total_bytes"].as_u64().unwrap_or(0)),
-            job["failed_objects"],
-            job["source"].as_str().unwrap_or("?"),
-            job["target"].as_str().unwrap_or("?"),
-        );
-        for range in job["ranges"].as_array().into_iter().flatten() {
-            let held = match range["holder"].as_str() {
-                Some(holder) => format!(
-                    ", held by {holder} (lease ends in {:.1} s)",
-                    range["lease_ends_in_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
-                ),
-                None => String::new(),
-            };
-            println!(
-                "  {:<16} {:<22} {} done, {} failed{held}",
-                range["id"].as_str().unwrap_or("?"),
-                range["status"].as_str().unwrap_or("?").replace('_', " "),
-                range["done_objects"],
-                range["failed_objects"],
-            );
-        }
+        print!("{}", job.human());
     }
     Ok(EXIT_OK)
 }
