@@ -34,7 +34,9 @@ pub const MAGIC: [u8; 4] = *b"FCKP";
 ///   zero byte, is appended before decoding).
 /// - 3: [`Progress`](crate::Progress) gains `copying`, its new last field. Older payloads
 ///   decode with an empty set (one more zero byte appended).
-pub const FORMAT_VERSION: u16 = 3;
+/// - 4: [`Progress`](crate::Progress) gains `preexisting`, its new last field. Older payloads
+///   decode with an empty set (one more zero byte appended).
+pub const FORMAT_VERSION: u16 = 4;
 /// The size of the header in front of the payload.
 pub const HEADER_LEN: usize = 16;
 /// The record kind of a [`JobRecord`].
@@ -157,7 +159,8 @@ pub(crate) fn decode_leased(bytes: &[u8]) -> Result<(Option<LeaseHolder>, JobRec
 fn decode_record(version: u16, payload: &[u8]) -> Result<JobRecord, DecodeError> {
     let upgraded;
     // Each version before the newest lacks the last fields added since: the flip journal
-    // (version 2) and the copy intents (version 3). An empty map or set is one zero byte.
+    // (version 2), the copy intents (version 3) and the keys the target held before the job
+    // (version 4). An empty map or set is one zero byte.
     let missing = usize::from(FORMAT_VERSION - version);
     let payload = if missing > 0 {
         let mut owned = Vec::with_capacity(payload.len() + missing);
@@ -318,13 +321,15 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn older_records_decode_with_an_empty_flip_journal_and_no_copy_intents() {
-        // A version 2 record is a version 3 record without the intents' one zero byte, and a
-        // version 1 record one without the journal's either.
+    fn older_records_decode_with_an_empty_flip_journal_no_copy_intents_and_no_preexisting_keys() {
+        // A version 3 record is a version 4 record without the preexisting keys' one zero
+        // byte, a version 2 record one without the intents' either, and a version 1 record
+        // one without the journal's either.
         let record = sample("old-job", 2);
         assert!(record.progress.flips.is_empty() && record.progress.copying.is_empty());
+        assert!(record.progress.preexisting.is_empty());
         let mut bytes = encode(&record).unwrap();
-        for version in [2, 1] {
+        for version in [3, 2, 1] {
             assert_eq!(bytes.pop(), Some(0));
             let len = u32::try_from(bytes.len() - HEADER_LEN).unwrap();
             bytes[8..12].copy_from_slice(&len.to_le_bytes());
@@ -433,6 +438,7 @@ pub(crate) mod tests {
             failed in proptest::collection::btree_map("[a-z]{1,8}", (any::<u32>(), ".{0,20}"), 0..8),
             flips in proptest::collection::btree_map("[a-z]{1,8}", (any::<[u8; 32]>(), any::<bool>()), 0..8),
             copying in proptest::collection::btree_set("[a-z]{1,8}", 0..8),
+            preexisting in proptest::collection::btree_set("[a-z]{1,8}", 0..8),
         ) {
             let mut record = sample("prop", 0);
             record.epoch = counters.0;
@@ -456,6 +462,7 @@ pub(crate) mod tests {
                     })
                     .collect(),
                 copying: copying.into_iter().map(|k| ObjectKey::new(k).unwrap()).collect(),
+                preexisting: preexisting.into_iter().map(|k| ObjectKey::new(k).unwrap()).collect(),
             };
             let bytes = encode(&record).unwrap();
             prop_assert_eq!(peek_head(&bytes[..HEAD_PREFIX_LEN.min(bytes.len())]), Some((record.epoch, record.generation)));

@@ -90,6 +90,11 @@ pub struct Progress {
     /// copy the stopped run may have left on the target (SPEC I8), and takes each up again.
     /// Added in format version 3; empty in older records.
     pub copying: BTreeSet<ObjectKey>,
+    /// Keys of the job's selection the target held before the job began, and that the job
+    /// has not copied over since (a copy intent takes a key out). A resume forwards none of
+    /// them: their content is not the job's (SPEC I3). Empty unless the target already held
+    /// data in the selection. Added in format version 4; empty in older records.
+    pub preexisting: BTreeSet<ObjectKey>,
 }
 
 /// One entry of [`Progress::flips`].
@@ -270,6 +275,9 @@ impl Progress {
                 }
             }
             ProgressUpdate::CopyIntent { key } => {
+                // The copy overwrites what the target held: from now on the key's content
+                // there is the job's.
+                self.preexisting.remove(&key);
                 self.copying.insert(key);
             }
             ProgressUpdate::CopyDropped { key } => {

@@ -57,7 +57,8 @@
 //!   the flip, so the target serves it; the source changed: the flip was refused, the source
 //!   serves it and the key is copied again; the source is gone and the target has the copy:
 //!   deleted before the flip, so the copy goes too). Then the keys recorded done that the
-//!   target holds are reloaded as forwarded. So no read after `recover` goes to a node
+//!   target holds are reloaded as forwarded, except those it held before the job began and
+//!   the job never copied over (a job lists them once, before it copies anything). So no read after `recover` goes to a node
 //!   without the object (I2), and no write made through a flip before the crash is
 //!   overwritten by a copy of the stale source (I3).
 //! - [`Engine::retry_failed`]: a job that ended `CompletedWithErrors` runs again

@@ -392,7 +392,21 @@ impl Engine {
             }
         };
         let mut progress = acquired.record.progress;
-        let settled = !journal_updates.is_empty();
+        let mut settled = !journal_updates.is_empty();
+        if !retrying && pipeline::untouched(&progress) {
+            // What the target holds of the selection before the job copies anything is not
+            // the job's: a resume must never forward it (I3). Saved before anything moves.
+            match pipeline::preexisting(&plan, &*target).await {
+                Ok(found) => {
+                    settled |= found != progress.preexisting;
+                    progress.preexisting = found;
+                }
+                Err(err) => {
+                    let _ = store.release(&acquired.lease).await;
+                    return Err(err);
+                }
+            }
+        }
         for update in journal_updates {
             progress.apply(update);
         }

@@ -1847,8 +1847,53 @@ pub(crate) async fn resolve_flips(
 }
 
 /// Recorded done, and not as failed.
+/// Whether `key` was moved by the job as far as its record tells: done, not failed, and not
+/// a key the target held before the job that the job never copied over.
 fn done_not_failed(progress: &Progress, key: &ObjectKey) -> bool {
-    progress.is_done(key) && !progress.failed.contains_key(key)
+    progress.is_done(key)
+        && !progress.failed.contains_key(key)
+        && !progress.preexisting.contains(key)
+}
+
+/// Whether the record says nothing happened yet: no object done, failed, flipped or being
+/// copied. The target then holds nothing of the job's.
+pub(crate) fn untouched(progress: &Progress) -> bool {
+    progress.watermark.is_none()
+        && progress.done_above.is_empty()
+        && progress.done_objects == 0
+        && progress.failed.is_empty()
+        && progress.flips.is_empty()
+        && progress.copying.is_empty()
+}
+
+/// The keys of the plan's selection that `target` holds: before the job touched it, these
+/// are not the job's (see `Progress::preexisting`).
+pub(crate) async fn preexisting(
+    plan: &MigrationPlan,
+    target: &dyn Store,
+) -> Result<std::collections::BTreeSet<ObjectKey>> {
+    let mut found = std::collections::BTreeSet::new();
+    match listed_range(&plan.objects) {
+        Some(range) => {
+            let mut on_target = list_range(target, &range, None);
+            while let Some(key) = on_target.try_next().await? {
+                found.insert(key);
+            }
+        }
+        None => {
+            if let ObjectSelection::Keys(keys) = &plan.objects {
+                let mut heads = futures_util::stream::iter(keys)
+                    .map(
+                        |key| async move { Ok::<_, Error>(target.head(key).await?.map(|m| m.key)) },
+                    )
+                    .buffered(16);
+                while let Some(key) = heads.try_next().await? {
+                    found.extend(key);
+                }
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Registers `key` and flips it to the plan's target; whether it was (a key the table

@@ -618,3 +618,57 @@ async fn i3_a_resume_never_forwards_a_deleted_key_to_a_cancelled_jobs_copy() {
         ferry_forwarding::Route::Source
     );
 }
+
+/// Issue #15, hole B: a target that already held keys of the selection before the job began.
+/// A resume forwarded every key the target held at or below the watermark, so a stale copy
+/// of a key the source no longer has (here key 3) was served as if the job had moved it. A
+/// job now records, before it copies anything, the keys the target holds of its selection,
+/// and a resume forwards none of those it did not copy over (I3); one it did copy over (key
+/// 2, also on the source) is the job's and routes to the target.
+#[tokio::test(start_paused = true)]
+async fn i3_a_resume_never_forwards_a_key_the_target_held_before_the_job() {
+    const N: usize = 10;
+    let source = filled(N);
+    ferry_store::Store::delete(&source, &key(3)).await.unwrap();
+    let target = MemStore::new();
+    target.insert(key(3), "a stale copy of a deleted key");
+    target.insert(key(2), "an old version the job overwrites");
+    let dir = tempfile::tempdir().unwrap();
+    let started = |table: &Table| {
+        let checkpoints: Arc<dyn CheckpointStore> = Arc::new(FileStore::open(dir.path()).unwrap());
+        engine(
+            Arc::new(source.clone()),
+            Arc::new(target.clone()),
+            table,
+            checkpoints,
+        )
+    };
+    let job = plan("merge", ObjectSelection::all())
+        .with_cleanup(CleanupPolicy::Never)
+        .with_rate(Rate::bytes_per_sec(64).unwrap())
+        .with_chunk_size(ByteSize::b(16))
+        .with_concurrency(NonZeroUsize::new(1).unwrap())
+        .with_checkpoint(CheckpointInterval {
+            objects: 1,
+            every: Duration::from_secs(3600),
+        });
+    // The crash comes after the watermark passed keys 2 and 3.
+    crash_when_done(&started(&Table::default()), job.clone(), 5).await;
+    let table = Table::default();
+    let handle = started(&table).start(job).await.unwrap();
+    let route = |i| table.route_read(key(i).as_str());
+    assert_eq!(
+        route(3),
+        ferry_forwarding::Route::Source,
+        "a key the target held before the job is not forwarded to it"
+    );
+    assert_eq!(route(2), ferry_forwarding::Route::Target(b()));
+    assert_eq!(route(1), ferry_forwarding::Route::Target(b()));
+    let snap = handle.wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed);
+    assert_eq!(route(3), ferry_forwarding::Route::Source);
+    assert_eq!(
+        target.bytes(key(2).as_str()).as_deref(),
+        Some(&content(2)[..])
+    );
+}
