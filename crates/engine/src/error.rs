@@ -73,6 +73,14 @@ pub enum Error {
         #[source]
         cause: ferry_forwarding::Conflict,
     },
+    /// The job was stopped unfinished by [`Engine::shutdown`](crate::Engine::shutdown): its
+    /// checkpoint is saved with the status it had (running or paused), and
+    /// [`Engine::recover`](crate::Engine::recover) (or `start` with its id) takes it up again.
+    #[error("job {job} was stopped by the engine's shutdown; recover resumes it")]
+    ShutDown {
+        /// The job.
+        job: JobId,
+    },
     /// The job's runner task ended abnormally (panicked or was aborted).
     #[error("the runner of job {job} ended abnormally")]
     RunnerGone {

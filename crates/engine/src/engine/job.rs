@@ -84,6 +84,10 @@ pub(crate) struct JobShared {
     pub(crate) throttle: Throttle,
     pub(crate) paused: watch::Sender<bool>,
     pub(crate) cancelled: watch::Sender<bool>,
+    /// [`Engine::shutdown`](crate::Engine::shutdown) asked the job to stop where it is.
+    pub(crate) shutdown: watch::Sender<bool>,
+    /// The runner ended (or was dropped).
+    pub(crate) ended: watch::Sender<bool>,
     /// Copies currently moving chunks (not parked): `pause` waits for zero.
     pub(crate) streaming: Gauge,
     /// Objects waiting out their grace period before cleanup: they hold no copy slot.
@@ -122,6 +126,8 @@ impl JobShared {
             throttle,
             paused: watch::Sender::new(false),
             cancelled: watch::Sender::new(false),
+            shutdown: watch::Sender::new(false),
+            ended: watch::Sender::new(false),
             streaming: Gauge::default(),
             grace_waiting: watch::Sender::new(0),
             snapshot: watch::Sender::new(snapshot),
@@ -206,6 +212,23 @@ impl JobShared {
         outcome
     }
 
+    /// Asks the job to stop for [`Engine::shutdown`](crate::Engine::shutdown): its copies
+    /// park at their next chunk boundary, as for a pause, and the runner saves and stops.
+    pub(crate) fn shut_down(&self) {
+        self.shutdown.send_replace(true);
+        self.paused.send_replace(true);
+    }
+
+    /// Whether [`JobShared::shut_down`] was called.
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Returns once the runner ended.
+    pub(crate) async fn ended(&self) {
+        let _ = self.ended.subscribe().wait_for(|ended| *ended).await;
+    }
+
     /// Stops the job because of an error (not a cancel): cancels it, marked as failing.
     pub(crate) fn stop_failing(&self) {
         self.failing.store(true, Ordering::Release);
@@ -275,7 +298,9 @@ impl<'a> Tracker<'a> {
 
 /// A running job: watch it, pause, resume, throttle or cancel it, wait for its end.
 ///
-/// Dropping the handle does not stop the job.
+/// Dropping the handle does not stop the job: it runs on, detached, to its end (its
+/// snapshots stay visible through [`Engine::jobs`](crate::Engine::jobs)). To stop jobs where
+/// they are, with their checkpoints saved, call [`Engine::shutdown`](crate::Engine::shutdown).
 #[derive(Debug)]
 pub struct JobHandle {
     shared: Arc<JobShared>,
@@ -376,6 +401,8 @@ impl JobHandle {
     /// The error that stopped the job (the checkpoint store or a store's `sync` failed, the
     /// listing failed); failed objects are not errors of the job (its status is then
     /// [`JobStatus::CompletedWithErrors`]). [`Error::RunnerGone`] when the runner panicked.
+    /// [`Error::ShutDown`] when [`Engine::shutdown`](crate::Engine::shutdown) stopped it
+    /// (unfinished: [`Engine::recover`](crate::Engine::recover) takes it up again).
     ///
     /// # Cancel safety
     /// Not cancel safe: dropping the future detaches the job (it goes on running).

@@ -257,6 +257,32 @@ impl Engine {
         Ok(out)
     }
 
+    /// Stops every job running in this engine where it is, and returns once their runners
+    /// ended: copies park at their next chunk boundary (as for a pause), what is verified is
+    /// committed, and each job's checkpoint is saved with the status it had (`Running`, or
+    /// `Paused` if it was paused) and its lease released. Their handles' `wait` then returns
+    /// [`Error::ShutDown`]. Copies in flight are left on the target with their copy intents
+    /// saved, and their forwarding entries are removed (the keys are served from the source);
+    /// keys already forwarded stay forwarded. [`Engine::recover`], in this process or the
+    /// next, takes every such job up again.
+    ///
+    /// What else ends a job: dropping its [`JobHandle`] does not (the job runs on, detached),
+    /// nor does dropping the engine (jobs hold what they need). Dropping the tokio runtime
+    /// drops the runners where they are, as a crash does: `recover` copes with that too, but
+    /// redoes more.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the jobs stop anyway; only the wait is dropped.
+    pub async fn shutdown(&self) {
+        let live: Vec<_> = self.inner.live.lock().values().cloned().collect();
+        for shared in &live {
+            shared.shut_down();
+        }
+        for shared in &live {
+            shared.ended().await;
+        }
+    }
+
     /// Resumes every unfinished job of the checkpoint store (status `Pending`, `Running`,
     /// `Paused` or `Completing`) that is not already running in this engine, as [`start`](Engine::start)
     /// with its stored plan does: from its checkpoint, under a new lease (I6). A job recorded

@@ -119,6 +119,17 @@ pub(crate) async fn run(ctx: Arc<JobCtx>, progress: Progress) -> Result<JobSnaps
     let checkpointer = &*ctx.checkpointer;
     let result = drive(&ctx, checkpointer, &progress).await;
     let shared = &ctx.shared;
+    if let Err(Error::ShutDown { .. }) = &result {
+        // Saved with the status it had; the lease is given up so that a restart (or another
+        // process) takes the job up at once.
+        if let Ok(lease) = checkpointer.close().await {
+            let _ = ctx.engine.checkpoints.release(&lease).await;
+        }
+        tracing::debug!("job stopped by the engine's shutdown");
+        return Err(Error::ShutDown {
+            job: shared.id.clone(),
+        });
+    }
     let status = match &result {
         Err(_) => JobStatus::Failed,
         Ok(()) if shared.is_cancelled() => JobStatus::Cancelled,
@@ -169,6 +180,7 @@ struct Live<'a>(&'a JobCtx);
 impl Drop for Live<'_> {
     fn drop(&mut self) {
         let shared = &self.0.shared;
+        shared.ended.send_replace(true);
         let mut live = self.0.engine.live.lock();
         if live
             .get(&shared.id)
@@ -377,6 +389,9 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
         let paused = *paused_rx.borrow_and_update();
         cancelled_rx.borrow_and_update();
         let stopping = shared.is_cancelled() || fatal.is_some();
+        if shared.is_shutting_down() && !stopping {
+            return shut_down(&mut commits, &mut set, ahead, was_paused).await;
+        }
         if paused && !was_paused && !stopping {
             // Pause: save what is finished, then say so.
             if let Err(err) = commits.all(&mut set).await {
@@ -573,6 +588,48 @@ async fn drive(ctx: &Arc<JobCtx>, checkpointer: &Checkpointer, progress: &Progre
         Some(err) => Err(err),
         None => Ok(()),
     }
+}
+
+/// Stops the job for [`Engine::shutdown`](crate::Engine::shutdown): once its copies are
+/// parked at a chunk boundary (as for a pause), what is verified is committed, the object
+/// tasks are dropped where they are (their copy intents are durable: a recovered run takes
+/// them up, I8), the `Copying` entries they held are removed (their keys are served from the
+/// source as before; forwarded ones stay), and the checkpoint is saved with the status the
+/// job had. Ends with [`Error::ShutDown`].
+async fn shut_down(
+    commits: &mut Commits<'_>,
+    set: &mut JoinSet<Outcome>,
+    ahead: std::collections::VecDeque<(ObjectKey, u64)>,
+    was_paused: bool,
+) -> Result<()> {
+    let ctx = commits.ctx;
+    let shared = &ctx.shared;
+    shared.streaming.wait_zero().await;
+    commits.all(set).await?;
+    set.abort_all();
+    while set.join_next().await.is_some() {}
+    let table = &ctx.engine.table;
+    for key in commits.order.flying.drain() {
+        let moving = table
+            .get(key.as_str())
+            .is_some_and(|info| matches!(info.state, EntryState::Copying | EntryState::Fenced));
+        if moving {
+            table.remove_owned(key.as_str(), &shared.id);
+        }
+    }
+    for (key, _) in ahead {
+        ctx.checkpointer.record(ProgressUpdate::CopyDropped { key });
+    }
+    let status = if was_paused {
+        JobStatus::Paused
+    } else {
+        JobStatus::Running
+    };
+    ctx.checkpointer.set_status(status);
+    ctx.checkpointer.flush().await?;
+    Err(Error::ShutDown {
+        job: shared.id.clone(),
+    })
 }
 
 /// Listings of the selection after the first, for keys created in it behind the listing

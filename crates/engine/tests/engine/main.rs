@@ -9,6 +9,7 @@ mod faults;
 mod hooks;
 mod hot;
 mod journal;
+mod lifecycle;
 mod memory;
 mod model;
 mod overlap;
