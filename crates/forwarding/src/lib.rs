@@ -124,20 +124,22 @@
 
 mod clock;
 mod config;
+mod entry;
 mod error;
 mod filter;
+mod shard;
 mod snapshot;
 mod sweep;
 mod table;
+mod types;
 
 pub use clock::{Clock, ManualClock};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use snapshot::{EntrySnapshot, TableSnapshot};
 pub use sweep::SweeperHandle;
-pub use table::{
-    Conflict, EntryInfo, EntryState, Fenced, Registration, Route, Stats, Table, WriteTicket,
-};
+pub use table::{Table, WriteTicket};
+pub use types::{Conflict, EntryInfo, EntryState, Fenced, Registration, Route, Stats};
 
 #[cfg(test)]
 mod tests;
