@@ -59,6 +59,13 @@
 //!   write can refuse now. Waiting writers then get tickets for the target. [`Table::unfence`]
 //!   (or [`Table::remove`]) lets them proceed to the source instead; a writer that waits longer
 //!   than [`Config::fence_timeout`] gets [`Error::FenceTimeout`].
+//! - A read that routed to the source just before the flip may still be reading it when the
+//!   engine deletes the source copy. Where sources are deleted, reads go through
+//!   [`Table::read`]: a [`ReadGuard`] that routes as [`Table::route_read`] does and counts the
+//!   read until it is dropped, after the node answered. The commit hook (which the engine
+//!   calls after the flip and before the delete) awaits [`Table::drain_reads`]: it returns
+//!   once every read of the key that began before it has ended; reads that begin meanwhile
+//!   route to the target and do not hold it back.
 //! - A flipped entry routes to the target until its TTL (default 24 h, from the flip, or
 //!   restarted with [`Table::set_ttl`] after cleanup) runs out; then it is absent at once, and
 //!   the sweeper frees it later. Moving entries never expire.
@@ -95,6 +102,10 @@
 //!   under the read lock, removes them under a short write lock re-checking each deadline,
 //!   and moves on shard by shard. It holds a `Weak` between sweeps and stops when the last
 //!   [`Table`] clone is dropped ([`SweeperHandle`] shows it).
+//! - **Counted reads.** Per shard, two read counters and an epoch bit, as SRCU has: a read
+//!   adds one to the counter the epoch names; a drain waits for the other counter to empty,
+//!   flips the epoch and waits for the first, so reads that begin after it count apart. A
+//!   read costs [`Table::route_read`] plus two uncontended atomic read-modify-writes.
 //! - **Time.** TTLs use an injected [`Clock`]: the system's monotonic clock, or a
 //!   [`ManualClock`] in tests. The read path reads it only on hits of forwarded entries. The
 //!   fence timeout is a `tokio::time` timeout, so it follows a paused tokio clock.
@@ -127,6 +138,7 @@ mod config;
 mod entry;
 mod error;
 mod filter;
+mod read;
 mod shard;
 mod snapshot;
 mod sweep;
@@ -136,6 +148,7 @@ mod types;
 pub use clock::{Clock, ManualClock};
 pub use config::Config;
 pub use error::{Error, Result};
+pub use read::ReadGuard;
 pub use snapshot::{EntrySnapshot, TableSnapshot};
 pub use sweep::SweeperHandle;
 pub use table::{Table, WriteTicket};

@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use ferry_types::{JobId, NodeId, ObjectKey};
 use crate::clock::duration_nanos;
 use crate::entry::Entry;
 use crate::filter::Filter;
+use crate::read::ReadStripe;
 use crate::shard::{Shard, ShardMap};
 use crate::sweep::SweeperHandle;
 use crate::{
@@ -57,6 +58,8 @@ pub(crate) struct Inner {
     sweep_batch: usize,
     stripes: Box<[CachePadded<Stripe>; STRIPES]>,
     counters: Counters,
+    /// Reads in flight through [`ReadGuard`](crate::ReadGuard)s, one stripe per shard.
+    reads: Box<[CachePadded<ReadStripe>]>,
     pub(crate) sweeper: OnceLock<std::thread::Thread>,
 }
 
@@ -115,6 +118,9 @@ impl Inner {
             sweep_batch: config.sweep_batch.max(1),
             stripes: Box::new(std::array::from_fn(|_| CachePadded::default())),
             counters: Counters::default(),
+            reads: (0..shards)
+                .map(|_| CachePadded::new(ReadStripe::default()))
+                .collect(),
             sweeper: OnceLock::new(),
         }
     }
@@ -137,6 +143,12 @@ impl Inner {
     #[inline]
     pub(crate) fn shard(&self, hash: u64) -> &Shard {
         &self.shards[((hash >> 32) & self.shard_mask) as usize]
+    }
+
+    /// The read stripe of a hash: the one of its shard.
+    #[inline]
+    pub(crate) fn read_stripe(&self, hash: u64) -> &ReadStripe {
+        &self.reads[((hash >> 32) & self.shard_mask) as usize]
     }
 
     fn maybe_rebuild_filter(&self, shard: &Shard, map: &mut ShardMap) {
@@ -314,15 +326,21 @@ impl Table {
     // a miss then is the key's hash, a counter bump and one filter word.
     #[inline(always)]
     pub fn route_read(&self, key: &str) -> Route {
+        // Relaxed is enough: a register that completed before this read (happens-before)
+        // set the filter bits earlier in each word's modification order, so coherence makes
+        // them visible; a register still in progress may be missed, and then this read is
+        // ordered before it.
+        self.route_hashed(key, self.inner.hash(key), Relaxed)
+    }
+
+    /// [`Table::route_read`] for a key already hashed, loading the filter word with
+    /// `filter_order` (`SeqCst` for a counted read, see [`crate::read`]).
+    #[inline(always)]
+    pub(crate) fn route_hashed(&self, key: &str, hash: u64, filter_order: Ordering) -> Route {
         let inner = &*self.inner;
-        let hash = inner.hash(key);
         let stripe = &inner.stripes[stripe_index()];
         bump(&stripe.lookups);
-        // Relaxed is enough: a register that completed before this read (happens-before)
-        // set these bits earlier in each word's modification order, so coherence makes them
-        // visible; a register still in progress may be missed, and then this read is
-        // ordered before it.
-        if !inner.filter.may_contain(hash) {
+        if !inner.filter.may_contain_ordered(hash, filter_order) {
             return Route::Source;
         }
         let map = inner.shard(hash).map.read();

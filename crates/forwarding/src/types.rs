@@ -143,7 +143,7 @@ pub struct EntryInfo {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Calls to [`Table::route_read`].
+    /// Calls to [`Table::route_read`] and [`Table::read`].
     pub lookups: u64,
     /// Lookups that found a live entry.
     pub hits: u64,
