@@ -212,7 +212,7 @@ impl Table {
     /// let hook = tokio::spawn({
     ///     let table = table.clone();
     ///     async move {
-    ///         // (A real hook moves the key in the embedder's placement map first.)
+    ///         // (A real hook first places the key on the target: see `Placement`.)
     ///         table.drain_reads("photos/cat.jpg").await;
     ///     }
     /// });
