@@ -1,5 +1,5 @@
-//! `route_read` against `dashmap` 6 `get` on the same keys and hasher (SPEC §8), and reader
-//! latency while the sweeper removes 10% of 1M entries.
+//! `route_read` against `dashmap` 6 `get` on the same keys and hasher (SPEC §8), the counted
+//! `read` beside them, and reader latency while the sweeper removes 10% of 1M entries.
 //!
 //! Run: `cargo bench -p ferry-forwarding --bench route`.
 
@@ -144,6 +144,15 @@ fn route_read(c: &mut Criterion) {
                     b.iter_custom(|iters| {
                         run_threads(threads, iters, keys, &|k| {
                             black_box(f.dash.get(k).map(|e| *e.value()));
+                        })
+                    })
+                });
+                // The counted read (`Table::read`, the guard dropped at once) beside the
+                // plain one: what a caller that drains reads pays per read.
+                group.bench_function("read_guard", |b| {
+                    b.iter_custom(|iters| {
+                        run_threads(threads, iters, keys, &|k| {
+                            black_box(f.table.read(k).route());
                         })
                     })
                 });

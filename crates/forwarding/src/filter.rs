@@ -1,6 +1,6 @@
 //! The presence filter that lets a read of a key that is not in the table skip the shard lock.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
 
 /// A blocked Bloom filter for the whole table: a key sets three bits of one 64-bit word.
 ///
@@ -43,15 +43,26 @@ impl Filter {
     }
 
     /// Whether the key with this hash may be present; `false` means it is not.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn may_contain(&self, hash: u64) -> bool {
+        self.may_contain_ordered(hash, Relaxed)
+    }
+
+    /// [`Filter::may_contain`] with the word loaded with `order`: `Relaxed` on the plain read
+    /// path, `SeqCst` for a counted read (see [`crate::read`]; on x86 both are one `mov`).
+    #[inline(always)]
+    pub(crate) fn may_contain_ordered(&self, hash: u64, order: Ordering) -> bool {
         let bits = Self::bits(hash);
-        self.words[self.index(hash)].load(Relaxed) & bits == bits
+        self.words[self.index(hash)].load(order) & bits == bits
     }
 
     /// Sets the bits of a key. The caller holds the write lock of the key's shard.
+    ///
+    /// `SeqCst`, so that a counted read whose `SeqCst` load misses these bits precedes this
+    /// insert in the single total order, and a drain that begins after the key's flip sees
+    /// that read counted (see [`crate::read`]). Registration is not on the hot path.
     pub(crate) fn insert(&self, hash: u64) {
-        self.words[self.index(hash)].fetch_or(Self::bits(hash), Relaxed);
+        self.words[self.index(hash)].fetch_or(Self::bits(hash), Ordering::SeqCst);
     }
 
     /// Recomputes the words of shard `shard` (of `shards`, a power of two: the shard's

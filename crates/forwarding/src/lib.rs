@@ -9,7 +9,8 @@
 //!
 //! It is not a cache and not a placement map: it knows nothing about how objects are stored,
 //! holds entries only for keys that are moving or recently moved, and forgets them after a
-//! TTL (by then the caller's own placement says where they are).
+//! TTL (by then the caller's own placement says where they are; [`Placement`] is a small one
+//! for callers that have none).
 //!
 //! # Example: the request path
 //! ```
@@ -59,6 +60,18 @@
 //!   write can refuse now. Waiting writers then get tickets for the target. [`Table::unfence`]
 //!   (or [`Table::remove`]) lets them proceed to the source instead; a writer that waits longer
 //!   than [`Config::fence_timeout`] gets [`Error::FenceTimeout`].
+//! - A read that routed to the source just before the flip may still be reading it when the
+//!   engine deletes the source copy. Where sources are deleted, reads go through
+//!   [`Table::read`]: a [`ReadGuard`] that routes as [`Table::route_read`] does and counts the
+//!   read until it is dropped, after the node answered. The commit hook (which the engine
+//!   calls after the flip and before the delete) awaits [`Table::drain_reads`]: it returns
+//!   once every read of the key that began before it has ended; reads that begin meanwhile
+//!   route to the target and do not hold it back.
+//! - The commit hook also moves the key in the caller's placement (for example
+//!   [`Placement::set`]) before it drains: once the entry expires the table answers
+//!   [`Route::Source`] again, and only the placement knows the key is on its target.
+//!   [`Table::read_with`] resolves a counted read's route through a [`Placement`]; the
+//!   [`Placement`] docs show the whole hook.
 //! - A flipped entry routes to the target until its TTL (default 24 h, from the flip, or
 //!   restarted with [`Table::set_ttl`] after cleanup) runs out; then it is absent at once, and
 //!   the sweeper frees it later. Moving entries never expire.
@@ -95,6 +108,10 @@
 //!   under the read lock, removes them under a short write lock re-checking each deadline,
 //!   and moves on shard by shard. It holds a `Weak` between sweeps and stops when the last
 //!   [`Table`] clone is dropped ([`SweeperHandle`] shows it).
+//! - **Counted reads.** Per shard, two read counters and an epoch bit, as SRCU has: a read
+//!   adds one to the counter the epoch names; a drain waits for the other counter to empty,
+//!   flips the epoch and waits for the first, so reads that begin after it count apart. A
+//!   read costs [`Table::route_read`] plus two uncontended atomic read-modify-writes.
 //! - **Time.** TTLs use an injected [`Clock`]: the system's monotonic clock, or a
 //!   [`ManualClock`] in tests. The read path reads it only on hits of forwarded entries. The
 //!   fence timeout is a `tokio::time` timeout, so it follows a paused tokio clock.
@@ -106,7 +123,9 @@
 //! interleaving of a write's steps with a flip's. There is no loom model: the table's locks are
 //! `parking_lot`'s, which loom cannot instrument, and swapping every primitive behind a
 //! `cfg(loom)` would test a different table; the exhaustive interleaving test covers the
-//! ticket/flip/fence steps instead (each step is one critical section).
+//! ticket/flip/fence steps instead (each step is one critical section). Read drains are
+//! polled by hand to check which reads they wait for, and a multi-thread run checks that no
+//! read routed to the source outlives a drain that began after it.
 //!
 //! # Feature flags
 //! None. Snapshots are always serializable with `serde`.
@@ -124,20 +143,26 @@
 
 mod clock;
 mod config;
+mod entry;
 mod error;
 mod filter;
+mod placement;
+mod read;
+mod shard;
 mod snapshot;
 mod sweep;
 mod table;
+mod types;
 
 pub use clock::{Clock, ManualClock};
 pub use config::Config;
 pub use error::{Error, Result};
+pub use placement::{Placement, PlacementSnapshot};
+pub use read::ReadGuard;
 pub use snapshot::{EntrySnapshot, TableSnapshot};
 pub use sweep::SweeperHandle;
-pub use table::{
-    Conflict, EntryInfo, EntryState, Fenced, Registration, Route, Stats, Table, WriteTicket,
-};
+pub use table::{Table, WriteTicket};
+pub use types::{Conflict, EntryInfo, EntryState, Fenced, Registration, Route, Stats};
 
 #[cfg(test)]
 mod tests;

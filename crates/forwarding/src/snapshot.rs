@@ -7,7 +7,7 @@ use ferry_types::{JobId, NodeId, ObjectKey};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::duration_nanos;
-use crate::table::{Cold, Entry, KeyBuf, NEVER};
+use crate::entry::{Cold, Entry, KeyBuf, NEVER};
 use crate::{Config, EntryState, Error, Result, Table};
 
 /// The entries of a [`Table`] as plain, serializable data, so a restarted process can reload
@@ -63,7 +63,7 @@ impl Table {
     /// entries are copied; the snapshot is consistent per key, not across keys).
     pub fn snapshot(&self) -> TableSnapshot {
         let mut entries = Vec::new();
-        self.inner.for_each_entry(|entry, now| {
+        self.for_each_entry(|entry, now| {
             let state = match entry.state {
                 EntryState::Fenced => EntryState::Copying,
                 state => state,
@@ -122,7 +122,7 @@ impl Table {
             } else {
                 NEVER
             };
-            table.inner.insert_restored(Entry {
+            table.insert_restored(Entry {
                 hash: 0,
                 key: KeyBuf::new(&record.key),
                 state: if forwarded {

@@ -325,10 +325,10 @@ fn error_messages_are_lowercase_without_period() {
 #[test]
 fn i2_keys_inline_or_shared_route_flip_and_snapshot_alike() {
     // Around the inline capacity, and far beyond it (kept behind a pointer), plus unicode.
-    let long = "x".repeat(crate::table::INLINE_KEY_FOR_TESTS + 1);
+    let long = "x".repeat(crate::entry::INLINE_KEY_FOR_TESTS + 1);
     let names = [
         "k".to_owned(),
-        "y".repeat(crate::table::INLINE_KEY_FOR_TESTS),
+        "y".repeat(crate::entry::INLINE_KEY_FOR_TESTS),
         long.clone(),
         "z".repeat(1000),
         "ünïcødé/🦀/key".to_owned(),
