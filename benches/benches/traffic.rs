@@ -1,8 +1,8 @@
 //! Client traffic during a migration (issue #7): mixed reads, writes, deletes and hot-key
 //! overwrites routed through the forwarding table, first with no migration running
 //! (baseline), then while a job moves every object from node A to node B (migrating). It
-//! reports per-read latency through the table (`route_read` and the store read, and
-//! `route_read` alone) in both phases, and checks, against a ledger of acknowledged writes
+//! reports per-read latency through the table (`Table::read` and the store read, and
+//! `Table::read` alone: the lookup of `route_read` plus the count a drain waits for) in both phases, and checks, against a ledger of acknowledged writes
 //! and deletes, that no read failed, no write was lost and no deleted key came back (SPEC I2,
 //! I3).
 //!
@@ -11,7 +11,7 @@
 //! - Source: a `MemStore` on node A with 20,000 objects of 4 KiB; target: an empty `MemStore`
 //!   on node B.
 //! - Clients route as a storage system would, the pattern of the engine's model test
-//!   (`crates/engine/tests/engine/model.rs`): a read asks `route_read` and reads the node it
+//!   (`crates/engine/tests/engine/model.rs`): a read asks `Table::read` and reads the node it
 //!   names (`Route::Source`: where the placement map says the key lives); a write or delete
 //!   takes a `WriteTicket`, writes to the node the ticket names, and drops the ticket after
 //!   the store acknowledged. The placement map (a flag per key) is moved to the target by the
@@ -38,15 +38,15 @@
 //! reach the source after the cleanup deleted it (with cleanup right after verify there is no
 //! grace period). The engine calls the commit hook after the flip and before the delete, so
 //! the storage system drains such reads there, as the `CommitHook` docs ask: here each read
-//! holds a read lock of its key's gate (one of 64 `RwLock`s) from `route_read` until its
-//! store read ends, and the hook takes that gate's write lock once. Without the drain, 3 runs
+//! holds the `ReadGuard` of `Table::read` until its store read ends, and the hook awaits
+//! `Table::drain_reads`. Without a drain (then hand-rolled with lock stripes), 3 runs
 //! in 55 on a loaded 2 vCPU machine had one failed read (`FERRY_TRAFFIC_NO_DRAIN=1` turns it
 //! off to see it; the failure message shows the route then and now).
 
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ferry_checkpoint::MemoryStore;
@@ -72,8 +72,6 @@ const MAX_FLIP_ATTEMPTS: u32 = 2;
 const SPAN: f64 = 1.5;
 /// Failed reads described in the output (all are counted).
 const DESCRIBED: usize = 10;
-/// Read gates (the commit hook's drain of reads in flight).
-const GATES: usize = 64;
 
 fn op_count() -> u64 {
     let from_env = std::env::var("FERRY_TRAFFIC_OPS").ok();
@@ -125,10 +123,6 @@ struct World {
     table: Table,
     keys: Vec<ObjectKey>,
     on_target: Vec<AtomicBool>,
-    /// Read gates: a read holds its key's gate shared from `route_read` to the end of its
-    /// store read; the commit hook takes it exclusively once, so every read that routed
-    /// before the flip has ended when the hook returns and the source may go.
-    gates: Vec<RwLock<()>>,
     /// Whether the hook drains (`FERRY_TRAFFIC_NO_DRAIN` unset).
     drain: bool,
     /// Set while the job runs: reads then count as "migrating".
@@ -172,7 +166,7 @@ struct PhaseStats {
     longest_fenced: u64,
     /// Reads of the migrating phase issued after the job had ended (checked, not timed).
     reads_after_job: u64,
-    /// Nanoseconds: route_read + the store read, route_read alone, a write or delete.
+    /// Nanoseconds: `Table::read` + the store read, `Table::read` alone, a write or delete.
     read_full: Vec<u64>,
     read_route: Vec<u64>,
     write: Vec<u64>,
@@ -302,14 +296,14 @@ impl Client {
     fn read(&mut self, world: &World, i: usize, phase: Phase, stats: &mut PhaseStats) {
         let key = world.keys[i].as_str();
         let timed = phase == Phase::Baseline || world.migrating.load(Ordering::Relaxed);
-        // The full read: the gate, `route_read`, the store read; `route_read` alone inside.
+        // The full read: `Table::read`, the store read; `Table::read` alone inside.
         let start = Instant::now();
-        let gate = world.gates[i % GATES].read().expect("gate");
-        let t0 = Instant::now();
-        let route = std::hint::black_box(world.table.route_read(key));
+        let t0 = start;
+        let guard = std::hint::black_box(world.table.read(key));
+        let route = guard.route();
         let t1 = Instant::now();
         let found = world.node(i, route).bytes(key);
-        drop(gate);
+        drop(guard);
         let t2 = Instant::now();
         stats.reads += 1;
         if timed {
@@ -574,7 +568,6 @@ fn main() {
         table: Table::default(),
         keys,
         on_target: (0..OBJECTS).map(|_| AtomicBool::new(false)).collect(),
-        gates: (0..GATES).map(|_| RwLock::new(())).collect(),
         drain: std::env::var_os("FERRY_TRAFFIC_NO_DRAIN").is_none(),
         migrating: AtomicBool::new(false),
     });
@@ -602,12 +595,15 @@ fn main() {
             assert_eq!(node, hook_world.b, "committed to an unknown node");
             let i = World::index(key);
             hook_world.on_target[i].store(true, Ordering::Release);
-            if hook_world.drain {
-                // Waits (briefly: a read holds it for one lookup and one in-memory read) for
-                // the reads of this gate that may have routed to the source before the flip.
-                drop(hook_world.gates[i % GATES].write().expect("gate"));
-            }
-            Box::pin(async { Ok(()) })
+            let (world, key) = (Arc::clone(&hook_world), key.clone());
+            Box::pin(async move {
+                if world.drain {
+                    // Waits (briefly: a read holds its guard for one lookup and one in-memory
+                    // read) for the reads that may have routed to the source before the flip.
+                    world.table.drain_reads(key.as_str()).await;
+                }
+                Ok(())
+            })
         })
         .build()
         .expect("engine");
@@ -666,7 +662,7 @@ fn main() {
         migrating.wall.as_secs_f64(),
     );
     println!(
-        "| phase | ops/s | reads timed | read p50 | read p99 | read p99.9 | route_read p50 | route_read p99 | route_read p99.9 | write p50 | write p99 | write p99.9 |"
+        "| phase | ops/s | reads timed | read p50 | read p99 | read p99.9 | Table::read p50 | Table::read p99 | Table::read p99.9 | write p50 | write p99 | write p99.9 |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let ops_per_sec = |s: &PhaseStats| (s.ops as f64 / s.wall.as_secs_f64()) as u64;
@@ -724,7 +720,7 @@ fn main() {
     );
     println!(
         "Migrating phase: {} of its {} reads ran while the job ran (timed), {} after it ended \
-         (checked, not timed); {:.1}% of its `route_read` calls found an entry (hits). \
+         (checked, not timed); {:.1}% of its `Table::read` calls found an entry (hits). \
          Final state: {} keys on the target only, {} on the source only (absent when the job \
          reached them, re-created there later), {} on both, {} deleted (on neither node).",
         thousands(timed_migrating),

@@ -13,7 +13,7 @@
 //!   100 ms, `RATE` bytes/s. With no record yet it is started; otherwise `Engine::recover`
 //!   resumes it. Then a second engine on the same checkpoint directory must be refused (I6).
 //! - Two client threads read, write (overwrites, hot keys), delete and re-create their own
-//!   keys through the table, as the engine's model test routes them (a read: `route_read`,
+//!   keys through the table, as the engine's model test routes them (a read: `Table::read`,
 //!   then the node it names or, on `Route::Source`, the placement map's node; a write or
 //!   delete: a `WriteTicket`, the node it names, the ticket dropped after the store
 //!   acknowledged). Every write is in the ledger before and after (`ferry_tests::crash`),
@@ -54,13 +54,11 @@ use ferry::types::{
 };
 use ferry_tests::crash::{self, CHECKPOINT_OBJECTS, CONCURRENCY, Checker, KeyState, Rng, Value};
 use futures_util::StreamExt;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use tokio::sync::broadcast::error::RecvError;
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Shards of the read drain (by key index).
-const SHARDS: usize = 64;
 const CLIENTS: usize = 2;
 /// Keys the job started copying lately, kept per client for its reads and writes.
 const RECENT: usize = 32;
@@ -256,7 +254,8 @@ impl CheckpointStore for Checkpoints {
     }
 }
 
-/// The storage system: two nodes, the table, the placement map, the read drain, the ledger.
+/// The storage system: two nodes, the table (reads counted, drained by the hook), the
+/// placement map, the ledger.
 struct World {
     keys: Vec<ObjectKey>,
     index: HashMap<String, usize>,
@@ -267,10 +266,6 @@ struct World {
     /// Per key: the commit hook placed it on the target.
     placed: Vec<AtomicBool>,
     placement_log: Mutex<File>,
-    /// Readers hold a read lock of their key's shard from `route_read` to the end of their
-    /// store read; the commit hook takes the write lock once before it returns, so no read
-    /// that routed to the source before the flip is still running when the source goes.
-    drain: Vec<RwLock<()>>,
     ledger: Mutex<File>,
     states: Vec<Mutex<KeyState>>,
     /// Per client, keys of its own that the job started copying lately (`[id][0]`: their
@@ -307,8 +302,8 @@ impl World {
     }
 
     /// The commit hook's work for `key`: place it on the target, durably enough (the log
-    /// line is written before the source can go), then drain the reads that routed to the
-    /// source before the flip.
+    /// line is written before the source can go); the hook then drains the reads that
+    /// routed to the source before the flip (`Table::drain_reads`).
     fn commit(&self, key: &ObjectKey, node: NodeId) -> Result<(), BoxError> {
         if node != self.dst_node {
             return Err(format!("commit of {key:?} to unknown node {node}").into());
@@ -321,8 +316,6 @@ impl World {
         self.placement_log
             .lock()
             .write_all(format!("{key}\n").as_bytes())?;
-        drop(self.drain[i % SHARDS].write());
-        self.killer.on_hook();
         Ok(())
     }
 }
@@ -384,7 +377,6 @@ async fn run(args: Args) -> Result<(), AnyError> {
         table: table.clone(),
         placed,
         placement_log: Mutex::new(append(&dir.join(crash::PLACEMENT))?),
-        drain: (0..SHARDS).map(|_| RwLock::new(())).collect(),
         ledger: Mutex::new(append(&dir.join(crash::LEDGER))?),
         states: replay.states.into_iter().map(Mutex::new).collect(),
         recent: (0..CLIENTS)
@@ -404,7 +396,14 @@ async fn run(args: Args) -> Result<(), AnyError> {
         .forwarding(table.clone())
         .commit_hook(move |key, node| {
             let result = hook_world.commit(key, node);
-            Box::pin(std::future::ready(result))
+            let (world, key) = (Arc::clone(&hook_world), key.clone());
+            Box::pin(async move {
+                result?;
+                // The reads that routed to the source before the flip end before it goes.
+                world.table.drain_reads(key.as_str()).await;
+                world.killer.on_hook();
+                Ok(())
+            })
         })
         .build()?;
     let job = JobId::new(crash::JOB_ID)?;
@@ -637,15 +636,15 @@ fn client(world: &World, id: usize, seed: u64) {
 /// Reads key `i` through the table and checks what it finds against the ledger (I2, I3).
 fn read(world: &World, runtime: &tokio::runtime::Runtime, i: usize, slow_us: u64, what: &str) {
     let key = &world.keys[i];
-    let drain = world.drain[i % SHARDS].read();
-    let route = world.table.route_read(key.as_str());
+    let guard = world.table.read(key.as_str());
+    let route = guard.route();
     let store = world.node(i, route);
     if slow_us > 0 {
         // A slow request: routed, then queued before it reaches the node.
         std::thread::sleep(Duration::from_micros(slow_us));
     }
     let found = runtime.block_on(read_object(store, key));
-    drop(drain);
+    drop(guard);
     let mut state = world.states[i].lock();
     match found {
         Ok(value) if state.allows(value) => {

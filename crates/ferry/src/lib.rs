@@ -16,48 +16,125 @@
 //! | [`engine`] | `ferry-engine` | the job runner |
 //! | `object_store` | `ferry-object-store` | a `Store` over S3, GCS, Azure (feature `object-store`) |
 //!
-//! # Example: move a prefix between two stores, watch it, wait
+//! # Example: a storage system that keeps serving while a prefix moves
+//! The complete request path an embedder needs, and the only safe one when sources are
+//! deleted: reads go through [`Table::read_with`](forwarding::Table::read_with) (routed by
+//! the table while a key moves, by the system's own [`Placement`](forwarding::Placement)
+//! otherwise) and hold their guard until the node answered; writes hold a
+//! [`WriteTicket`](forwarding::WriteTicket) until acknowledged; the commit hook places the
+//! key on its new node, then drains the reads that were sent to the old one before the flip
+//! ([`Table::drain_reads`](forwarding::Table::drain_reads)), and only then may the engine
+//! delete the source.
 //! ```
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn main() -> Result<(), ferry::store::BoxError> {
+//! use std::collections::HashMap;
 //! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicBool, Ordering};
 //!
 //! use ferry::checkpoint::MemoryStore;
-//! use ferry::store::{MemStore, Store, body_from_bytes};
-//! use ferry::forwarding::{Route, Table};
+//! use ferry::forwarding::{Placement, Table};
+//! use ferry::store::{BoxError, BoxFuture, Bytes, MemStore, Store, body_from_bytes};
 //! use ferry::types::{CleanupPolicy, JobStatus, MigrationPlan, NodeId, ObjectKey, ObjectSelection};
 //! use ferry::Engine;
 //!
-//! // Two storage nodes; the old one holds 100 photos.
-//! let (old, new) = (NodeId::new("disk-old")?, NodeId::new("disk-new")?);
-//! let old_store = Arc::new(MemStore::new());
-//! for i in 0..100 {
-//!     let key = ObjectKey::new(format!("photos/{i:03}.jpg"))?;
-//!     old_store.put(&key, body_from_bytes(vec![i as u8; 4096].into(), 1024)).await?;
+//! /// The storage system: its nodes, where each key lives, and the forwarding table.
+//! struct System {
+//!     nodes: HashMap<NodeId, Arc<dyn Store>>,
+//!     placement: Placement,
+//!     table: Table,
 //! }
 //!
-//! // The storage system keeps consulting this table on its request path while keys move.
-//! let table = Table::default();
+//! impl System {
+//!     /// A read: the node the key lives on now, read while the guard is held.
+//!     async fn read(&self, key: &ObjectKey) -> Result<u64, BoxError> {
+//!         let (node, guard) = self.table.read_with(key.as_str(), &self.placement);
+//!         let size = self.nodes[&node].head(key).await?.ok_or("lost a read")?.size;
+//!         drop(guard); // the node answered
+//!         Ok(size)
+//!     }
+//!
+//!     /// A write: where the ticket says, acknowledged before the ticket goes.
+//!     async fn write(&self, key: &ObjectKey, data: Bytes) -> Result<(), BoxError> {
+//!         let ticket = self.table.begin_write(key.as_str()).await?;
+//!         let node = self.placement.resolve(key.as_str(), ticket.route());
+//!         self.nodes[&node].put(key, body_from_bytes(data, 1 << 20)).await?;
+//!         drop(ticket); // acknowledged
+//!         Ok(())
+//!     }
+//! }
+//!
+//! // Two storage nodes; every key lives on the old one, which holds 100 photos.
+//! let (old, new) = (NodeId::new("disk-old")?, NodeId::new("disk-new")?);
+//! let (old_store, new_store) = (Arc::new(MemStore::new()), Arc::new(MemStore::new()));
+//! let system = Arc::new(System {
+//!     nodes: HashMap::from([
+//!         (old, old_store.clone() as Arc<dyn Store>),
+//!         (new, new_store.clone() as Arc<dyn Store>),
+//!     ]),
+//!     placement: Placement::new(old),
+//!     table: Table::default(),
+//! });
+//! let key = |i: usize| ObjectKey::new(format!("photos/{i:03}.jpg"));
+//! for i in 0..100 {
+//!     system.write(&key(i)?, vec![i as u8; 4096].into()).await?;
+//! }
+//!
+//! // The commit hook: the key is placed on its new node (a real system persists this),
+//! // then the reads sent to the old node before the flip are waited for.
+//! let hooked = Arc::clone(&system);
+//! let hook = move |key: &ObjectKey, target: NodeId| -> BoxFuture<'static, Result<(), BoxError>> {
+//!     let (system, key) = (Arc::clone(&hooked), key.clone());
+//!     Box::pin(async move {
+//!         system.placement.set(&key, target);
+//!         system.table.drain_reads(key.as_str()).await;
+//!         Ok(())
+//!     })
+//! };
 //! let engine = Engine::builder()
 //!     .node(old, old_store.clone())
-//!     .node(new, Arc::new(MemStore::new()))
+//!     .node(new, new_store.clone())
 //!     .checkpoint_store(Arc::new(MemoryStore::new())) // `FileStore` to survive a restart
-//!     .forwarding(table.clone())
+//!     .forwarding(system.table.clone())
+//!     .commit_hook(hook)
 //!     .build()?;
+//!
+//! // Clients keep reading every photo while the prefix moves; not one read may fail.
+//! let moving = Arc::new(AtomicBool::new(true));
+//! let client = tokio::spawn({
+//!     let (system, moving) = (Arc::clone(&system), Arc::clone(&moving));
+//!     async move {
+//!         let mut reads = 0u64;
+//!         loop {
+//!             for i in 0..100 {
+//!                 assert_eq!(system.read(&key(i)?).await?, 4096);
+//!                 reads += 1;
+//!             }
+//!             if !moving.load(Ordering::Relaxed) {
+//!                 return Ok::<_, BoxError>(reads);
+//!             }
+//!             tokio::task::yield_now().await;
+//!         }
+//!     }
+//! });
 //!
 //! let plan = MigrationPlan::new(old, new, ObjectSelection::prefix("photos/"))
 //!     .with_rate("200MiB/s".parse()?)
-//!     .with_cleanup(CleanupPolicy::AfterVerify);
+//!     .with_cleanup(CleanupPolicy::AfterVerify); // each source deleted once it is safe
 //! let job = engine.start(plan).await?;
 //! let mut progress = job.watch(); // snapshots as the job runs
 //! let done = job.wait().await?;
+//! moving.store(false, Ordering::Relaxed);
+//! let reads = client.await??;
 //!
 //! assert_eq!(done.status, JobStatus::Completed);
 //! assert_eq!(done.done_objects, 100);
 //! assert_eq!(progress.borrow_and_update().status, JobStatus::Completed);
-//! // Reads of a moved key now go to the new node, and the old copies are gone.
-//! assert_eq!(table.route_read("photos/007.jpg"), Route::Target(new));
+//! assert!(reads >= 100);
+//! // Every photo lives on the new node now, and the old copies are gone.
+//! assert_eq!(system.placement.node_of("photos/007.jpg"), new);
 //! assert!(old_store.is_empty());
+//! assert_eq!(system.read(&key(7)?).await?, 4096);
 //! # Ok(()) }
 //! ```
 //!

@@ -35,11 +35,14 @@ pub use self::job::{CancelReport, JobHandle, ObjectEvent};
 /// Reads in flight across the flip: a read that asked `route_read` just before the flip was
 /// sent to the source and may still be reading it when the hook runs. With
 /// [`CleanupPolicy::AfterVerify`](ferry_types::CleanupPolicy) the source is deleted as soon
-/// as the hook returns, so the hook must wait for such reads to end (SPEC I2): for example,
-/// readers hold a shared lock of their key's stripe from `route_read` to the end of the
-/// read, and the hook takes that stripe's lock exclusively once (the traffic bench,
-/// `benches/benches/traffic.rs`, does exactly that). With `AfterGrace` the grace period
-/// covers reads shorter than it; with `Never` nothing is deleted.
+/// as the hook returns, so the hook must wait for such reads to end (SPEC I2): readers take
+/// a [`ReadGuard`](ferry_forwarding::ReadGuard) ([`Table::read`](ferry_forwarding::Table::read)
+/// or [`read_with`](ferry_forwarding::Table::read_with)) and hold it until the node answered,
+/// and the hook, after placing the key on `target` (e.g. in a
+/// [`Placement`](ferry_forwarding::Placement), which outlives the table's TTL), awaits
+/// [`Table::drain_reads`](ferry_forwarding::Table::drain_reads). The `ferry` facade's first
+/// example is that request path, complete. With `AfterGrace` the grace period covers reads
+/// shorter than it; with `Never` nothing is deleted.
 pub type CommitHook =
     Arc<dyn Fn(&ObjectKey, NodeId) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
 
