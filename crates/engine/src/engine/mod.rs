@@ -390,16 +390,30 @@ impl Engine {
         if resumed {
             let table = &self.inner.table;
             let progress = &acquired.record.progress;
-            let reloaded = async {
-                let (updates, flipped) =
-                    pipeline::resolve_flips(table, &plan, &*source, &*target, &progress.flips)
-                        .await?;
-                if !retrying {
-                    pipeline::reload_forwarded(table, &plan, &*target, progress).await?;
+            // Both steps only read, forward and remove copies the journal disowns: run again
+            // after a transient store error, as the plan's retry policy allows.
+            let mut attempts = 0;
+            let reloaded = loop {
+                attempts += 1;
+                let reloaded = async {
+                    let (updates, flipped) =
+                        pipeline::resolve_flips(table, &plan, &*source, &*target, &progress.flips)
+                            .await?;
+                    if !retrying {
+                        pipeline::reload_forwarded(table, &plan, &*target, progress).await?;
+                    }
+                    Ok::<_, Error>((updates, flipped))
                 }
-                Ok::<_, Error>((updates, flipped))
-            }
-            .await;
+                .await;
+                let retry = &plan.options.retry;
+                match reloaded {
+                    Err(err) if err.is_transient() && retry.should_retry(attempts) => {
+                        tracing::warn!(job = %id, attempt = attempts, error = %err, "transient error while resuming, retrying");
+                        tokio::time::sleep(retry.backoff(attempts, 0.5)).await;
+                    }
+                    reloaded => break reloaded,
+                }
+            };
             match reloaded {
                 Ok((updates, flipped)) => (journal_updates, committed) = (updates, flipped),
                 Err(err) => {

@@ -835,9 +835,7 @@ fn needs_sync(batch: &[Outcome]) -> bool {
 
 /// The target's sync barrier, retried per the plan.
 async fn sync_target(ctx: &JobCtx) -> Result<()> {
-    with_retry(ctx, "sync", || ctx.target.sync())
-        .await
-        .map_err(|(_, err)| err)
+    sync_with_retry(ctx).await.map_err(|(_, err)| err)
 }
 
 /// A batch whose target sync is under way while the pipeline goes on copying: the sync
@@ -1096,12 +1094,38 @@ fn jitter_unit(attempt: u32) -> f64 {
     (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Runs `op` until it succeeds, fails permanently or the retry policy is spent. The error
-/// comes with the attempts made.
+/// Runs `op` until it succeeds, fails permanently or the retry policy is spent (or the job is
+/// cancelled: a copy stops at once). The error comes with the attempts made.
 async fn with_retry<'a, T, E, F>(
     ctx: &'a JobCtx,
     what: &'static str,
+    op: impl FnMut() -> F,
+) -> Result<T, (u32, Error)>
+where
+    F: std::future::Future<Output = Result<T, E>> + 'a,
+    E: Into<Error>,
+{
+    retrying(ctx, what, op, || ctx.shared.is_cancelled()).await
+}
+
+/// The target's `sync`, retried as [`with_retry`] retries, through a cancel: a cancelled job
+/// still commits what it flipped and rolls back the rest, and a sync that failed once more
+/// would fail the whole job instead. Only a job stopping on an error gives up at once.
+async fn sync_with_retry(ctx: &JobCtx) -> Result<(), (u32, Error)> {
+    retrying(
+        ctx,
+        "sync",
+        || ctx.target.sync(),
+        || ctx.shared.is_failing(),
+    )
+    .await
+}
+
+async fn retrying<'a, T, E, F>(
+    ctx: &'a JobCtx,
+    what: &'static str,
     mut op: impl FnMut() -> F,
+    give_up: impl Fn() -> bool,
 ) -> Result<T, (u32, Error)>
 where
     F: std::future::Future<Output = Result<T, E>> + 'a,
@@ -1115,7 +1139,7 @@ where
             Ok(value) => return Ok(value),
             Err(err) if err.is_transient() && retry.should_retry(attempts) => {
                 tracing::warn!(what, attempt = attempts, error = %error_chain(&err), "transient error, retrying");
-                if ctx.shared.is_cancelled() {
+                if give_up() {
                     return Err((attempts, err));
                 }
                 tokio::time::sleep(retry.backoff(attempts, jitter_unit(attempts))).await;
@@ -1470,7 +1494,7 @@ async fn fenced_flip(
             Some(copied) => copied,
             None => unreachable!("only a copy given a generation reports a written source"),
         };
-        if let Err((attempts, err)) = with_retry(ctx, "sync", || ctx.target.sync()).await {
+        if let Err((attempts, err)) = sync_with_retry(ctx).await {
             return Err(fail(attempts, err));
         }
         let intent = ProgressUpdate::FlipIntent {

@@ -4,8 +4,15 @@
 //! against a ledger of acknowledged writes as it happens; at the end the stores are checked
 //! against the same ledger (SPEC I1, I2, I3).
 //!
-//! `PROPTEST_CASES` sets the number of cases (default 64 here; `cargo xtask crash` runs
-//! more).
+//! Two runtimes: a single-thread one on tokio's paused clock, where a case is deterministic
+//! (a failing case reproduces), and real threads (a multi-thread runtime, the real clock),
+//! where reads in flight race the flips and cleanups as they do in production: a read
+//! routes, waits a little (a request queued on its way to the node), then reads, holding its
+//! `ReadGuard` throughout, and the commit hook drains such reads (`Table::drain_reads`).
+//!
+//! `PROPTEST_CASES` sets the number of cases (default 64 paused, and a quarter of it, at least
+//! 4, on real threads; `cargo xtask crash` runs more). Failing real-thread cases are kept in
+//! `model.proptest-regressions` beside this file and run first next time.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -150,12 +157,29 @@ struct World {
     target: MemStore,
     placed_on_target: Mutex<std::collections::HashSet<ObjectKey>>,
     table: RwLock<Table>,
+    /// How long a read waits between its route and its read of the node, and what a
+    /// virtual millisecond of the case lasts (`None`: the paused clock, no wait).
+    real: Option<Real>,
     /// Latest acknowledged content per key; `None`: deleted.
     ledger: Mutex<HashMap<ObjectKey, Option<Bytes>>>,
     failed_reads: Mutex<Vec<String>>,
 }
 
+/// The real-thread runtime's timings.
+#[derive(Debug, Clone, Copy)]
+struct Real {
+    /// A case's millisecond, in real time.
+    tick: Duration,
+}
+
 impl World {
+    /// `ms` of the case's time: virtual milliseconds on the paused clock, `Real::tick`s on
+    /// real threads.
+    async fn pass(&self, ms: u64) {
+        let step = self.real.map_or(Duration::from_millis(1), |real| real.tick);
+        tokio::time::sleep(step * u32::try_from(ms).unwrap()).await;
+    }
+
     fn node(&self, key: &ObjectKey, route: Route) -> &MemStore {
         match route {
             Route::Source if self.placed_on_target.lock().contains(key) => &self.target,
@@ -170,8 +194,15 @@ impl World {
     /// A read through the table must find the latest acknowledged content (I2, I3).
     async fn read(&self, key: &ObjectKey, when: &str) {
         let table = self.table.read().await;
-        let route = table.route_read(key.as_str());
-        let found = self.node(key, route).bytes(key.as_str());
+        let guard = table.read(key.as_str());
+        let route = guard.route();
+        let node = self.node(key, route);
+        if let Some(real) = self.real {
+            // Queued on its way to the node: the flip and the cleanup may run meanwhile.
+            tokio::time::sleep(real.tick * (1 + key.as_str().len() as u32 % 3)).await;
+        }
+        let found = node.bytes(key.as_str());
+        drop(guard);
         let expected = self.ledger.lock().get(key).cloned().flatten();
         if found != expected {
             self.failed_reads.lock().push(format!(
@@ -205,7 +236,7 @@ impl World {
 async fn client(world: Arc<World>, ops: Vec<ClientOp>) {
     let mut deleted = std::collections::HashSet::new();
     for op in ops {
-        tokio::time::sleep(Duration::from_millis(op.delay)).await;
+        world.pass(op.delay).await;
         let key = model_key(op.key);
         match op.action {
             Action::Read => world.read(&key, "during the job").await,
@@ -232,6 +263,7 @@ fn build_engine(
     checkpoints: Arc<dyn CheckpointStore>,
 ) -> Engine {
     let world = Arc::clone(world);
+    let hook_table = table.clone();
     Engine::builder()
         .node(a(), Arc::new(source.clone()))
         .node(b(), Arc::new(target.clone()))
@@ -240,18 +272,24 @@ fn build_engine(
         .commit_hook(move |key, node| {
             assert_eq!(node, b());
             world.placed_on_target.lock().insert(key.clone());
-            Box::pin(async { Ok(()) })
+            // Reads that routed to the source before the flip end before it may go (I2).
+            let (table, key) = (hook_table.clone(), key.clone());
+            Box::pin(async move {
+                table.drain_reads(key.as_str()).await;
+                Ok(())
+            })
         })
         .build()
         .unwrap()
 }
 
-async fn run_case(case: Case) -> Result<(), TestCaseError> {
+async fn run_case(case: Case, real: Option<Real>) -> Result<(), TestCaseError> {
     let world = Arc::new(World {
         source: MemStore::with_chunk_size(16),
         target: MemStore::with_chunk_size(16),
         placed_on_target: Mutex::new(std::collections::HashSet::new()),
         table: RwLock::new(Table::default()),
+        real,
         ledger: Mutex::new(HashMap::new()),
         failed_reads: Mutex::new(Vec::new()),
     });
@@ -295,7 +333,12 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
             every: Duration::from_millis(20),
         });
     if case.slow {
-        plan = plan.with_rate(Rate::bytes_per_sec(512).unwrap());
+        // On real threads a case's millisecond is shorter: the rate is raised to match.
+        let rate = match real {
+            None => 512,
+            Some(real) => (512 * 1_000_000 / real.tick.as_micros().max(1)) as u64,
+        };
+        plan = plan.with_rate(Rate::bytes_per_sec(rate).unwrap());
     }
 
     let engine = build_engine(
@@ -312,20 +355,20 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
     let (snapshot, _engine) = match case.control {
         Control::None => (handle.wait().await, engine),
         Control::Pause { at, for_ms } => {
-            tokio::time::sleep(Duration::from_millis(at)).await;
+            world.pass(at).await;
             handle.pause().await;
-            tokio::time::sleep(Duration::from_millis(for_ms)).await;
+            world.pass(for_ms).await;
             handle.resume();
             (handle.wait().await, engine)
         }
         Control::Cancel { at } => {
-            tokio::time::sleep(Duration::from_millis(at)).await;
+            world.pass(at).await;
             cancelled = true;
             let report = handle.cancel().await.unwrap();
             (Ok(report.snapshot.unwrap()), engine)
         }
         Control::Crash { at } => {
-            tokio::time::sleep(Duration::from_millis(at)).await;
+            world.pass(at).await;
             let finished = handle.snapshot().status.is_finished();
             if finished {
                 (handle.wait().await, engine)
@@ -460,9 +503,37 @@ proptest! {
         // A deadlock would park a paused runtime for good; an hour of virtual time (far
         // beyond any case) turns it into a failure with its case.
         runtime.block_on(async {
-            tokio::time::timeout(Duration::from_secs(3600), run_case(case))
+            tokio::time::timeout(Duration::from_secs(3600), run_case(case, None))
                 .await
                 .map_err(|_| TestCaseError::fail("the case did not end (deadlock)"))?
+        })?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse::<u32>().ok())
+            .map_or(16, |c| (c / 4).max(4)),
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn i1_i2_i3_hold_on_real_threads_with_reads_in_flight(case in case()) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        // A case's millisecond lasts 100 µs here: a case takes at most about a tenth of a
+        // second of its own time plus the engine's.
+        let real = Real { tick: Duration::from_micros(100) };
+        runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(120), run_case(case, Some(real)))
+                .await
+                .map_err(|_| TestCaseError::fail("the case did not end in 2 minutes (deadlock)"))?
         })?;
     }
 }
@@ -498,7 +569,7 @@ fn regression_pause_after_the_last_key_was_dispatched() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(3600), run_case(case))
+        tokio::time::timeout(Duration::from_secs(3600), run_case(case, None))
             .await
             .expect("the pause ended")
             .unwrap();
