@@ -1,0 +1,190 @@
+//! CLEANUP: the grace period, the commit hook, the source re-checked and deleted (I1); and the
+//! rollback of a cancelled copy.
+
+use ferry_checkpoint::ProgressUpdate;
+use ferry_types::{CleanupPolicy, ObjectKey, ObjectState};
+
+use super::super::job::JobShared;
+use crate::error::Error;
+
+use super::commit::commit_hook;
+use super::retry::{error_chain, with_retry};
+use super::verify::{digest, same_content};
+use super::{CopiedFrom, JobCtx, Outcome};
+
+/// Counts an object waiting out its grace period in `JobShared::grace_waiting` while alive.
+pub(super) struct GraceWait<'a>(pub(super) &'a JobShared);
+
+impl<'a> GraceWait<'a> {
+    pub(super) fn enter(shared: &'a JobShared) -> GraceWait<'a> {
+        shared.grace_waiting.send_modify(|n| *n += 1);
+        GraceWait(shared)
+    }
+}
+
+impl Drop for GraceWait<'_> {
+    fn drop(&mut self) {
+        self.0
+            .grace_waiting
+            .send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Rolls back the move of `key`, stopped by a cancel before its flip: its entry goes (reads
+/// and writes stay on the source), and so does the copy this run wrote on the target
+/// (`wrote`), so that nothing the job copied outlives it unaccounted (SPEC I8). A copy that
+/// cannot be removed keeps its copy intent in the record.
+pub(super) async fn rolled_back(ctx: &JobCtx, key: ObjectKey, wrote: bool) -> Outcome {
+    ctx.engine.table.remove_owned(key.as_str(), &ctx.shared.id);
+    let removed = if ctx.shared.is_failing() {
+        // A job stopping on an error may have lost its lease to another process moving the
+        // same keys: it touches no store then, and its intents stay for the next run.
+        false
+    } else if !wrote {
+        true
+    } else {
+        match ctx.target.delete(&key).await {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::warn!(key = %key.as_str(), error = %error_chain(&err), "the rolled-back copy could not be removed from the target");
+                false
+            }
+        }
+    };
+    if removed {
+        ctx.checkpointer
+            .record(ProgressUpdate::CopyDropped { key: key.clone() });
+    }
+    ctx.shared.rolled_back.lock().push(key.clone());
+    Outcome::RolledBack { key }
+}
+
+/// CLEANUP per the policy, first half: waits out the grace period; the rest (commit hook,
+/// version re-check, delete) runs at the next commit, after the target sync
+/// ([`finish_cleanup`]).
+pub(super) async fn cleanup(
+    ctx: &JobCtx,
+    key: ObjectKey,
+    copied: CopiedFrom,
+    bytes: u64,
+) -> Outcome {
+    let grace = match ctx.plan.options.cleanup {
+        CleanupPolicy::Never => {
+            return Outcome::Forwarded {
+                key,
+                copied,
+                bytes,
+                delete: false,
+            };
+        }
+        CleanupPolicy::AfterVerify => None,
+        CleanupPolicy::AfterGrace(grace) => Some(grace),
+    };
+    if let Some(grace) = grace {
+        let mut cancelled = ctx.shared.cancelled.subscribe();
+        let _waiting = GraceWait::enter(&ctx.shared);
+        tokio::select! {
+            () = tokio::time::sleep(grace) => {}
+            _ = cancelled.wait_for(|c| *c) => {
+                // Cancelled during the grace period: the flip is committed and writes may
+                // have reached the target through it, so it is never left half-done (I8).
+                // The commit finishes (the hook runs: the placement serves the target) and
+                // the source is kept, its grace period cut short.
+                ctx.shared.kept.lock().push(key.clone());
+                return Outcome::Forwarded {
+                    key,
+                    copied,
+                    bytes,
+                    delete: false,
+                };
+            }
+        }
+    }
+    Outcome::Forwarded {
+        key,
+        copied,
+        bytes,
+        delete: true,
+    }
+}
+
+/// CLEANUP, second half, called by the commit once the target sync completed: calls the
+/// commit hook, then (when the policy deletes) deletes the source only if it still has the
+/// version that was copied (I1). A failing hook keeps the source and fails the object (it
+/// stays forwarded). When an earlier run made the copy, the source is deleted only if it
+/// hashes to the digest that run journaled, or (no journal entry) to the target's content;
+/// else it is kept.
+pub(super) async fn finish_cleanup(
+    ctx: &JobCtx,
+    key: ObjectKey,
+    copied: CopiedFrom,
+    bytes: u64,
+    delete: bool,
+) -> Outcome {
+    // The hook runs after the flip and the sync, before the source goes.
+    if let Err(error) = commit_hook(ctx, &key).await {
+        return Outcome::Failed {
+            key,
+            attempts: 1,
+            error,
+        };
+    }
+    if !delete {
+        return Outcome::Done { key, bytes };
+    }
+    let head = match with_retry(ctx, "head", || ctx.source.head(&key)).await {
+        Ok(head) => head,
+        Err((attempts, error)) => {
+            return Outcome::Failed {
+                key,
+                attempts,
+                error,
+            };
+        }
+    };
+    let Some(meta) = head else {
+        return Outcome::Done { key, bytes };
+    };
+    let same = match &copied {
+        // The source changed since it was copied (a write outside the table): keep it.
+        CopiedFrom::Version(version) => Ok(*version == meta.version),
+        CopiedFrom::Digest(expected) => {
+            with_retry(ctx, "compare", || async {
+                let source = digest(&*ctx.source, &key).await?;
+                Ok::<_, Error>(source.is_some_and(|(_, hash)| hash.as_bytes() == expected))
+            })
+            .await
+        }
+        CopiedFrom::Unknown => with_retry(ctx, "compare", || same_content(ctx, &key)).await,
+    };
+    match same {
+        Ok(true) => {}
+        // Not provably the same bytes: never delete what may be the only copy (I1).
+        Ok(false) => {
+            tracing::warn!(
+                key = %key.as_str(),
+                "source kept: it changed since it was copied (a write outside the forwarding table)"
+            );
+            ctx.left.lock().insert(key.clone());
+            return Outcome::Done { key, bytes };
+        }
+        Err((attempts, error)) => {
+            return Outcome::Failed {
+                key,
+                attempts,
+                error,
+            };
+        }
+    }
+    match with_retry(ctx, "delete", || ctx.source.delete(&key)).await {
+        Ok(_) => {
+            ctx.shared.emit(&key, ObjectState::Cleaned);
+            Outcome::Done { key, bytes }
+        }
+        Err((attempts, error)) => Outcome::Failed {
+            key,
+            attempts,
+            error,
+        },
+    }
+}

@@ -1,0 +1,252 @@
+//! FORWARD at a commit: the flip intents journaled, the flips, their outcome saved; then each
+//! forwarded object's hook and cleanup (SPEC I1, I2, I3).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use ferry_checkpoint::{Checkpointer, ProgressUpdate};
+use ferry_forwarding::Conflict;
+use ferry_types::{CleanupPolicy, ObjectKey, ObjectState};
+use futures_util::StreamExt;
+use tokio::task::JoinSet;
+
+use crate::error::{Error, Result};
+
+use super::cleanup::{cleanup, finish_cleanup, rolled_back};
+use super::drive::{Order, spawn_process};
+use super::retry::error_chain;
+use super::{CopiedFrom, JobCtx, Outcome};
+
+/// The commit of a batch whose copies the target has made durable (one `sync` for the
+/// whole batch, by [`Commits`](super::drive::Commits)): flips the verified objects,
+/// journaled (the intents saved before the flips, the outcome after them: SPEC I2, I3);
+/// finishes the forwarded objects (commit hook, version re-check, source delete: never
+/// before a completed target sync, I1); then records the finished objects (sync before
+/// record: an object recorded done is on the target durably, I1/I4). A refused flip sends
+/// its object back to copy again, and a grace period is waited out on the task set: both
+/// come back in a later batch.
+pub(super) async fn commit_synced(
+    ctx: &Arc<JobCtx>,
+    checkpointer: &Checkpointer,
+    batch: Vec<Outcome>,
+    order: &mut Order,
+    set: &mut JoinSet<Outcome>,
+) -> Result<()> {
+    let (verified, mut batch): (Vec<Outcome>, Vec<Outcome>) = batch
+        .into_iter()
+        .partition(|o| matches!(o, Outcome::Verified { .. }));
+    // The flips of the batch are committed, durably, before any of its sources goes: after
+    // a crash, a journaled key whose source is gone was cleaned, not deleted by a user. The
+    // keys forwarded so far were flipped by their own task (fenced hot keys, keys flipped by
+    // an earlier run); `flip_verified` commits its own flips, and its save carries these too.
+    let mut flipped = false;
+    for outcome in &batch {
+        if let Outcome::Forwarded { key, .. } = outcome {
+            checkpointer.record(ProgressUpdate::FlipCommitted { key: key.clone() });
+            flipped = true;
+        }
+    }
+    let saved = flip_verified(ctx, checkpointer, verified, &mut batch, order, set).await?;
+    if flipped && !saved {
+        checkpointer.flush().await?;
+    }
+    let batch: Vec<Outcome> = futures_util::stream::iter(batch)
+        .map(|outcome| async move {
+            match outcome {
+                Outcome::Forwarded {
+                    key,
+                    copied,
+                    bytes,
+                    delete,
+                } => finish_cleanup(ctx, key, copied, bytes, delete).await,
+                other => other,
+            }
+        })
+        .buffered(ctx.plan.options.concurrency.get())
+        .collect()
+        .await;
+    let shared = &ctx.shared;
+    // The snapshot's counters move once for the whole batch.
+    let (mut done, mut done_bytes, mut skipped, mut failed, mut unfailed) = (0, 0, 0, 0, 0);
+    for outcome in batch {
+        match outcome {
+            Outcome::Done { key, bytes } => {
+                shared.emit(&key, ObjectState::Done);
+                order.finished.insert(key.clone());
+                unfailed += u64::from(ctx.failed_before.contains(&key));
+                checkpointer.record(ProgressUpdate::Done { key, bytes });
+                done += 1;
+                done_bytes += bytes;
+            }
+            Outcome::Skipped { key } => {
+                shared.emit(&key, ObjectState::Skipped);
+                order.finished.insert(key.clone());
+                unfailed += u64::from(ctx.failed_before.contains(&key));
+                checkpointer.record(ProgressUpdate::Skipped { key });
+                done += 1;
+                skipped += 1;
+            }
+            Outcome::Failed {
+                key,
+                attempts,
+                error,
+            } => {
+                let error = error_chain(&error);
+                tracing::warn!(key = %key.as_str(), attempts, error = %error, "object failed");
+                shared.emit(
+                    &key,
+                    ObjectState::Failed {
+                        attempts,
+                        last_error: error.clone(),
+                    },
+                );
+                order.finished.insert(key.clone());
+                ctx.left.lock().insert(key.clone());
+                failed += u64::from(!ctx.failed_before.contains(&key));
+                checkpointer.record(ProgressUpdate::Failed {
+                    key,
+                    attempts,
+                    error,
+                });
+            }
+            // Forwarded ones were finished above; verified ones were flipped.
+            Outcome::RolledBack { .. } | Outcome::Forwarded { .. } | Outcome::Verified { .. } => {}
+        }
+    }
+    if done + failed + unfailed > 0 {
+        shared.publish(|s| {
+            s.done_objects += done;
+            s.done_bytes += done_bytes;
+            s.skipped_objects += skipped;
+            s.failed_objects = (s.failed_objects + failed).saturating_sub(unfailed);
+        });
+    }
+    // Every key up to the watermark is recorded finished, so the record's done set stays
+    // bounded by what is in flight (keys are dispatched in key order).
+    let mut watermark = None;
+    while let Some(front) = order.dispatched.front() {
+        if !order.finished.remove(front) {
+            break;
+        }
+        watermark = order.dispatched.pop_front();
+    }
+    // A retry run's keys are not a prefix of the job's key order: the watermark stays.
+    if let Some(key) = watermark.filter(|_| ctx.retry_keys.is_none()) {
+        checkpointer.record(ProgressUpdate::Watermark(key));
+    }
+    Ok(())
+}
+
+/// The FORWARD step of a batch of verified objects, after the target sync: journals the
+/// intents and saves them, flips each key (the generation check, I3), then saves which
+/// flips were made (committed) and which were refused (void) before anything else happens
+/// to them. Flipped objects go on to their cleanup (`out`, or the task set for a grace
+/// period); refused ones are copied again on the task set. After a cancel nothing is
+/// flipped: the objects are rolled back. Returns whether it saved the checkpoint (then
+/// everything recorded before the call is durable too).
+pub(super) async fn flip_verified(
+    ctx: &Arc<JobCtx>,
+    checkpointer: &Checkpointer,
+    verified: Vec<Outcome>,
+    out: &mut Vec<Outcome>,
+    order: &mut Order,
+    set: &mut JoinSet<Outcome>,
+) -> Result<bool> {
+    if verified.is_empty() {
+        return Ok(false);
+    }
+    let shared = &ctx.shared;
+    let table = &ctx.engine.table;
+    if shared.is_cancelled() {
+        for outcome in verified {
+            if let Outcome::Verified { key, .. } = outcome {
+                shared.emit(&key, ObjectState::Pending);
+                out.push(rolled_back(ctx, key, true).await);
+            }
+        }
+        return Ok(false);
+    }
+    for outcome in &verified {
+        if let Outcome::Verified { key, copied, .. } = outcome {
+            checkpointer.record(ProgressUpdate::FlipIntent {
+                key: key.clone(),
+                digest: copied.digest,
+            });
+        }
+    }
+    checkpointer.flush().await?;
+    let mut flipped = Vec::new();
+    let mut again = Vec::new();
+    for outcome in verified {
+        let Outcome::Verified {
+            key,
+            observed,
+            copied,
+            refused,
+        } = outcome
+        else {
+            continue;
+        };
+        match table.try_flip(key.as_str(), observed) {
+            Ok(()) => {
+                shared.forwarded.fetch_add(1, Ordering::Relaxed);
+                shared.emit(&key, ObjectState::Forwarded);
+                checkpointer.record(ProgressUpdate::FlipCommitted { key: key.clone() });
+                flipped.push((key, copied));
+            }
+            Err(Conflict::WritesSinceCopyBegan { .. } | Conflict::WritesInFlight { .. }) => {
+                // A write since the copy began: the copy runs again (I3).
+                checkpointer.record(ProgressUpdate::FlipDropped { key: key.clone() });
+                shared.emit(&key, ObjectState::Pending);
+                again.push((key, refused + 1));
+            }
+            Err(cause) => {
+                table.remove_owned(key.as_str(), &shared.id);
+                out.push(Outcome::Failed {
+                    key: key.clone(),
+                    attempts: refused + 1,
+                    error: Error::FlipRefused {
+                        key: key.clone(),
+                        cause,
+                    },
+                });
+            }
+        }
+    }
+    // Committed and void flips are durable before any source is deleted and before any
+    // key is copied again.
+    checkpointer.flush().await?;
+    for (key, refused) in again {
+        spawn_process(ctx, set, order, key, refused);
+    }
+    let grace = matches!(ctx.plan.options.cleanup, CleanupPolicy::AfterGrace(_));
+    for (key, copied) in flipped {
+        let from = CopiedFrom::Version(copied.version);
+        if grace {
+            order.flying.insert(key.clone());
+            shared.in_flight.fetch_add(1, Ordering::Relaxed);
+            let ctx = Arc::clone(ctx);
+            let span = tracing::debug_span!("object", key = %key.as_str());
+            set.spawn(tracing::Instrument::instrument(
+                async move { cleanup(&ctx, key, from, copied.bytes).await },
+                span,
+            ));
+        } else {
+            out.push(cleanup(ctx, key, from, copied.bytes).await);
+        }
+    }
+    Ok(true)
+}
+
+/// Calls the engine's commit hook, if any, for `key`.
+pub(super) async fn commit_hook(ctx: &JobCtx, key: &ObjectKey) -> Result<()> {
+    match &ctx.engine.hook {
+        None => Ok(()),
+        Some(hook) => (hook.0)(key, ctx.plan.target)
+            .await
+            .map_err(|source| Error::CommitHook {
+                key: key.clone(),
+                source,
+            }),
+    }
+}

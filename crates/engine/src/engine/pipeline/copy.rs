@@ -1,0 +1,271 @@
+//! COPY (and VERIFY): one object streamed from source to target through the throttle, hashed as it
+//! goes (I7), then verified.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use ferry_types::{ObjectKey, ObjectState, VerifyMode};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+
+use super::super::job::{JobShared, Tracker};
+use crate::error::{Error, Result};
+use ferry_store::{ByteStream, Version};
+
+use super::cleanup::rolled_back;
+use super::retry::with_retry;
+use super::verify::{digests, reported_blake3};
+use super::{JobCtx, Outcome};
+
+/// What one copy read and wrote.
+#[derive(Debug)]
+pub(super) struct Copied {
+    pub(super) version: Version,
+    pub(super) bytes: u64,
+    /// BLAKE3 of the bytes written to the target.
+    pub(super) digest: [u8; 32],
+}
+
+pub(super) enum CopyResult {
+    Copied(Copied),
+    /// The source had no such object when the copy opened it.
+    Vanished,
+    /// The source's content changed during the copy and the key's generation moved since
+    /// it began: a client wrote it through the table. Not an error: like a refused flip,
+    /// the copy runs again (I3).
+    SourceWritten,
+}
+
+/// Counts the caller among the copies moving chunks, for as long as it lives.
+pub(super) struct Streaming<'a>(pub(super) &'a JobShared);
+
+impl<'a> Streaming<'a> {
+    pub(super) fn enter(shared: &'a JobShared) -> Self {
+        shared.streaming.add();
+        Streaming(shared)
+    }
+}
+
+impl Drop for Streaming<'_> {
+    fn drop(&mut self) {
+        self.0.streaming.sub();
+    }
+}
+
+/// COPY then VERIFY, once: streams source → target chunk by chunk through the job's
+/// throttle, hashing while streaming (I7), then checks the target per the verify mode.
+///
+/// `observed`: the key's generation read before the copy began, when a write to the source
+/// through the table may happen meanwhile (not under a fence); a source that no longer
+/// matches the copy then counts as written ([`CopyResult::SourceWritten`]) when the
+/// generation moved, and as a verify error when it did not.
+pub(super) async fn copy_once(
+    ctx: &JobCtx,
+    key: &ObjectKey,
+    track: &Tracker<'_>,
+    observed: Option<u64>,
+) -> Result<CopyResult> {
+    let shared = &*ctx.shared;
+    track.to(ObjectState::Copying);
+    let object = match ctx.source.get(key).await {
+        Ok(object) => object,
+        Err(err) if err.is_not_found() => return Ok(CopyResult::Vanished),
+        Err(err) => return Err(err.into()),
+    };
+    let version = object.meta.version.clone();
+    let source_said = reported_blake3(&object.meta);
+    let ahead = object.meta.size > ctx.plan.options.chunk_size.as_u64();
+    let body = object.checked_body();
+    let body = if ahead { read_ahead(body) } else { body };
+    let state = Mutex::new((blake3::Hasher::new(), 0u64));
+    // Why the body stopped short, when the job did (a cancel): the put sees a store error,
+    // the copy returns this one.
+    let stopped: Mutex<Option<Error>> = Mutex::new(None);
+    let stopped = &stopped;
+    let streaming = Streaming::enter(shared);
+    // Under a fence (no `observed` generation) the copy neither parks at a pause nor waits
+    // for the throttle: writers wait for as long as it runs, so it runs at full speed and
+    // its bytes are paid to the throttle once the fence is lifted.
+    let fenced = observed.is_none();
+    let throttled =
+        futures_util::stream::unfold((body, &state), move |(mut body, state)| async move {
+            let boundary = if fenced {
+                shared.cancel_point()
+            } else {
+                shared.chunk_boundary().await
+            };
+            if let Err(err) = boundary {
+                *stopped.lock() = Some(err);
+                let err = ferry_store::Error::Permanent {
+                    op: ferry_store::Op::Put,
+                    key: None,
+                    source: "the copy was stopped by its job".into(),
+                };
+                return Some((Err(err), (body, state)));
+            }
+            let chunk: Bytes = match body.next().await? {
+                Ok(chunk) => chunk,
+                Err(err) => return Some((Err(err), (body, state))),
+            };
+            if !fenced {
+                shared.throttle.acquire(chunk.len() as u64).await;
+            }
+            {
+                let mut guard = state.lock();
+                guard.0.update(&chunk);
+                guard.1 += chunk.len() as u64;
+            }
+            shared
+                .bytes_copied
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            Some((Ok(chunk), (body, state)))
+        });
+    let put = ctx.target.put(key, Box::pin(throttled)).await;
+    drop(streaming);
+    if let Some(err) = stopped.lock().take() {
+        return Err(err);
+    }
+    let target_said = reported_blake3(&put?);
+    track.to(ObjectState::Copied);
+    let (hash, bytes) = {
+        let guard = state.lock();
+        (guard.0.finalize(), guard.1)
+    };
+    match ctx.plan.options.verify {
+        VerifyMode::None => {}
+        VerifyMode::Size => {
+            let size = ctx.target.head(key).await?.map(|m| m.size);
+            if size != Some(bytes) {
+                return Err(Error::VerifyMismatch {
+                    key: key.clone(),
+                    what: "size",
+                });
+            }
+        }
+        VerifyMode::Checksum => {
+            // The target must hold what was copied (absent counts as a mismatch too), and what
+            // was copied must be what the source holds: a read that silently changed a byte
+            // on its way would otherwise be verified against itself, and the intact source
+            // deleted (I1). Both are re-read at once, except where the store reported the
+            // BLAKE3 of what it holds (`ObjectMeta::checksum`: the source with the version
+            // read, the target with the put): its word stands in for a second read.
+            let (on_target, on_source) = digests(ctx, key, bytes, target_said, source_said).await;
+            if on_source?.is_none_or(|(size, source_hash)| size != bytes || source_hash != hash) {
+                let table = &ctx.engine.table;
+                if observed.is_some_and(|g| table.generation(key.as_str()) != Some(g)) {
+                    return Ok(CopyResult::SourceWritten);
+                }
+                return Err(Error::VerifyMismatch {
+                    key: key.clone(),
+                    what: "source checksum",
+                });
+            }
+            let (read, target_hash) = on_target?.ok_or_else(|| Error::VerifyMismatch {
+                key: key.clone(),
+                what: "target copy missing",
+            })?;
+            if read != bytes {
+                return Err(Error::VerifyMismatch {
+                    key: key.clone(),
+                    what: "size",
+                });
+            }
+            if target_hash != hash {
+                return Err(Error::VerifyMismatch {
+                    key: key.clone(),
+                    what: "checksum",
+                });
+            }
+        }
+    }
+    track.to(ObjectState::Verified);
+    Ok(CopyResult::Copied(Copied {
+        version,
+        bytes,
+        digest: *hash.as_bytes(),
+    }))
+}
+
+/// COPY and VERIFY with retries; a vanished source, a spent retry policy or a cancel end the
+/// object (the `Err` outcome).
+pub(super) async fn copy_step(
+    ctx: &JobCtx,
+    key: &ObjectKey,
+    track: &Tracker<'_>,
+    fail: &impl Fn(u32, Error) -> Outcome,
+    observed: Option<u64>,
+) -> Result<Option<Copied>, Outcome> {
+    let table = &ctx.engine.table;
+    let copied = match with_retry(ctx, "copy", || copy_once(ctx, key, track, observed)).await {
+        Ok(CopyResult::Copied(copied)) => copied,
+        Ok(CopyResult::SourceWritten) => {
+            track.to(ObjectState::Pending);
+            return Ok(None);
+        }
+        Ok(CopyResult::Vanished) => {
+            table.remove_owned(key.as_str(), &ctx.shared.id);
+            // Absent on both sides, never resurrected (I3). (A key an earlier run moved
+            // and cleaned is journaled and does not come here.)
+            return Err(
+                match with_retry(ctx, "delete", || ctx.target.delete(key)).await {
+                    Ok(_) => Outcome::Skipped { key: key.clone() },
+                    Err((attempts, err)) => fail(attempts, err),
+                },
+            );
+        }
+        Err((attempts, err)) => {
+            if ctx.shared.is_cancelled() {
+                track.to(ObjectState::Pending);
+                return Err(rolled_back(ctx, key.clone(), track.wrote()).await);
+            }
+            return Err(fail(attempts, err));
+        }
+    };
+    if ctx.shared.is_cancelled() {
+        track.to(ObjectState::Pending);
+        return Err(rolled_back(ctx, key.clone(), true).await);
+    }
+    Ok(Some(copied))
+}
+
+/// `body`, read one chunk ahead by a task of its own: the store reads the next chunk while
+/// the caller hashes and writes this one (memory: two chunks per copy, I7). The task stops
+/// when the stream is dropped.
+pub(super) fn read_ahead(mut body: ByteStream) -> ByteStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let reader = tokio::spawn(async move {
+        while let Some(chunk) = body.next().await {
+            let end = chunk.is_err();
+            if tx.send(chunk).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    let stop = AbortOnDrop(reader);
+    Box::pin(futures_util::stream::unfold(
+        (rx, stop),
+        |(mut rx, stop)| async move { rx.recv().await.map(|chunk| (chunk, (rx, stop))) },
+    ))
+}
+
+/// Aborts the task when dropped.
+pub(super) struct AbortOnDrop<T = ()>(pub(super) tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    /// The task's output, `None` when the runtime cancelled it (shutting down); a panic in
+    /// it is resumed here.
+    pub(super) async fn join(mut self) -> Option<T> {
+        match (&mut self.0).await {
+            Ok(output) => Some(output),
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => None,
+        }
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

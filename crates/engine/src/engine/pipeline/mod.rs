@@ -1,0 +1,213 @@
+//! The job's runner and the per-object pipeline COPY → VERIFY → FORWARD → CLEANUP (SPEC §2).
+//!
+//! One object's life, step by step, and the module each step lives in. An object's task
+//! ([`object::process`]) returns an [`Outcome`] to the drive loop ([`drive::drive`]), which hands it
+//! to the next commit ([`commit`]); the states are the `ObjectState`s its events report.
+//!
+//! | from → to | what happens | module |
+//! |---|---|---|
+//! | `Pending` → `Copying` | the copy intent is durable; the key is registered in the table (owned by the job) and its generation read | `drive`, `object` |
+//! | `Copying` → `Copied` → `Verified` | streamed through the throttle, hashed (I7); verified by size or checksum | `copy`, `verify` |
+//! | `Verified` → `Forwarded` | at the next commit: the target synced, the flip intent journaled, the flip, the flip committed (I2, I3); a refused flip goes back to `Pending`, and after `max_flip_attempts` the key is fenced and flipped on its own | `commit`, `object` |
+//! | `Forwarded` → `Cleaned` → `Done` | the grace period, the commit hook, the source re-checked and deleted (I1), recorded done after a sync (I4) | `cleanup`, `commit` |
+//! | → `Skipped`, `Failed`, rolled back | the source vanished; an error the retry policy did not outlive; a cancel before the flip (entry and copy removed, I8) | `copy`, `retry`, `cleanup` |
+//!
+//! The keys come from [`listing`] (in key order, lazily, re-listed for a drain); a resumed
+//! job first settles its flip journal and forwards again what the stopped run had moved
+//! ([`recovery`]).
+
+use std::sync::Arc;
+
+use std::collections::BTreeMap;
+
+use ferry_checkpoint::{Checkpointer, Progress};
+use ferry_types::{JobSnapshot, JobStatus, MigrationPlan, ObjectKey};
+use parking_lot::Mutex;
+
+use super::EngineInner;
+use super::job::JobShared;
+use crate::error::{Error, Result};
+use ferry_store::{Store, Version};
+
+mod cleanup;
+mod commit;
+mod copy;
+mod drive;
+mod listing;
+mod object;
+mod recovery;
+mod retry;
+mod verify;
+
+use copy::Copied;
+use drive::drive;
+pub(crate) use recovery::{forward, preexisting, reload_forwarded, resolve_flips, untouched};
+use retry::error_chain;
+
+pub(crate) struct JobCtx {
+    pub(crate) engine: Arc<EngineInner>,
+    pub(crate) plan: MigrationPlan,
+    pub(crate) source: Arc<dyn Store>,
+    pub(crate) target: Arc<dyn Store>,
+    pub(crate) shared: Arc<JobShared>,
+    /// The job had a record before this run: an object whose source is gone but whose target
+    /// copy exists may have been moved and cleaned by the run that crashed.
+    pub(crate) resumed: bool,
+    /// A `retry_failed` run: exactly these keys (the record's failed ones) run again.
+    pub(crate) retry_keys: Option<Vec<ObjectKey>>,
+    /// Keys recorded failed when this run began: counted in the snapshot's `failed_objects`
+    /// already, so one that succeeds now leaves that count and one that fails again is not
+    /// counted twice.
+    pub(crate) failed_before: std::collections::HashSet<ObjectKey>,
+    /// Keys the run leaves on the source by design (failed, or changed since their copy):
+    /// re-listings leave them out ([`Passes`](drive::Passes)).
+    pub(crate) left: Arc<Mutex<std::collections::HashSet<ObjectKey>>>,
+    /// The job's checkpoint, shared with the object tasks: they journal flips in it.
+    pub(crate) checkpointer: Arc<Checkpointer>,
+    /// The flips an earlier run made and did not record done (the committed entries of the
+    /// record's flip journal, after [`resolve_flips`]), with the digest of their copy.
+    pub(crate) committed: BTreeMap<ObjectKey, [u8; 32]>,
+}
+
+/// What a cleanup may compare the source against before deleting it (I1).
+#[derive(Debug, Clone)]
+enum CopiedFrom {
+    /// This run copied this source version.
+    Version(Version),
+    /// An earlier run copied bytes with this BLAKE3 digest (from its flip journal).
+    Digest([u8; 32]),
+    /// An earlier run copied it; what it copied is not known.
+    Unknown,
+}
+
+/// How one object ended in this run (or its task: a verified object is flipped by the
+/// commit).
+#[derive(Debug)]
+enum Outcome {
+    /// Copied and verified; the commit flips it after the target sync.
+    Verified {
+        key: ObjectKey,
+        /// The key's forwarding generation read before the copy opened the source.
+        observed: u64,
+        copied: Copied,
+        /// Flips of this key refused so far in this run.
+        refused: u32,
+    },
+    Done {
+        key: ObjectKey,
+        bytes: u64,
+    },
+    /// Flipped (and past the grace period): its hook and cleanup run at the next commit,
+    /// after the target sync.
+    Forwarded {
+        key: ObjectKey,
+        /// What was copied, for the source check before delete.
+        copied: CopiedFrom,
+        bytes: u64,
+        /// Whether the policy deletes the source.
+        delete: bool,
+    },
+    Skipped {
+        key: ObjectKey,
+    },
+    Failed {
+        key: ObjectKey,
+        attempts: u32,
+        error: Error,
+    },
+    /// Stopped by cancel before its flip; its entry was removed.
+    RolledBack {
+        key: ObjectKey,
+    },
+}
+
+impl Outcome {
+    fn key(&self) -> &ObjectKey {
+        match self {
+            Outcome::Verified { key, .. }
+            | Outcome::Done { key, .. }
+            | Outcome::Forwarded { key, .. }
+            | Outcome::Skipped { key }
+            | Outcome::Failed { key, .. }
+            | Outcome::RolledBack { key } => key,
+        }
+    }
+}
+
+/// Runs the job to its end.
+pub(crate) async fn run(ctx: Arc<JobCtx>, progress: Progress) -> Result<JobSnapshot> {
+    let _live = Live(&ctx);
+    let checkpointer = &*ctx.checkpointer;
+    let result = drive(&ctx, checkpointer, &progress).await;
+    let shared = &ctx.shared;
+    if let Err(Error::ShutDown { .. }) = &result {
+        // Saved with the status it had; the lease is given up so that a restart (or another
+        // process) takes the job up at once.
+        if let Ok(lease) = checkpointer.close().await {
+            let _ = ctx.engine.checkpoints.release(&lease).await;
+        }
+        tracing::debug!("job stopped by the engine's shutdown");
+        return Err(Error::ShutDown {
+            job: shared.id.clone(),
+        });
+    }
+    let status = match &result {
+        Err(_) => JobStatus::Failed,
+        Ok(()) if shared.is_cancelled() => JobStatus::Cancelled,
+        Ok(()) if shared.snapshot.borrow().failed_objects > 0 => JobStatus::CompletedWithErrors,
+        Ok(()) => JobStatus::Completed,
+    };
+    if matches!(
+        status,
+        JobStatus::Completed | JobStatus::CompletedWithErrors
+    ) {
+        checkpointer.set_status(JobStatus::Completing);
+        shared.publish(|s| s.status = JobStatus::Completing);
+        if let Err(err) = checkpointer.flush().await {
+            let _ = checkpointer.close().await;
+            shared.publish(|s| s.status = JobStatus::Failed);
+            return Err(err.into());
+        }
+    }
+    checkpointer.set_status(status);
+    let closed = checkpointer.close().await;
+    let released = match closed {
+        Ok(lease) => ctx
+            .engine
+            .checkpoints
+            .release(&lease)
+            .await
+            .map_err(Error::from),
+        Err(err) => Err(Error::from(err)),
+    };
+    let final_status = if result.is_ok() && released.is_err() {
+        JobStatus::Failed
+    } else {
+        status
+    };
+    match &result {
+        Err(err) => tracing::warn!(error = %error_chain(err), "job failed"),
+        Ok(()) => tracing::debug!(status = ?final_status, "job ended"),
+    }
+    shared.publish(|s| s.status = final_status);
+    result?;
+    released?;
+    Ok(shared.snapshot.borrow().clone())
+}
+
+/// Removes the job from the engine's live jobs when the runner ends (or is dropped).
+struct Live<'a>(&'a JobCtx);
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        let shared = &self.0.shared;
+        shared.ended.send_replace(true);
+        let mut live = self.0.engine.live.lock();
+        if live
+            .get(&shared.id)
+            .is_some_and(|other| Arc::ptr_eq(other, shared))
+        {
+            live.remove(&shared.id);
+        }
+    }
+}

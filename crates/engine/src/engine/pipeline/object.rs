@@ -1,0 +1,208 @@
+//! One object's task, from its registration to `Verified` (the batch flips it) or to its own fenced
+//! flip on a hot key.
+
+use std::sync::atomic::Ordering;
+
+use ferry_checkpoint::ProgressUpdate;
+use ferry_forwarding::{Conflict, EntryState};
+use ferry_types::{ObjectKey, ObjectState};
+
+use super::super::job::Tracker;
+use crate::error::{Error, Result};
+
+use super::cleanup::{cleanup, rolled_back};
+use super::copy::{Copied, copy_step};
+use super::retry::sync_with_retry;
+use super::{CopiedFrom, JobCtx, Outcome};
+
+/// The pipeline of one object, up to `Verified` (the commit flips it), or to its end for a
+/// key flipped by an earlier run, or (after `max_flip_attempts` refused flips, `refused`
+/// counting them) through a fenced flip of its own.
+pub(super) async fn process(ctx: &JobCtx, key: ObjectKey, refused: u32) -> Outcome {
+    let track_key = key.clone();
+    let track = Tracker::new(&ctx.shared, &track_key);
+    if refused > 0 {
+        // Copied again after a refused flip: the earlier copy is on the target.
+        track.wrote_before();
+    }
+    let track = &track;
+    let table = &ctx.engine.table;
+    let (source, target) = (ctx.plan.source, ctx.plan.target);
+    let job = &ctx.shared.id;
+    let fail = |attempts, error| {
+        // Only this job's entry: another job's is never touched (I8).
+        table.remove_owned(track_key.as_str(), job);
+        Outcome::Failed {
+            key: track_key.clone(),
+            attempts,
+            error,
+        }
+    };
+    // A key copied again after a refused flip has its entry already.
+    let registered = if refused == 0 {
+        table.register_for(&key, source, target, job).map(|_| ())
+    } else {
+        Ok(())
+    };
+    if let Err(err) = registered {
+        match table.get(key.as_str()) {
+            // Left by a run of this job that stopped mid-copy: start the move afresh.
+            Some(info)
+                if matches!(info.state, EntryState::Copying | EntryState::Fenced)
+                    && info.owner.as_ref() == Some(job)
+                    && info.copy_from == source
+                    && info.target == target =>
+            {
+                table.remove_owned(key.as_str(), job);
+                if let Err(err) = table.register_for(&key, source, target, job) {
+                    return fail(1, err.into());
+                }
+            }
+            // Flipped by a run of this job that stopped before recording it done: the target
+            // holds the object and serves it; only the cleanup is left.
+            Some(info)
+                if info.state == EntryState::Forwarded
+                    && info.owner.as_ref() == Some(job)
+                    && info.target == target =>
+            {
+                ctx.shared.forwarded.fetch_add(1, Ordering::Relaxed);
+                let journaled = ctx.committed.get(&key).copied();
+                // On failure the entry stays: the target serves the key (I2).
+                let failed = |error| Outcome::Failed {
+                    key: key.clone(),
+                    attempts: 1,
+                    error,
+                };
+                let bytes = match ctx.target.head(&key).await {
+                    Ok(Some(meta)) => meta.size,
+                    // Deleted through the table after its journaled flip: nothing to move.
+                    Ok(None) if journaled.is_some() => 0,
+                    Ok(None) => {
+                        return failed(ferry_store::Error::NotFound { key: key.clone() }.into());
+                    }
+                    Err(err) => return failed(err.into()),
+                };
+                track.to(ObjectState::Forwarded);
+                let copied = journaled.map_or(CopiedFrom::Unknown, CopiedFrom::Digest);
+                return cleanup(ctx, key.clone(), copied, bytes).await;
+            }
+            _ => return fail(1, err.into()),
+        }
+    }
+    let max_flips = ctx.plan.options.max_flip_attempts;
+    let mut refused = refused;
+    while refused < max_flips {
+        // The generation is read BEFORE the copy opens the source (I3).
+        let Some(observed) = table.generation(key.as_str()) else {
+            let cause = Conflict::NotFound;
+            return fail(refused + 1, Error::FlipRefused { key, cause });
+        };
+        match copy_step(ctx, &key, track, &fail, Some(observed)).await {
+            Ok(Some(copied)) => {
+                return Outcome::Verified {
+                    key,
+                    observed,
+                    copied,
+                    refused,
+                };
+            }
+            // Written during the copy: its flip would be refused; copy again, and count it
+            // as refused, so a key written this often is fenced like any hot key.
+            Ok(None) => refused += 1,
+            Err(outcome) => return outcome,
+        }
+    }
+    // A hot key: its flips were refused `max_flip_attempts` times. Fence its writers and
+    // flip it here; never fenced while paused, never for longer than `fence_timeout`.
+    if ctx.shared.chunk_boundary().await.is_err() {
+        // Cancelled (the only error of a chunk boundary) before the fence.
+        track.to(ObjectState::Pending);
+        return rolled_back(ctx, key, true).await;
+    }
+    let fence_timeout = ctx.plan.options.fence_timeout;
+    let fenced = tokio::time::timeout(
+        fence_timeout,
+        fenced_flip(ctx, &key, track, &fail, &mut refused),
+    )
+    .await;
+    let copied = match fenced {
+        Ok(Ok(copied)) => copied,
+        Ok(Err(outcome)) => return outcome,
+        Err(_elapsed) => {
+            // Writers go back to the source (`fail` removes the entry, which lifts the
+            // fence); an intent journaled meanwhile is void with the failure (I3).
+            return fail(
+                refused + 1,
+                Error::HotKey {
+                    key: key.clone(),
+                    timeout: fence_timeout,
+                },
+            );
+        }
+    };
+    // The fenced copy did not wait for the throttle: its bytes are paid now, unfenced.
+    ctx.shared.throttle.acquire(copied.bytes).await;
+    ctx.shared.forwarded.fetch_add(1, Ordering::Relaxed);
+    track.to(ObjectState::Forwarded);
+    cleanup(ctx, key, CopiedFrom::Version(copied.version), copied.bytes).await
+}
+
+/// The FORWARD step of a hot key, on its own: fences its writers, waits for the writes in
+/// flight, copies once more (neither parked by a pause nor held back by the throttle, so the
+/// fence lasts as long as the copy itself), syncs the target, journals the intent and flips.
+/// The caller bounds it with the plan's `fence_timeout`.
+pub(super) async fn fenced_flip(
+    ctx: &JobCtx,
+    key: &ObjectKey,
+    track: &Tracker<'_>,
+    fail: &impl Fn(u32, Error) -> Outcome,
+    refused: &mut u32,
+) -> Result<Copied, Outcome> {
+    let table = &ctx.engine.table;
+    let max_flips = ctx.plan.options.max_flip_attempts;
+    if let Err(err) = table.fence(key.as_str()) {
+        return Err(fail(*refused, err.into()));
+    }
+    loop {
+        let observed = match table.wait_drained(key.as_str()).await {
+            Ok(generation) => generation,
+            Err(err) => return Err(fail(*refused + 1, err.into())),
+        };
+        // Fenced: no write reaches the source, so a changed source is a verify error.
+        let copied = match copy_step(ctx, key, track, fail, None).await? {
+            Some(copied) => copied,
+            None => unreachable!("only a copy given a generation reports a written source"),
+        };
+        if let Err((attempts, err)) = sync_with_retry(ctx).await {
+            return Err(fail(attempts, err));
+        }
+        let intent = ProgressUpdate::FlipIntent {
+            key: key.clone(),
+            digest: copied.digest,
+        };
+        if let Err(err) = ctx.checkpointer.record_durable(intent).await {
+            return Err(fail(*refused + 1, err.into()));
+        }
+        match table.try_flip(key.as_str(), observed) {
+            Ok(()) => return Ok(copied),
+            Err(
+                cause @ (Conflict::WritesSinceCopyBegan { .. } | Conflict::WritesInFlight { .. }),
+            ) => {
+                *refused += 1;
+                // The intent is void, durably, before the next copy writes the target.
+                let dropped = ProgressUpdate::FlipDropped { key: key.clone() };
+                if let Err(err) = ctx.checkpointer.record_durable(dropped).await {
+                    return Err(fail(*refused, err.into()));
+                }
+                if *refused > max_flips + 2 {
+                    let key = key.clone();
+                    return Err(fail(*refused, Error::FlipRefused { key, cause }));
+                }
+            }
+            Err(cause) => {
+                let key = key.clone();
+                return Err(fail(*refused + 1, Error::FlipRefused { key, cause }));
+            }
+        }
+    }
+}

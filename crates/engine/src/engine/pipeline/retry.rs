@@ -1,0 +1,80 @@
+//! Transient errors retried with the plan's backoff and jitter; the error chain a record keeps.
+
+use std::hash::{BuildHasher, Hasher};
+
+use crate::error::{Error, Result};
+
+use super::JobCtx;
+
+/// The error and its causes, as the one line the checkpoint record keeps.
+pub(super) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+pub(super) fn jitter_unit(attempt: u32) -> f64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(attempt);
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Runs `op` until it succeeds, fails permanently or the retry policy is spent (or the job is
+/// cancelled: a copy stops at once). The error comes with the attempts made.
+pub(super) async fn with_retry<'a, T, E, F>(
+    ctx: &'a JobCtx,
+    what: &'static str,
+    op: impl FnMut() -> F,
+) -> Result<T, (u32, Error)>
+where
+    F: std::future::Future<Output = Result<T, E>> + 'a,
+    E: Into<Error>,
+{
+    retrying(ctx, what, op, || ctx.shared.is_cancelled()).await
+}
+
+/// The target's `sync`, retried as [`with_retry`] retries, through a cancel: a cancelled job
+/// still commits what it flipped and rolls back the rest, and a sync that failed once more
+/// would fail the whole job instead. Only a job stopping on an error gives up at once.
+pub(super) async fn sync_with_retry(ctx: &JobCtx) -> Result<(), (u32, Error)> {
+    retrying(
+        ctx,
+        "sync",
+        || ctx.target.sync(),
+        || ctx.shared.is_failing(),
+    )
+    .await
+}
+
+pub(super) async fn retrying<'a, T, E, F>(
+    ctx: &'a JobCtx,
+    what: &'static str,
+    mut op: impl FnMut() -> F,
+    give_up: impl Fn() -> bool,
+) -> Result<T, (u32, Error)>
+where
+    F: std::future::Future<Output = Result<T, E>> + 'a,
+    E: Into<Error>,
+{
+    let retry = &ctx.plan.options.retry;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match op().await.map_err(Into::into) {
+            Ok(value) => return Ok(value),
+            Err(err) if err.is_transient() && retry.should_retry(attempts) => {
+                tracing::warn!(what, attempt = attempts, error = %error_chain(&err), "transient error, retrying");
+                if give_up() {
+                    return Err((attempts, err));
+                }
+                tokio::time::sleep(retry.backoff(attempts, jitter_unit(attempts))).await;
+            }
+            Err(err) => return Err((attempts, err)),
+        }
+    }
+}
