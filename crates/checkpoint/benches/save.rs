@@ -45,6 +45,7 @@ fn progress(size: usize) -> Progress {
             ObjectKey::new(format!("photos/2024/05/img_{i:06}.jpg")).unwrap(),
             3,
             "connection reset by peer".into(),
+            ferry_types::FailureKind::Transient,
         );
         i += 1;
     }

@@ -36,7 +36,10 @@ pub const MAGIC: [u8; 4] = *b"FCKP";
 ///   decode with an empty set (one more zero byte appended).
 /// - 4: [`Progress`](crate::Progress) gains `preexisting`, its new last field. Older payloads
 ///   decode with an empty set (one more zero byte appended).
-pub const FORMAT_VERSION: u16 = 4;
+/// - 5: each [`Failure`](crate::Failure) gains its `kind`. Older payloads decode through the
+///   version 4 layout (after the appends above), each failure of kind
+///   [`FailureKind::Other`](ferry_types::FailureKind::Other).
+pub const FORMAT_VERSION: u16 = 5;
 /// The size of the header in front of the payload.
 pub const HEADER_LEN: usize = 16;
 /// The record kind of a [`JobRecord`].
@@ -157,11 +160,14 @@ pub(crate) fn decode_leased(bytes: &[u8]) -> Result<(Option<LeaseHolder>, JobRec
 }
 
 fn decode_record(version: u16, payload: &[u8]) -> Result<JobRecord, DecodeError> {
+    if version >= 5 {
+        return decode_exactly::<JobRecord>(payload);
+    }
     let upgraded;
-    // Each version before the newest lacks the last fields added since: the flip journal
-    // (version 2), the copy intents (version 3) and the keys the target held before the job
-    // (version 4). An empty map or set is one zero byte.
-    let missing = usize::from(FORMAT_VERSION - version);
+    // Each version before 4 lacks the last fields added since: the flip journal (version
+    // 2), the copy intents (version 3) and the keys the target held before the job (version
+    // 4). An empty map or set is one zero byte.
+    let missing = usize::from(4 - version);
     let payload = if missing > 0 {
         let mut owned = Vec::with_capacity(payload.len() + missing);
         owned.extend_from_slice(payload);
@@ -171,7 +177,12 @@ fn decode_record(version: u16, payload: &[u8]) -> Result<JobRecord, DecodeError>
     } else {
         payload
     };
-    let (record, rest) = postcard::take_from_bytes::<JobRecord>(payload)
+    decode_exactly::<v4::JobRecord>(payload).map(JobRecord::from)
+}
+
+/// Decodes `payload` as a whole `T`: bytes left after it are corruption too.
+fn decode_exactly<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
+    let (record, rest) = postcard::take_from_bytes::<T>(payload)
         .map_err(|e| corrupt(CorruptReason::Payload(e.to_string())))?;
     if !rest.is_empty() {
         return Err(corrupt(CorruptReason::Payload(format!(
@@ -180,6 +191,81 @@ fn decode_record(version: u16, payload: &[u8]) -> Result<JobRecord, DecodeError>
         ))));
     }
     Ok(record)
+}
+
+/// The job record as format versions 1 to 4 laid it out (after the appends of
+/// `decode_record`): a failure without its kind.
+mod v4 {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use ferry_types::{FailureKind, JobId, JobStatus, MigrationPlan, ObjectKey};
+    use serde::Deserialize;
+
+    use crate::FlipRecord;
+
+    #[derive(Deserialize)]
+    pub(super) struct JobRecord {
+        epoch: u64,
+        generation: u64,
+        job: JobId,
+        plan: MigrationPlan,
+        status: JobStatus,
+        progress: Progress,
+    }
+
+    #[derive(Deserialize)]
+    struct Progress {
+        watermark: Option<ObjectKey>,
+        done_above: BTreeSet<ObjectKey>,
+        done_objects: u64,
+        done_bytes: u64,
+        skipped_objects: u64,
+        failed: BTreeMap<ObjectKey, Failure>,
+        flips: BTreeMap<ObjectKey, FlipRecord>,
+        copying: BTreeSet<ObjectKey>,
+        preexisting: BTreeSet<ObjectKey>,
+    }
+
+    #[derive(Deserialize)]
+    struct Failure {
+        attempts: u32,
+        last_error: String,
+    }
+
+    impl From<JobRecord> for crate::JobRecord {
+        fn from(old: JobRecord) -> crate::JobRecord {
+            let p = old.progress;
+            crate::JobRecord {
+                epoch: old.epoch,
+                generation: old.generation,
+                job: old.job,
+                plan: old.plan,
+                status: old.status,
+                progress: crate::Progress {
+                    watermark: p.watermark,
+                    done_above: p.done_above,
+                    done_objects: p.done_objects,
+                    done_bytes: p.done_bytes,
+                    skipped_objects: p.skipped_objects,
+                    failed: p
+                        .failed
+                        .into_iter()
+                        .map(|(key, f)| {
+                            let failure = crate::Failure {
+                                attempts: f.attempts,
+                                last_error: f.last_error,
+                                kind: FailureKind::Other,
+                            };
+                            (key, failure)
+                        })
+                        .collect(),
+                    flips: p.flips,
+                    copying: p.copying,
+                    preexisting: p.preexisting,
+                },
+            }
+        }
+    }
 }
 
 /// Checks the envelope and returns the format version and the payload.
@@ -285,6 +371,7 @@ pub(crate) mod tests {
                 Failure {
                     attempts: 3,
                     last_error: "connection reset".into(),
+                    kind: ferry_types::FailureKind::Other,
                 },
             );
         }
@@ -321,14 +408,35 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn older_records_decode_with_an_empty_flip_journal_no_copy_intents_and_no_preexisting_keys() {
-        // A version 3 record is a version 4 record without the preexisting keys' one zero
-        // byte, a version 2 record one without the intents' either, and a version 1 record
-        // one without the journal's either.
+    fn older_records_decode_with_failures_of_kind_other_and_no_newer_fields() {
+        // A version 4 record is a version 5 record whose failures have no kind (the varint
+        // after each `last_error`); a version 3 record is a version 4 record without the
+        // preexisting keys' one zero byte, a version 2 record one without the intents'
+        // either, and a version 1 record one without the journal's either.
         let record = sample("old-job", 2);
         assert!(record.progress.flips.is_empty() && record.progress.copying.is_empty());
         assert!(record.progress.preexisting.is_empty());
         let mut bytes = encode(&record).unwrap();
+        let entry = postcard::to_allocvec(&(
+            ObjectKey::new("photos/f000000").unwrap(),
+            3u32,
+            "connection reset",
+        ))
+        .unwrap()
+        .len();
+        // The failures come right before the three empty trailing fields, the last one's
+        // kind last.
+        let other = postcard::to_allocvec(&ferry_types::FailureKind::Other).unwrap();
+        let mut at = bytes.len() - 3 - 1;
+        for _ in 0..2 {
+            assert_eq!(bytes[at..=at], other[..]);
+            bytes.remove(at);
+            at -= entry + 1;
+        }
+        let len = u32::try_from(bytes.len() - HEADER_LEN).unwrap();
+        bytes[8..12].copy_from_slice(&len.to_le_bytes());
+        bytes = with_version(bytes, 4);
+        assert_eq!(decode(&bytes).unwrap(), record, "version 4");
         for version in [3, 2, 1] {
             assert_eq!(bytes.pop(), Some(0));
             let len = u32::try_from(bytes.len() - HEADER_LEN).unwrap();
@@ -452,7 +560,7 @@ pub(crate) mod tests {
                 failed: failed
                     .into_iter()
                     .map(|(k, (attempts, last_error))| {
-                        (ObjectKey::new(k).unwrap(), Failure { attempts, last_error })
+                        (ObjectKey::new(k).unwrap(), Failure { attempts, last_error, kind: ferry_types::FailureKind::DiskFull })
                     })
                     .collect(),
                 flips: flips

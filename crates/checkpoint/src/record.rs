@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 
-use ferry_types::{JobId, JobStatus, MigrationPlan, ObjectKey};
+use ferry_types::{FailureKind, JobId, JobStatus, MigrationPlan, ObjectKey};
 use serde::{Deserialize, Serialize};
 
 /// Everything stored for one job: its spec, status, progress and owner epoch.
@@ -115,6 +115,9 @@ pub struct Failure {
     pub attempts: u32,
     /// The last error, as text.
     pub last_error: String,
+    /// What kind of failure it was (added in format version 5; older records load with
+    /// [`FailureKind::Other`]).
+    pub kind: FailureKind,
 }
 
 /// One change to a job's progress, for [`Checkpointer::record`](crate::Checkpointer::record)
@@ -142,6 +145,8 @@ pub enum ProgressUpdate {
         attempts: u32,
         /// The last error, as text.
         error: String,
+        /// What kind of failure it was.
+        kind: FailureKind,
     },
     /// Every key up to and including this one is done.
     Watermark(ObjectKey),
@@ -216,7 +221,7 @@ impl Progress {
 
     /// Records `key` failed after `attempts` with `error`. A committed flip stays journaled
     /// (the target still serves the key); an uncommitted intent is void.
-    pub fn mark_failed(&mut self, key: ObjectKey, attempts: u32, error: String) {
+    pub fn mark_failed(&mut self, key: ObjectKey, attempts: u32, error: String, kind: FailureKind) {
         if self.flips.get(&key).is_some_and(|f| !f.committed) {
             self.flips.remove(&key);
         }
@@ -228,6 +233,7 @@ impl Progress {
             Failure {
                 attempts,
                 last_error: error,
+                kind,
             },
         );
     }
@@ -253,7 +259,8 @@ impl Progress {
                 key,
                 attempts,
                 error,
-            } => self.mark_failed(key, attempts, error),
+                kind,
+            } => self.mark_failed(key, attempts, error, kind),
             ProgressUpdate::Watermark(key) => self.advance_watermark(key),
             ProgressUpdate::FlipIntent { key, digest } => {
                 self.flips.insert(
@@ -432,6 +439,7 @@ mod tests {
             key: key("x"),
             attempts: 3,
             error: "timeout".into(),
+            kind: FailureKind::Transient,
         });
         assert_eq!(p.failed[&key("x")].attempts, 3);
         p.apply(ProgressUpdate::Done {
@@ -456,6 +464,7 @@ mod tests {
             key: key("c"),
             attempts: 1,
             error: "x".into(),
+            kind: FailureKind::Transient,
         });
         assert_eq!(p.copying.iter().collect::<Vec<_>>(), vec![&key("d")]);
         p.apply(ProgressUpdate::CopyDropped { key: key("d") });
@@ -490,6 +499,7 @@ mod tests {
                 key: key(k),
                 attempts: 1,
                 error: "hook".into(),
+                kind: FailureKind::Transient,
             });
         }
         assert_eq!(p.flips.keys().collect::<Vec<_>>(), vec![&key("a")]);

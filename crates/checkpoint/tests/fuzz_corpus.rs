@@ -26,7 +26,12 @@ fn seed_records() -> Vec<(&'static str, JobRecord)> {
     let mut busy = Progress::default();
     busy.advance_watermark(key("photos/0100"));
     busy.mark_done(key("photos/0102"), 4096);
-    busy.mark_failed(key("photos/0101"), 3, "timeout after 30s".into());
+    busy.mark_failed(
+        key("photos/0101"),
+        3,
+        "timeout after 30s".into(),
+        ferry_types::FailureKind::Transient,
+    );
     let record = |generation, status, progress| JobRecord {
         epoch: 2,
         generation,

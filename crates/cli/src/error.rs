@@ -85,16 +85,3 @@ pub(crate) fn report(err: &anyhow::Error) {
     }
     eprint!("{out}");
 }
-
-/// Whether an error text says the disk is full (ENOSPC or a quota).
-pub(crate) fn is_disk_full(text: &str) -> bool {
-    text.contains("No space left on device")
-        || text.contains("os error 28")
-        || text.contains("Disk quota exceeded")
-        || text.contains("os error 122")
-}
-
-/// Whether an error text says permission was denied.
-pub(crate) fn is_permission(text: &str) -> bool {
-    text.contains("Permission denied") || text.contains("os error 13")
-}

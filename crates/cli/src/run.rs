@@ -8,7 +8,7 @@ use anyhow::Result;
 use ferry::checkpoint::{CheckpointStore, Failure};
 use ferry::store::{DirStore, Store};
 use ferry::types::{
-    JobId, JobSnapshot, JobStatus, MigrationPlan, NodeId, ObjectKey, format_duration,
+    FailureKind, JobId, JobSnapshot, JobStatus, MigrationPlan, NodeId, ObjectKey, format_duration,
 };
 use ferry::{Engine, JobHandle};
 use ferry_object_store::ObjectStoreAdapter;
@@ -20,7 +20,6 @@ use tokio::sync::mpsc;
 use crate::control::{self, Command, JobInfo, Reply};
 use crate::error::{
     CliError, EXIT_ERROR, EXIT_FAILED_OBJECTS, EXIT_INTERRUPTED, EXIT_OK, Explain, fail,
-    is_disk_full, is_permission,
 };
 use crate::location::Location;
 use crate::progress::{Display, LiveSnapshot, Totals, size};
@@ -347,8 +346,9 @@ pub(crate) async fn run(
     let snap = match result {
         Ok(snap) => snap,
         Err(err) => {
+            let kind = err.failure_kind();
             let text = format!("{:#}", anyhow::Error::new(err));
-            let hint = if is_disk_full(&text) {
+            let hint = if kind == FailureKind::DiskFull {
                 format!(
                     "the destination's disk is full: free space under {}, then `ferry {flag}resume {id}`",
                     meta.target
@@ -487,13 +487,13 @@ fn summary(
                 failed.len() - FAILED_SHOWN
             ));
         }
-        let text: String = failed.iter().map(|(_, f)| f.last_error.as_str()).collect();
-        let fix = if is_disk_full(&text) {
+        let any = |kind| failed.iter().any(|(_, f)| f.kind == kind);
+        let fix = if any(FailureKind::DiskFull) {
             format!(
                 "the destination's disk is full: free space under {}",
                 meta.target
             )
-        } else if is_permission(&text) {
+        } else if any(FailureKind::PermissionDenied) {
             "fix the permissions of the files listed (ferry must read them in SRC and write DST)"
                 .to_owned()
         } else {

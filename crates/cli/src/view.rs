@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use ferry::checkpoint::{Failure, Progress};
-use ferry::types::{JobStatus, ObjectKey, format_duration};
+use ferry::types::{FailureKind, JobStatus, ObjectKey, format_duration};
 use serde::Serialize;
 
 use crate::cli::CheckpointKind;
@@ -19,6 +19,8 @@ pub(crate) struct FailedObject {
     pub(crate) key: ObjectKey,
     pub(crate) attempts: u32,
     pub(crate) error: String,
+    /// What kind of failure it was (`disk_full`, `permission_denied`, `transient`, …).
+    pub(crate) kind: FailureKind,
 }
 
 impl FailedObject {
@@ -27,6 +29,7 @@ impl FailedObject {
             key: key.clone(),
             attempts: failure.attempts,
             error: failure.last_error.clone(),
+            kind: failure.kind,
         }
     }
 }
@@ -269,6 +272,7 @@ mod tests {
                 Failure {
                     attempts: 4,
                     last_error: "permission denied".to_owned(),
+                    kind: FailureKind::PermissionDenied,
                 },
             );
         }

@@ -1,7 +1,7 @@
 //! Errors of `ferry-engine`.
 
 pub use ferry_store::{BoxError, ErrorKind, Op};
-use ferry_types::{JobId, JobStatus, NodeId, ObjectKey};
+use ferry_types::{FailureKind, JobId, JobStatus, NodeId, ObjectKey};
 
 /// What can go wrong in the engine: a store's error, or one of the runner's own.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +131,33 @@ impl Error {
         self.kind() == ErrorKind::NotFound
     }
 
+    /// What kind of failure this is, for the checkpoint record and for programs that act
+    /// on it (a hint to free disk space, to fix permissions): never found by matching text.
+    /// A full disk or a denied access is recognised from the `io::Error` anywhere in the
+    /// error's chain (a directory store's, or one under an object-store client's error).
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            Error::Store(err) => {
+                if let Some(kind) = io_failure(err) {
+                    return kind;
+                }
+                match err.kind() {
+                    ErrorKind::Transient => FailureKind::Transient,
+                    ErrorKind::Permanent => FailureKind::Permanent,
+                    _ => FailureKind::Other,
+                }
+            }
+            Error::VerifyMismatch { .. } => FailureKind::Verify,
+            Error::HotKey { .. } => FailureKind::HotKey,
+            Error::FlipRefused { .. } => FailureKind::FlipRefused,
+            Error::CommitHook { .. } => FailureKind::CommitHook,
+            Error::Forwarding(ferry_forwarding::Error::AlreadyMoving { .. }) => {
+                FailureKind::AlreadyMoving
+            }
+            _ => FailureKind::Other,
+        }
+    }
+
     /// The store's error, when this is one.
     pub fn as_store(&self) -> Option<&ferry_store::Error> {
         match self {
@@ -138,6 +165,24 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// The kind of the first `io::Error` in `err`'s chain that says the disk is full or access
+/// was denied.
+fn io_failure(err: &(dyn std::error::Error + 'static)) -> Option<FailureKind> {
+    use std::io::ErrorKind as K;
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                K::StorageFull | K::QuotaExceeded => return Some(FailureKind::DiskFull),
+                K::PermissionDenied => return Some(FailureKind::PermissionDenied),
+                _ => {}
+            }
+        }
+        next = err.source();
+    }
+    None
 }
 
 /// `Result` with this crate's [`Error`].

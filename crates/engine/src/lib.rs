@@ -24,7 +24,8 @@
 //!   once more, synced and flipped on its own (I3). A source gone at open means
 //!   `Skipped`, absent on both sides. Transient errors are retried with the plan's backoff and
 //!   jitter; permanent or exhausted ones fail the object (its entry removed: reads stay on the
-//!   source) and the job ends `CompletedWithErrors`. Before the flips, the copies' digests
+//!   source; the record keeps the error's text and its kind,
+//!   [`Error::failure_kind`](crate::Error::failure_kind): `DiskFull`, `PermissionDenied`, …) and the job ends `CompletedWithErrors`. Before the flips, the copies' digests
 //!   are journaled in the checkpoint and saved (the *flip journal*); after them, which flips
 //!   were made (committed) and which were refused (void) is saved before any source is
 //!   deleted or any key copied again. Cleanup waits out the grace period (objects waiting

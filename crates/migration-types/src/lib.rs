@@ -50,6 +50,7 @@
 
 mod duration;
 mod error;
+mod failure;
 mod ids;
 mod plan;
 mod size;
@@ -58,6 +59,7 @@ mod status;
 
 pub use duration::{FormattedDuration, format_duration, parse_duration};
 pub use error::{Error, Result};
+pub use failure::FailureKind;
 pub use ids::{JobId, NodeId, ObjectKey};
 pub use plan::{
     CheckpointInterval, CleanupPolicy, KeyRange, MigrationPlan, ObjectSelection, PlanOptions,

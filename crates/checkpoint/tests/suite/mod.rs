@@ -29,7 +29,12 @@ fn progress(n: u64, tag: &str) -> Progress {
     let mut p = Progress::default();
     p.advance_watermark(key(&format!("data/{tag}/{n:08}")));
     p.mark_done(key(&format!("data/{tag}/{:08}", n + 2)), n);
-    p.mark_failed(key(&format!("data/{tag}/f{n}")), 2, format!("timeout {n}"));
+    p.mark_failed(
+        key(&format!("data/{tag}/f{n}")),
+        2,
+        format!("timeout {n}"),
+        ferry_types::FailureKind::Transient,
+    );
     p.done_objects = n;
     p.done_bytes = n * 4096;
     p
@@ -266,6 +271,7 @@ pub(crate) mod checks {
                 Failure {
                     attempts: 5,
                     last_error: format!("connection reset by peer ({i})"),
+                    kind: ferry_types::FailureKind::Transient,
                 },
             );
         }

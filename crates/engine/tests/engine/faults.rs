@@ -39,8 +39,8 @@ use ferry_store::{
     BoxFuture, BoxStream, Fault, FaultyStore, MemStore, MetaStream, Object, Store, Trigger,
 };
 use ferry_types::{
-    CleanupPolicy, JobId, JobSnapshot, JobStatus, MigrationPlan, ObjectKey, ObjectSelection,
-    VerifyMode,
+    CleanupPolicy, FailureKind, JobId, JobSnapshot, JobStatus, MigrationPlan, ObjectKey,
+    ObjectSelection, VerifyMode,
 };
 use futures_util::StreamExt;
 
@@ -77,6 +77,8 @@ enum Expect {
     Errors {
         failed: usize,
         attempts: u32,
+        /// The kind each failure is recorded with.
+        kind: FailureKind,
         reason: &'static str,
     },
     /// `Failed` (job-level fault) with an error containing `reason`; no source deleted; a
@@ -159,10 +161,11 @@ use Expect::*;
 use Side::{Source as S, Target as T};
 use When::{Always, First};
 
-const fn errors(failed: usize, attempts: u32, reason: &'static str) -> Expect {
+const fn errors(failed: usize, attempts: u32, kind: FailureKind, reason: &'static str) -> Expect {
     Errors {
         failed,
         attempts,
+        kind,
         reason,
     }
 }
@@ -362,6 +365,7 @@ async fn check_case(row: &Row, cleanup: CleanupPolicy) {
         Errors {
             failed,
             attempts,
+            kind,
             reason,
         } => {
             assert_eq!(
@@ -372,6 +376,7 @@ async fn check_case(row: &Row, cleanup: CleanupPolicy) {
             assert_eq!(record.progress.failed.len(), failed, "{label}: {record:?}");
             for (key, failure) in &record.progress.failed {
                 assert_eq!(failure.attempts, attempts, "{label}: {key:?}: {failure:?}");
+                assert_eq!(failure.kind, kind, "{label}: {key:?}: {failure:?}");
                 assert!(
                     failure.last_error.contains(reason),
                     "{label}: {key:?}: reason {:?} does not name {reason:?}",
@@ -535,15 +540,15 @@ const SLOW: Fault = Fault::Latency(LONG);
 matrix! {
     // ---- source get (COPY) ----
     source_get_transient_first => row(S, Op::Get, TRANSIENT, First, Completed);
-    source_get_transient_always => row(S, Op::Get, TRANSIENT, Always, errors(N, MAX_ATTEMPTS, "transient failure in get"));
-    source_get_permanent_first => row(S, Op::Get, PERMANENT, First, errors(1, 1, "permanent failure in get"));
-    source_get_permanent_always => row(S, Op::Get, PERMANENT, Always, errors(N, 1, "permanent failure in get"));
+    source_get_transient_always => row(S, Op::Get, TRANSIENT, Always, errors(N, MAX_ATTEMPTS, FailureKind::Transient, "transient failure in get"));
+    source_get_permanent_first => row(S, Op::Get, PERMANENT, First, errors(1, 1, FailureKind::Permanent, "permanent failure in get"));
+    source_get_permanent_always => row(S, Op::Get, PERMANENT, Always, errors(N, 1, FailureKind::Permanent, "permanent failure in get"));
     source_get_latency_first => row(S, Op::Get, SLOW, First, Completed);
     source_get_latency_always => row(S, Op::Get, SLOW, Always, Completed);
     source_get_truncated_first => row(S, Op::Get, TRUNC, First, Completed);
-    source_get_truncated_always => row(S, Op::Get, TRUNC, Always, errors(N, MAX_ATTEMPTS, "bytes where"));
+    source_get_truncated_always => row(S, Op::Get, TRUNC, Always, errors(N, MAX_ATTEMPTS, FailureKind::Transient, "bytes where"));
     source_get_fail_mid_body_first => row(S, Op::Get, FAIL_AFTER, First, Completed);
-    source_get_fail_mid_body_always => row(S, Op::Get, FAIL_AFTER, Always, errors(N, MAX_ATTEMPTS, "transient failure in get"));
+    source_get_fail_mid_body_always => row(S, Op::Get, FAIL_AFTER, Always, errors(N, MAX_ATTEMPTS, FailureKind::Transient, "transient failure in get"));
     // Was a bug (found by this matrix): verify=checksum compared the target only with the bytes streamed from the source.
     source_get_corrupt_first_checksum => row(S, Op::Get, CORRUPT, First, Completed);
     source_get_corrupt_always_checksum => row(S, Op::Get, CORRUPT, Always, Undetected { corrupted: N });
@@ -554,7 +559,7 @@ matrix! {
     // With checksums reported by the stores, verify reads nothing back and compares the
     // stream with the source's checksum: a source that corrupts every read is caught.
     source_get_corrupt_first_checksum_reported => row(S, Op::Get, CORRUPT, First, Completed).reported();
-    source_get_corrupt_always_checksum_reported => row(S, Op::Get, CORRUPT, Always, errors(N, MAX_ATTEMPTS, "source checksum")).reported();
+    source_get_corrupt_always_checksum_reported => row(S, Op::Get, CORRUPT, Always, errors(N, MAX_ATTEMPTS, FailureKind::Verify, "source checksum")).reported();
     source_get_transient_first_reported => row(S, Op::Get, TRANSIENT, First, Completed).reported();
     target_put_transient_first_reported => row(T, Op::Put, TRANSIENT, First, Completed).reported();
 
@@ -569,49 +574,49 @@ matrix! {
 
     // ---- source head (CLEANUP: the version re-check before the delete) ----
     source_head_transient_first => row(S, Op::Head, TRANSIENT, First, Completed).after_verify_only();
-    source_head_transient_always => row(S, Op::Head, TRANSIENT, Always, errors(N, MAX_ATTEMPTS, "transient failure in head")).after_verify_only();
-    source_head_permanent_first => row(S, Op::Head, PERMANENT, First, errors(1, 1, "permanent failure in head")).after_verify_only();
-    source_head_permanent_always => row(S, Op::Head, PERMANENT, Always, errors(N, 1, "permanent failure in head")).after_verify_only();
+    source_head_transient_always => row(S, Op::Head, TRANSIENT, Always, errors(N, MAX_ATTEMPTS, FailureKind::Transient, "transient failure in head")).after_verify_only();
+    source_head_permanent_first => row(S, Op::Head, PERMANENT, First, errors(1, 1, FailureKind::Permanent, "permanent failure in head")).after_verify_only();
+    source_head_permanent_always => row(S, Op::Head, PERMANENT, Always, errors(N, 1, FailureKind::Permanent, "permanent failure in head")).after_verify_only();
     source_head_latency_first => row(S, Op::Head, SLOW, First, Completed).after_verify_only();
     source_head_latency_always => row(S, Op::Head, SLOW, Always, Completed).after_verify_only();
 
     // ---- source delete (CLEANUP) ----
     source_delete_transient_first => row(S, Op::Delete, TRANSIENT, First, Completed).after_verify_only();
-    source_delete_transient_always => row(S, Op::Delete, TRANSIENT, Always, errors(N, MAX_ATTEMPTS, "transient failure in delete")).after_verify_only();
-    source_delete_permanent_first => row(S, Op::Delete, PERMANENT, First, errors(1, 1, "permanent failure in delete")).after_verify_only();
-    source_delete_permanent_always => row(S, Op::Delete, PERMANENT, Always, errors(N, 1, "permanent failure in delete")).after_verify_only();
+    source_delete_transient_always => row(S, Op::Delete, TRANSIENT, Always, errors(N, MAX_ATTEMPTS, FailureKind::Transient, "transient failure in delete")).after_verify_only();
+    source_delete_permanent_first => row(S, Op::Delete, PERMANENT, First, errors(1, 1, FailureKind::Permanent, "permanent failure in delete")).after_verify_only();
+    source_delete_permanent_always => row(S, Op::Delete, PERMANENT, Always, errors(N, 1, FailureKind::Permanent, "permanent failure in delete")).after_verify_only();
     source_delete_latency_first => row(S, Op::Delete, SLOW, First, Completed).after_verify_only();
     source_delete_latency_always => row(S, Op::Delete, SLOW, Always, Completed).after_verify_only();
 
     // ---- target put (COPY) ----
     target_put_transient_first => row(T, Op::Put, TRANSIENT, First, Completed);
-    target_put_transient_always => row(T, Op::Put, TRANSIENT, Always, errors(N, MAX_ATTEMPTS, "transient failure in put"));
-    target_put_permanent_first => row(T, Op::Put, PERMANENT, First, errors(1, 1, "permanent failure in put"));
-    target_put_permanent_always => row(T, Op::Put, PERMANENT, Always, errors(N, 1, "permanent failure in put"));
+    target_put_transient_always => row(T, Op::Put, TRANSIENT, Always, errors(N, MAX_ATTEMPTS, FailureKind::Transient, "transient failure in put"));
+    target_put_permanent_first => row(T, Op::Put, PERMANENT, First, errors(1, 1, FailureKind::Permanent, "permanent failure in put"));
+    target_put_permanent_always => row(T, Op::Put, PERMANENT, Always, errors(N, 1, FailureKind::Permanent, "permanent failure in put"));
     target_put_latency_first => row(T, Op::Put, SLOW, First, Completed);
     target_put_latency_always => row(T, Op::Put, SLOW, Always, Completed);
 
     // ---- target head (VERIFY, verify=size) ----
     target_head_transient_first => row(T, Op::Head, TRANSIENT, First, Completed).verify(VerifyMode::Size);
-    target_head_transient_always => row(T, Op::Head, TRANSIENT, Always, errors(N, MAX_ATTEMPTS, "transient failure in head")).verify(VerifyMode::Size);
-    target_head_permanent_first => row(T, Op::Head, PERMANENT, First, errors(1, 1, "permanent failure in head")).verify(VerifyMode::Size);
-    target_head_permanent_always => row(T, Op::Head, PERMANENT, Always, errors(N, 1, "permanent failure in head")).verify(VerifyMode::Size);
+    target_head_transient_always => row(T, Op::Head, TRANSIENT, Always, errors(N, MAX_ATTEMPTS, FailureKind::Transient, "transient failure in head")).verify(VerifyMode::Size);
+    target_head_permanent_first => row(T, Op::Head, PERMANENT, First, errors(1, 1, FailureKind::Permanent, "permanent failure in head")).verify(VerifyMode::Size);
+    target_head_permanent_always => row(T, Op::Head, PERMANENT, Always, errors(N, 1, FailureKind::Permanent, "permanent failure in head")).verify(VerifyMode::Size);
     target_head_latency_first => row(T, Op::Head, SLOW, First, Completed).verify(VerifyMode::Size);
     target_head_latency_always => row(T, Op::Head, SLOW, Always, Completed).verify(VerifyMode::Size);
 
     // ---- target get (VERIFY, verify=checksum: the target re-read) ----
     target_get_transient_first => row(T, Op::Get, TRANSIENT, First, Completed);
-    target_get_transient_always => row(T, Op::Get, TRANSIENT, Always, errors(N, MAX_ATTEMPTS, "transient failure in get"));
-    target_get_permanent_first => row(T, Op::Get, PERMANENT, First, errors(1, 1, "permanent failure in get"));
-    target_get_permanent_always => row(T, Op::Get, PERMANENT, Always, errors(N, 1, "permanent failure in get"));
+    target_get_transient_always => row(T, Op::Get, TRANSIENT, Always, errors(N, MAX_ATTEMPTS, FailureKind::Transient, "transient failure in get"));
+    target_get_permanent_first => row(T, Op::Get, PERMANENT, First, errors(1, 1, FailureKind::Permanent, "permanent failure in get"));
+    target_get_permanent_always => row(T, Op::Get, PERMANENT, Always, errors(N, 1, FailureKind::Permanent, "permanent failure in get"));
     target_get_latency_first => row(T, Op::Get, SLOW, First, Completed);
     target_get_latency_always => row(T, Op::Get, SLOW, Always, Completed);
     target_get_truncated_first => row(T, Op::Get, TRUNC, First, Completed);
-    target_get_truncated_always => row(T, Op::Get, TRUNC, Always, errors(N, MAX_ATTEMPTS, "bytes where"));
+    target_get_truncated_always => row(T, Op::Get, TRUNC, Always, errors(N, MAX_ATTEMPTS, FailureKind::Transient, "bytes where"));
     target_get_fail_mid_body_first => row(T, Op::Get, FAIL_AFTER, First, Completed);
-    target_get_fail_mid_body_always => row(T, Op::Get, FAIL_AFTER, Always, errors(N, MAX_ATTEMPTS, "transient failure in get"));
+    target_get_fail_mid_body_always => row(T, Op::Get, FAIL_AFTER, Always, errors(N, MAX_ATTEMPTS, FailureKind::Transient, "transient failure in get"));
     target_get_corrupt_first => row(T, Op::Get, CORRUPT, First, Completed);
-    target_get_corrupt_always => row(T, Op::Get, CORRUPT, Always, errors(N, MAX_ATTEMPTS, "failed: checksum"));
+    target_get_corrupt_always => row(T, Op::Get, CORRUPT, Always, errors(N, MAX_ATTEMPTS, FailureKind::Verify, "failed: checksum"));
 
     // ---- target sync (the commit's durability barrier: job-level) ----
     target_sync_transient_first => row(T, Op::Sync, TRANSIENT, First, Completed);
@@ -623,9 +628,9 @@ matrix! {
 
     // ---- target delete (a source gone at copy time: absent on both sides, Skipped) ----
     target_delete_transient_first => row(T, Op::Delete, TRANSIENT, First, Completed).ghost();
-    target_delete_transient_always => row(T, Op::Delete, TRANSIENT, Always, errors(1, MAX_ATTEMPTS, "transient failure in delete")).ghost();
-    target_delete_permanent_first => row(T, Op::Delete, PERMANENT, First, errors(1, 1, "permanent failure in delete")).ghost();
-    target_delete_permanent_always => row(T, Op::Delete, PERMANENT, Always, errors(1, 1, "permanent failure in delete")).ghost();
+    target_delete_transient_always => row(T, Op::Delete, TRANSIENT, Always, errors(1, MAX_ATTEMPTS, FailureKind::Transient, "transient failure in delete")).ghost();
+    target_delete_permanent_first => row(T, Op::Delete, PERMANENT, First, errors(1, 1, FailureKind::Permanent, "permanent failure in delete")).ghost();
+    target_delete_permanent_always => row(T, Op::Delete, PERMANENT, Always, errors(1, 1, FailureKind::Permanent, "permanent failure in delete")).ghost();
     target_delete_latency_first => row(T, Op::Delete, SLOW, First, Completed).ghost();
     target_delete_latency_always => row(T, Op::Delete, SLOW, Always, Completed).ghost();
 }
@@ -641,7 +646,7 @@ async fn target_put_enospc_disk_full() {
         Op::Put,
         PERMANENT,
         Always,
-        errors(N - 2, 1, "No space left on device"),
+        errors(N - 2, 1, FailureKind::DiskFull, "No space left on device"),
     );
     row.disk_full = Some(capacity);
     check_row(row).await;

@@ -121,6 +121,7 @@ async fn i2_a_failing_commit_hook_keeps_the_source_and_fails_the_object_still_fo
         .unwrap()
         .record;
     let failure = &record.progress.failed[&key(3)];
+    assert_eq!(failure.kind, ferry_types::FailureKind::CommitHook);
     assert!(
         failure.last_error.contains("commit hook") && failure.last_error.contains("refused"),
         "{}",

@@ -167,6 +167,7 @@ async fn i3_a_fence_is_never_held_longer_than_the_plans_fence_timeout() {
         .unwrap()
         .record;
     let failure = &record.progress.failed[&hot.key];
+    assert_eq!(failure.kind, ferry_types::FailureKind::HotKey);
     assert!(
         failure.last_error.contains("written too often to move"),
         "{failure:?}"

@@ -50,7 +50,9 @@ async fn i8_a_job_never_takes_over_or_removes_another_jobs_entry() {
         .unwrap()
         .unwrap()
         .record;
-    let reason = &record.progress.failed[&k].last_error;
+    let failure = &record.progress.failed[&k];
+    assert_eq!(failure.kind, ferry_types::FailureKind::AlreadyMoving);
+    let reason = &failure.last_error;
     assert!(reason.contains("already moving (job one)"), "{reason}");
     // The first job's move went on undisturbed.
     assert_eq!(

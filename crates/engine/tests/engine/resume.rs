@@ -332,7 +332,12 @@ async fn i3_resume_does_not_forward_a_failed_key_to_its_stale_copy() {
     checkpoints.create(&job, &plan).await.unwrap();
     let lease = checkpoints.acquire(&job).await.unwrap().lease;
     let mut progress = ferry_checkpoint::Progress::default();
-    progress.mark_failed(key(0), 5, "verification failed".into());
+    progress.mark_failed(
+        key(0),
+        5,
+        "verification failed".into(),
+        ferry_types::FailureKind::Verify,
+    );
     progress.mark_done(key(1), 8);
     progress.advance_watermark(key(1));
     checkpoints

@@ -91,6 +91,7 @@ pub(super) async fn commit_synced(
                 attempts,
                 error,
             } => {
+                let kind = error.failure_kind();
                 let error = error_chain(&error);
                 tracing::warn!(key = %key.as_str(), attempts, error = %error, "object failed");
                 shared.emit(
@@ -107,6 +108,7 @@ pub(super) async fn commit_synced(
                     key,
                     attempts,
                     error,
+                    kind,
                 });
             }
             // Forwarded ones were finished above; verified ones were flipped.
