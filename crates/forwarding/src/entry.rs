@@ -102,6 +102,20 @@ pub(crate) struct Cold {
     pub(crate) copy_from: NodeId,
     /// The job that registered the entry (its last move), if it was registered for one.
     pub(crate) owner: Option<JobId>,
+    /// While a chained move copies (B→C of a key forwarded A→B), the forwarded entry it
+    /// replaced: the move's owner removing it (a cancel, a failure) puts that back, so the
+    /// key keeps routing to B for the job that moved it there.
+    pub(crate) before: Option<Box<Forwarded>>,
+}
+
+/// A forwarded entry's routing, kept while a chained move copies away from its target.
+#[derive(Debug)]
+pub(crate) struct Forwarded {
+    target: NodeId,
+    copy_from: NodeId,
+    hops: u32,
+    owner: Option<JobId>,
+    expires_at: u64,
 }
 
 impl Entry {
@@ -131,6 +145,7 @@ impl Entry {
                 source,
                 copy_from: source,
                 owner: owner.cloned(),
+                before: None,
             }),
         }
     }
@@ -211,6 +226,13 @@ impl Entry {
                 max: max_hops,
             });
         }
+        self.cold.before = Some(Box::new(Forwarded {
+            target: self.target,
+            copy_from: self.cold.copy_from,
+            hops: self.cold.hops,
+            owner: self.cold.owner.take(),
+            expires_at: self.expires_at,
+        }));
         self.state = EntryState::Copying;
         self.chained = true;
         self.cold.copy_from = source;
@@ -262,7 +284,29 @@ impl Entry {
         let was_fenced = self.state == EntryState::Fenced;
         self.state = EntryState::Forwarded;
         self.chained = false;
+        self.cold.before = None;
         self.expires_at = now.saturating_add(self.cold.ttl);
         Ok(was_fenced)
+    }
+
+    /// Undoes a chained move that has not flipped, under the shard's write lock: the entry is
+    /// forwarded again as it was before [`Entry::chain`], with its owner and deadline. Returns
+    /// whether there was a chained move to undo (the caller removes the entry otherwise, and
+    /// lifts a fence and puts the deadline back in the expiry index when it was one).
+    pub(crate) fn unchain(&mut self) -> bool {
+        if self.state == EntryState::Forwarded {
+            return false;
+        }
+        let Some(before) = self.cold.before.take() else {
+            return false;
+        };
+        self.state = EntryState::Forwarded;
+        self.chained = false;
+        self.target = before.target;
+        self.cold.copy_from = before.copy_from;
+        self.cold.hops = before.hops;
+        self.cold.owner = before.owner;
+        self.expires_at = before.expires_at;
+        true
     }
 }

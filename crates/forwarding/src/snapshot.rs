@@ -143,6 +143,9 @@ impl Table {
                     source: record.source,
                     copy_from: record.copy_from,
                     owner: record.owner,
+                    // A chained move restored from a snapshot cannot be undone: its removal
+                    // removes the entry.
+                    before: None,
                 }),
             });
         }

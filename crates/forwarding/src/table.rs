@@ -763,7 +763,11 @@ impl Table {
     }
 
     /// Removes `key`'s entry only if the job `owner` registered it ([`Table::register_for`]);
-    /// returns whether a live one was removed. Another job's entry is left as it is.
+    /// returns whether a live one was removed. Another job's entry is left as it is. A
+    /// chained move (B→C of a key forwarded A→B) that has not flipped is undone rather than
+    /// removed: the key is forwarded to B again, owned by the job that moved it there, with
+    /// its deadline (a cancelled second move never sends reads back to A, which the first
+    /// job's cleanup may already have emptied).
     pub fn remove_owned(&self, key: &str, owner: &JobId) -> bool {
         self.remove_as(key, Some(owner))
     }
@@ -782,6 +786,21 @@ impl Table {
         else {
             return false;
         };
+        if owner.is_some()
+            && let Some(entry) = map.find_mut(hash, key)
+        {
+            let fenced = entry.state == EntryState::Fenced;
+            if entry.unchain() {
+                let deadline = entry.deadline();
+                map.expiry.insert(deadline);
+                if fenced {
+                    shard.fenced.fetch_sub(1, Relaxed);
+                    shard.fence_lifted.notify_waiters();
+                    shard.drained.notify_waiters();
+                }
+                return live;
+            }
+        }
         shard.remove_entry(&mut map, hash, incarnation);
         inner.maybe_rebuild_filter(shard, &mut map);
         live

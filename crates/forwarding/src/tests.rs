@@ -391,7 +391,15 @@ fn entries_are_changed_and_removed_only_by_the_job_that_registered_them() {
         .unwrap();
     assert_eq!(table.get("k").unwrap().owner.as_ref(), Some(&two));
     assert!(!table.remove_owned("k", &one));
+    // Two gives its move up (a cancel): the key is forwarded to b again, one's entry.
     assert!(table.remove_owned("k", &two));
+    assert_eq!(table.route_read("k"), Route::Target(node("b")));
+    let info = table.get("k").unwrap();
+    assert_eq!(
+        (info.state, info.owner.as_ref()),
+        (EntryState::Forwarded, Some(&one))
+    );
+    assert!(table.remove_owned("k", &one));
     assert_eq!(table.route_read("k"), Route::Source);
     // The snapshot keeps owners.
     table
