@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_checkpoint::CheckpointStore;
-use ferry_engine::Op;
+use ferry_engine::{Engine, Op};
 use ferry_forwarding::{EntryState, Route, Table};
 use ferry_store::{Fault, FaultyStore, MemStore};
 use ferry_types::{
@@ -172,4 +172,59 @@ async fn i3_a_fence_is_never_held_longer_than_the_plans_fence_timeout() {
         failure.last_error.contains("written too often to move"),
         "{failure:?}"
     );
+}
+
+/// A hot key's flip, made on its own under the fence, is journaled committed with its commit
+/// batch like a batch's flip: when the commit hook then fails (the source kept, the object
+/// failed, the target serving the key and taking its writes), a restart's `recover` forwards
+/// the key again, so the write made through the flip is never read back as the stale
+/// source (I3, hole A's rule on the hot-key path).
+#[tokio::test(start_paused = true)]
+async fn i3_a_hot_keys_flip_is_never_forgotten_when_its_commit_fails() {
+    let hot = hot();
+    let failing_engine = |table: &Table| {
+        Engine::builder()
+            .node(a(), Arc::new(hot.source.clone()))
+            .node(b(), Arc::new(hot.target.clone()))
+            .checkpoint_store(Arc::clone(&hot.checkpoints))
+            .forwarding(table.clone())
+            .commit_hook(|_, _| Box::pin(async { Err("the placement service is down".into()) }))
+            .build()
+            .unwrap()
+    };
+    let handle = failing_engine(&hot.table)
+        .start(hot.plan("hot-hook"))
+        .await
+        .unwrap();
+    hot.write_until_fenced().await;
+    let snap = handle.wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::CompletedWithErrors, "{snap:?}");
+    assert_eq!(hot.table.route_read(hot.key.as_str()), Route::Target(b()));
+    // A write through the flip: it lands on the target.
+    let value = hot.write(9_999).await.unwrap();
+    let record = hot
+        .checkpoints
+        .load(&JobId::new("hot-hook").unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
+    assert_eq!(
+        record.progress.failed[&hot.key].kind,
+        ferry_types::FailureKind::CommitHook
+    );
+    assert!(
+        record
+            .progress
+            .flips
+            .get(&hot.key)
+            .is_some_and(|f| f.committed),
+        "{:?}",
+        record.progress.flips
+    );
+    // A restarted process: a new table; `recover` forwards the committed flip again.
+    let table = Table::default();
+    failing_engine(&table).recover().await.unwrap();
+    assert_eq!(table.route_read(hot.key.as_str()), Route::Target(b()));
+    assert_eq!(hot.target.inner().bytes(hot.key.as_str()).unwrap(), value);
 }
