@@ -280,7 +280,17 @@ impl<K: Kv> KvStore<K> {
                 let Some(bytes) = current else {
                     return Err(Error::NotFound { job: lease.job });
                 };
-                let record = decode_at(&place, &lease.job, bytes)?;
+                // Only the head: the progress is replaced whole.
+                let record = envelope::decode_head(bytes).map_err(|e| e.at(&place))?;
+                if record.job != lease.job {
+                    return Err(Error::Corrupt {
+                        path: place.to_path_buf(),
+                        reason: CorruptReason::WrongJob {
+                            expected: lease.job,
+                            found: record.job,
+                        },
+                    });
+                }
                 if record.epoch != lease.epoch {
                     return Err(Error::StaleEpoch {
                         job: lease.job,
