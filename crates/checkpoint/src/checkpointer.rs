@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_types::{CheckpointInterval, JobId, JobStatus};
+use ferry_types::{CheckpointInterval, JobId, JobStatus, PlanOptions};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -76,6 +76,8 @@ struct State {
     records: u64,
     /// A caller waits for its change to be durable: save now.
     urgent: bool,
+    /// Plan options to save with the next save ([`Checkpointer::set_options`]).
+    options: Option<PlanOptions>,
 }
 
 #[derive(Debug)]
@@ -105,6 +107,7 @@ impl Checkpointer {
                 dirty_since: None,
                 records: 0,
                 urgent: false,
+                options: None,
             }),
             wake: Notify::new(),
             objects: interval.objects.max(1),
@@ -213,6 +216,22 @@ impl Checkpointer {
         }
     }
 
+    /// Sets the plan options saved with the job's record
+    /// ([`CheckpointStore::save_with_options`]), e.g. a rate the user changed while the job
+    /// runs, so that a resumed run goes on with them. The save is asked for at once, as
+    /// [`save_soon`](Checkpointer::save_soon) does; [`saved`](Checkpointer::saved) tells when
+    /// it is durable.
+    pub fn set_options(&self, options: PlanOptions) {
+        let mut state = self.shared.state.lock();
+        state.options = Some(options);
+        state.urgent = true;
+        if state.dirty_since.is_none() {
+            state.dirty_since = Some(Instant::now());
+        }
+        drop(state);
+        self.shared.wake.notify_one();
+    }
+
     /// The progress as recorded so far (saved or not).
     pub fn progress(&self) -> Progress {
         self.shared.state.lock().progress.clone()
@@ -305,15 +324,24 @@ async fn run(
         if let Some(e) = failed {
             return Err(background(&lease.job, e));
         }
-        let (status, progress, records) = {
+        let (status, progress, records, options) = {
             let mut state = shared.state.lock();
             state.unsaved = 0;
             state.dirty_since = None;
             state.urgent = false;
-            (state.status, state.progress.clone(), state.records)
+            let options = state.options.take();
+            (state.status, state.progress.clone(), state.records, options)
         };
         let (objects, bytes) = (progress.done_objects, progress.done_bytes);
-        match store.save(&lease, status, progress).await {
+        let saved_now = match &options {
+            Some(options) => {
+                store
+                    .save_with_options(&lease, status, progress, options)
+                    .await
+            }
+            None => store.save(&lease, status, progress).await,
+        };
+        match saved_now {
             Ok(generation) => {
                 saved.send_modify(|s| {
                     s.saves += 1;
@@ -502,6 +530,30 @@ mod tests {
         .unwrap();
         let record = store.load(&job).await.unwrap().unwrap().record;
         assert!(record.progress.flips[&ObjectKey::new("k0000").unwrap()].committed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn set_options_saves_the_plan_options_at_once_and_keeps_them() {
+        let (store, job, cp) = setup(CheckpointInterval {
+            objects: 1000,
+            every: Duration::from_secs(3600),
+        })
+        .await;
+        let t0 = Instant::now();
+        let mut options = store.load(&job).await.unwrap().unwrap().record.plan.options;
+        options.rate = "64KiB/s".parse().unwrap();
+        cp.set_options(options.clone());
+        let mut saved = cp.saved();
+        saved.wait_for(|s| s.saves == 1).await.unwrap();
+        assert_eq!(Instant::now(), t0, "no waiting for the interval");
+        let record = store.load(&job).await.unwrap().unwrap().record;
+        assert_eq!(record.plan.options, options);
+        // Later saves keep them.
+        cp.record(done(1));
+        cp.flush().await.unwrap();
+        let record = store.load(&job).await.unwrap().unwrap().record;
+        assert_eq!(record.plan.options, options);
+        assert_eq!(record.progress.done_objects, 1);
     }
 
     #[tokio::test(start_paused = true)]

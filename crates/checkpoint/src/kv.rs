@@ -10,7 +10,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ferry_types::{JobId, JobStatus, MigrationPlan};
+use ferry_types::{JobId, JobStatus, MigrationPlan, PlanOptions};
 use parking_lot::Mutex;
 
 use crate::envelope;
@@ -270,7 +270,14 @@ impl<K: Kv> KvStore<K> {
         Ok(())
     }
 
-    async fn save(&self, lease: &Lease, status: JobStatus, progress: Progress) -> Result<u64> {
+    /// Saves the status and progress, and the plan's options when given.
+    async fn save(
+        &self,
+        lease: &Lease,
+        status: JobStatus,
+        progress: Progress,
+        options: Option<PlanOptions>,
+    ) -> Result<u64> {
         self.check_held(lease)?;
         let place = self.kv.place(&lease.job);
         let lease = lease.clone();
@@ -300,11 +307,15 @@ impl<K: Kv> KvStore<K> {
                 }
                 check_transition(&lease.job, record.status, status)?;
                 let generation = record.generation + 1;
+                let plan = options.map(|options| MigrationPlan {
+                    options,
+                    ..record.plan.clone()
+                });
                 let bytes = envelope::encode_ref(&JobRecordRef {
                     epoch: record.epoch,
                     generation,
                     job: &record.job,
-                    plan: &record.plan,
+                    plan: plan.as_ref().unwrap_or(&record.plan),
                     status,
                     progress: &progress,
                 })?;
@@ -353,6 +364,22 @@ impl<K: Kv> CheckpointStore for KvStore<K> {
         status: JobStatus,
         progress: Progress,
     ) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(KvStore::save(self, lease, status, progress))
+        Box::pin(KvStore::save(self, lease, status, progress, None))
+    }
+
+    fn save_with_options<'a>(
+        &'a self,
+        lease: &'a Lease,
+        status: JobStatus,
+        progress: Progress,
+        options: &'a PlanOptions,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(KvStore::save(
+            self,
+            lease,
+            status,
+            progress,
+            Some(options.clone()),
+        ))
     }
 }

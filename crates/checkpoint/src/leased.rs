@@ -31,7 +31,7 @@ use std::fmt;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use ferry_types::{JobId, JobStatus, MigrationPlan};
+use ferry_types::{JobId, JobStatus, MigrationPlan, PlanOptions};
 use parking_lot::Mutex;
 
 use crate::envelope;
@@ -536,6 +536,27 @@ impl Inner {
         ))
     }
 
+    /// Saves the status and progress, and the plan's options when given.
+    async fn save(
+        &self,
+        lease: &Lease,
+        status: JobStatus,
+        progress: Progress,
+        options: Option<&PlanOptions>,
+    ) -> Result<u64> {
+        self.update_held(lease, |record, _| {
+            check_transition(&lease.job, record.status, status)?;
+            record.status = status;
+            record.progress = progress.clone();
+            if let Some(options) = options {
+                record.plan.options = options.clone();
+            }
+            record.generation += 1;
+            Ok(record.generation)
+        })
+        .await
+    }
+
     async fn acquire(self: &Arc<Self>, job: &JobId) -> Result<Acquired> {
         {
             let mut held = self.held.lock();
@@ -748,16 +769,16 @@ impl CheckpointStore for LeasedStore {
         status: JobStatus,
         progress: Progress,
     ) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(async move {
-            self.inner
-                .update_held(lease, |record, _| {
-                    check_transition(&lease.job, record.status, status)?;
-                    record.status = status;
-                    record.progress = progress.clone();
-                    record.generation += 1;
-                    Ok(record.generation)
-                })
-                .await
-        })
+        Box::pin(self.inner.save(lease, status, progress, None))
+    }
+
+    fn save_with_options<'a>(
+        &'a self,
+        lease: &'a Lease,
+        status: JobStatus,
+        progress: Progress,
+        options: &'a PlanOptions,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(self.inner.save(lease, status, progress, Some(options)))
     }
 }

@@ -84,7 +84,7 @@ mod sled_store;
 use std::future::Future;
 use std::pin::Pin;
 
-use ferry_types::{JobId, JobStatus, MigrationPlan};
+use ferry_types::{JobId, JobStatus, MigrationPlan, PlanOptions};
 
 pub use crate::checkpointer::{Checkpointer, Saved};
 pub use crate::error::{CorruptReason, Error, Result};
@@ -197,6 +197,28 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
         status: JobStatus,
         progress: Progress,
     ) -> BoxFuture<'a, Result<u64>>;
+
+    /// Saves as [`save`](CheckpointStore::save) does, and replaces the stored plan's options
+    /// with `options`: a running job's tunables changed (its rate, by the user), and a
+    /// resumed run must go on with them. What the plan moves (source, target, objects) and
+    /// the record's layout stay as they are.
+    ///
+    /// The default implementation calls `save` and keeps the stored options, so a wrapper
+    /// that intercepts `save` goes on working, but loses such changes unless it forwards
+    /// this method too; every store of this crate implements it.
+    ///
+    /// # Errors
+    /// As [`save`](CheckpointStore::save).
+    fn save_with_options<'a>(
+        &'a self,
+        lease: &'a Lease,
+        status: JobStatus,
+        progress: Progress,
+        options: &'a PlanOptions,
+    ) -> BoxFuture<'a, Result<u64>> {
+        let _ = options;
+        self.save(lease, status, progress)
+    }
 }
 
 /// Implements [`CheckpointStore`] for a newtype whose `inner` field is an `Arc` of a store.
@@ -257,6 +279,17 @@ macro_rules! delegate_store {
                 progress: $crate::Progress,
             ) -> $crate::BoxFuture<'a, $crate::Result<u64>> {
                 self.inner.save(lease, status, progress)
+            }
+
+            fn save_with_options<'a>(
+                &'a self,
+                lease: &'a $crate::Lease,
+                status: ::ferry_types::JobStatus,
+                progress: $crate::Progress,
+                options: &'a ::ferry_types::PlanOptions,
+            ) -> $crate::BoxFuture<'a, $crate::Result<u64>> {
+                self.inner
+                    .save_with_options(lease, status, progress, options)
             }
         }
     };

@@ -134,14 +134,21 @@ pub(crate) fn line(snap: &JobSnapshot, totals: Totals) -> String {
     )
 }
 
-/// The time left from the scan's total and the throughput so far.
+/// The time left at the recent throughput: from the scan's total (which the CLI knows
+/// before the engine's listing ends), else the engine's own estimate.
 pub(crate) fn eta(snap: &JobSnapshot, totals: Totals) -> Option<Duration> {
-    let left = totals.bytes?.saturating_sub(snap.done_bytes);
-    if left == 0 {
-        return Some(Duration::ZERO);
-    }
-    JobSnapshot::estimate_eta(left, snap.throughput)
-        .map(|d| Duration::from_secs(d.as_secs().max(1)))
+    let estimate = match totals.bytes {
+        Some(total) => {
+            let left = total.saturating_sub(snap.done_bytes);
+            if left == 0 {
+                return Some(Duration::ZERO);
+            }
+            JobSnapshot::estimate_eta(left, snap.throughput)
+        }
+        None if snap.eta == Some(Duration::ZERO) => return snap.eta,
+        None => snap.eta,
+    };
+    estimate.map(|d| Duration::from_secs(d.as_secs().max(1)))
 }
 
 /// A byte count in binary units, e.g. `7.5MiB`.

@@ -39,7 +39,9 @@
 //!   that began after they finished (sync before record).
 //! - [`JobHandle`]: `pause` (copies park at the next chunk; a checkpoint is saved),
 //!   `resume`, `cancel` (Copying entries removed, forwarded objects stay; a
-//!   [`CancelReport`]), `set_rate`, `snapshot`, `watch`, `wait`, and
+//!   [`CancelReport`]), `set_rate` (at once, and saved in the job's record with a
+//!   checkpoint asked for at once: a recovered or restarted job goes on at the rate last
+//!   set), `snapshot`, `watch`, `wait`, and
 //!   [`events`](JobHandle::events): a broadcast stream of per-object transitions
 //!   ([`ObjectEvent`]: key, [`ObjectState`](ferry_types::ObjectState), time since start), in
 //!   protocol order; a slow receiver lags (loses the oldest) rather than slowing the job.
@@ -47,6 +49,17 @@
 //!   object after its flip and the commit's target sync, and before its source is deleted; the storage system updates its placement map there. If it
 //!   fails, the source is kept and the object is recorded failed with the hook's error; its
 //!   forwarding entry stays `Forwarded`, so reads keep going to the complete target copy (I2).
+//! - Progress ([`JobSnapshot`](ferry_types::JobSnapshot)): `throughput` and
+//!   `objects_per_sec` are this run's, over the last 10 s (a sliding window; over the whole
+//!   run while it is younger), never counting objects restored from a checkpoint. A listed
+//!   job's `total_objects` and `total_bytes` (the listed sizes, plus the bytes done before
+//!   this run) are known once its listing ends; explicit keys know their objects from the
+//!   start. `eta` is given as soon as a total is known: the bytes left at the recent
+//!   throughput, or else the objects left at the recent objects per second.
+//! - The job's throttle: the plan's rate and, when set, its burst
+//!   ([`PlanOptions::burst`](ferry_types::PlanOptions)); the default burst is a tenth of a
+//!   second of the rate, at least one chunk but at most one second of the rate, so a low rate
+//!   lets at most a second's worth through at once (at the start, after a pause or a recovery).
 //! - [`Engine::route`]: where a key is served now (the forwarding lookup).
 //!   [`Engine::jobs`]: the jobs of the checkpoint store as snapshots, optionally filtered by
 //!   status (live snapshots for jobs running in this engine, the others from their records).
@@ -81,8 +94,10 @@
 //!
 //! A source that changed since its copy (a write that did not go through the table) is kept,
 //! with a warning naming the key; the record does not keep the reason. Events of objects a
-//! crashed run had already moved may start mid-protocol. `JobHandle::set_rate` lasts for the
-//! run: a resumed job starts again at its plan's rate.
+//! crashed run had already moved may start mid-protocol. A burst set on the plan is not
+//! stored in checkpoint records (their layout is unchanged): a job resumed from its record
+//! alone runs with the default burst. A drain's re-listings (keys created behind the first
+//! listing) add to `total_objects` but not to `total_bytes`.
 //!
 //! # Example
 //! ```

@@ -476,6 +476,15 @@ pub struct PlanOptions {
     pub concurrency: NonZeroUsize,
     /// Bandwidth limit of this job (default unlimited).
     pub rate: Rate,
+    /// How many bytes may pass at once, at the start, after a pause or after a recovery
+    /// (default `None`: the throttle's default, bounded by the rate; see
+    /// `ferry_throttle::Builder::burst`). Not zero.
+    ///
+    /// Not in the binary (postcard) encoding: checkpoint records keep their layout, and a
+    /// job resumed from its record alone (`Engine::recover`, `ferry resume`) runs with the
+    /// default burst. Human-readable formats (JSON plans) carry it.
+    #[serde(with = "human_only")]
+    pub burst: Option<ByteSize>,
     /// Bytes read and written at a time (default 1 MiB); memory use is about
     /// `concurrency × chunk_size`, whatever the object sizes (SPEC I7).
     pub chunk_size: ByteSize,
@@ -500,6 +509,7 @@ impl Default for PlanOptions {
             cleanup: CleanupPolicy::default(),
             concurrency: NonZeroUsize::new(16).unwrap_or(NonZeroUsize::MIN),
             rate: Rate::Unlimited,
+            burst: None,
             chunk_size: ByteSize::mib(1),
             retry: RetryPolicy::default(),
             checkpoint: CheckpointInterval::default(),
@@ -511,6 +521,12 @@ impl Default for PlanOptions {
 
 impl PlanOptions {
     fn validate(&self) -> Result<()> {
+        if self.burst.is_some_and(|burst| burst.as_u64() == 0) {
+            return Err(plan_error(
+                "options.burst",
+                "must be at least 1 byte (leave it unset for the default)",
+            ));
+        }
         if self.chunk_size.as_u64() == 0 {
             return Err(plan_error("options.chunk_size", "must be at least 1 byte"));
         }
@@ -636,6 +652,14 @@ impl MigrationPlan {
         self
     }
 
+    /// Sets the burst: how many bytes may pass the job's throttle at once (see
+    /// [`PlanOptions::burst`]).
+    #[must_use]
+    pub fn with_burst(mut self, burst: ByteSize) -> MigrationPlan {
+        self.options.burst = Some(burst);
+        self
+    }
+
     /// Sets the chunk size.
     #[must_use]
     pub fn with_chunk_size(mut self, chunk_size: ByteSize) -> MigrationPlan {
@@ -679,7 +703,7 @@ impl MigrationPlan {
     /// `objects` listing a key twice, or a prefix that is too long or holds a NUL byte;
     /// `objects.range.after` or `objects.range.until` not starting with the range's prefix;
     /// `objects.range.until` not after `objects.range.after`; a
-    /// zero `options.chunk_size`, `options.max_flip_attempts`, `options.fence_timeout`,
+    /// zero `options.burst`, `options.chunk_size`, `options.max_flip_attempts`, `options.fence_timeout`,
     /// `options.checkpoint.objects`, `options.checkpoint.every`,
     /// `options.retry.max_attempts` or `options.retry.multiplier`; or
     /// `options.retry.max_backoff` below `initial_backoff`.
@@ -695,6 +719,37 @@ impl MigrationPlan {
         }
         self.objects.validate()?;
         self.options.validate()
+    }
+}
+
+/// Serde for [`PlanOptions::burst`]: the value in human-readable formats, nothing in binary
+/// ones. Postcard, which checkpoint records use, writes a unit as zero bytes, so a plan with
+/// this field encodes exactly as one without it (and old records still decode); reading a
+/// binary plan gives `None`.
+mod human_only {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::size::ByteSize;
+
+    pub(super) fn serialize<S: Serializer>(
+        burst: &Option<ByteSize>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            burst.serialize(serializer)
+        } else {
+            serializer.serialize_unit()
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<ByteSize>, D::Error> {
+        if deserializer.is_human_readable() {
+            Option::<ByteSize>::deserialize(deserializer)
+        } else {
+            <()>::deserialize(deserializer).map(|()| None)
+        }
     }
 }
 
@@ -792,6 +847,33 @@ mod tests {
     }
 
     #[test]
+    fn burst_is_in_json_and_leaves_the_binary_encoding_unchanged() {
+        let plan = full_plan();
+        let with_burst = plan.clone().with_burst(ByteSize::kib(64));
+        with_burst.validate().unwrap();
+        // JSON plans carry it, and may leave it out.
+        let json = serde_json::to_string(&with_burst).unwrap();
+        assert!(json.contains(r#""burst":"64KiB""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<MigrationPlan>(&json).unwrap(),
+            with_burst
+        );
+        let json = serde_json::to_string(&plan).unwrap();
+        assert!(json.contains(r#""burst":null"#), "{json}");
+        let mut value = serde_json::to_value(&plan).unwrap();
+        value["options"].as_object_mut().unwrap().remove("burst");
+        assert_eq!(
+            serde_json::from_value::<MigrationPlan>(value).unwrap(),
+            plan
+        );
+        // Checkpoint records (postcard) keep their layout: the burst adds no byte, and a
+        // binary plan reads back without it.
+        let bin = postcard::to_allocvec(&with_burst).unwrap();
+        assert_eq!(bin, postcard::to_allocvec(&plan).unwrap());
+        assert_eq!(postcard::from_bytes::<MigrationPlan>(&bin).unwrap(), plan);
+    }
+
+    #[test]
     fn json_plan_may_omit_options_but_not_misspell_them() {
         let plan: MigrationPlan = serde_json::from_str(
             r#"{"source": "a", "target": "b", "objects": {"prefix": "logs/"},
@@ -829,6 +911,7 @@ mod tests {
                 "target",
             ),
             (base().with_chunk_size(ByteSize::ZERO), "options.chunk_size"),
+            (base().with_burst(ByteSize::ZERO), "options.burst"),
             (
                 base().with_max_flip_attempts(0),
                 "options.max_flip_attempts",

@@ -361,8 +361,15 @@ fn cost(n: u64, unit_time: u64) -> u64 {
     u64::try_from(nanos).unwrap_or(u64::MAX)
 }
 
+/// The burst when none was set: a tenth of a second of the rate, and at least `min_burst`
+/// (one chunk) unless that is more than a second of the rate. See
+/// [`Builder::burst`](crate::Builder::burst) for why.
 fn default_burst(rate: u64, min_burst: u64) -> u64 {
-    (rate / DEFAULT_BURST_DIVISOR).max(min_burst)
+    if rate == 0 {
+        // Unlimited: the burst is not used; it is recomputed when a rate is set.
+        return min_burst;
+    }
+    (rate / DEFAULT_BURST_DIVISOR).max(min_burst.min(rate))
 }
 
 #[cfg(test)]
@@ -387,9 +394,24 @@ mod tests {
     }
 
     #[test]
-    fn default_burst_is_a_tenth_of_the_rate_and_at_least_the_minimum() {
-        assert_eq!(default_burst(100 << 20, 1 << 20), 10 << 20);
-        assert_eq!(default_burst(1 << 20, 1 << 20), 1 << 20);
-        assert_eq!(default_burst(5, 1), 1);
+    fn default_burst_is_a_tenth_of_the_rate_and_at_least_a_chunk_within_a_second_of_it() {
+        let table = [
+            // (rate, chunk, burst)
+            (100 << 20, 1 << 20, 10 << 20), // a tenth of a second of the rate
+            (10 << 20, 1 << 20, 1 << 20),
+            (2 << 20, 1 << 20, 1 << 20), // one chunk
+            (1 << 20, 1 << 20, 1 << 20),
+            (64 << 10, 1 << 20, 64 << 10), // one second of the rate, less than a chunk
+            (5, 1, 1),
+            (1, 1 << 20, 1),
+            (0, 1 << 20, 1 << 20), // unlimited: unused
+        ];
+        for (rate, chunk, burst) in table {
+            assert_eq!(
+                default_burst(rate, chunk),
+                burst,
+                "rate {rate}, chunk {chunk}"
+            );
+        }
     }
 }

@@ -64,8 +64,9 @@ use ferry_types::{ByteSize, Rate};
 use crate::bucket::Bucket;
 pub use crate::error::{Error, Result};
 
-/// The smallest default burst: one default chunk (1 MiB), so a chunk never waits for more
-/// than the rate requires.
+/// The default chunk size (1 MiB): the floor of the default burst unless
+/// [`Builder::chunk_size`] says otherwise, itself bounded by one second of the rate (see
+/// [`Builder::burst`]).
 pub const DEFAULT_MIN_BURST: ByteSize = ByteSize::mib(1);
 
 /// Where a throttle reads the time.
@@ -115,8 +116,8 @@ impl Default for Throttle {
 }
 
 impl Throttle {
-    /// A throttle of `rate` bytes per second with the default burst (rate × 100 ms, at least
-    /// [`DEFAULT_MIN_BURST`]) and no objects limit.
+    /// A throttle of `rate` bytes per second with the default burst (see [`Builder::burst`])
+    /// and no objects limit.
     pub fn new(rate: Rate) -> Throttle {
         Throttle::builder()
             .rate(rate)
@@ -196,8 +197,8 @@ impl Throttle {
         self.own().bytes.set_rate(units(rate));
     }
 
-    /// Sets this throttle's burst (`None`: back to the default, rate × 100 ms, at least
-    /// [`DEFAULT_MIN_BURST`]). Takes effect at once.
+    /// Sets this throttle's burst (`None`: back to the default, see [`Builder::burst`]).
+    /// Takes effect at once.
     ///
     /// # Errors
     /// [`Error::ZeroBurst`] for a burst of zero; nothing changes then.
@@ -392,15 +393,28 @@ impl Builder {
         self
     }
 
-    /// The burst: how many bytes may pass at once after a pause. Default: rate × 100 ms, and
-    /// at least the chunk size.
+    /// The burst: how many bytes may pass at once, at the start and after a pause.
+    ///
+    /// Default: rate × 100 ms, and at least one chunk ([`chunk_size`](Self::chunk_size)),
+    /// but never more than one second of the rate; it follows the rate when the rate
+    /// changes. Why each bound:
+    /// - rate × 100 ms: a waiter woken a little late (the timer's granularity) still finds
+    ///   its tokens, so a saturated throttle delivers its rate.
+    /// - one chunk: a chunk must always fit in the bucket, or it passes only on debt once
+    ///   the bucket is full, with every caller after it waiting the debt out.
+    /// - one second of the rate: the chunk floor must not dwarf a low rate. With a 1 MiB
+    ///   floor, a job at 64 KiB/s would let 1 MiB through unthrottled at each start (about
+    ///   a thousand small objects); bounded, the bytes granted in any window `W` stay at
+    ///   most `rate × (W + 1 s)` for requests within the burst. A chunk larger than that
+    ///   burst passes on debt, as any request above the burst does.
     pub fn burst(mut self, burst: ByteSize) -> Self {
         self.burst = Some(burst);
         self
     }
 
     /// The chunk size the caller acquires in, the floor of the default burst (default
-    /// [`DEFAULT_MIN_BURST`]), so a chunk never waits for more than the rate requires.
+    /// [`DEFAULT_MIN_BURST`]) up to one second of the rate, so a chunk never waits for more
+    /// than the rate requires (see [`burst`](Self::burst)).
     pub fn chunk_size(mut self, chunk: ByteSize) -> Self {
         self.min_burst = chunk;
         self

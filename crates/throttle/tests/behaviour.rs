@@ -240,9 +240,46 @@ async fn a_burst_change_applies_to_a_waiting_request() {
     throttle.set_burst(None).unwrap();
     assert_eq!(
         throttle.burst(),
-        ferry_throttle::DEFAULT_MIN_BURST,
-        "back to the default"
+        ByteSize(1000),
+        "back to the default: a chunk, within one second of the rate"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_burst_at_a_low_rate_lets_at_most_a_second_of_it_through_at_once() {
+    // 64 KiB/s with the default 1 MiB chunks: requests of 1 KiB (small objects), as fast as
+    // the throttle lets them through. Over the first second at most rate × 1 s + burst pass,
+    // and the burst is one second of the rate, not a whole chunk.
+    let rate_bps = 64 << 10;
+    let throttle = Throttle::builder()
+        .rate(rate(rate_bps))
+        .chunk_size(ferry_throttle::DEFAULT_MIN_BURST)
+        .build()
+        .unwrap();
+    assert_eq!(throttle.burst(), ByteSize(rate_bps));
+    let start = Instant::now();
+    let mut at_once = 0;
+    while throttle.try_acquire(1024) {
+        at_once += 1024;
+    }
+    assert_eq!(at_once, rate_bps, "unthrottled at the start");
+    let mut granted = at_once;
+    loop {
+        throttle.acquire(1024).await;
+        if Instant::now() - start > Duration::from_secs(1) {
+            break;
+        }
+        granted += 1024;
+    }
+    assert!(
+        granted <= 2 * rate_bps,
+        "{granted} B in the first second at {rate_bps} B/s"
+    );
+    // The burst follows the rate, within the same bounds.
+    throttle.set_rate(rate(10 << 20));
+    assert_eq!(throttle.burst(), ferry_throttle::DEFAULT_MIN_BURST);
+    throttle.set_rate(rate(100 << 20));
+    assert_eq!(throttle.burst(), ByteSize(10 << 20));
 }
 
 #[tokio::test(start_paused = true)]

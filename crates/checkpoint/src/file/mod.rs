@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ferry_types::{JobId, JobStatus, MigrationPlan};
+use ferry_types::{JobId, JobStatus, MigrationPlan, PlanOptions};
 use parking_lot::Mutex;
 
 use self::io::{Io, RealIo};
@@ -684,18 +684,29 @@ impl Inner {
         Ok(())
     }
 
-    fn save(&self, lease: &Lease, status: JobStatus, progress: &Progress) -> Result<u64> {
+    /// Saves the status and progress, and the plan's options when given.
+    fn save(
+        &self,
+        lease: &Lease,
+        status: JobStatus,
+        progress: &Progress,
+        options: Option<PlanOptions>,
+    ) -> Result<u64> {
         self.check_poison()?;
         let state = self.job_state(&lease.job);
         let mut state = state.lock();
         let held = self.check_lease(lease, &mut state)?;
         check_transition(&lease.job, held.status, status)?;
         let generation = held.generation + 1;
+        let plan = options.map(|options| MigrationPlan {
+            options,
+            ..held.plan.clone()
+        });
         let bytes = envelope::encode_ref(&JobRecordRef {
             epoch: held.epoch,
             generation,
             job: &lease.job,
-            plan: &held.plan,
+            plan: plan.as_ref().unwrap_or(&held.plan),
             status,
             progress,
         })?;
@@ -703,6 +714,9 @@ impl Inner {
         self.write_generation(&lease.job, generation, &bytes, true)?;
         held.generation = generation;
         held.status = status;
+        if let Some(plan) = plan {
+            held.plan = plan;
+        }
         Ok(generation)
     }
 }
@@ -761,7 +775,22 @@ impl CheckpointStore for FileStore {
         progress: Progress,
     ) -> BoxFuture<'a, Result<u64>> {
         let l = lease.clone();
-        Box::pin(self.blocking(&lease.job, move |inner| inner.save(&l, status, &progress)))
+        Box::pin(self.blocking(&lease.job, move |inner| {
+            inner.save(&l, status, &progress, None)
+        }))
+    }
+
+    fn save_with_options<'a>(
+        &'a self,
+        lease: &'a Lease,
+        status: JobStatus,
+        progress: Progress,
+        options: &'a PlanOptions,
+    ) -> BoxFuture<'a, Result<u64>> {
+        let (l, options) = (lease.clone(), options.clone());
+        Box::pin(self.blocking(&lease.job, move |inner| {
+            inner.save(&l, status, &progress, Some(options))
+        }))
     }
 }
 

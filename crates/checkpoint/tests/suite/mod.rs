@@ -282,6 +282,42 @@ pub(crate) mod checks {
         Ok(())
     }
 
+    pub(crate) async fn save_with_options_replaces_the_plan_options_only(
+        store: Arc<dyn CheckpointStore>,
+    ) -> Result<()> {
+        let job = id("job-1");
+        let created = store.create(&job, &plan()).await?;
+        let lease = store.acquire(&job).await?.lease;
+        let mut options = created.plan.options.clone();
+        options.rate = "64KiB/s".parse()?;
+        let g = store
+            .save_with_options(&lease, JobStatus::Running, progress(3, "a"), &options)
+            .await?;
+        let loaded = store.load(&job).await?.expect("saved").record;
+        assert_eq!(loaded.generation, g);
+        assert_eq!(loaded.progress, progress(3, "a"));
+        assert_eq!(loaded.plan.options, options);
+        let rest = |plan: &MigrationPlan| {
+            (
+                plan.id.clone(),
+                plan.source,
+                plan.target,
+                plan.objects.clone(),
+            )
+        };
+        assert_eq!(rest(&loaded.plan), rest(&created.plan));
+        // A plain save keeps the options saved last.
+        store
+            .save(&lease, JobStatus::Paused, progress(4, "a"))
+            .await?;
+        let loaded = store.load(&job).await?.expect("saved").record;
+        assert_eq!(loaded.plan.options, options);
+        // So does a new owner.
+        store.release(&lease).await?;
+        assert_eq!(store.acquire(&job).await?.record.plan.options, options);
+        Ok(())
+    }
+
     pub(crate) async fn job_ids_are_validated_before_storage(
         store: Arc<dyn CheckpointStore>,
     ) -> Result<()> {
@@ -315,6 +351,7 @@ macro_rules! conformance {
                 status_changes_follow_the_lifecycle,
                 i5_concurrent_saves_last_one_wins_never_a_mix,
                 large_failed_object_list_round_trips,
+                save_with_options_replaces_the_plan_options_only,
                 job_ids_are_validated_before_storage,
             );
         }

@@ -1,15 +1,19 @@
 //! [`JobHandle`] and the state a job's runner shares with it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use ferry_checkpoint::Progress;
+use ferry_checkpoint::{Checkpointer, Progress};
 use ferry_throttle::Throttle;
-use ferry_types::{JobId, JobSnapshot, JobStatus, MigrationPlan, ObjectKey, ObjectState, Rate};
+use ferry_types::{
+    JobId, JobSnapshot, JobStatus, MigrationPlan, ObjectKey, ObjectState, PlanOptions, Rate,
+};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 
+use super::recent::{Rates, Recent};
 use crate::error::{Error, Result};
 
 /// What [`JobHandle::cancel`] rolled back.
@@ -103,6 +107,20 @@ pub(crate) struct JobShared {
     pub(crate) forwarded: AtomicU64,
     pub(crate) started: tokio::time::Instant,
     pub(crate) events: broadcast::Sender<ObjectEvent>,
+    /// Objects recorded done before this run (restored from the checkpoint): not this
+    /// run's work, so not in its rates.
+    done_before: u64,
+    /// Bytes done before this run, for the total of a listed job.
+    bytes_before: u64,
+    /// Sizes of the keys this run's listings gave the pipeline (as listed).
+    pub(crate) listed_bytes: AtomicU64,
+    /// This run's rates over the last few seconds.
+    recent: Mutex<Recent>,
+    /// The plan's options as in force (a rate set since the start included), and the
+    /// checkpointer that saves them with the job's record. Weak: a crashed runner's
+    /// checkpointer must go with it, not live on in a handle.
+    options: Mutex<PlanOptions>,
+    checkpointer: Weak<Checkpointer>,
 }
 
 impl JobShared {
@@ -112,7 +130,9 @@ impl JobShared {
         throttle: Throttle,
         total_objects: Option<u64>,
         progress: &Progress,
+        checkpointer: &Arc<Checkpointer>,
     ) -> Arc<JobShared> {
+        let started = tokio::time::Instant::now();
         let mut snapshot = JobSnapshot::new(id.clone(), plan.source, plan.target);
         snapshot.status = JobStatus::Running;
         snapshot.total_objects = total_objects;
@@ -137,9 +157,38 @@ impl JobShared {
             kept: Mutex::new(Vec::new()),
             failing: std::sync::atomic::AtomicBool::new(false),
             forwarded: AtomicU64::new(0),
-            started: tokio::time::Instant::now(),
+            started,
             events: broadcast::Sender::new(EVENTS_CAPACITY),
+            done_before: progress.done_objects,
+            bytes_before: progress.done_bytes,
+            listed_bytes: AtomicU64::new(0),
+            recent: Mutex::new(Recent::new(started)),
+            options: Mutex::new(plan.options.clone()),
+            checkpointer: Arc::downgrade(checkpointer),
         })
+    }
+
+    /// Changes the job's rate at once and has it saved in the job's record (soon, not
+    /// waited for), so that a recovered run goes on at it.
+    pub(crate) fn set_rate(&self, rate: Rate) {
+        self.throttle.set_rate(rate);
+        let options = {
+            let mut options = self.options.lock();
+            options.rate = rate;
+            options.clone()
+        };
+        if let Some(checkpointer) = self.checkpointer.upgrade() {
+            checkpointer.set_options(options);
+        }
+        self.publish(|_| {});
+    }
+
+    /// The bytes of a listed job once its listing ended: done before this run, and those
+    /// this run was given. (Failed objects of an earlier run that are not listed again are
+    /// left out: their sizes are not recorded; neither are they in `done_bytes`.)
+    pub(crate) fn listed_total_bytes(&self) -> u64 {
+        self.bytes_before
+            .saturating_add(self.listed_bytes.load(Ordering::Relaxed))
     }
 
     /// Sends an event, if anyone listens.
@@ -154,11 +203,15 @@ impl JobShared {
         }
     }
 
-    /// The job's state now, with the live counters.
+    /// The job's state now, with the live counters (and, while it runs, its rates and ETA
+    /// as of now).
     pub(crate) fn snapshot(&self) -> JobSnapshot {
         let mut snap = self.snapshot.borrow().clone();
         snap.bytes_copied = self.bytes_copied.load(Ordering::Relaxed);
         snap.in_flight = self.in_flight.load(Ordering::Relaxed);
+        if !snap.status.is_finished() {
+            self.measure(&mut snap);
+        }
         snap
     }
 
@@ -168,17 +221,23 @@ impl JobShared {
             f(snap);
             snap.bytes_copied = self.bytes_copied.load(Ordering::Relaxed);
             snap.in_flight = self.in_flight.load(Ordering::Relaxed);
-            snap.effective_rate = self.throttle.effective_rate();
-            snap.elapsed = self.started.elapsed();
-            let secs = snap.elapsed.as_secs_f64();
-            if secs > 0.0 {
-                snap.throughput = (snap.bytes_copied as f64 / secs) as u64;
-                snap.objects_per_sec = (snap.done_objects as f64 / secs) as u64;
-            }
-            snap.eta = snap
-                .remaining_bytes()
-                .and_then(|left| JobSnapshot::estimate_eta(left, snap.throughput));
+            self.measure(snap);
         });
+    }
+
+    /// Fills in the effective rate, the elapsed time, this run's recent rates and the ETA.
+    ///
+    /// The rates count this run's work only: bytes it copied, and objects it finished (not
+    /// those restored from the checkpoint), over the last [`WINDOW`](super::recent::WINDOW).
+    fn measure(&self, snap: &mut JobSnapshot) {
+        let now = tokio::time::Instant::now();
+        snap.effective_rate = self.throttle.effective_rate();
+        snap.elapsed = now.saturating_duration_since(self.started);
+        let objects = snap.done_objects.saturating_sub(self.done_before);
+        let rates = self.recent.lock().update(now, snap.bytes_copied, objects);
+        snap.throughput = rates.bytes as u64;
+        snap.objects_per_sec = rates.objects as u64;
+        snap.eta = eta(snap, rates);
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {
@@ -245,6 +304,27 @@ impl JobShared {
             job: self.id.clone(),
         }
     }
+}
+
+/// The time left at `rates`: by bytes once the job's bytes are known, else by objects once
+/// its objects are; `None` while neither is known or nothing moves.
+fn eta(snap: &JobSnapshot, rates: Rates) -> Option<Duration> {
+    let (left, rate) = match (snap.remaining_bytes(), snap.total_objects) {
+        (Some(left), _) => (left, rates.bytes),
+        (None, Some(total)) => {
+            let finished = snap.done_objects.saturating_add(snap.failed_objects);
+            (total.saturating_sub(finished), rates.objects)
+        }
+        (None, None) => return None,
+    };
+    if left == 0 {
+        return Some(Duration::ZERO);
+    }
+    if rate <= 0.0 {
+        return None;
+    }
+    let millis = (left as f64 / rate * 1000.0).ceil();
+    Some(Duration::from_millis(millis.min(u64::MAX as f64) as u64))
 }
 
 /// Follows one object's states and sends each move as an event.
@@ -342,10 +422,12 @@ impl JobHandle {
         self.shared.snapshot.subscribe()
     }
 
-    /// Changes the job's bandwidth limit at once (within the engine's global limit).
+    /// Changes the job's bandwidth limit at once (within the engine's global limit), and
+    /// saves it in the job's record with the next checkpoint, which is asked for at once:
+    /// a run recovered after a crash or a shutdown ([`Engine::recover`](crate::Engine::recover),
+    /// or [`Engine::start`](crate::Engine::start) with the job's id) goes on at this rate.
     pub fn set_rate(&self, rate: Rate) {
-        self.shared.throttle.set_rate(rate);
-        self.shared.publish(|_| {});
+        self.shared.set_rate(rate);
     }
 
     /// Pauses the job: no new object starts, copies in flight park at their next chunk

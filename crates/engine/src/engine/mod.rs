@@ -23,6 +23,7 @@ use ferry_store::Store;
 
 mod job;
 mod pipeline;
+mod recent;
 
 pub use self::job::{CancelReport, JobHandle, ObjectEvent};
 
@@ -174,7 +175,9 @@ impl Engine {
     /// The plan is validated and its nodes looked up. Without an id the job gets a fresh one.
     /// When the checkpoint store already has a record of that id that is not finished, the
     /// job resumes from its checkpoint: objects recorded done are not copied again (SPEC I4).
-    /// The job's lease is acquired before anything moves (I6).
+    /// A resumed job runs at the rate its record holds, which is the rate last set with
+    /// [`JobHandle::set_rate`] (or the first plan's), whatever `plan` says: call `set_rate`
+    /// on the new handle to change it. The job's lease is acquired before anything moves (I6).
     ///
     /// # Errors
     /// [`Error::Plan`] for an invalid plan, [`Error::UnknownNode`] for a node the engine does
@@ -422,12 +425,20 @@ impl Engine {
                 }
             }
         }
-        let throttle = match Throttle::builder()
+        // A resumed job goes on at the rate its record holds: the plan's, or the one
+        // `JobHandle::set_rate` saved since.
+        let mut plan = plan;
+        if resumed {
+            plan.options.rate = acquired.record.plan.options.rate;
+        }
+        let mut throttle = Throttle::builder()
             .rate(plan.options.rate)
             .chunk_size(plan.options.chunk_size)
-            .within(&self.inner.global)
-            .build()
-        {
+            .within(&self.inner.global);
+        if let Some(burst) = plan.options.burst {
+            throttle = throttle.burst(burst);
+        }
+        let throttle = match throttle.build() {
             Ok(throttle) => throttle,
             Err(err) => {
                 let _ = store.release(&acquired.lease).await;
@@ -477,7 +488,14 @@ impl Engine {
             (ObjectSelection::Keys(keys), None) => Some(keys.len() as u64),
             _ => None,
         };
-        let shared = job::JobShared::new(&plan, id.clone(), throttle, total_objects, &progress);
+        let shared = job::JobShared::new(
+            &plan,
+            id.clone(),
+            throttle,
+            total_objects,
+            &progress,
+            &checkpointer,
+        );
         if paused {
             shared.paused.send_replace(true);
         }

@@ -13,6 +13,7 @@ mod lifecycle;
 mod memory;
 mod model;
 mod overlap;
+mod progress;
 mod range;
 mod resume;
 mod retry;

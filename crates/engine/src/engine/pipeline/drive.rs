@@ -395,15 +395,18 @@ impl Passes {
 
     /// Publishes the job's total once a listing ended: done (skipped included) and failed
     /// before this run, plus `given` (the keys this run was given, counting a failed key
-    /// given again once).
+    /// given again once); and its bytes, as listed.
     pub(super) fn total(&self, ctx: &JobCtx, progress: &Progress, given: u64) {
         // Explicit keys and retry runs know their total from the start.
         if matches!(ctx.plan.objects, ObjectSelection::Keys(_)) || ctx.retry_keys.is_some() {
             return;
         }
         let before = progress.done_objects + ctx.failed_before.len() as u64;
-        ctx.shared
-            .publish(|s| s.total_objects = Some(before + given));
+        let bytes = ctx.shared.listed_total_bytes();
+        ctx.shared.publish(|s| {
+            s.total_objects = Some(before + given);
+            s.total_bytes = Some(bytes);
+        });
     }
 }
 

@@ -1,13 +1,14 @@
 //! The keys a job moves, in key order: its explicit keys, or listings of its range (SPEC §2, I4).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use ferry_checkpoint::Progress;
 use ferry_types::{KeyRange, ObjectKey, ObjectSelection};
 use futures_util::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
-use ferry_store::{BoxStream, Store};
+use ferry_store::{BoxStream, ObjectMeta, Store};
 
 use super::JobCtx;
 
@@ -24,7 +25,7 @@ pub(super) fn key_stream(
             failed.clone().into_iter().map(Ok),
         ));
     }
-    let progress = progress.clone();
+    let progress = Arc::new(progress.clone());
     let stream: KeyStream = match &ctx.plan.objects {
         ObjectSelection::Keys(keys) => {
             let mut keys = keys.clone();
@@ -32,10 +33,8 @@ pub(super) fn key_stream(
             keys.dedup();
             Box::pin(futures_util::stream::iter(keys.into_iter().map(Ok)))
         }
-        ObjectSelection::Prefix(prefix) => {
-            listed_keys(ctx, &progress.copying, &unbounded(prefix), after)
-        }
-        ObjectSelection::Range(range) => listed_keys(ctx, &progress.copying, range, after),
+        ObjectSelection::Prefix(prefix) => listed_keys(ctx, &progress, &unbounded(prefix), after),
+        ObjectSelection::Range(range) => listed_keys(ctx, &progress, range, after),
     };
     Box::pin(stream.try_filter(move |key| std::future::ready(!progress.is_done(key))))
 }
@@ -61,13 +60,16 @@ pub(super) fn unbounded(prefix: &str) -> KeyRange {
 /// The keys of a listed selection (`range`) after `after` (when given), in key order: the
 /// source's listing, the keys a crashed run flipped, and those it had begun to copy
 /// (`copying`, the record's copy intents).
+/// The sizes of the source's keys that are not done yet are added to the job's listed bytes
+/// (its total, once the listing ends).
 pub(super) fn listed_keys(
     ctx: &JobCtx,
-    copying: &std::collections::BTreeSet<ObjectKey>,
+    progress: &Arc<Progress>,
     range: &KeyRange,
     after: Option<&ObjectKey>,
 ) -> KeyStream {
-    let source = list_range(&*ctx.source, range, after);
+    let copying = &progress.copying;
+    let source = sized_keys(ctx, progress, range, after);
     if ctx.committed.is_empty() && copying.is_empty() {
         return source;
     }
@@ -88,6 +90,30 @@ pub(super) fn listed_keys(
     merge_keys(source, Box::pin(futures_util::stream::iter(flipped)))
 }
 
+/// The source's keys in `range` after `after` that are not done, in key order, each counted
+/// by its listed size in the job's `listed_bytes`. (A listing started again after a transient
+/// error may count a key the merge had read ahead twice: a total off by an object, at worst.)
+fn sized_keys(
+    ctx: &JobCtx,
+    progress: &Arc<Progress>,
+    range: &KeyRange,
+    after: Option<&ObjectKey>,
+) -> KeyStream {
+    let shared = Arc::clone(&ctx.shared);
+    let progress = Arc::clone(progress);
+    Box::pin(
+        list_metas(&*ctx.source, range, after).try_filter_map(move |meta| {
+            let keep = !progress.is_done(&meta.key);
+            if keep {
+                shared
+                    .listed_bytes
+                    .fetch_add(meta.size, std::sync::atomic::Ordering::Relaxed);
+            }
+            std::future::ready(Ok(keep.then_some(meta.key)))
+        }),
+    )
+}
+
 /// The keys of `store` in `range` and after `after` (when given), in key order. The listing
 /// starts after the later of the two lower bounds and stops at the first key past
 /// `range.until`: the rest of the store is not listed.
@@ -96,18 +122,24 @@ pub(super) fn list_range(
     range: &KeyRange,
     after: Option<&ObjectKey>,
 ) -> KeyStream {
+    Box::pin(list_metas(store, range, after).map_ok(|meta| meta.key))
+}
+
+/// [`list_range`], with each key's metadata.
+fn list_metas(
+    store: &dyn Store,
+    range: &KeyRange,
+    after: Option<&ObjectKey>,
+) -> BoxStream<'static, Result<ObjectMeta>> {
     let start = match (range.after.as_ref(), after) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     };
-    let keys = store
-        .list(&range.prefix, start)
-        .map_ok(|meta| meta.key)
-        .map_err(Error::from);
+    let metas = store.list(&range.prefix, start).map_err(Error::from);
     match range.until.clone() {
-        None => Box::pin(keys),
+        None => Box::pin(metas),
         Some(until) => {
-            Box::pin(keys.try_take_while(move |key| std::future::ready(Ok(*key <= until))))
+            Box::pin(metas.try_take_while(move |meta| std::future::ready(Ok(meta.key <= until))))
         }
     }
 }
