@@ -192,7 +192,7 @@ pub(crate) struct SelectArgs {
 pub(crate) struct ResumeArgs {
     /// The job id (`ferry list` shows them).
     pub(crate) id: String,
-    /// Run at this rate instead of the stored one (not saved).
+    /// Run at this rate from now on (saved in the job's record, as `set-rate` saves it).
     #[arg(long, value_parser = parse_rate)]
     pub(crate) rate: Option<Rate>,
     #[command(flatten)]
