@@ -45,7 +45,8 @@ pub struct JobSnapshot {
     pub done_bytes: u64,
     /// Objects that failed.
     pub failed_objects: u64,
-    /// Objects skipped because the source vanished during the copy.
+    /// Objects skipped because the source vanished during the copy; counted in
+    /// `done_objects` too.
     pub skipped_objects: u64,
     /// Objects being worked on now.
     pub in_flight: u64,
@@ -57,7 +58,7 @@ pub struct JobSnapshot {
     pub objects_per_sec: u64,
     /// The rate limit in force for this job (the tighter of the job's and a shared one).
     pub effective_rate: Rate,
-    /// Time spent running (pauses excluded).
+    /// Time since this run of the job started (pauses included).
     #[serde(with = "serde_text")]
     pub elapsed: Duration,
     /// Estimated time to finish; `None` when unknown (no total yet, or no throughput).
@@ -100,7 +101,8 @@ impl JobSnapshot {
     /// Progress in `[0, 1]`, or `None` while the totals are unknown.
     ///
     /// By bytes done when the total size is not zero; otherwise by objects finished (done,
-    /// failed or skipped) out of the total; a job with nothing to do is fully done.
+    /// which counts the skipped ones, or failed) out of the total; a job with nothing to do is
+    /// fully done.
     pub fn fraction_done(&self) -> Option<f64> {
         let total_bytes = self.total_bytes?;
         let fraction = if total_bytes > 0 {
@@ -110,10 +112,7 @@ impl JobSnapshot {
             if total_objects == 0 {
                 1.0
             } else {
-                let finished = self
-                    .done_objects
-                    .saturating_add(self.failed_objects)
-                    .saturating_add(self.skipped_objects);
+                let finished = self.done_objects.saturating_add(self.failed_objects);
                 finished as f64 / total_objects as f64
             }
         };
@@ -202,7 +201,8 @@ mod tests {
         snap.total_bytes = Some(0);
         assert_eq!(snap.fraction_done(), None, "object total still unknown");
         snap.total_objects = Some(4);
-        snap.done_objects = 1;
+        // Two done, one of them skipped (counted in `done_objects` already): half done.
+        snap.done_objects = 2;
         snap.skipped_objects = 1;
         assert_eq!(snap.fraction_done(), Some(0.5));
         snap.total_objects = Some(0);
