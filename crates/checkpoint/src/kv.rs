@@ -89,16 +89,22 @@ pub(crate) fn decode_at(place: &Path, job: &JobId, bytes: &[u8]) -> Result<JobRe
 
 /// `record`, checked to be `job`'s: a record under another job's name is corrupt.
 pub(crate) fn of_job(place: &Path, job: &JobId, record: JobRecord) -> Result<JobRecord> {
-    if &record.job != job {
+    check_job(place, job, &record.job)?;
+    Ok(record)
+}
+
+/// A record at `place` that says it is `found`'s, where `job`'s belongs, is corrupt.
+fn check_job(place: &Path, job: &JobId, found: &JobId) -> Result<()> {
+    if found != job {
         return Err(Error::Corrupt {
             path: place.to_path_buf(),
             reason: CorruptReason::WrongJob {
                 expected: job.clone(),
-                found: record.job,
+                found: found.clone(),
             },
         });
     }
-    Ok(record)
+    Ok(())
 }
 
 /// The record of a new job, checked.
@@ -289,15 +295,7 @@ impl<K: Kv> KvStore<K> {
                 };
                 // Only the head: the progress is replaced whole.
                 let record = envelope::decode_head(bytes).map_err(|e| e.at(&place))?;
-                if record.job != lease.job {
-                    return Err(Error::Corrupt {
-                        path: place.to_path_buf(),
-                        reason: CorruptReason::WrongJob {
-                            expected: lease.job,
-                            found: record.job,
-                        },
-                    });
-                }
+                check_job(&place, &lease.job, &record.job)?;
                 if record.epoch != lease.epoch {
                     return Err(Error::StaleEpoch {
                         job: lease.job,

@@ -395,28 +395,18 @@ impl Engine {
             let progress = &acquired.record.progress;
             // Both steps only read, forward and remove copies the journal disowns: run again
             // after a transient store error, as the plan's retry policy allows.
-            let mut attempts = 0;
-            let reloaded = loop {
-                attempts += 1;
-                let reloaded = async {
-                    let (updates, flipped) =
-                        pipeline::resolve_flips(table, &plan, &*source, &*target, &progress.flips)
-                            .await?;
-                    if !retrying {
-                        pipeline::reload_forwarded(table, &plan, &*target, progress).await?;
-                    }
-                    Ok::<_, Error>((updates, flipped))
+            let reload = || async {
+                let (updates, flipped) =
+                    pipeline::resolve_flips(table, &plan, &*source, &*target, &progress.flips)
+                        .await?;
+                if !retrying {
+                    pipeline::reload_forwarded(table, &plan, &*target, progress).await?;
                 }
-                .await;
-                let retry = &plan.options.retry;
-                match reloaded {
-                    Err(err) if err.is_transient() && retry.should_retry(attempts) => {
-                        tracing::warn!(job = %id, attempt = attempts, error = %err, "transient error while resuming, retrying");
-                        tokio::time::sleep(retry.backoff(attempts, 0.5)).await;
-                    }
-                    reloaded => break reloaded,
-                }
+                Ok::<_, Error>((updates, flipped))
             };
+            let reloaded = pipeline::retrying(&plan.options.retry, "resume", reload, || false)
+                .await
+                .map_err(|(_, err)| err);
             match reloaded {
                 Ok((updates, flipped)) => (journal_updates, committed) = (updates, flipped),
                 Err(err) => {

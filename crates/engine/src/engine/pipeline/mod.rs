@@ -43,6 +43,7 @@ use copy::Copied;
 use drive::drive;
 pub(crate) use recovery::{forward, preexisting, reload_forwarded, resolve_flips, untouched};
 use retry::error_chain;
+pub(crate) use retry::retrying;
 
 pub(crate) struct JobCtx {
     pub(crate) engine: Arc<EngineInner>,

@@ -8,7 +8,7 @@ use ferry_types::{MigrationPlan, ObjectKey, ObjectSelection};
 use futures_util::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
-use ferry_store::Store;
+use ferry_store::{BoxStream, Store};
 
 use super::listing::{list_range, listed_range};
 use super::verify::digest;
@@ -96,28 +96,34 @@ pub(crate) async fn preexisting(
     plan: &MigrationPlan,
     target: &dyn Store,
 ) -> Result<std::collections::BTreeSet<ObjectKey>> {
-    let mut found = std::collections::BTreeSet::new();
-    match listed_range(&plan.objects) {
-        Some(range) => {
-            let mut on_target = list_range(target, &range, None);
-            while let Some(key) = on_target.try_next().await? {
-                found.insert(key);
-            }
+    held_by(plan, target, |_| true).try_collect().await
+}
+
+/// The keys of `plan`'s selection that `target` holds, among those `wanted` accepts: its
+/// range listed (only the range: a key of the target outside it is another job's), or its
+/// explicit keys looked up, 16 at a time.
+fn held_by<'a>(
+    plan: &'a MigrationPlan,
+    target: &'a dyn Store,
+    wanted: impl Fn(&ObjectKey) -> bool + Send + 'a,
+) -> BoxStream<'a, Result<ObjectKey>> {
+    match (listed_range(&plan.objects), &plan.objects) {
+        (Some(range), _) => Box::pin(
+            list_range(target, &range, None).try_filter(move |key| std::future::ready(wanted(key))),
+        ),
+        (None, ObjectSelection::Keys(keys)) => {
+            Box::pin(
+                futures_util::stream::iter(keys)
+                    .filter(move |key| std::future::ready(wanted(key)))
+                    .map(move |key| async move {
+                        Ok::<_, Error>(target.head(key).await?.map(|m| m.key))
+                    })
+                    .buffered(16)
+                    .try_filter_map(|key| std::future::ready(Ok(key))),
+            )
         }
-        None => {
-            if let ObjectSelection::Keys(keys) = &plan.objects {
-                let mut heads = futures_util::stream::iter(keys)
-                    .map(
-                        |key| async move { Ok::<_, Error>(target.head(key).await?.map(|m| m.key)) },
-                    )
-                    .buffered(16);
-                while let Some(key) = heads.try_next().await? {
-                    found.extend(key);
-                }
-            }
-        }
+        (None, _) => Box::pin(futures_util::stream::empty()),
     }
-    Ok(found)
 }
 
 /// Registers `key` and flips it to the plan's target; whether it was (a key the table
@@ -156,23 +162,9 @@ pub(crate) async fn reload_forwarded(
     progress: &Progress,
 ) -> Result<u64> {
     let mut loaded = 0;
-    let Some(range) = listed_range(&plan.objects) else {
-        if let ObjectSelection::Keys(keys) = &plan.objects {
-            for key in keys {
-                if done_not_failed(progress, key)
-                    && target.head(key).await?.is_some()
-                    && forward(table, plan, key)
-                {
-                    loaded += 1;
-                }
-            }
-        }
-        return Ok(loaded);
-    };
-    // Only the keys of the range: a key of the target outside it is another job's.
-    let mut on_target = list_range(target, &range, None);
-    while let Some(key) = on_target.try_next().await? {
-        if done_not_failed(progress, &key) && forward(table, plan, &key) {
+    let mut held = held_by(plan, target, |key| done_not_failed(progress, key));
+    while let Some(key) = held.try_next().await? {
+        if forward(table, plan, &key) {
             loaded += 1;
         }
     }

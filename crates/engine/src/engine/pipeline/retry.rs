@@ -2,6 +2,8 @@
 
 use std::hash::{BuildHasher, Hasher};
 
+use ferry_types::RetryPolicy;
+
 use crate::error::{Error, Result};
 
 use super::JobCtx;
@@ -35,7 +37,8 @@ where
     F: std::future::Future<Output = Result<T, E>> + 'a,
     E: Into<Error>,
 {
-    retrying(ctx, what, op, || ctx.shared.is_cancelled()).await
+    let retry = &ctx.plan.options.retry;
+    retrying(retry, what, op, || ctx.shared.is_cancelled()).await
 }
 
 /// The target's `sync`, retried as [`with_retry`] retries, through a cancel: a cancelled job
@@ -43,7 +46,7 @@ where
 /// would fail the whole job instead. Only a job stopping on an error gives up at once.
 pub(super) async fn sync_with_retry(ctx: &JobCtx) -> Result<(), (u32, Error)> {
     retrying(
-        ctx,
+        &ctx.plan.options.retry,
         "sync",
         || ctx.target.sync(),
         || ctx.shared.is_failing(),
@@ -51,8 +54,11 @@ pub(super) async fn sync_with_retry(ctx: &JobCtx) -> Result<(), (u32, Error)> {
     .await
 }
 
-pub(super) async fn retrying<'a, T, E, F>(
-    ctx: &'a JobCtx,
+/// Runs `op` as `retry` allows: again after each transient error, until it succeeds, fails
+/// otherwise, the policy is spent or `give_up` says so. The error comes with the attempts
+/// made.
+pub(crate) async fn retrying<'a, T, E, F>(
+    retry: &RetryPolicy,
     what: &'static str,
     mut op: impl FnMut() -> F,
     give_up: impl Fn() -> bool,
@@ -61,7 +67,6 @@ where
     F: std::future::Future<Output = Result<T, E>> + 'a,
     E: Into<Error>,
 {
-    let retry = &ctx.plan.options.retry;
     let mut attempts = 0;
     loop {
         attempts += 1;
