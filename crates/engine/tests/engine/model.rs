@@ -2,7 +2,8 @@
 //! moved (through the forwarding table, as a storage system would route them), random
 //! pause/resume/cancel/crash-and-recover, random injected faults. Every read is checked
 //! against a ledger of acknowledged writes as it happens; at the end the stores are checked
-//! against the same ledger (SPEC I1, I2, I3).
+//! against the same ledger (SPEC I1, I2, I3). Every object's moves, as the job reports them,
+//! keep to the lifecycle's one table of transitions (`ObjectState::can_move_to`).
 //!
 //! Two runtimes: a single-thread one on tokio's paused clock, where a case is deterministic
 //! (a failing case reproduces), and real threads (a multi-thread runtime, the real clock),
@@ -349,6 +350,7 @@ async fn run_case(case: Case, real: Option<Real>) -> Result<(), TestCaseError> {
         Arc::clone(&checkpoints),
     );
     let handle = engine.start(plan).await.unwrap();
+    let mut moves = vec![Moves::watch(&handle)];
     let clients = tokio::spawn(client(Arc::clone(&world), case.ops.clone()));
 
     let mut cancelled = false;
@@ -385,7 +387,10 @@ async fn run_case(case: Case, real: Option<Real>) -> Result<(), TestCaseError> {
                 let mut handles = recover(&engine).await;
                 drop(table);
                 match handles.pop() {
-                    Some(handle) => (handle.wait().await, engine),
+                    Some(handle) => {
+                        moves.push(Moves::watch(&handle));
+                        (handle.wait().await, engine)
+                    }
                     // The job had ended before its record said so: nothing to resume.
                     None => (
                         engine.jobs(None).await.map(|mut j| j.pop().unwrap()),
@@ -397,6 +402,10 @@ async fn run_case(case: Case, real: Option<Real>) -> Result<(), TestCaseError> {
     };
     clients.await.unwrap();
     let snapshot = snapshot.unwrap();
+    for watched in moves {
+        let wrong = watched.end().await;
+        prop_assert!(wrong.is_empty(), "moves outside the lifecycle: {wrong:#?}");
+    }
     let failed = std::mem::take(&mut *world.failed_reads.lock());
     prop_assert!(failed.is_empty(), "failed reads (I2/I3): {failed:#?}");
 
@@ -454,6 +463,56 @@ async fn run_case(case: Case, real: Option<Real>) -> Result<(), TestCaseError> {
         }
     }
     Ok(())
+}
+
+/// Watches a run's per-object events and notes each move the lifecycle's table
+/// (`ObjectState::can_move_to`) does not allow. An object's first event in the run is taken
+/// as it comes (a run resumed after a crash may take an object up at `Forwarded`, and on real
+/// threads the first events may precede the subscription); after a lag the next event of each
+/// object is taken as it comes too.
+struct Moves {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Moves {
+    fn watch(handle: &ferry_engine::JobHandle) -> Moves {
+        use tokio::sync::broadcast::error::RecvError;
+        let mut events = handle.events();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut last: HashMap<ObjectKey, ferry_types::ObjectState> = HashMap::new();
+            let mut wrong = Vec::new();
+            loop {
+                tokio::select! {
+                    // Every event sent is taken before the stop is.
+                    biased;
+                    event = events.recv() => match event {
+                        Ok(event) => {
+                            if let Some(from) = last.get(&event.key)
+                                && !from.can_move_to(&event.state)
+                            {
+                                wrong.push(format!("{}: {from} -> {}", event.key, event.state));
+                            }
+                            last.insert(event.key, event.state);
+                        }
+                        Err(RecvError::Lagged(_)) => last.clear(),
+                        Err(RecvError::Closed) => break,
+                    },
+                    _ = &mut stopped => break,
+                }
+            }
+            wrong
+        });
+        Moves { stop, task }
+    }
+
+    /// Stops watching (the run has ended: its events are all sent) and returns the moves the
+    /// table does not allow.
+    async fn end(self) -> Vec<String> {
+        let _ = self.stop.send(());
+        self.task.await.unwrap()
+    }
 }
 
 /// The keys the job's record lists as failed.

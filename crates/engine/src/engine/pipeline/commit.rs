@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use ferry_checkpoint::{Checkpointer, ProgressUpdate};
-use ferry_forwarding::Conflict;
 use ferry_types::{CleanupPolicy, ObjectKey, ObjectState};
 use futures_util::StreamExt;
 use tokio::task::JoinSet;
@@ -14,6 +13,7 @@ use crate::error::{Error, Result};
 
 use super::cleanup::{cleanup, finish_cleanup, rolled_back};
 use super::drive::{Order, spawn_process};
+use super::flip::{Flip, flip};
 use super::retry::error_chain;
 use super::{CopiedFrom, JobCtx, Outcome};
 
@@ -189,28 +189,22 @@ pub(super) async fn flip_verified(
         else {
             continue;
         };
-        match table.try_flip(key.as_str(), observed) {
-            Ok(()) => {
+        match flip(table, Some(checkpointer), &key, observed) {
+            Flip::Made => {
                 shared.forwarded.fetch_add(1, Ordering::Relaxed);
                 shared.emit(&key, ObjectState::Forwarded);
-                checkpointer.record(ProgressUpdate::FlipCommitted { key: key.clone() });
                 flipped.push((key, copied));
             }
-            Err(Conflict::WritesSinceCopyBegan { .. } | Conflict::WritesInFlight { .. }) => {
-                // A write since the copy began: the copy runs again (I3).
-                checkpointer.record(ProgressUpdate::FlipDropped { key: key.clone() });
+            Flip::Again(_) => {
                 shared.emit(&key, ObjectState::Pending);
                 again.push((key, refused + 1));
             }
-            Err(cause) => {
+            Flip::Refused(cause) => {
                 table.remove_owned(key.as_str(), &shared.id);
                 out.push(Outcome::Failed {
                     key: key.clone(),
                     attempts: refused + 1,
-                    error: Error::FlipRefused {
-                        key: key.clone(),
-                        cause,
-                    },
+                    error: Error::FlipRefused { key, cause },
                 });
             }
         }

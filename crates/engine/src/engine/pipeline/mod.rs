@@ -1,14 +1,18 @@
 //! The job's runner and the per-object pipeline COPY → VERIFY → FORWARD → CLEANUP (SPEC §2).
 //!
-//! One object's life, step by step, and the module each step lives in. An object's task
-//! ([`object::process`]) returns an [`Outcome`] to the drive loop ([`drive::drive`]), which hands it
-//! to the next commit ([`commit`]); the states are the `ObjectState`s its events report.
+//! One object's life, step by step, and the module each step lives in. The states are the
+//! public `ObjectState`s; which moves between them are allowed is written once, in
+//! `ObjectState::can_move_to`, and the events every run reports are checked against it (the
+//! model tests). Inside the runner, an object's task ([`object::process`]) returns an
+//! [`Outcome`] (where the object stands when its task ends) to the drive loop
+//! ([`drive::drive`]), which hands it to the next commit ([`commit`]). Every flip, whichever
+//! path makes it (the batch, a fenced hot key, recovery), goes through [`flip::flip`].
 //!
 //! | from → to | what happens | module |
 //! |---|---|---|
 //! | `Pending` → `Copying` | the copy intent is durable; the key is registered in the table (owned by the job) and its generation read | `drive`, `object` |
 //! | `Copying` → `Copied` → `Verified` | streamed through the throttle, hashed (I7); verified by size or checksum | `copy`, `verify` |
-//! | `Verified` → `Forwarded` | at the next commit: the target synced, the flip intent journaled, the flip, the flip committed (I2, I3); a refused flip goes back to `Pending`, and after `max_flip_attempts` the key is fenced and flipped on its own | `commit`, `object` |
+//! | `Verified` → `Forwarded` | at the next commit: the target synced, the flip intent journaled, the flip, the flip committed (I2, I3); a refused flip goes back to `Pending`, and after `max_flip_attempts` the key is fenced and flipped on its own | `commit`, `object`, `flip` |
 //! | `Forwarded` → `Cleaned` → `Done` | the grace period, the commit hook, the source re-checked and deleted (I1), recorded done after a sync (I4) | `cleanup`, `commit` |
 //! | → `Skipped`, `Failed`, rolled back | the source vanished; an error the retry policy did not outlive; a cancel before the flip (entry and copy removed, I8) | `copy`, `retry`, `cleanup` |
 //!
@@ -33,6 +37,7 @@ mod cleanup;
 mod commit;
 mod copy;
 mod drive;
+mod flip;
 mod listing;
 mod object;
 mod recovery;

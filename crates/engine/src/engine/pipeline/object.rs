@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 
 use super::cleanup::{cleanup, rolled_back};
 use super::copy::{Copied, copy_step};
+use super::flip::{Flip, flip};
 use super::retry::sync_with_retry;
 use super::{CopiedFrom, JobCtx, Outcome};
 
@@ -183,15 +184,12 @@ pub(super) async fn fenced_flip(
         if let Err(err) = ctx.checkpointer.record_durable(intent).await {
             return Err(fail(*refused + 1, err.into()));
         }
-        match table.try_flip(key.as_str(), observed) {
-            Ok(()) => return Ok(copied),
-            Err(
-                cause @ (Conflict::WritesSinceCopyBegan { .. } | Conflict::WritesInFlight { .. }),
-            ) => {
+        match flip(table, Some(&ctx.checkpointer), key, observed) {
+            Flip::Made => return Ok(copied),
+            Flip::Again(cause) => {
                 *refused += 1;
                 // The intent is void, durably, before the next copy writes the target.
-                let dropped = ProgressUpdate::FlipDropped { key: key.clone() };
-                if let Err(err) = ctx.checkpointer.record_durable(dropped).await {
+                if let Err(err) = ctx.checkpointer.flush().await {
                     return Err(fail(*refused, err.into()));
                 }
                 if *refused > max_flips + 2 {
@@ -199,7 +197,7 @@ pub(super) async fn fenced_flip(
                     return Err(fail(*refused, Error::FlipRefused { key, cause }));
                 }
             }
-            Err(cause) => {
+            Flip::Refused(cause) => {
                 let key = key.clone();
                 return Err(fail(*refused + 1, Error::FlipRefused { key, cause }));
             }

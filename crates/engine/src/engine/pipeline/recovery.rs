@@ -10,6 +10,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use crate::error::{Error, Result};
 use ferry_store::{BoxStream, Store};
 
+use super::flip::{Flip, flip};
 use super::listing::{list_range, listed_range};
 use super::verify::digest;
 
@@ -126,8 +127,9 @@ fn held_by<'a>(
     }
 }
 
-/// Registers `key` and flips it to the plan's target; whether it was (a key the table
-/// already has an entry for is left as it is).
+/// Registers `key` and flips it to the plan's target ([`flip`], unjournaled: the caller
+/// records what a resumed run settles); whether it was (a key the table already has an
+/// entry for is left as it is).
 pub(crate) fn forward(
     table: &ferry_forwarding::Table,
     plan: &MigrationPlan,
@@ -136,12 +138,13 @@ pub(crate) fn forward(
     let Some(job) = plan.id.as_ref() else {
         return false;
     };
+    // A write racing the registration refuses the flip, as it would any other.
     table
         .register_for(key, plan.source, plan.target, job)
         .is_ok()
         && table
             .generation(key.as_str())
-            .is_some_and(|generation| table.try_flip(key.as_str(), generation).is_ok())
+            .is_some_and(|generation| matches!(flip(table, None, key, generation), Flip::Made))
 }
 
 /// On resume, before the runner starts: reloads into the forwarding table the objects a run
