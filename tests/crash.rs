@@ -390,6 +390,7 @@ pub fn end_torn_line(path: &Path) -> std::io::Result<()> {
 pub struct Rng(pub u64);
 
 impl Rng {
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -398,14 +399,17 @@ impl Rng {
         z ^ (z >> 31)
     }
 
+    /// A number in `0..n` (`0` when `n` is 0).
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
     }
 
+    /// A number in `lo..=hi` (`lo <= hi`).
     pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.below(hi - lo + 1)
     }
 
+    /// One of `from`'s elements, or `None` if it is empty.
     pub fn pick<T: Copy>(&mut self, from: &[T]) -> Option<T> {
         (!from.is_empty()).then(|| from[self.below(from.len() as u64) as usize])
     }

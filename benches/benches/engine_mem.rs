@@ -5,6 +5,9 @@
 //! as the job's concurrency): the ratio is the engine's overhead.
 //!
 //! Run: `cargo bench -p ferry-benches --bench engine_mem`.
+// Benches stop on the first unexpected error: expect says where.
+// criterion_group! defines a `pub fn` that cannot take a doc comment.
+#![allow(clippy::expect_used, missing_docs)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

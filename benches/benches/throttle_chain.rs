@@ -3,6 +3,9 @@
 //! nearest it has to nested limits), on the same never-exhausted quota.
 //!
 //! Run: `cargo bench -p ferry-benches --bench throttle_chain`.
+// Benches stop on the first unexpected error: expect says where.
+// criterion_group! defines a `pub fn` that cannot take a doc comment.
+#![allow(clippy::expect_used, missing_docs)]
 
 use std::hint::black_box;
 use std::num::NonZeroU32;

@@ -30,6 +30,9 @@
 //!
 //! Exit codes: 0 after a `--final` run, 3 on a panic, 4 when a second engine ran the job; any
 //! error of the engine or the stores is printed and exits 1.
+// The crash loop's child process: it stops on the first unexpected error (expect says
+// where) and tells the driver why on stderr.
+#![allow(clippy::expect_used, clippy::print_stderr)]
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};

@@ -26,6 +26,8 @@
 //! - `fuzz [SECONDS]`: each fuzz target in `fuzz/` for SECONDS (default 60) on the nightly
 //!   toolchain, installing `cargo-fuzz` first if it is missing; new inputs land in
 //!   `fuzz/corpus/`, which CI replays as a regular test on stable.
+// A command-line tool: it prints its reports to stdout and its progress to stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod cli_bench;
 mod s3_bench;

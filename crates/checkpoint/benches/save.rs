@@ -5,6 +5,9 @@
 //! their features) and a load.
 //!
 //! `cargo bench -p ferry-checkpoint --all-features --bench save -- --warm-up-time 1 --measurement-time 5`
+// Benches stop on the first unexpected error: unwrap says where.
+// criterion_group! defines a `pub fn` that cannot take a doc comment.
+#![allow(clippy::unwrap_used, missing_docs)]
 
 use std::fs::{File, OpenOptions};
 use std::hint::black_box;

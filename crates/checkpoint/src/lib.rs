@@ -56,17 +56,6 @@
 //! # Feature flags
 //! - `sled`: `SledStore`, on sled 0.34.7 (pinned; read its durability caveats).
 //! - `redb`: `RedbStore`, on redb 4.
-#![forbid(unsafe_code)]
-#![warn(missing_docs)]
-#![cfg_attr(
-    not(test),
-    warn(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::print_stdout,
-        clippy::print_stderr
-    )
-)]
 
 mod checkpointer;
 pub mod envelope;

@@ -1,4 +1,6 @@
 //! The conformance suite (`suite/mod.rs`) run against every backend of this crate.
+// Tests stop on the first unexpected error: unwrap and expect say where.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod suite;
 

@@ -3,6 +3,8 @@
 //!
 //! `FERRY_CRASH_CYCLES` sets how many kill-and-reopen cycles run (default 8); `cargo xtask
 //! crash` runs many.
+// Tests stop on the first unexpected error: unwrap says where.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;

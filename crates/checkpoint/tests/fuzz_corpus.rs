@@ -3,6 +3,8 @@
 //! decodes round-trips. `cargo xtask fuzz` grows the corpus on nightly; CI runs what is
 //! committed. `FERRY_WRITE_FUZZ_SEEDS=1 cargo test -p ferry-checkpoint --test fuzz_corpus`
 //! rewrites the seed inputs from the current encoder.
+// Tests stop on the first unexpected error: unwrap says where.
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 

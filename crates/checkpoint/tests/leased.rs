@@ -1,5 +1,7 @@
 //! Timed leases over conditional writes (`LeasedStore`): what two workers on two machines,
 //! sharing one set of records, may and may not do (SPEC I6).
+// Tests stop on the first unexpected error: unwrap says where.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,6 +3,8 @@
 //!
 //! Nothing sleeps to let things happen: a test reads the child's JSON lines until a marker, or
 //! polls a condition with a bounded deadline.
+// Tests stop on the first unexpected error: unwrap and expect say where.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::fs;

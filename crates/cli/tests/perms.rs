@@ -5,6 +5,8 @@
 //! umask. These tests run `ferry` under `umask 000`, so a mode that only came from a strict
 //! umask would show as 0777/0666, and add what that test does not look at: the state directory
 //! itself and `jobs/`, a nested state path, and an existing state directory open to others.
+// Tests stop on the first unexpected error: expect says where.
+#![allow(clippy::expect_used)]
 
 use std::fs;
 use std::io::{BufRead, BufReader};

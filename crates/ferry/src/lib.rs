@@ -148,8 +148,6 @@
 //! A `Store` author needs nothing but [`store`]: it re-exports [`Bytes`](store::Bytes),
 //! [`BoxFuture`](store::BoxFuture), [`BoxStream`](store::BoxStream) and
 //! [`Stream`](store::Stream).
-#![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 pub use ferry_checkpoint as checkpoint;
 pub use ferry_engine as engine;

@@ -3,6 +3,8 @@
 //!
 //! Run: `cargo run --release -p ferry-forwarding --example memory [long]` (`long`: 61-byte
 //! keys instead of 27-byte ones).
+// An example: it prints what it measured.
+#![allow(clippy::print_stdout)]
 
 use ferry_forwarding::{Config, Table};
 use ferry_types::{NodeId, ObjectKey};

@@ -1,4 +1,6 @@
 //! Fence waits on a paused tokio clock, the sweeper's lifetime, snapshot and restore.
+// Tests stop on the first unexpected error: unwrap says where.
+#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 

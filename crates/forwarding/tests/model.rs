@@ -1,4 +1,6 @@
 //! Model-based test: the table against a plain `HashMap` model, step by step (SPEC I2, I3).
+// Tests stop on the first unexpected error: unwrap says where.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! The placement map: where keys live once the table forgot their move (SPEC I2 after the
 //! TTL), resolution of routes, and its snapshot.
+// Tests stop on the first unexpected error: unwrap says where.
+#![allow(clippy::unwrap_used)]
 
 use std::pin::pin;
 use std::task::{Context, Waker};

@@ -1,5 +1,7 @@
 //! Counted reads and their drain (SPEC I2 across cleanup): a drain waits for every read that
 //! began before it, and for none that began after.
+// Tests stop on the first unexpected error: unwrap says where.
+#![allow(clippy::unwrap_used)]
 
 use std::future::Future;
 use std::pin::{Pin, pin};

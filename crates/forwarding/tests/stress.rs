@@ -1,4 +1,6 @@
 //! Concurrency tests with real threads and exhaustive interleavings (SPEC I2, I3).
+// Tests stop on the first unexpected error: unwrap and expect say where.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};

@@ -6,6 +6,8 @@
 //! ```sh
 //! cargo run -p ferry-object-store --features test-server --example s3_server -- BUCKET...
 //! ```
+// An example: it prints the environment to use on stdout, its usage and status on stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::BufRead;
 

@@ -35,17 +35,6 @@
 //! - `azure`: `az://container/prefix`, configured from the `AZURE_*` environment variables.
 //! - `test-server`: [`test_server::S3Server`], an S3 server in this process on loopback for
 //!   tests (implies `aws`).
-#![forbid(unsafe_code)]
-#![warn(missing_docs)]
-#![cfg_attr(
-    not(test),
-    warn(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::print_stdout,
-        clippy::print_stderr
-    )
-)]
 
 mod adapter;
 mod error;

@@ -2,6 +2,8 @@
 //! `s3s-fs` in this process on loopback, one server for this test binary, a prefix per test.
 //! The checkpoint conformance suite of `ferry-checkpoint` runs over it unchanged, and the
 //! conditional writes that fence a stale worker (SPEC I6) are checked on the wire.
+// Tests stop on the first unexpected error: unwrap and expect say where.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod records;
 #[path = "../../checkpoint/tests/suite/mod.rs"]

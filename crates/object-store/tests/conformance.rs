@@ -1,5 +1,7 @@
 //! The store conformance suite (`common`) run against `ObjectStoreAdapter` over `memory://`
 //! and over `file://` in a temp dir, and URL errors.
+// Tests stop on the first unexpected error: unwrap says where.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -4,6 +4,8 @@
 //! `AZURE_STORAGE_USE_EMULATOR=true` and `AZURITE_BLOB_STORAGE_URL` set, so `az://` URLs are
 //! opened exactly as a user's are (object_store's `from_env`). Without them there is nothing to
 //! talk to, and the test says so.
+// Tests stop on the first unexpected error: unwrap and expect say where.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod records;

@@ -3,6 +3,8 @@
 //! (moto, from PyPI, installed by `scripts/moto-s3.sh`) and runs this with the variable set;
 //! without it the tests have nothing to talk to and say so. Checkpoint records
 //! (`ObjectRecords`) are checked there too: moto enforces `If-Match` / `If-None-Match` on PUT.
+// Tests stop on the first unexpected error: unwrap and expect say where.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod records;

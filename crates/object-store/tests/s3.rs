@@ -2,6 +2,8 @@
 //! `s3://bucket` and `s3://bucket/prefix` on a real S3 server: `s3s-fs` in this process on
 //! loopback (`ferry_object_store::test_server`), started and stopped by each test. Wrong credentials give a
 //! permanent error that names the operation and the key.
+// Tests stop on the first unexpected error: unwrap says where.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

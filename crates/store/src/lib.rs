@@ -55,17 +55,6 @@
 //! # Feature flags
 //! - `testing`: `FaultyStore`, the fault-injecting wrapper (for tests of code built on
 //!   stores; never for production).
-#![forbid(unsafe_code)]
-#![warn(missing_docs)]
-#![cfg_attr(
-    not(test),
-    warn(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::print_stdout,
-        clippy::print_stderr
-    )
-)]
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

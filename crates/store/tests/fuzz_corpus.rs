@@ -7,6 +7,8 @@
 //! rewrites the seed inputs.
 
 #![cfg(unix)]
+// Tests stop on the first unexpected error: expect says where.
+#![allow(clippy::expect_used)]
 
 #[path = "fuzz_corpus/check.rs"]
 mod check;

@@ -41,17 +41,6 @@
 //!
 //! # Feature flags
 //! None.
-#![forbid(unsafe_code)]
-#![warn(missing_docs)]
-#![cfg_attr(
-    not(test),
-    warn(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::print_stdout,
-        clippy::print_stderr
-    )
-)]
 
 mod bucket;
 mod error;

@@ -1,5 +1,7 @@
 //! Behaviour of `Throttle` on tokio's paused clock: each test names the property of SPEC §3 it
 //! checks. No test sleeps to "let things happen": time only moves when every task waits.
+// Tests stop on the first unexpected error: unwrap says where.
+#![allow(clippy::unwrap_used)]
 
 use std::num::NonZeroU64;
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! SPEC §3 accuracy, as a property: over any window W, the bytes granted are at most the bytes
 //! the rate allowed in W plus the burst (plus, for requests above the burst, what they were
 //! let through on debt), under a random schedule of requests, cancellations and rate changes.
+// Tests stop on the first unexpected error: unwrap says where.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
