@@ -39,7 +39,10 @@ pub const MAGIC: [u8; 4] = *b"FCKP";
 /// - 5: each [`Failure`](crate::Failure) gains its `kind`. Older payloads decode through the
 ///   version 4 layout (after the appends above), each failure of kind
 ///   [`FailureKind::Other`](ferry_types::FailureKind::Other).
-pub const FORMAT_VERSION: u16 = 5;
+/// - 6: the plan's options carry their [`burst`](ferry_types::PlanOptions::burst), after
+///   the rate. Older payloads decode through the version 5 layout of the plan, with no
+///   burst.
+pub const FORMAT_VERSION: u16 = 6;
 /// The size of the header in front of the payload.
 pub const HEADER_LEN: usize = 16;
 /// The record kind of a [`JobRecord`].
@@ -152,36 +155,75 @@ pub fn decode(bytes: &[u8]) -> Result<JobRecord, DecodeError> {
 }
 
 /// A job record's fields before its progress: what a save needs of the record it replaces.
+/// Generic over the plan, the one field whose layout changed (format 6 added its burst).
 #[derive(Debug, serde::Deserialize)]
-pub(crate) struct RecordHead {
+pub(crate) struct RecordHead<P = ferry_types::MigrationPlan> {
     pub(crate) epoch: u64,
     pub(crate) generation: u64,
     pub(crate) job: JobId,
-    pub(crate) plan: ferry_types::MigrationPlan,
+    pub(crate) plan: P,
     pub(crate) status: ferry_types::JobStatus,
 }
 
+impl RecordHead<v5::MigrationPlan> {
+    fn upgrade(self) -> RecordHead {
+        RecordHead {
+            epoch: self.epoch,
+            generation: self.generation,
+            job: self.job,
+            plan: self.plan.into(),
+            status: self.status,
+        }
+    }
+}
+
+impl RecordHead {
+    fn with_progress(self, progress: crate::Progress) -> JobRecord {
+        JobRecord {
+            epoch: self.epoch,
+            generation: self.generation,
+            job: self.job,
+            plan: self.plan,
+            status: self.status,
+            progress,
+        }
+    }
+}
+
 /// Checks a whole job record (header, length, CRC32C, version, kind) and decodes its fields
-/// before the progress, which every format version lays out alike; the progress, the bulk of
-/// a busy job's record, is not decoded. For saves, which replace it.
+/// before the progress, which every format version lays out alike but for the plan's burst;
+/// the progress, the bulk of a busy job's record, is not decoded. For saves, which replace it.
 pub(crate) fn decode_head(bytes: &[u8]) -> Result<RecordHead, DecodeError> {
-    let (_, payload) = open(bytes, KIND_JOB)?;
-    let (head, _) = postcard::take_from_bytes::<RecordHead>(payload)
-        .map_err(|e| corrupt(CorruptReason::Payload(e.to_string())))?;
-    Ok(head)
+    let (version, payload) = open(bytes, KIND_JOB)?;
+    if version >= 6 {
+        take::<RecordHead>(payload).map(|(head, _)| head)
+    } else {
+        take::<RecordHead<v5::MigrationPlan>>(payload).map(|(head, _)| head.upgrade())
+    }
+}
+
+fn take<'a, T: serde::Deserialize<'a>>(payload: &'a [u8]) -> Result<(T, &'a [u8]), DecodeError> {
+    postcard::take_from_bytes::<T>(payload)
+        .map_err(|e| corrupt(CorruptReason::Payload(e.to_string())))
 }
 
 /// Decodes a leased job record ([`KIND_LEASED_JOB`]): its lease holder, if any, and the record.
 pub(crate) fn decode_leased(bytes: &[u8]) -> Result<(Option<LeaseHolder>, JobRecord), DecodeError> {
     let (version, payload) = open(bytes, KIND_LEASED_JOB)?;
-    let (lease, rest) = postcard::take_from_bytes::<Option<LeaseHolder>>(payload)
-        .map_err(|e| corrupt(CorruptReason::Payload(e.to_string())))?;
+    let (lease, rest) = take::<Option<LeaseHolder>>(payload)?;
     Ok((lease, decode_record(version, rest)?))
 }
 
 fn decode_record(version: u16, payload: &[u8]) -> Result<JobRecord, DecodeError> {
-    if version >= 5 {
+    if version >= 6 {
         return decode_exactly::<JobRecord>(payload);
+    }
+    // Postcard writes a struct as its fields in order: a record is its head, then its
+    // progress.
+    if version == 5 {
+        let (head, progress) =
+            decode_exactly::<(RecordHead<v5::MigrationPlan>, crate::Progress)>(payload)?;
+        return Ok(head.upgrade().with_progress(progress));
     }
     let upgraded;
     // Each version before 4 lacks the last fields added since: the flip journal (version
@@ -197,13 +239,14 @@ fn decode_record(version: u16, payload: &[u8]) -> Result<JobRecord, DecodeError>
     } else {
         payload
     };
-    decode_exactly::<v4::JobRecord>(payload).map(JobRecord::from)
+    let (head, progress) =
+        decode_exactly::<(RecordHead<v5::MigrationPlan>, v4::Progress)>(payload)?;
+    Ok(head.upgrade().with_progress(progress.into()))
 }
 
 /// Decodes `payload` as a whole `T`: bytes left after it are corruption too.
 fn decode_exactly<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
-    let (record, rest) = postcard::take_from_bytes::<T>(payload)
-        .map_err(|e| corrupt(CorruptReason::Payload(e.to_string())))?;
+    let (record, rest) = take::<T>(payload)?;
     if !rest.is_empty() {
         return Err(corrupt(CorruptReason::Payload(format!(
             "{} bytes left after the record",
@@ -213,28 +256,77 @@ fn decode_exactly<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, D
     Ok(record)
 }
 
-/// The job record as format versions 1 to 4 laid it out (after the appends of
+/// The plan as format versions 1 to 5 laid it out: without the burst, which loads as `None`.
+/// As postcard reads it (`fence_timeout` is a plain `Duration` in binary formats).
+mod v5 {
+    use std::num::NonZeroUsize;
+    use std::time::Duration;
+
+    use ferry_types::{
+        ByteSize, CheckpointInterval, CleanupPolicy, JobId, NodeId, ObjectSelection, PlanOptions,
+        Rate, RetryPolicy, VerifyMode,
+    };
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub(super) struct MigrationPlan {
+        id: Option<JobId>,
+        source: NodeId,
+        target: NodeId,
+        objects: ObjectSelection,
+        options: Options,
+    }
+
+    #[derive(Deserialize)]
+    struct Options {
+        verify: VerifyMode,
+        cleanup: CleanupPolicy,
+        concurrency: NonZeroUsize,
+        rate: Rate,
+        chunk_size: ByteSize,
+        retry: RetryPolicy,
+        checkpoint: CheckpointInterval,
+        max_flip_attempts: u32,
+        fence_timeout: Duration,
+    }
+
+    impl From<MigrationPlan> for ferry_types::MigrationPlan {
+        fn from(old: MigrationPlan) -> ferry_types::MigrationPlan {
+            let o = old.options;
+            ferry_types::MigrationPlan {
+                id: old.id,
+                source: old.source,
+                target: old.target,
+                objects: old.objects,
+                options: PlanOptions {
+                    verify: o.verify,
+                    cleanup: o.cleanup,
+                    concurrency: o.concurrency,
+                    rate: o.rate,
+                    burst: None,
+                    chunk_size: o.chunk_size,
+                    retry: o.retry,
+                    checkpoint: o.checkpoint,
+                    max_flip_attempts: o.max_flip_attempts,
+                    fence_timeout: o.fence_timeout,
+                },
+            }
+        }
+    }
+}
+
+/// The progress as format versions 1 to 4 laid it out (after the appends of
 /// `decode_record`): a failure without its kind.
 mod v4 {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use ferry_types::{FailureKind, JobId, JobStatus, MigrationPlan, ObjectKey};
+    use ferry_types::{FailureKind, ObjectKey};
     use serde::Deserialize;
 
     use crate::FlipRecord;
 
     #[derive(Deserialize)]
-    pub(super) struct JobRecord {
-        epoch: u64,
-        generation: u64,
-        job: JobId,
-        plan: MigrationPlan,
-        status: JobStatus,
-        progress: Progress,
-    }
-
-    #[derive(Deserialize)]
-    struct Progress {
+    pub(super) struct Progress {
         watermark: Option<ObjectKey>,
         done_above: BTreeSet<ObjectKey>,
         done_objects: u64,
@@ -252,37 +344,29 @@ mod v4 {
         last_error: String,
     }
 
-    impl From<JobRecord> for crate::JobRecord {
-        fn from(old: JobRecord) -> crate::JobRecord {
-            let p = old.progress;
-            crate::JobRecord {
-                epoch: old.epoch,
-                generation: old.generation,
-                job: old.job,
-                plan: old.plan,
-                status: old.status,
-                progress: crate::Progress {
-                    watermark: p.watermark,
-                    done_above: p.done_above,
-                    done_objects: p.done_objects,
-                    done_bytes: p.done_bytes,
-                    skipped_objects: p.skipped_objects,
-                    failed: p
-                        .failed
-                        .into_iter()
-                        .map(|(key, f)| {
-                            let failure = crate::Failure {
-                                attempts: f.attempts,
-                                last_error: f.last_error,
-                                kind: FailureKind::Other,
-                            };
-                            (key, failure)
-                        })
-                        .collect(),
-                    flips: p.flips,
-                    copying: p.copying,
-                    preexisting: p.preexisting,
-                },
+    impl From<Progress> for crate::Progress {
+        fn from(p: Progress) -> crate::Progress {
+            crate::Progress {
+                watermark: p.watermark,
+                done_above: p.done_above,
+                done_objects: p.done_objects,
+                done_bytes: p.done_bytes,
+                skipped_objects: p.skipped_objects,
+                failed: p
+                    .failed
+                    .into_iter()
+                    .map(|(key, f)| {
+                        let failure = crate::Failure {
+                            attempts: f.attempts,
+                            last_error: f.last_error,
+                            kind: FailureKind::Other,
+                        };
+                        (key, failure)
+                    })
+                    .collect(),
+                flips: p.flips,
+                copying: p.copying,
+                preexisting: p.preexisting,
             }
         }
     }
@@ -363,7 +447,7 @@ pub(crate) const HEAD_PREFIX_LEN: usize = HEADER_LEN + 20;
 pub(crate) mod tests {
     use std::collections::BTreeSet;
 
-    use ferry_types::{JobStatus, MigrationPlan, NodeId, ObjectKey, ObjectSelection};
+    use ferry_types::{ByteSize, JobStatus, MigrationPlan, NodeId, ObjectKey, ObjectSelection};
     use proptest::prelude::*;
 
     use super::*;
@@ -412,6 +496,37 @@ pub(crate) mod tests {
         bytes
     }
 
+    /// `bytes`, the encoding of `record` (no burst set) `lease` bytes into the payload, as
+    /// format 5 wrote it: without the burst's `None`, one zero byte right after the rate.
+    fn without_burst(mut bytes: Vec<u8>, record: &JobRecord, lease: usize) -> Vec<u8> {
+        let (plan, options) = (&record.plan, &record.plan.options);
+        assert_eq!(options.burst, None);
+        let before = postcard::to_allocvec(&(
+            record.epoch,
+            record.generation,
+            &record.job,
+            &plan.id,
+            &plan.source,
+            &plan.target,
+            &plan.objects,
+            &options.verify,
+            &options.cleanup,
+            options.concurrency,
+            options.rate,
+        ))
+        .unwrap()
+        .len();
+        assert_eq!(bytes.remove(HEADER_LEN + lease + before), 0, "the burst");
+        let len = u32::try_from(bytes.len() - HEADER_LEN).unwrap();
+        bytes[8..12].copy_from_slice(&len.to_le_bytes());
+        with_version(bytes, 5)
+    }
+
+    /// `record` (no burst set) as format 5 encoded it.
+    fn v5(record: &JobRecord) -> Vec<u8> {
+        without_burst(encode(record).unwrap(), record, 0)
+    }
+
     #[test]
     fn i5_round_trip_and_borrowed_encoding_match() {
         let record = sample("job-1", 5);
@@ -428,6 +543,53 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_plans_burst_round_trips_through_the_envelope() {
+        let mut record = sample("burst", 2);
+        record.plan.options.burst = Some(ByteSize::kib(48));
+        let bytes = encode(&record).unwrap();
+        assert_eq!(u16_at(&bytes, 4), FORMAT_VERSION);
+        assert_eq!(decode(&bytes).unwrap(), record);
+        assert_eq!(decode_head(&bytes).unwrap().plan, record.plan);
+        let lease = Some(LeaseHolder {
+            holder: "worker-1".into(),
+            until_ms: 1_700_000_000_000,
+        });
+        let leased = encode_leased(&lease, &record.as_ref()).unwrap();
+        assert_eq!(decode_leased(&leased).unwrap(), (lease, record));
+    }
+
+    #[test]
+    fn a_version_5_record_decodes_with_no_burst_and_everything_else_intact() {
+        let mut record = sample("v5-job", 2);
+        record.plan = record
+            .plan
+            .with_rate("20MiB/s".parse().unwrap())
+            .with_chunk_size(ByteSize::kib(256))
+            .with_max_flip_attempts(7);
+        for failure in record.progress.failed.values_mut() {
+            failure.kind = ferry_types::FailureKind::DiskFull;
+        }
+        let bytes = v5(&record);
+        assert_eq!(decode(&bytes).unwrap(), record);
+        assert_eq!(decode_head(&bytes).unwrap().plan, record.plan);
+        assert_eq!(peek_head(&bytes[..HEAD_PREFIX_LEN]), Some((3, 17)));
+        // The same bytes labelled version 6 miss the burst: corrupt, not guessed.
+        assert!(matches!(
+            decode(&with_version(bytes, 6)),
+            Err(DecodeError::Corrupt(CorruptReason::Payload(_)))
+        ));
+        // A leased record of version 5 too: its lease, then the record.
+        let lease = Some(LeaseHolder {
+            holder: "worker-1".into(),
+            until_ms: 1_700_000_000_000,
+        });
+        let lease_len = postcard::to_allocvec(&lease).unwrap().len();
+        let leased = encode_leased(&lease, &record.as_ref()).unwrap();
+        let leased = without_burst(leased, &record, lease_len);
+        assert_eq!(decode_leased(&leased).unwrap(), (lease, record));
+    }
+
+    #[test]
     fn older_records_decode_with_failures_of_kind_other_and_no_newer_fields() {
         // A version 4 record is a version 5 record whose failures have no kind (the varint
         // after each `last_error`); a version 3 record is a version 4 record without the
@@ -436,7 +598,7 @@ pub(crate) mod tests {
         let record = sample("old-job", 2);
         assert!(record.progress.flips.is_empty() && record.progress.copying.is_empty());
         assert!(record.progress.preexisting.is_empty());
-        let mut bytes = encode(&record).unwrap();
+        let mut bytes = v5(&record);
         let entry = postcard::to_allocvec(&(
             ObjectKey::new("photos/f000000").unwrap(),
             3u32,

@@ -2,18 +2,86 @@
 //! every input decodes to a record or a typed error, never a panic (SPEC I5), and a record that
 //! decodes round-trips. `cargo xtask fuzz` grows the corpus on nightly; CI runs what is
 //! committed. `FERRY_WRITE_FUZZ_SEEDS=1 cargo test -p ferry-checkpoint --test fuzz_corpus`
-//! rewrites the seed inputs from the current encoder.
+//! rewrites the seed inputs from the current encoder. `v5-running`, which the format 5 encoder
+//! wrote, is never rewritten: it checks that such records still decode.
 // Tests stop on the first unexpected error: unwrap says where.
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 
 use ferry_checkpoint::envelope;
-use ferry_checkpoint::{JobRecord, Progress};
-use ferry_types::{JobId, JobStatus, MigrationPlan, NodeId, ObjectKey, ObjectSelection};
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use ferry_checkpoint::{FlipRecord, JobRecord, Progress};
+use ferry_types::{
+    ByteSize, CheckpointInterval, CleanupPolicy, JobId, JobStatus, MigrationPlan, NodeId,
+    ObjectKey, ObjectSelection, PlanOptions, RetryPolicy, VerifyMode,
+};
 
 fn corpus_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/checkpoint_decode")
+}
+
+/// The record in `v5-running`, which the format 5 encoder wrote: every field set away from its
+/// default, so a field read from the wrong bytes shows.
+fn v5_record() -> JobRecord {
+    let key = |k: &str| ObjectKey::new(k).unwrap();
+    let job = JobId::new("v5-job").unwrap();
+    let options = PlanOptions {
+        verify: VerifyMode::Size,
+        cleanup: CleanupPolicy::AfterVerify,
+        concurrency: NonZeroUsize::new(7).unwrap(),
+        rate: "20MiB/s".parse().unwrap(),
+        burst: None,
+        chunk_size: ByteSize::kib(256),
+        retry: RetryPolicy {
+            max_attempts: 9,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(40),
+            multiplier: 3,
+            jitter: false,
+        },
+        checkpoint: CheckpointInterval {
+            objects: 77,
+            every: Duration::from_millis(1500),
+        },
+        max_flip_attempts: 4,
+        fence_timeout: Duration::from_secs(2),
+    };
+    let plan = MigrationPlan::new(
+        NodeId::new("src").unwrap(),
+        NodeId::new("dst").unwrap(),
+        ObjectSelection::range("photos/", Some(key("photos/0010")), None),
+    )
+    .with_id(job.clone())
+    .with_options(options);
+    let mut progress = Progress::default();
+    progress.advance_watermark(key("photos/0100"));
+    progress.mark_done(key("photos/0102"), 4096);
+    progress.mark_failed(
+        key("photos/0101"),
+        3,
+        "no space left on device".into(),
+        ferry_types::FailureKind::DiskFull,
+    );
+    progress.flips.insert(
+        key("photos/0103"),
+        FlipRecord {
+            digest: [9; 32],
+            committed: true,
+        },
+    );
+    progress.copying.insert(key("photos/0104"));
+    progress.preexisting.insert(key("photos/0105"));
+    JobRecord {
+        epoch: 4,
+        generation: 31,
+        job,
+        plan,
+        status: JobStatus::Paused,
+        progress,
+    }
 }
 
 fn seed_records() -> Vec<(&'static str, JobRecord)> {
@@ -85,4 +153,13 @@ fn i5_every_corpus_input_decodes_or_fails_with_a_typed_error() {
         dir.display()
     );
     assert!(decoded >= 2, "only {decoded} corpus inputs decode");
+}
+
+/// `v5-running` was written by the format 5 encoder, whose plans had no burst, and is never
+/// rewritten: it decodes to the record it was made from, with no burst.
+#[test]
+fn a_format_5_record_decodes_with_no_burst_and_every_other_field_kept() {
+    let bytes = std::fs::read(corpus_dir().join("v5-running")).unwrap();
+    assert_eq!(bytes[4..6], 5u16.to_le_bytes(), "the format version");
+    assert_eq!(envelope::decode(&bytes).unwrap(), v5_record());
 }

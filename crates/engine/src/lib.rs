@@ -94,10 +94,10 @@
 //!
 //! A source that changed since its copy (a write that did not go through the table) is kept,
 //! with a warning naming the key; the record does not keep the reason. Events of objects a
-//! crashed run had already moved may start mid-protocol. A burst set on the plan is not
-//! stored in checkpoint records (their layout is unchanged): a job resumed from its record
-//! alone runs with the default burst. A drain's re-listings (keys created behind the first
-//! listing) add to `total_objects` but not to `total_bytes`.
+//! crashed run had already moved may start mid-protocol. A job recovered from a record written
+//! before format 6, which had no place for the plan's burst, runs with the default burst. A
+//! drain's re-listings (keys created behind the first listing) add to `total_objects` but not
+//! to `total_bytes`.
 //!
 //! # Example
 //! ```

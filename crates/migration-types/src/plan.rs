@@ -480,10 +480,8 @@ pub struct PlanOptions {
     /// (default `None`: the throttle's default, bounded by the rate; see
     /// `ferry_throttle::Builder::burst`). Not zero.
     ///
-    /// Not in the binary (postcard) encoding: checkpoint records keep their layout, and a
-    /// job resumed from its record alone (`Engine::recover`, `ferry resume`) runs with the
-    /// default burst. Human-readable formats (JSON plans) carry it.
-    #[serde(with = "human_only")]
+    /// Checkpoint records carry it from format 6 on; a record of an older format loads with
+    /// `None`.
     pub burst: Option<ByteSize>,
     /// Bytes read and written at a time (default 1 MiB); memory use is about
     /// `concurrency × chunk_size`, whatever the object sizes (SPEC I7).
@@ -722,37 +720,6 @@ impl MigrationPlan {
     }
 }
 
-/// Serde for [`PlanOptions::burst`]: the value in human-readable formats, nothing in binary
-/// ones. Postcard, which checkpoint records use, writes a unit as zero bytes, so a plan with
-/// this field encodes exactly as one without it (and old records still decode); reading a
-/// binary plan gives `None`.
-mod human_only {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    use crate::size::ByteSize;
-
-    pub(super) fn serialize<S: Serializer>(
-        burst: &Option<ByteSize>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        if serializer.is_human_readable() {
-            burst.serialize(serializer)
-        } else {
-            serializer.serialize_unit()
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<ByteSize>, D::Error> {
-        if deserializer.is_human_readable() {
-            Option::<ByteSize>::deserialize(deserializer)
-        } else {
-            <()>::deserialize(deserializer).map(|()| None)
-        }
-    }
-}
-
 fn plan_error(field: &'static str, reason: impl Into<String>) -> Error {
     Error::InvalidPlan {
         field,
@@ -847,11 +814,11 @@ mod tests {
     }
 
     #[test]
-    fn burst_is_in_json_and_leaves_the_binary_encoding_unchanged() {
+    fn burst_round_trips_through_json_and_the_binary_encoding() {
         let plan = full_plan();
         let with_burst = plan.clone().with_burst(ByteSize::kib(64));
         with_burst.validate().unwrap();
-        // JSON plans carry it, and may leave it out.
+        // JSON plans carry it as text or null, and may leave it out.
         let json = serde_json::to_string(&with_burst).unwrap();
         assert!(json.contains(r#""burst":"64KiB""#), "{json}");
         assert_eq!(
@@ -866,11 +833,15 @@ mod tests {
             serde_json::from_value::<MigrationPlan>(value).unwrap(),
             plan
         );
-        // Checkpoint records (postcard) keep their layout: the burst adds no byte, and a
-        // binary plan reads back without it.
-        let bin = postcard::to_allocvec(&with_burst).unwrap();
-        assert_eq!(bin, postcard::to_allocvec(&plan).unwrap());
-        assert_eq!(postcard::from_bytes::<MigrationPlan>(&bin).unwrap(), plan);
+        // Checkpoint records (postcard, format 6 on) carry it too, set or not.
+        for plan in [&with_burst, &plan] {
+            let bin = postcard::to_allocvec(plan).unwrap();
+            assert_eq!(&postcard::from_bytes::<MigrationPlan>(&bin).unwrap(), plan);
+        }
+        assert_ne!(
+            postcard::to_allocvec(&with_burst).unwrap(),
+            postcard::to_allocvec(&plan).unwrap()
+        );
     }
 
     #[test]

@@ -318,6 +318,31 @@ pub(crate) mod checks {
         Ok(())
     }
 
+    pub(crate) async fn the_plans_burst_survives_saves_and_a_new_owner(
+        store: Arc<dyn CheckpointStore>,
+    ) -> Result<()> {
+        let job = id("job-1");
+        let burst = ferry_types::ByteSize::kib(64);
+        let created = store.create(&job, &plan().with_burst(burst)).await?;
+        assert_eq!(created.plan.options.burst, Some(burst));
+        let loaded = store.load(&job).await?.expect("created").record;
+        assert_eq!(loaded.plan.options.burst, Some(burst));
+        let lease = store.acquire(&job).await?.lease;
+        store
+            .save(&lease, JobStatus::Running, progress(1, "a"))
+            .await?;
+        let mut options = created.plan.options.clone();
+        options.rate = "64KiB/s".parse()?;
+        store
+            .save_with_options(&lease, JobStatus::Running, progress(2, "a"), &options)
+            .await?;
+        store.release(&lease).await?;
+        let acquired = store.acquire(&job).await?;
+        assert_eq!(acquired.record.plan.options, options);
+        assert_eq!(acquired.record.plan.options.burst, Some(burst));
+        Ok(())
+    }
+
     pub(crate) async fn job_ids_are_validated_before_storage(
         store: Arc<dyn CheckpointStore>,
     ) -> Result<()> {
@@ -352,6 +377,7 @@ macro_rules! conformance {
                 i5_concurrent_saves_last_one_wins_never_a_mix,
                 large_failed_object_list_round_trips,
                 save_with_options_replaces_the_plan_options_only,
+                the_plans_burst_survives_saves_and_a_new_owner,
                 job_ids_are_validated_before_storage,
             );
         }

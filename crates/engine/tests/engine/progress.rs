@@ -1,6 +1,7 @@
 //! Progress that means what it says: a job's rates are this run's, over the last seconds;
 //! its totals and ETA are known as soon as they can be; a rate the user set outlives a
-//! crash; the throttle's burst at a low rate is bounded by the rate (SPEC §3, §6).
+//! crash; the throttle's burst at a low rate is bounded by the rate, and a recovered job keeps
+//! the burst its plan set (SPEC §3, §6).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,6 +235,12 @@ async fn copied_in_the_first_second(plan: MigrationPlan, n: usize, size: u64) ->
     // A current-thread runtime: the runner does not run before this test awaits, so the
     // receiver exists before the first transition.
     let handle = engine.start(plan).await.unwrap();
+    copied_by(handle, size, Duration::from_secs(1)).await
+}
+
+/// Bytes of the objects of `size` bytes the job copied within `within` of this run's start.
+/// Subscribes at once: call it before the test awaits anything after starting the job.
+async fn copied_by(handle: ferry_engine::JobHandle, size: u64, within: Duration) -> u64 {
     let mut events = handle.events();
     let snap = handle.wait().await.unwrap();
     assert_eq!(snap.status, JobStatus::Completed);
@@ -241,7 +248,7 @@ async fn copied_in_the_first_second(plan: MigrationPlan, n: usize, size: u64) ->
     loop {
         match events.try_recv() {
             Ok(event) => {
-                if event.state == ObjectState::Copied && event.at <= Duration::from_secs(1) {
+                if event.state == ObjectState::Copied && event.at <= within {
                     copied += size;
                 }
             }
@@ -273,5 +280,34 @@ async fn at_a_low_rate_the_first_second_copies_at_most_the_rate_and_the_burst() 
     assert!(
         copied <= low + burst,
         "{copied} B copied in the first second at {low} B/s with a burst of {burst} B"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recovered_job_runs_with_the_burst_its_plan_set() {
+    const N: usize = 400;
+    let (low, burst) = (64 * KIB, 8 * KIB);
+    let (source, target) = (uniform(N, KIB as usize), MemStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan("recovered-burst", all_keys(N))
+        .with_rate(rate(low))
+        .with_burst(ByteSize(burst));
+    let handle = process(&source, &target, &dir).start(plan).await.unwrap();
+    until(&handle, |s| s.done_objects >= 100).await;
+    handle.crash_for_tests().await;
+
+    // A new process knows the job from its record alone.
+    let handle = process(&source, &target, &dir)
+        .recover()
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    // The recovered throttle starts full: the plan's burst passes at once, no more (the
+    // default burst at this rate is a second of it, 64 KiB).
+    let copied = copied_by(handle, KIB, Duration::ZERO).await;
+    assert_eq!(
+        copied, burst,
+        "{copied} B copied at the start of the recovered run"
     );
 }
