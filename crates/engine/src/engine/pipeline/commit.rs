@@ -7,31 +7,40 @@ use std::sync::atomic::Ordering;
 use ferry_checkpoint::{Checkpointer, ProgressUpdate};
 use ferry_types::{CleanupPolicy, ObjectKey, ObjectState};
 use futures_util::StreamExt;
-use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
 
 use super::cleanup::{cleanup, finish_cleanup, rolled_back};
-use super::drive::{Order, spawn_process};
 use super::flip::{Flip, flip};
 use super::retry::error_chain;
 use super::{CopiedFrom, JobCtx, Outcome};
+
+/// What a commit leaves to the drive loop, which owns the dispatch order and the task set:
+/// applied when the commit ends ([`Commits`](super::drive::Commits)).
+#[derive(Debug, Default)]
+pub(super) struct Committed {
+    /// Keys recorded finished (done, skipped or failed): the watermark may pass them.
+    pub(super) finished: Vec<ObjectKey>,
+    /// Keys whose flip was refused, voided durably: copied again, with the flips of each
+    /// refused so far.
+    pub(super) again: Vec<(ObjectKey, u32)>,
+    /// Keys flipped, committed durably, whose grace period is waited out on the task set
+    /// before their cleanup: with what was copied and its size.
+    pub(super) grace: Vec<(ObjectKey, CopiedFrom, u64)>,
+}
 
 /// The commit of a batch whose copies the target has made durable (one `sync` for the
 /// whole batch, by [`Commits`](super::drive::Commits)): flips the verified objects,
 /// journaled (the intents saved before the flips, the outcome after them: SPEC I2, I3);
 /// finishes the forwarded objects (commit hook, version re-check, source delete: never
 /// before a completed target sync, I1); then records the finished objects (sync before
-/// record: an object recorded done is on the target durably, I1/I4). A refused flip sends
-/// its object back to copy again, and a grace period is waited out on the task set: both
-/// come back in a later batch.
-pub(super) async fn commit_synced(
-    ctx: &Arc<JobCtx>,
-    checkpointer: &Checkpointer,
-    batch: Vec<Outcome>,
-    order: &mut Order,
-    set: &mut JoinSet<Outcome>,
-) -> Result<()> {
+/// record: an object recorded done is on the target durably, I1/I4). It runs on a task of
+/// its own while the pipeline goes on copying: what it leaves to the drive loop (the keys
+/// recorded finished, refused flips to copy again, grace periods to wait out) comes back in
+/// [`Committed`], after everything it recorded.
+pub(super) async fn commit_synced(ctx: &Arc<JobCtx>, batch: Vec<Outcome>) -> Result<Committed> {
+    let checkpointer = &*ctx.checkpointer;
+    let mut committed = Committed::default();
     let (verified, mut batch): (Vec<Outcome>, Vec<Outcome>) = batch
         .into_iter()
         .partition(|o| matches!(o, Outcome::Verified { .. }));
@@ -46,7 +55,7 @@ pub(super) async fn commit_synced(
             flipped = true;
         }
     }
-    let saved = flip_verified(ctx, checkpointer, verified, &mut batch, order, set).await?;
+    let saved = flip_verified(ctx, checkpointer, verified, &mut batch, &mut committed).await?;
     if flipped && !saved {
         checkpointer.flush().await?;
     }
@@ -72,7 +81,7 @@ pub(super) async fn commit_synced(
         match outcome {
             Outcome::Done { key, bytes } => {
                 shared.emit(&key, ObjectState::Done);
-                order.finished.insert(key.clone());
+                committed.finished.push(key.clone());
                 unfailed += u64::from(ctx.failed_before.contains(&key));
                 checkpointer.record(ProgressUpdate::Done { key, bytes });
                 done += 1;
@@ -80,7 +89,7 @@ pub(super) async fn commit_synced(
             }
             Outcome::Skipped { key } => {
                 shared.emit(&key, ObjectState::Skipped);
-                order.finished.insert(key.clone());
+                committed.finished.push(key.clone());
                 unfailed += u64::from(ctx.failed_before.contains(&key));
                 checkpointer.record(ProgressUpdate::Skipped { key });
                 done += 1;
@@ -101,7 +110,7 @@ pub(super) async fn commit_synced(
                         last_error: error.clone(),
                     },
                 );
-                order.finished.insert(key.clone());
+                committed.finished.push(key.clone());
                 ctx.left.lock().insert(key.clone());
                 failed += u64::from(!ctx.failed_before.contains(&key));
                 checkpointer.record(ProgressUpdate::Failed {
@@ -123,27 +132,14 @@ pub(super) async fn commit_synced(
             s.failed_objects = (s.failed_objects + failed).saturating_sub(unfailed);
         });
     }
-    // Every key up to the watermark is recorded finished, so the record's done set stays
-    // bounded by what is in flight (keys are dispatched in key order).
-    let mut watermark = None;
-    while let Some(front) = order.dispatched.front() {
-        if !order.finished.remove(front) {
-            break;
-        }
-        watermark = order.dispatched.pop_front();
-    }
-    // A retry run's keys are not a prefix of the job's key order: the watermark stays.
-    if let Some(key) = watermark.filter(|_| ctx.retry_keys.is_none()) {
-        checkpointer.record(ProgressUpdate::Watermark(key));
-    }
-    Ok(())
+    Ok(committed)
 }
 
 /// The FORWARD step of a batch of verified objects, after the target sync: journals the
 /// intents and saves them, flips each key (the generation check, I3), then saves which
 /// flips were made (committed) and which were refused (void) before anything else happens
-/// to them. Flipped objects go on to their cleanup (`out`, or the task set for a grace
-/// period); refused ones are copied again on the task set. After a cancel nothing is
+/// to them. Flipped objects go on to their cleanup (`out`, or `committed.grace` for a grace
+/// period); refused ones are copied again (`committed.again`). After a cancel nothing is
 /// flipped: the objects are rolled back. Returns whether it saved the checkpoint (then
 /// everything recorded before the call is durable too).
 pub(super) async fn flip_verified(
@@ -151,8 +147,7 @@ pub(super) async fn flip_verified(
     checkpointer: &Checkpointer,
     verified: Vec<Outcome>,
     out: &mut Vec<Outcome>,
-    order: &mut Order,
-    set: &mut JoinSet<Outcome>,
+    committed: &mut Committed,
 ) -> Result<bool> {
     if verified.is_empty() {
         return Ok(false);
@@ -212,21 +207,12 @@ pub(super) async fn flip_verified(
     // Committed and void flips are durable before any source is deleted and before any
     // key is copied again.
     checkpointer.flush().await?;
-    for (key, refused) in again {
-        spawn_process(ctx, set, order, key, refused);
-    }
+    committed.again = again;
     let grace = matches!(ctx.plan.options.cleanup, CleanupPolicy::AfterGrace(_));
     for (key, copied) in flipped {
         let from = CopiedFrom::Version(copied.version);
         if grace {
-            order.flying.insert(key.clone());
-            shared.in_flight.fetch_add(1, Ordering::Relaxed);
-            let ctx = Arc::clone(ctx);
-            let span = tracing::debug_span!("object", key = %key.as_str());
-            set.spawn(tracing::Instrument::instrument(
-                async move { cleanup(&ctx, key, from, copied.bytes).await },
-                span,
-            ));
+            committed.grace.push((key, from, copied.bytes));
         } else {
             out.push(cleanup(ctx, key, from, copied.bytes).await);
         }

@@ -1,5 +1,6 @@
 //! The drive loop: dispatch within the watermark's window, commits in batches behind one target
-//! sync, pause, cancel, shutdown and the re-listings of a drain.
+//! sync (each on a task of its own, while dispatch goes on), pause, cancel, shutdown and the
+//! re-listings of a drain.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,7 +13,8 @@ use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
 
-use super::commit::commit_synced;
+use super::cleanup::cleanup;
+use super::commit::{Committed, commit_synced};
 use super::listing::{KeyStream, key_stream, list_range, listed_range};
 use super::object::process;
 use super::retry::{error_chain, jitter_unit, sync_with_retry};
@@ -48,7 +50,7 @@ pub(super) async fn drive(
         ctx,
         checkpointer,
         pending: Vec::new(),
-        syncing: None,
+        running: JoinSet::new(),
         order: Order::default(),
         tick_missed: false,
     };
@@ -235,30 +237,17 @@ pub(super) async fn drive(
                         shared.stop_failing();
                     }
                 }
-                if commits.pending.len() as u64 >= interval.objects
-                    && let Err(err) = commits.start(&mut set).await
-                {
+                if commits.pending.len() as u64 >= interval.objects {
+                    commits.start();
+                }
+            }
+            Some(ended) = commits.running.join_next() => {
+                if let Err(err) = commits.ended(ended, &mut set) {
                     fatal.get_or_insert(err);
                     shared.stop_failing();
                 }
             }
-            synced = async {
-                match commits.syncing.as_mut() {
-                    Some(under_way) => under_way.sync.as_mut().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                if let Err(err) = commits.after_sync(synced, &mut set).await {
-                    fatal.get_or_insert(err);
-                    shared.stop_failing();
-                }
-            }
-            _ = ticker.tick() => {
-                if let Err(err) = commits.tick(&mut set).await {
-                    fatal.get_or_insert(err);
-                    shared.stop_failing();
-                }
-            }
+            _ = ticker.tick() => commits.tick(),
             _ = saved_rx.changed(), if !ahead.is_empty() => {}
             _ = paused_rx.changed() => {}
             _ = cancelled_rx.changed() => {}
@@ -428,18 +417,20 @@ pub(super) fn spawn_process(
     ));
 }
 
-/// The commits of a job's finished objects: the batch being gathered, the one whose target
-/// sync is under way while the pipeline goes on copying, and the dispatch order the watermark
-/// follows. One commit at a time, batches in dispatch order.
+/// The commits of a job's finished objects: the batch being gathered, the one under way (its
+/// target sync, then [`commit_synced`], on a task of its own while the pipeline goes on
+/// copying), and the dispatch order the watermark follows. One commit at a time, batches in
+/// dispatch order.
 pub(super) struct Commits<'a> {
     pub(super) ctx: &'a Arc<JobCtx>,
     pub(super) checkpointer: &'a Checkpointer,
     /// Finished objects not yet in a commit.
     pub(super) pending: Vec<Outcome>,
-    /// The batch whose target sync is under way, if any.
-    pub(super) syncing: Option<Syncing<'a>>,
+    /// The commit under way, if any. Its task ends with the runner (a `JoinSet` aborts its
+    /// tasks when dropped), as after a crash.
+    pub(super) running: JoinSet<Result<Committed>>,
     pub(super) order: Order,
-    /// The ticker fired while a sync was under way: the commit after it is due at once.
+    /// The ticker fired while a commit was under way: the commit after it is due at once.
     pub(super) tick_missed: bool,
 }
 
@@ -457,66 +448,100 @@ impl Order {
     }
 }
 
-impl<'a> Commits<'a> {
-    /// Starts committing `pending`, unless a commit is under way (its end starts the next
-    /// one): a batch that needs the target synced is left in `syncing` while its sync runs;
-    /// any other batch is committed at once.
-    pub(super) async fn start(&mut self, set: &mut JoinSet<Outcome>) -> Result<()> {
-        if self.syncing.is_some() || self.pending.is_empty() {
-            return Ok(());
+impl Commits<'_> {
+    /// Starts committing `pending` on a task of its own, unless a commit is under way (its
+    /// end starts the next one when due): the target is synced first when the batch holds
+    /// copies to flip or flips to clean up.
+    pub(super) fn start(&mut self) {
+        if !self.running.is_empty() || self.pending.is_empty() {
+            return;
         }
         let batch = std::mem::take(&mut self.pending);
-        if needs_sync(&batch) {
-            self.syncing = Some(Syncing {
-                batch,
-                sync: Box::pin(sync_target(self.ctx)),
-            });
-            return Ok(());
-        }
-        commit_synced(self.ctx, self.checkpointer, batch, &mut self.order, set).await
+        let ctx = Arc::clone(self.ctx);
+        self.running
+            .spawn(tracing::Instrument::in_current_span(async move {
+                if needs_sync(&batch) {
+                    sync_target(&ctx).await?;
+                }
+                commit_synced(&ctx, batch).await
+            }));
     }
 
     /// The checkpoint interval's tick: a commit now, or right after the one under way.
-    pub(super) async fn tick(&mut self, set: &mut JoinSet<Outcome>) -> Result<()> {
-        self.tick_missed = self.syncing.is_some();
-        self.start(set).await
+    pub(super) fn tick(&mut self) {
+        self.tick_missed = !self.running.is_empty();
+        self.start();
     }
 
-    /// The batch under way got its sync (`synced`): commits it, then starts the next commit
-    /// if one is due (a batch finished meanwhile, or a tick passed).
-    pub(super) async fn after_sync(
+    /// The commit under way ended (`ended`): applies what it left, then starts the next
+    /// commit if one is due (a batch finished meanwhile, or a tick passed).
+    pub(super) fn ended(
         &mut self,
-        synced: Result<()>,
+        ended: std::result::Result<Result<Committed>, tokio::task::JoinError>,
         set: &mut JoinSet<Outcome>,
     ) -> Result<()> {
-        let Some(Syncing { batch, .. }) = self.syncing.take() else {
-            unreachable!("only a sync under way completes");
-        };
-        synced?;
-        commit_synced(self.ctx, self.checkpointer, batch, &mut self.order, set).await?;
+        self.apply(ended, set)?;
         let due = std::mem::take(&mut self.tick_missed)
             || self.pending.len() as u64 >= self.ctx.plan.options.checkpoint.objects;
         if due {
-            self.start(set).await?;
+            self.start();
         }
         Ok(())
     }
 
-    /// Commits everything finished: the batch whose sync is under way, then `pending`, in
-    /// that order (the watermark moves in dispatch order).
+    /// Commits everything finished: the batch under way, then `pending`, in that order (the
+    /// watermark moves in dispatch order).
     pub(super) async fn all(&mut self, set: &mut JoinSet<Outcome>) -> Result<()> {
-        if let Some(Syncing { batch, sync }) = self.syncing.take() {
-            sync.await?;
-            commit_synced(self.ctx, self.checkpointer, batch, &mut self.order, set).await?;
+        if let Some(ended) = self.running.join_next().await {
+            self.apply(ended, set)?;
         }
-        if self.pending.is_empty() {
-            return Ok(());
+        self.start();
+        match self.running.join_next().await {
+            Some(ended) => self.apply(ended, set),
+            None => Ok(()),
         }
-        let batch = std::mem::take(&mut self.pending);
-        if needs_sync(&batch) {
-            sync_target(self.ctx).await?;
+    }
+
+    /// Applies what a commit left: the keys it recorded finished move the watermark; refused
+    /// flips are copied again and grace periods waited out, on the task set.
+    fn apply(
+        &mut self,
+        ended: std::result::Result<Result<Committed>, tokio::task::JoinError>,
+        set: &mut JoinSet<Outcome>,
+    ) -> Result<()> {
+        let ctx = self.ctx;
+        let committed = ended.map_err(|_| Error::RunnerGone {
+            job: ctx.shared.id.clone(),
+        })??;
+        let order = &mut self.order;
+        order.finished.extend(committed.finished);
+        // Every key up to the watermark is recorded finished, so the record's done set
+        // stays bounded by what is in flight (keys are dispatched in key order).
+        let mut watermark = None;
+        while let Some(front) = order.dispatched.front() {
+            if !order.finished.remove(front) {
+                break;
+            }
+            watermark = order.dispatched.pop_front();
         }
-        commit_synced(self.ctx, self.checkpointer, batch, &mut self.order, set).await
+        // A retry run's keys are not a prefix of the job's key order: the watermark stays.
+        if let Some(key) = watermark.filter(|_| ctx.retry_keys.is_none()) {
+            self.checkpointer.record(ProgressUpdate::Watermark(key));
+        }
+        for (key, refused) in committed.again {
+            spawn_process(ctx, set, order, key, refused);
+        }
+        for (key, from, bytes) in committed.grace {
+            order.flying.insert(key.clone());
+            ctx.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+            let ctx = Arc::clone(ctx);
+            let span = tracing::debug_span!("object", key = %key.as_str());
+            set.spawn(tracing::Instrument::instrument(
+                async move { cleanup(&ctx, key, from, bytes).await },
+                span,
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -534,13 +559,6 @@ pub(super) fn needs_sync(batch: &[Outcome]) -> bool {
 /// The target's sync barrier, retried per the plan.
 pub(super) async fn sync_target(ctx: &JobCtx) -> Result<()> {
     sync_with_retry(ctx).await.map_err(|(_, err)| err)
-}
-
-/// A batch whose target sync is under way while the pipeline goes on copying: the sync
-/// waits for the disk, and the objects after the batch need not wait for it.
-pub(super) struct Syncing<'a> {
-    pub(super) batch: Vec<Outcome>,
-    pub(super) sync: std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>,
 }
 
 /// The keys dispatched in key order and not yet under the watermark, and which of them are
