@@ -33,7 +33,7 @@
 //! - `aws`: `s3://bucket/prefix`, configured from the `AWS_*` environment variables.
 //! - `gcp`: `gs://bucket/prefix`, configured from the `GOOGLE_*` environment variables.
 //! - `azure`: `az://container/prefix`, configured from the `AZURE_*` environment variables.
-//! - `test-server`: [`test_server::S3Server`], an S3 server in this process on loopback for
+//! - `test-server`: `test_server::S3Server`, an S3 server in this process on loopback for
 //!   tests (implies `aws`).
 
 mod adapter;
