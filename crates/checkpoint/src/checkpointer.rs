@@ -137,6 +137,27 @@ impl Checkpointer {
         seq
     }
 
+    /// Records several changes at once, as [`record`](Checkpointer::record) does each, under
+    /// one lock: a save holds all of them or none. Returns the sequence number of the last
+    /// (or of the last change recorded before, when `updates` is empty).
+    pub fn record_many(&self, updates: impl IntoIterator<Item = ProgressUpdate>) -> u64 {
+        let mut state = self.shared.state.lock();
+        let (mut wake, before) = (false, state.records);
+        for update in updates {
+            wake |= Self::apply_locked(&mut state, update, self.shared.objects);
+        }
+        let seq = state.records;
+        if seq != before && state.dirty_since.is_none() {
+            state.dirty_since = Some(Instant::now());
+            wake = true;
+        }
+        drop(state);
+        if wake {
+            self.shared.wake.notify_one();
+        }
+        seq
+    }
+
     /// Asks for a save as soon as the one under way (if any) ends, without waiting for it:
     /// [`saved`](Checkpointer::saved) tells when the changes recorded so far are durable
     /// (`Saved::records` reaches the number [`record`](Checkpointer::record) returned). A
@@ -189,19 +210,26 @@ impl Checkpointer {
     /// Applies `update` in memory; returns whether the saver should wake, and the change's
     /// sequence number.
     fn apply(&self, update: ProgressUpdate, urgent: bool) -> (bool, u64) {
-        let finishes = update.finishes_object();
         let mut state = self.shared.state.lock();
-        state.progress.apply(update);
-        state.records += 1;
+        let due = Self::apply_locked(&mut state, update, self.shared.objects);
         state.urgent |= urgent;
         let first = state.dirty_since.is_none();
         if first {
             state.dirty_since = Some(Instant::now());
         }
+        (first || due, state.records)
+    }
+
+    /// Applies `update` to the locked state; returns whether it made a save due by the
+    /// interval's count of objects.
+    fn apply_locked(state: &mut State, update: ProgressUpdate, objects: u64) -> bool {
+        let finishes = update.finishes_object();
+        state.progress.apply(update);
+        state.records += 1;
         if finishes {
             state.unsaved += 1;
         }
-        (first || state.unsaved == self.shared.objects, state.records)
+        finishes && state.unsaved == objects
     }
 
     /// Sets the status saved with the next save (call [`flush`](Checkpointer::flush) to save
@@ -470,6 +498,30 @@ mod tests {
         let record = store.load(&job).await.unwrap().unwrap().record;
         assert_eq!(record.progress.done_objects, 5);
         assert_eq!(record.generation, s.generation);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn record_many_is_saved_whole_and_counts_toward_the_interval() {
+        let interval = CheckpointInterval {
+            objects: 3,
+            every: Duration::from_secs(10),
+        };
+        let (store, job, cp) = setup(interval).await;
+        let mut saved = cp.saved();
+        assert_eq!(cp.record_many([]), 0, "nothing recorded, nothing to save");
+        let t0 = Instant::now();
+        // Four objects at once pass N: saved at once, all four, with their sequence numbers.
+        assert_eq!(cp.record_many((1..5).map(done)), 4);
+        let s = *saved.wait_for(|s| s.saves == 1).await.unwrap();
+        assert_eq!(Instant::now(), t0);
+        assert_eq!((s.done_objects, s.records), (4, 4));
+        assert_eq!(cp.record(done(5)), 5);
+        // One more object is below N: it waits for T.
+        let s = *saved.wait_for(|s| s.saves == 2).await.unwrap();
+        assert_eq!(Instant::now() - t0, Duration::from_secs(10));
+        assert_eq!(s.done_objects, 5);
+        let record = store.load(&job).await.unwrap().unwrap().record;
+        assert_eq!(record.progress.done_objects, 5);
     }
 
     #[tokio::test(start_paused = true)]

@@ -48,13 +48,11 @@ pub(super) async fn commit_synced(ctx: &Arc<JobCtx>, batch: Vec<Outcome>) -> Res
     // a crash, a journaled key whose source is gone was cleaned, not deleted by a user. The
     // keys forwarded so far were flipped by their own task (fenced hot keys, keys flipped by
     // an earlier run); `flip_verified` commits its own flips, and its save carries these too.
-    let mut flipped = false;
-    for outcome in &batch {
-        if let Outcome::Forwarded { key, .. } = outcome {
-            checkpointer.record(ProgressUpdate::FlipCommitted { key: key.clone() });
-            flipped = true;
-        }
-    }
+    checkpointer.record_many(batch.iter().filter_map(|outcome| match outcome {
+        Outcome::Forwarded { key, .. } => Some(ProgressUpdate::FlipCommitted { key: key.clone() }),
+        _ => None,
+    }));
+    let flipped = batch.iter().any(|o| matches!(o, Outcome::Forwarded { .. }));
     let saved = flip_verified(ctx, checkpointer, verified, &mut batch, &mut committed).await?;
     if flipped && !saved {
         checkpointer.flush().await?;
@@ -77,13 +75,14 @@ pub(super) async fn commit_synced(ctx: &Arc<JobCtx>, batch: Vec<Outcome>) -> Res
     let shared = &ctx.shared;
     // The snapshot's counters move once for the whole batch.
     let (mut done, mut done_bytes, mut skipped, mut failed, mut unfailed) = (0, 0, 0, 0, 0);
+    let mut records = Vec::with_capacity(batch.len());
     for outcome in batch {
         match outcome {
             Outcome::Done { key, bytes } => {
                 shared.emit(&key, ObjectState::Done);
                 committed.finished.push(key.clone());
                 unfailed += u64::from(ctx.failed_before.contains(&key));
-                checkpointer.record(ProgressUpdate::Done { key, bytes });
+                records.push(ProgressUpdate::Done { key, bytes });
                 done += 1;
                 done_bytes += bytes;
             }
@@ -91,7 +90,7 @@ pub(super) async fn commit_synced(ctx: &Arc<JobCtx>, batch: Vec<Outcome>) -> Res
                 shared.emit(&key, ObjectState::Skipped);
                 committed.finished.push(key.clone());
                 unfailed += u64::from(ctx.failed_before.contains(&key));
-                checkpointer.record(ProgressUpdate::Skipped { key });
+                records.push(ProgressUpdate::Skipped { key });
                 done += 1;
                 skipped += 1;
             }
@@ -113,7 +112,7 @@ pub(super) async fn commit_synced(ctx: &Arc<JobCtx>, batch: Vec<Outcome>) -> Res
                 committed.finished.push(key.clone());
                 ctx.left.lock().insert(key.clone());
                 failed += u64::from(!ctx.failed_before.contains(&key));
-                checkpointer.record(ProgressUpdate::Failed {
+                records.push(ProgressUpdate::Failed {
                     key,
                     attempts,
                     error,
@@ -124,6 +123,7 @@ pub(super) async fn commit_synced(ctx: &Arc<JobCtx>, batch: Vec<Outcome>) -> Res
             Outcome::RolledBack { .. } | Outcome::Forwarded { .. } | Outcome::Verified { .. } => {}
         }
     }
+    checkpointer.record_many(records);
     if done + failed + unfailed > 0 {
         shared.publish(|s| {
             s.done_objects += done;
@@ -163,17 +163,17 @@ pub(super) async fn flip_verified(
         }
         return Ok(false);
     }
-    for outcome in &verified {
-        if let Outcome::Verified { key, copied, .. } = outcome {
-            checkpointer.record(ProgressUpdate::FlipIntent {
-                key: key.clone(),
-                digest: copied.digest,
-            });
-        }
-    }
+    checkpointer.record_many(verified.iter().filter_map(|outcome| match outcome {
+        Outcome::Verified { key, copied, .. } => Some(ProgressUpdate::FlipIntent {
+            key: key.clone(),
+            digest: copied.digest,
+        }),
+        _ => None,
+    }));
     checkpointer.flush().await?;
     let mut flipped = Vec::new();
     let mut again = Vec::new();
+    let mut journal = Vec::with_capacity(verified.len());
     for outcome in verified {
         let Outcome::Verified {
             key,
@@ -184,7 +184,9 @@ pub(super) async fn flip_verified(
         else {
             continue;
         };
-        match flip(table, Some(checkpointer), &key, observed) {
+        let flipped_now = flip(table, &key, observed);
+        journal.extend(flipped_now.journal(&key));
+        match flipped_now {
             Flip::Made => {
                 shared.forwarded.fetch_add(1, Ordering::Relaxed);
                 shared.emit(&key, ObjectState::Forwarded);
@@ -206,6 +208,7 @@ pub(super) async fn flip_verified(
     }
     // Committed and void flips are durable before any source is deleted and before any
     // key is copied again.
+    checkpointer.record_many(journal);
     checkpointer.flush().await?;
     committed.again = again;
     let grace = matches!(ctx.plan.options.cleanup, CleanupPolicy::AfterGrace(_));

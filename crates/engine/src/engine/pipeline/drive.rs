@@ -112,20 +112,21 @@ pub(super) async fn drive(
         let window = concurrency * LAG_PER_SLOT + waiting;
         // Keys are listed ahead of dispatch and their copy intents recorded; a key is
         // dispatched once its intent is durable (SPEC I8: after a crash, every copy the run
-        // may have left on the target is known). Saves are asked for ahead of need.
+        // may have left on the target is known). Saves are asked for ahead of need. The
+        // intents of one fill are recorded together.
+        let mut listed = Vec::new();
         while !paused
             && !stopping
             && !exhausted
             && !listing_over
             && !passes.listed
-            && ahead.len() < lookahead
+            && ahead.len() + listed.len() < lookahead
         {
             match keys.next().await {
                 Some(Ok(key)) => {
                     list_attempts = 0;
                     last_key = Some(key.clone());
-                    let seq = checkpointer.record(ProgressUpdate::CopyIntent { key: key.clone() });
-                    ahead.push_back((key, seq));
+                    listed.push(key);
                 }
                 Some(Err(err))
                     if err.is_transient()
@@ -146,6 +147,14 @@ pub(super) async fn drive(
                 }
                 None => listing_over = true,
             }
+        }
+        if !listed.is_empty() {
+            let seq = checkpointer.record_many(
+                listed
+                    .iter()
+                    .map(|key| ProgressUpdate::CopyIntent { key: key.clone() }),
+            );
+            ahead.extend(listed.into_iter().map(|key| (key, seq)));
         }
         let durable = saved_rx.borrow_and_update().records;
         let mut ready = ahead.partition_point(|(_, seq)| *seq <= durable);
@@ -225,16 +234,27 @@ pub(super) async fn drive(
         }
         tokio::select! {
             Some(joined) = set.join_next() => {
-                shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-                match joined {
-                    Ok(outcome) => {
-                        commits.order.flying.remove(outcome.key());
-                        commits.pending.push(outcome);
+                // The tasks that ended meanwhile are taken too (up to a slot's worth): one
+                // turn of the loop per object would cost more than the objects.
+                let mut joined = Some(joined);
+                let mut taken = 0;
+                while let Some(result) = joined.take() {
+                    shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    match result {
+                        Ok(outcome) => {
+                            commits.order.flying.remove(outcome.key());
+                            commits.pending.push(outcome);
+                        }
+                        Err(_) => {
+                            // A per-object task panicked: stop the job; its key stays
+                            // unfinished.
+                            fatal.get_or_insert(Error::RunnerGone { job: shared.id.clone() });
+                            shared.stop_failing();
+                        }
                     }
-                    Err(_) => {
-                        // A per-object task panicked: stop the job; its key stays unfinished.
-                        fatal.get_or_insert(Error::RunnerGone { job: shared.id.clone() });
-                        shared.stop_failing();
+                    taken += 1;
+                    if taken < concurrency {
+                        joined = set.try_join_next();
                     }
                 }
                 if commits.pending.len() as u64 >= interval.objects {

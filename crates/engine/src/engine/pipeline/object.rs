@@ -184,7 +184,11 @@ pub(super) async fn fenced_flip(
         if let Err(err) = ctx.checkpointer.record_durable(intent).await {
             return Err(fail(*refused + 1, err.into()));
         }
-        match flip(table, Some(&ctx.checkpointer), key, observed) {
+        let flipped = flip(table, key, observed);
+        if let Some(update) = flipped.journal(key) {
+            ctx.checkpointer.record(update);
+        }
+        match flipped {
             Flip::Made => return Ok(copied),
             Flip::Again(cause) => {
                 *refused += 1;

@@ -144,7 +144,7 @@ pub(crate) fn forward(
         .is_ok()
         && table
             .generation(key.as_str())
-            .is_some_and(|generation| matches!(flip(table, None, key, generation), Flip::Made))
+            .is_some_and(|generation| matches!(flip(table, key, generation), Flip::Made))
 }
 
 /// On resume, before the runner starts: reloads into the forwarding table the objects a run
