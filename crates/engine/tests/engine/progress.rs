@@ -47,6 +47,23 @@ fn process(source: &MemStore, target: &MemStore, dir: &tempfile::TempDir) -> Eng
     )
 }
 
+/// Crashes `handle`'s job, then recovers it in a new process (a new engine over the same
+/// stores and checkpoint directory) and returns its handle there.
+async fn crash_and_recover(
+    handle: ferry_engine::JobHandle,
+    source: &MemStore,
+    target: &MemStore,
+    dir: &tempfile::TempDir,
+) -> ferry_engine::JobHandle {
+    handle.crash_for_tests().await;
+    process(source, target, dir)
+        .recover()
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+}
+
 /// Waits until a published snapshot of the job satisfies `f`, and returns it.
 async fn until(
     handle: &ferry_engine::JobHandle,
@@ -64,14 +81,7 @@ async fn rates_of_a_resumed_job_count_this_runs_work_only() {
     let plan = plan("resumed", ObjectSelection::prefix("obj/")).with_rate(rate(64 * KIB));
     let handle = process(&source, &target, &dir).start(plan).await.unwrap();
     until(&handle, |s| s.done_objects >= 300).await;
-    handle.crash_for_tests().await;
-
-    let handle = process(&source, &target, &dir)
-        .recover()
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let handle = crash_and_recover(handle, &source, &target, &dir).await;
     let restored = handle.snapshot().done_objects;
     assert!(restored >= 200, "{restored} objects restored");
     let snap = handle.wait().await.unwrap();
@@ -211,14 +221,7 @@ async fn a_rate_set_while_running_survives_a_crash() {
     }
     assert!(saved, "the new rate was not saved");
     assert_eq!(tokio::time::Instant::now(), at);
-    handle.crash_for_tests().await;
-
-    let handle = process(&source, &target, &dir)
-        .recover()
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let handle = crash_and_recover(handle, &source, &target, &dir).await;
     assert_eq!(handle.snapshot().effective_rate, slow);
     handle.crash_for_tests().await;
     // Started again with the first plan, the job still goes on at the rate last set.
@@ -294,15 +297,8 @@ async fn a_recovered_job_runs_with_the_burst_its_plan_set() {
         .with_burst(ByteSize(burst));
     let handle = process(&source, &target, &dir).start(plan).await.unwrap();
     until(&handle, |s| s.done_objects >= 100).await;
-    handle.crash_for_tests().await;
-
     // A new process knows the job from its record alone.
-    let handle = process(&source, &target, &dir)
-        .recover()
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let handle = crash_and_recover(handle, &source, &target, &dir).await;
     // The recovered throttle starts full: the plan's burst passes at once, no more (the
     // default burst at this rate is a second of it, 64 KiB).
     let copied = copied_by(handle, KIB, Duration::ZERO).await;
