@@ -53,8 +53,9 @@
 //!   `objects_per_sec` are this run's, over the last 10 s (a sliding window; over the whole
 //!   run while it is younger), never counting objects restored from a checkpoint. A listed
 //!   job's `total_objects` and `total_bytes` (the listed sizes, plus the bytes done before
-//!   this run) are known once its listing ends; explicit keys know their objects from the
-//!   start. `eta` is given as soon as a total is known: the bytes left at the recent
+//!   this run) are known once its listing ends, and grow with what a drain's re-listing
+//!   finds (keys created behind the first listing); explicit keys know their objects from
+//!   the start. `eta` is given as soon as a total is known: the bytes left at the recent
 //!   throughput, or else the objects left at the recent objects per second.
 //! - The job's throttle: the plan's rate and, when set, its burst
 //!   ([`PlanOptions::burst`](ferry_types::PlanOptions)); the default burst is a tenth of a
@@ -95,9 +96,7 @@
 //! A source that changed since its copy (a write that did not go through the table) is kept,
 //! with a warning naming the key; the record does not keep the reason. Events of objects a
 //! crashed run had already moved may start mid-protocol. A job recovered from a record written
-//! before format 6, which had no place for the plan's burst, runs with the default burst. A
-//! drain's re-listings (keys created behind the first listing) add to `total_objects` but not
-//! to `total_bytes`.
+//! before format 6, which had no place for the plan's burst, runs with the default burst.
 //!
 //! # Example
 //! ```

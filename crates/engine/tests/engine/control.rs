@@ -230,6 +230,8 @@ async fn i8_a_drain_leaves_no_key_created_during_it_on_the_source() {
     }
     assert_eq!(snap.done_objects, (N + created.len()) as u64);
     assert_eq!(snap.total_objects, Some((N + created.len()) as u64));
+    // The keys a re-listing found count in the total's bytes too.
+    assert_eq!(snap.total_bytes, Some(snap.done_bytes));
 }
 
 /// A cancel rolls back the objects not yet flipped: their entries go (reads stay on the

@@ -8,14 +8,14 @@ use std::sync::atomic::Ordering;
 use ferry_checkpoint::{Checkpointer, Progress, ProgressUpdate};
 use ferry_forwarding::EntryState;
 use ferry_types::{CleanupPolicy, JobStatus, ObjectKey, ObjectSelection};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
 
 use super::cleanup::cleanup;
 use super::commit::{Committed, commit_synced};
-use super::listing::{KeyStream, key_stream, list_range, listed_range};
+use super::listing::{KeyStream, key_stream, listed_range, sized_range};
 use super::object::process;
 use super::retry::{error_chain, jitter_unit, sync_with_retry};
 use super::{JobCtx, Outcome};
@@ -377,10 +377,7 @@ impl Passes {
         // Every key still on the source, but those kept there by design (failed, or changed
         // since their copy), whatever the watermark says: a new key may sort below it.
         let left = Arc::clone(&ctx.left);
-        Box::pin(
-            list_range(&*ctx.source, &range, after)
-                .try_filter(move |key| std::future::ready(!left.lock().contains(key))),
-        )
+        sized_range(ctx, &range, after, move |key| !left.lock().contains(key))
     }
 
     /// The pass settled: whether to list again (the pass moved something, and re-listings

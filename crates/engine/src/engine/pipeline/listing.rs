@@ -99,11 +99,23 @@ fn sized_keys(
     range: &KeyRange,
     after: Option<&ObjectKey>,
 ) -> KeyStream {
-    let shared = Arc::clone(&ctx.shared);
     let progress = Arc::clone(progress);
+    sized_range(ctx, range, after, move |key| !progress.is_done(key))
+}
+
+/// The source's keys in `range` after `after` that `keep` accepts, in key order, each counted
+/// by its listed size in the job's `listed_bytes`: the first listing's keys and a drain's
+/// re-listings' alike make up the job's total.
+pub(super) fn sized_range(
+    ctx: &JobCtx,
+    range: &KeyRange,
+    after: Option<&ObjectKey>,
+    keep: impl Fn(&ObjectKey) -> bool + Send + 'static,
+) -> KeyStream {
+    let shared = Arc::clone(&ctx.shared);
     Box::pin(
         list_metas(&*ctx.source, range, after).try_filter_map(move |meta| {
-            let keep = !progress.is_done(&meta.key);
+            let keep = keep(&meta.key);
             if keep {
                 shared
                     .listed_bytes
