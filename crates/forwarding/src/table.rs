@@ -467,6 +467,27 @@ impl Table {
         map.find_live(hash, key, now).map(|entry| f(entry, now))
     }
 
+    /// Runs `f` on `key`'s live entry and its shard under the shard's write lock.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] without a live entry; else what `f` returns.
+    fn with_live_mut<T>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&Shard, &mut Entry) -> Result<T>,
+    ) -> Result<T> {
+        let inner = &*self.inner;
+        let hash = inner.hash(key);
+        let shard = inner.shard(hash);
+        let mut map = shard.map.write();
+        let now = inner.clock.now();
+        let entry = map
+            .find_live_mut(hash, key, now)
+            .ok_or_else(|| not_found(key))?;
+        f(shard, entry)
+    }
+
     /// The generation of `key`'s live entry: the engine reads it when its copy begins and
     /// passes it to [`Table::try_flip`]. `None` when the key has no live entry.
     pub fn generation(&self, key: &str) -> Option<u64> {
@@ -607,19 +628,11 @@ impl Table {
     ///
     /// [`Error::NotFound`] without a live entry; [`Error::NotMoving`] when forwarded.
     pub fn fence(&self, key: &str) -> Result<()> {
-        let inner = &*self.inner;
-        let hash = inner.hash(key);
-        let shard = inner.shard(hash);
-        let mut map = shard.map.write();
-        let now = inner.clock.now();
-        let entry = map
-            .find_live_mut(hash, key, now)
-            .ok_or_else(|| not_found(key))?;
-        match entry.state {
+        self.with_live_mut(key, |shard, entry| match entry.state {
             EntryState::Copying => {
                 entry.state = EntryState::Fenced;
                 shard.fenced.fetch_add(1, Relaxed);
-                inner.counters.fences.fetch_add(1, Relaxed);
+                self.inner.counters.fences.fetch_add(1, Relaxed);
                 Ok(())
             }
             EntryState::Fenced => Ok(()),
@@ -627,7 +640,7 @@ impl Table {
                 key: key.to_owned(),
                 state,
             }),
-        }
+        })
     }
 
     /// Lifts the fence of `key` (back to `Copying`); waiting writers proceed to the source.
@@ -637,15 +650,7 @@ impl Table {
     ///
     /// [`Error::NotFound`] without a live entry; [`Error::NotMoving`] when forwarded.
     pub fn unfence(&self, key: &str) -> Result<()> {
-        let inner = &*self.inner;
-        let hash = inner.hash(key);
-        let shard = inner.shard(hash);
-        let mut map = shard.map.write();
-        let now = inner.clock.now();
-        let entry = map
-            .find_live_mut(hash, key, now)
-            .ok_or_else(|| not_found(key))?;
-        match entry.state {
+        self.with_live_mut(key, |shard, entry| match entry.state {
             EntryState::Fenced => {
                 entry.state = EntryState::Copying;
                 shard.fenced.fetch_sub(1, Relaxed);
@@ -658,7 +663,7 @@ impl Table {
                 key: key.to_owned(),
                 state,
             }),
-        }
+        })
     }
 
     /// Waits until no write is in flight on the fenced `key` and returns its generation, to
