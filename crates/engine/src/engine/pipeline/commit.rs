@@ -48,11 +48,17 @@ pub(super) async fn commit_synced(ctx: &Arc<JobCtx>, batch: Vec<Outcome>) -> Res
     // a crash, a journaled key whose source is gone was cleaned, not deleted by a user. The
     // keys forwarded so far were flipped by their own task (fenced hot keys, keys flipped by
     // an earlier run); `flip_verified` commits its own flips, and its save carries these too.
-    checkpointer.record_many(batch.iter().filter_map(|outcome| match outcome {
-        Outcome::Forwarded { key, .. } => Some(ProgressUpdate::FlipCommitted { key: key.clone() }),
-        _ => None,
-    }));
-    let flipped = batch.iter().any(|o| matches!(o, Outcome::Forwarded { .. }));
+    let committed_flips: Vec<ProgressUpdate> = batch
+        .iter()
+        .filter_map(|outcome| match outcome {
+            Outcome::Forwarded { key, .. } => {
+                Some(ProgressUpdate::FlipCommitted { key: key.clone() })
+            }
+            _ => None,
+        })
+        .collect();
+    let flipped = !committed_flips.is_empty();
+    checkpointer.record_many(committed_flips);
     let saved = flip_verified(ctx, checkpointer, verified, &mut batch, &mut committed).await?;
     if flipped && !saved {
         checkpointer.flush().await?;
