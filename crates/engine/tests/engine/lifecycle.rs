@@ -9,7 +9,7 @@ use ferry_checkpoint::{CheckpointStore, FileStore};
 use ferry_engine::Error;
 use ferry_forwarding::{EntryState, Table};
 use ferry_store::MemStore;
-use ferry_types::{ByteSize, CheckpointInterval, JobId, JobStatus, ObjectSelection, Rate};
+use ferry_types::{JobId, JobStatus, ObjectSelection};
 
 use crate::util::*;
 
@@ -27,14 +27,8 @@ async fn shutdown_stops_every_job_with_its_checkpoint_saved_and_recover_finishes
     let checkpoints =
         || -> Arc<dyn CheckpointStore> { Arc::new(FileStore::open(dir.path()).unwrap()) };
     let slow = |id: &str, keys: std::ops::Range<usize>| {
-        plan(id, ObjectSelection::Keys(keys.map(key).collect()))
-            .with_rate(Rate::bytes_per_sec(64).unwrap())
-            .with_chunk_size(ByteSize::b(16))
+        slowed(plan(id, ObjectSelection::Keys(keys.map(key).collect())))
             .with_concurrency(NonZeroUsize::new(2).unwrap())
-            .with_checkpoint(CheckpointInterval {
-                objects: 1,
-                every: Duration::from_secs(3600),
-            })
     };
     let table = Table::default();
     let first = engine(

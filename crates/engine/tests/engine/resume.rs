@@ -589,15 +589,9 @@ async fn i3_a_resume_never_forwards_a_deleted_key_to_a_cancelled_jobs_copy() {
         .await
         .unwrap();
     // A second job moves the rest, crashes past key 3, and resumes after a restart.
-    let second = plan("second", ObjectSelection::all())
+    let second = slowed(plan("second", ObjectSelection::all()))
         .with_cleanup(CleanupPolicy::Never)
-        .with_rate(Rate::bytes_per_sec(64).unwrap())
-        .with_chunk_size(ByteSize::b(16))
-        .with_concurrency(NonZeroUsize::new(1).unwrap())
-        .with_checkpoint(CheckpointInterval {
-            objects: 1,
-            every: Duration::from_secs(3600),
-        });
+        .with_concurrency(NonZeroUsize::new(1).unwrap());
     // An engine of a process (re)started with a new, empty table.
     let started = |table: &Table| {
         engine(
@@ -648,15 +642,9 @@ async fn i3_a_resume_never_forwards_a_key_the_target_held_before_the_job() {
             checkpoints,
         )
     };
-    let job = plan("merge", ObjectSelection::all())
+    let job = slowed(plan("merge", ObjectSelection::all()))
         .with_cleanup(CleanupPolicy::Never)
-        .with_rate(Rate::bytes_per_sec(64).unwrap())
-        .with_chunk_size(ByteSize::b(16))
-        .with_concurrency(NonZeroUsize::new(1).unwrap())
-        .with_checkpoint(CheckpointInterval {
-            objects: 1,
-            every: Duration::from_secs(3600),
-        });
+        .with_concurrency(NonZeroUsize::new(1).unwrap());
     // The crash comes after the watermark passed keys 2 and 3.
     crash_when_done(&started(&Table::default()), job.clone(), 5).await;
     let table = Table::default();

@@ -5,7 +5,8 @@ use ferry_engine::Engine;
 use ferry_forwarding::Table;
 use ferry_store::{MemStore, Store};
 use ferry_types::{
-    CheckpointInterval, JobId, MigrationPlan, NodeId, ObjectKey, ObjectSelection, RetryPolicy,
+    ByteSize, CheckpointInterval, JobId, MigrationPlan, NodeId, ObjectKey, ObjectSelection, Rate,
+    RetryPolicy,
 };
 
 pub(crate) fn a() -> NodeId {
@@ -79,6 +80,17 @@ pub(crate) fn plan(id: &str, objects: ObjectSelection) -> MigrationPlan {
         .with_checkpoint(CheckpointInterval {
             objects: 50,
             every: std::time::Duration::from_millis(50),
+        })
+}
+
+/// `plan`, slowed so that a test can stop its job between any two objects: 64 B/s in chunks
+/// of 16 B, and a save after every object.
+pub(crate) fn slowed(plan: MigrationPlan) -> MigrationPlan {
+    plan.with_rate(Rate::bytes_per_sec(64).unwrap())
+        .with_chunk_size(ByteSize::b(16))
+        .with_checkpoint(CheckpointInterval {
+            objects: 1,
+            every: std::time::Duration::from_secs(3600),
         })
 }
 
