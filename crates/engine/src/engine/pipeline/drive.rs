@@ -236,9 +236,10 @@ pub(super) async fn drive(
             Some(joined) = set.join_next() => {
                 // The tasks that ended meanwhile are taken too (up to a slot's worth): one
                 // turn of the loop per object would cost more than the objects.
-                let mut joined = Some(joined);
-                let mut taken = 0;
-                while let Some(result) = joined.take() {
+                let ended = std::iter::once(joined)
+                    .chain(std::iter::from_fn(|| set.try_join_next()))
+                    .take(concurrency);
+                for result in ended {
                     shared.in_flight.fetch_sub(1, Ordering::Relaxed);
                     match result {
                         Ok(outcome) => {
@@ -251,10 +252,6 @@ pub(super) async fn drive(
                             fatal.get_or_insert(Error::RunnerGone { job: shared.id.clone() });
                             shared.stop_failing();
                         }
-                    }
-                    taken += 1;
-                    if taken < concurrency {
-                        joined = set.try_join_next();
                     }
                 }
                 if commits.pending.len() as u64 >= interval.objects {
@@ -417,19 +414,34 @@ impl Passes {
 }
 
 /// Starts the pipeline of `key` on the job's task set.
-pub(super) fn spawn_process(
+fn spawn_process(
     ctx: &Arc<JobCtx>,
     set: &mut JoinSet<Outcome>,
     order: &mut Order,
     key: ObjectKey,
     refused: u32,
 ) {
+    spawn_object(ctx, set, order, key, move |ctx, key| async move {
+        process(&ctx, key, refused).await
+    });
+}
+
+/// Starts `task` (the pipeline of `key`, or its wait for the grace period) on the job's task
+/// set: the key counts as in flight until the drive loop takes its outcome.
+fn spawn_object<F>(
+    ctx: &Arc<JobCtx>,
+    set: &mut JoinSet<Outcome>,
+    order: &mut Order,
+    key: ObjectKey,
+    task: impl FnOnce(Arc<JobCtx>, ObjectKey) -> F,
+) where
+    F: std::future::Future<Output = Outcome> + Send + 'static,
+{
     order.flying.insert(key.clone());
     ctx.shared.in_flight.fetch_add(1, Ordering::Relaxed);
     let span = tracing::debug_span!("object", key = %key.as_str());
-    let ctx = Arc::clone(ctx);
     set.spawn(tracing::Instrument::instrument(
-        async move { process(&ctx, key, refused).await },
+        task(Arc::clone(ctx), key),
         span,
     ));
 }
@@ -549,14 +561,9 @@ impl Commits<'_> {
             spawn_process(ctx, set, order, key, refused);
         }
         for (key, from, bytes) in committed.grace {
-            order.flying.insert(key.clone());
-            ctx.shared.in_flight.fetch_add(1, Ordering::Relaxed);
-            let ctx = Arc::clone(ctx);
-            let span = tracing::debug_span!("object", key = %key.as_str());
-            set.spawn(tracing::Instrument::instrument(
-                async move { cleanup(&ctx, key, from, bytes).await },
-                span,
-            ));
+            spawn_object(ctx, set, order, key, move |ctx, key| async move {
+                cleanup(&ctx, key, from, bytes).await
+            });
         }
         Ok(())
     }
