@@ -42,7 +42,7 @@ pub const MAGIC: [u8; 4] = *b"FCKP";
 /// - 6: the plan's options carry their [`burst`](ferry_types::PlanOptions::burst), after
 ///   the rate. Older payloads decode through the version 5 layout of the plan, with no
 ///   burst.
-pub const FORMAT_VERSION: u16 = 6;
+pub const FORMAT_VERSION: u16 = 7;
 /// The size of the header in front of the payload.
 pub const HEADER_LEN: usize = 16;
 /// The record kind of a [`JobRecord`].
@@ -155,7 +155,8 @@ pub fn decode(bytes: &[u8]) -> Result<JobRecord, DecodeError> {
 }
 
 /// A job record's fields before its progress: what a save needs of the record it replaces.
-/// Generic over the plan, the one field whose layout changed (format 6 added its burst).
+/// Generic over the plan, the one field whose layout changed (format 6 added its burst,
+/// format 7 its `max_changes` and the job's kind).
 #[derive(Debug, serde::Deserialize)]
 pub(crate) struct RecordHead<P = ferry_types::MigrationPlan> {
     pub(crate) epoch: u64,
@@ -165,7 +166,7 @@ pub(crate) struct RecordHead<P = ferry_types::MigrationPlan> {
     pub(crate) status: ferry_types::JobStatus,
 }
 
-impl RecordHead<v5::MigrationPlan> {
+impl<P: Into<ferry_types::MigrationPlan>> RecordHead<P> {
     fn upgrade(self) -> RecordHead {
         RecordHead {
             epoch: self.epoch,
@@ -195,8 +196,10 @@ impl RecordHead {
 /// the progress, the bulk of a busy job's record, is not decoded. For saves, which replace it.
 pub(crate) fn decode_head(bytes: &[u8]) -> Result<RecordHead, DecodeError> {
     let (version, payload) = open(bytes, KIND_JOB)?;
-    if version >= 6 {
+    if version >= 7 {
         take::<RecordHead>(payload).map(|(head, _)| head)
+    } else if version == 6 {
+        take::<RecordHead<v6::MigrationPlan>>(payload).map(|(head, _)| head.upgrade())
     } else {
         take::<RecordHead<v5::MigrationPlan>>(payload).map(|(head, _)| head.upgrade())
     }
@@ -215,8 +218,13 @@ pub(crate) fn decode_leased(bytes: &[u8]) -> Result<(Option<LeaseHolder>, JobRec
 }
 
 fn decode_record(version: u16, payload: &[u8]) -> Result<JobRecord, DecodeError> {
-    if version >= 6 {
+    if version >= 7 {
         return decode_exactly::<JobRecord>(payload);
+    }
+    if version == 6 {
+        let (head, progress) =
+            decode_exactly::<(RecordHead<v6::MigrationPlan>, crate::Progress)>(payload)?;
+        return Ok(head.upgrade().with_progress(progress));
     }
     // Postcard writes a struct as its fields in order: a record is its head, then its
     // progress.
@@ -256,6 +264,69 @@ fn decode_exactly<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, D
     Ok(record)
 }
 
+/// The plan as format version 6 laid it out: without `max_changes` (which loads as the
+/// default) and the job's kind (a migration).
+/// As postcard reads it (`fence_timeout` is a plain `Duration` in binary formats).
+mod v6 {
+    use std::num::NonZeroUsize;
+    use std::time::Duration;
+
+    use ferry_types::{
+        ByteSize, CheckpointInterval, CleanupPolicy, JobId, JobKind, NodeId, ObjectSelection,
+        PlanOptions, Rate, RetryPolicy, VerifyMode,
+    };
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub(super) struct MigrationPlan {
+        id: Option<JobId>,
+        source: NodeId,
+        target: NodeId,
+        objects: ObjectSelection,
+        options: Options,
+    }
+
+    #[derive(Deserialize)]
+    struct Options {
+        verify: VerifyMode,
+        cleanup: CleanupPolicy,
+        concurrency: NonZeroUsize,
+        rate: Rate,
+        burst: Option<ByteSize>,
+        chunk_size: ByteSize,
+        retry: RetryPolicy,
+        checkpoint: CheckpointInterval,
+        max_flip_attempts: u32,
+        fence_timeout: Duration,
+    }
+
+    impl From<MigrationPlan> for ferry_types::MigrationPlan {
+        fn from(old: MigrationPlan) -> ferry_types::MigrationPlan {
+            let o = old.options;
+            ferry_types::MigrationPlan {
+                id: old.id,
+                source: old.source,
+                target: old.target,
+                objects: old.objects,
+                options: PlanOptions {
+                    verify: o.verify,
+                    cleanup: o.cleanup,
+                    concurrency: o.concurrency,
+                    rate: o.rate,
+                    burst: o.burst,
+                    chunk_size: o.chunk_size,
+                    retry: o.retry,
+                    checkpoint: o.checkpoint,
+                    max_flip_attempts: o.max_flip_attempts,
+                    fence_timeout: o.fence_timeout,
+                    max_changes: PlanOptions::default().max_changes,
+                },
+                kind: JobKind::Migrate,
+            }
+        }
+    }
+}
+
 /// The plan as format versions 1 to 5 laid it out: without the burst, which loads as `None`.
 /// As postcard reads it (`fence_timeout` is a plain `Duration` in binary formats).
 mod v5 {
@@ -263,8 +334,8 @@ mod v5 {
     use std::time::Duration;
 
     use ferry_types::{
-        ByteSize, CheckpointInterval, CleanupPolicy, JobId, NodeId, ObjectSelection, PlanOptions,
-        Rate, RetryPolicy, VerifyMode,
+        ByteSize, CheckpointInterval, CleanupPolicy, JobId, JobKind, NodeId, ObjectSelection,
+        PlanOptions, Rate, RetryPolicy, VerifyMode,
     };
     use serde::Deserialize;
 
@@ -309,7 +380,9 @@ mod v5 {
                     checkpoint: o.checkpoint,
                     max_flip_attempts: o.max_flip_attempts,
                     fence_timeout: o.fence_timeout,
+                    max_changes: PlanOptions::default().max_changes,
                 },
+                kind: JobKind::Migrate,
             }
         }
     }
@@ -522,9 +595,78 @@ pub(crate) mod tests {
         with_version(bytes, 5)
     }
 
+    /// `bytes`, the encoding of `record` (`max_changes` below 128, a migration) `lease`
+    /// bytes into the payload, as format 6 wrote it: without the plan's last two fields,
+    /// `max_changes` and the kind, one byte each.
+    fn without_changes_and_kind(mut bytes: Vec<u8>, record: &JobRecord, lease: usize) -> Vec<u8> {
+        assert!(record.plan.options.max_changes < 128);
+        assert_eq!(record.plan.kind, ferry_types::JobKind::Migrate);
+        let plan_end =
+            postcard::to_allocvec(&(record.epoch, record.generation, &record.job, &record.plan))
+                .unwrap()
+                .len();
+        let at = HEADER_LEN + lease + plan_end - 2;
+        assert_eq!(
+            bytes[at],
+            u8::try_from(record.plan.options.max_changes).unwrap()
+        );
+        assert_eq!(bytes[at + 1], 0, "the kind");
+        bytes.drain(at..at + 2);
+        let len = u32::try_from(bytes.len() - HEADER_LEN).unwrap();
+        bytes[8..12].copy_from_slice(&len.to_le_bytes());
+        with_version(bytes, 6)
+    }
+
+    /// `record` as format 6 encoded it.
+    fn v6(record: &JobRecord) -> Vec<u8> {
+        without_changes_and_kind(encode(record).unwrap(), record, 0)
+    }
+
     /// `record` (no burst set) as format 5 encoded it.
     fn v5(record: &JobRecord) -> Vec<u8> {
-        without_burst(encode(record).unwrap(), record, 0)
+        without_burst(v6(record), record, 0)
+    }
+
+    #[test]
+    fn a_version_6_record_decodes_with_the_default_max_changes_as_a_migration() {
+        let mut record = sample("v6-job", 2);
+        record.plan = record
+            .plan
+            .with_burst(ByteSize::kib(48))
+            .with_max_flip_attempts(7);
+        let bytes = v6(&record);
+        assert_eq!(decode(&bytes).unwrap(), record);
+        assert_eq!(decode_head(&bytes).unwrap().plan, record.plan);
+        // The same bytes labelled version 7 miss two fields: corrupt, not guessed.
+        assert!(matches!(
+            decode(&with_version(bytes, 7)),
+            Err(DecodeError::Corrupt(CorruptReason::Payload(_)))
+        ));
+        let lease = Some(LeaseHolder {
+            holder: "worker-1".into(),
+            until_ms: 1_700_000_000_000,
+        });
+        let lease_len = postcard::to_allocvec(&lease).unwrap().len();
+        let leased = encode_leased(&lease, &record.as_ref()).unwrap();
+        let leased = without_changes_and_kind(leased, &record, lease_len);
+        assert_eq!(decode_leased(&leased).unwrap(), (lease, record));
+    }
+
+    #[test]
+    fn a_check_plan_and_its_max_changes_round_trip() {
+        let mut record = sample("check", 1);
+        record.plan = record
+            .plan
+            .with_kind(ferry_types::JobKind::Check)
+            .with_max_changes(200);
+        record
+            .progress
+            .failed
+            .values_mut()
+            .for_each(|f| f.kind = ferry_types::FailureKind::Differs);
+        let bytes = encode(&record).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), record);
+        assert_eq!(decode_head(&bytes).unwrap().plan, record.plan);
     }
 
     #[test]
@@ -585,6 +727,7 @@ pub(crate) mod tests {
         });
         let lease_len = postcard::to_allocvec(&lease).unwrap().len();
         let leased = encode_leased(&lease, &record.as_ref()).unwrap();
+        let leased = without_changes_and_kind(leased, &record, lease_len);
         let leased = without_burst(leased, &record, lease_len);
         assert_eq!(decode_leased(&leased).unwrap(), (lease, record));
     }

@@ -2,8 +2,9 @@
 //! every input decodes to a record or a typed error, never a panic (SPEC I5), and a record that
 //! decodes round-trips. `cargo xtask fuzz` grows the corpus on nightly; CI runs what is
 //! committed. `FERRY_WRITE_FUZZ_SEEDS=1 cargo test -p ferry-checkpoint --test fuzz_corpus`
-//! rewrites the seed inputs from the current encoder. `v5-running`, which the format 5 encoder
-//! wrote, is never rewritten: it checks that such records still decode.
+//! rewrites the seed inputs from the current encoder. `v5-running` and `v6-running`, which the
+//! format 5 and 6 encoders wrote, are never rewritten: they check that such records still
+//! decode.
 // Tests stop on the first unexpected error: unwrap says where.
 #![allow(clippy::unwrap_used)]
 
@@ -48,6 +49,7 @@ fn v5_record() -> JobRecord {
         },
         max_flip_attempts: 4,
         fence_timeout: Duration::from_secs(2),
+        max_changes: 3,
     };
     let plan = MigrationPlan::new(
         NodeId::new("src").unwrap(),
@@ -162,4 +164,21 @@ fn a_format_5_record_decodes_with_no_burst_and_every_other_field_kept() {
     let bytes = std::fs::read(corpus_dir().join("v5-running")).unwrap();
     assert_eq!(bytes[4..6], 5u16.to_le_bytes(), "the format version");
     assert_eq!(envelope::decode(&bytes).unwrap(), v5_record());
+}
+
+/// `v6-running` was written by the format 6 encoder, whose plans had no `max_changes` and no
+/// kind, and is never rewritten: it decodes to the record it was made from (the `v5-running`
+/// one with a burst and another id), with the default `max_changes`, as a migration.
+#[test]
+fn a_format_6_record_decodes_with_the_default_max_changes_as_a_migration() {
+    let bytes = std::fs::read(corpus_dir().join("v6-running")).unwrap();
+    assert_eq!(bytes[4..6], 6u16.to_le_bytes(), "the format version");
+    let mut record = v5_record();
+    record.job = JobId::new("v6-job").unwrap();
+    record.plan.id = Some(record.job.clone());
+    record.plan.options.burst = Some(ByteSize::kib(48));
+    let decoded = envelope::decode(&bytes).unwrap();
+    assert_eq!(decoded, record);
+    assert_eq!(decoded.plan.kind, ferry_types::JobKind::Migrate);
+    assert_eq!(decoded.plan.options.max_changes, 3);
 }

@@ -41,6 +41,16 @@ pub enum FailureKind {
     /// Anything else; the message says what (records written before failure kinds existed
     /// load with this kind).
     Other,
+    /// The source kept changing after its copy (a program writing it outside the forwarding
+    /// table) more often than the plan's `max_changes`: the target holds an older content, the
+    /// source is kept. Retry once the writers have stopped.
+    SourceChanged,
+    /// A check job found the key on the source and not on the target.
+    MissingOnTarget,
+    /// A check job found the key on the target and not on the source.
+    ExtraOnTarget,
+    /// A check job found the key on both sides with different sizes or content.
+    Differs,
 }
 
 impl FailureKind {
@@ -57,6 +67,10 @@ impl FailureKind {
             FailureKind::FlipRefused => "flip_refused",
             FailureKind::CommitHook => "commit_hook",
             FailureKind::Other => "other",
+            FailureKind::SourceChanged => "source_changed",
+            FailureKind::MissingOnTarget => "missing_on_target",
+            FailureKind::ExtraOnTarget => "extra_on_target",
+            FailureKind::Differs => "differs",
         }
     }
 }
@@ -84,6 +98,10 @@ mod tests {
             FailureKind::FlipRefused,
             FailureKind::CommitHook,
             FailureKind::Other,
+            FailureKind::SourceChanged,
+            FailureKind::MissingOnTarget,
+            FailureKind::ExtraOnTarget,
+            FailureKind::Differs,
         ] {
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{kind}\""));

@@ -51,8 +51,8 @@ pub use error::{Error, Result};
 pub use failure::FailureKind;
 pub use ids::{JobId, NodeId, ObjectKey};
 pub use plan::{
-    CheckpointInterval, CleanupPolicy, KeyRange, MigrationPlan, ObjectSelection, PlanOptions,
-    RetryPolicy, VerifyMode,
+    CheckpointInterval, CleanupPolicy, JobKind, KeyRange, MigrationPlan, ObjectSelection,
+    PlanOptions, RetryPolicy, VerifyMode,
 };
 pub use size::{ByteSize, Rate};
 pub use snapshot::JobSnapshot;

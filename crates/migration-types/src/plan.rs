@@ -498,6 +498,16 @@ pub struct PlanOptions {
     /// table's own fence timeout, which is how long a writer waits on a fence.
     #[serde(with = "serde_text")]
     pub fence_timeout: Duration,
+    /// How many times an object is copied again because its source changed after its copy
+    /// (a write that did not go through the forwarding table: another program writing the
+    /// source directly) before the job gives up on it (default 3). The object is then
+    /// recorded failed with [`FailureKind::SourceChanged`](crate::FailureKind::SourceChanged),
+    /// its source kept; a `retry_failed` run moves it once the writers have stopped. `0`
+    /// never copies again: the first change is recorded.
+    ///
+    /// Checkpoint records carry it from format 7 on; a record of an older format loads with
+    /// the default.
+    pub max_changes: u32,
 }
 
 impl Default for PlanOptions {
@@ -513,6 +523,7 @@ impl Default for PlanOptions {
             checkpoint: CheckpointInterval::default(),
             max_flip_attempts: 3,
             fence_timeout: Duration::from_secs(5),
+            max_changes: 3,
         }
     }
 }
@@ -594,6 +605,28 @@ pub struct MigrationPlan {
     /// Tunables.
     #[serde(default)]
     pub options: PlanOptions,
+    /// What the job does with the objects: move them (the default), or only compare the
+    /// two sides. Checkpoint records carry it from format 7 on; older ones load as
+    /// [`JobKind::Migrate`].
+    #[serde(default)]
+    pub kind: JobKind,
+}
+
+/// What a job does with its objects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum JobKind {
+    /// COPY → VERIFY → FORWARD → CLEANUP: the objects move from source to target.
+    #[default]
+    Migrate,
+    /// Compare only: each key of the selection is looked up on both sides and its size and
+    /// content compared; nothing is written, forwarded or deleted. Differences are recorded
+    /// as the job's failed objects, with the kinds
+    /// [`FailureKind::MissingOnTarget`](crate::FailureKind::MissingOnTarget),
+    /// [`FailureKind::ExtraOnTarget`](crate::FailureKind::ExtraOnTarget) and
+    /// [`FailureKind::Differs`](crate::FailureKind::Differs).
+    Check,
 }
 
 impl MigrationPlan {
@@ -605,6 +638,7 @@ impl MigrationPlan {
             target,
             objects,
             options: PlanOptions::default(),
+            kind: JobKind::Migrate,
         }
     }
 
@@ -693,6 +727,21 @@ impl MigrationPlan {
         self
     }
 
+    /// Sets how many times an object whose source changed after its copy is copied again
+    /// (see [`PlanOptions::max_changes`]).
+    #[must_use]
+    pub fn with_max_changes(mut self, changes: u32) -> MigrationPlan {
+        self.options.max_changes = changes;
+        self
+    }
+
+    /// Sets what the job does (see [`JobKind`]).
+    #[must_use]
+    pub fn with_kind(mut self, kind: JobKind) -> MigrationPlan {
+        self.kind = kind;
+        self
+    }
+
     /// Checks that the plan is consistent.
     ///
     /// # Errors
@@ -704,7 +753,8 @@ impl MigrationPlan {
     /// zero `options.burst`, `options.chunk_size`, `options.max_flip_attempts`, `options.fence_timeout`,
     /// `options.checkpoint.objects`, `options.checkpoint.every`,
     /// `options.retry.max_attempts` or `options.retry.multiplier`; or
-    /// `options.retry.max_backoff` below `initial_backoff`.
+    /// `options.retry.max_backoff` below `initial_backoff`; a check job
+    /// ([`JobKind::Check`]) with a cleanup policy other than `never`.
     pub fn validate(&self) -> Result<()> {
         if self.source == self.target {
             return Err(plan_error(
@@ -716,6 +766,12 @@ impl MigrationPlan {
             ));
         }
         self.objects.validate()?;
+        if self.kind == JobKind::Check && self.options.cleanup != CleanupPolicy::Never {
+            return Err(plan_error(
+                "options.cleanup",
+                "a check job deletes nothing: leave the cleanup policy at `never`",
+            ));
+        }
         self.options.validate()
     }
 }

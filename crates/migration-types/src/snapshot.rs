@@ -43,8 +43,12 @@ pub struct JobSnapshot {
     pub done_objects: u64,
     /// Bytes of the objects done.
     pub done_bytes: u64,
-    /// Objects that failed.
+    /// Objects that failed (for a check job: the keys that differ).
     pub failed_objects: u64,
+    /// Of the failed objects, those left because their source kept changing after its copy
+    /// (more often than the plan's `max_changes`): the target holds an older content.
+    #[serde(default)]
+    pub changed_objects: u64,
     /// Objects skipped because the source vanished during the copy; counted in
     /// `done_objects` too.
     pub skipped_objects: u64,
@@ -80,6 +84,7 @@ impl JobSnapshot {
             done_objects: 0,
             done_bytes: 0,
             failed_objects: 0,
+            changed_objects: 0,
             skipped_objects: 0,
             in_flight: 0,
             bytes_copied: 0,
