@@ -169,6 +169,14 @@ pub enum ProgressUpdate {
         /// The object.
         key: ObjectKey,
     },
+    /// The object's committed flip is undone: the target was found to hold exactly the
+    /// flipped copy still, and the key goes back to being served by its source, whose
+    /// content changed since (a retry of an object whose source changed after its flip). The
+    /// journal entry goes, committed or not.
+    FlipRolledBack {
+        /// The object.
+        key: ObjectKey,
+    },
     /// The object's copy may begin: journal it before the copy writes the target.
     CopyIntent {
         /// The object.
@@ -195,6 +203,15 @@ impl ProgressUpdate {
 }
 
 impl Progress {
+    /// How many of the failed objects failed because their source kept changing
+    /// ([`FailureKind::SourceChanged`]).
+    pub fn changed_objects(&self) -> u64 {
+        self.failed
+            .values()
+            .filter(|failure| failure.kind == FailureKind::SourceChanged)
+            .count() as u64
+    }
+
     /// Whether `key` is recorded done.
     pub fn is_done(&self, key: &ObjectKey) -> bool {
         self.watermark.as_ref().is_some_and(|w| key <= w) || self.done_above.contains(key)
@@ -280,6 +297,9 @@ impl Progress {
                 if self.flips.get(&key).is_some_and(|f| !f.committed) {
                     self.flips.remove(&key);
                 }
+            }
+            ProgressUpdate::FlipRolledBack { key } => {
+                self.flips.remove(&key);
             }
             ProgressUpdate::CopyIntent { key } => {
                 // The copy overwrites what the target held: from now on the key's content

@@ -162,6 +162,11 @@ pub(crate) struct JobArgs {
     /// When source files are deleted: never, after-verify, or grace=DURATION (e.g. grace=30s).
     #[arg(long, default_value = "never", value_parser = parse_cleanup)]
     pub(crate) cleanup: CleanupPolicy,
+    /// How many times a file that another program changes in SRC after its copy is copied
+    /// again; a file still changing after that is counted "changed", kept in SRC, and makes
+    /// the exit code 3 (`retry-failed` moves it once the writers stop).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub(crate) max_changes: u32,
 }
 
 impl JobArgs {
@@ -173,6 +178,7 @@ impl JobArgs {
             concurrency: std::num::NonZeroUsize::new(usize::from(self.concurrency))
                 .unwrap_or(std::num::NonZeroUsize::MIN),
             rate,
+            max_changes: self.max_changes,
             ..ferry::types::PlanOptions::default()
         }
     }

@@ -461,13 +461,14 @@ fn summary(
             size(0)
         };
         println!(
-            "ferry: job {id} {}: {} objects ({}) in {} ({rate}/s), {} skipped, {} failed",
+            "ferry: job {id} {}: {} objects ({}) in {} ({rate}/s), {} skipped, {} failed, {} changed during the move",
             snap.status,
             snap.done_objects,
             size(snap.done_bytes),
             format_duration(Duration::from_millis(snap.elapsed.as_millis() as u64)),
             snap.skipped_objects + meta.not_regular_skipped,
-            snap.failed_objects,
+            snap.failed_objects - snap.changed_objects.min(snap.failed_objects),
+            snap.changed_objects,
         );
     }
     if !failed.is_empty() {
@@ -488,7 +489,16 @@ fn summary(
             ));
         }
         let any = |kind| failed.iter().any(|(_, f)| f.kind == kind);
-        let fix = if any(FailureKind::DiskFull) {
+        let fix = if failed
+            .iter()
+            .all(|(_, f)| f.kind == FailureKind::SourceChanged)
+        {
+            format!(
+                "another program kept writing these files in {} while they moved: DST may hold an \
+                 older content; stop the writers",
+                meta.source
+            )
+        } else if any(FailureKind::DiskFull) {
             format!(
                 "the destination's disk is full: free space under {}",
                 meta.target

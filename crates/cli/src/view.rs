@@ -50,6 +50,8 @@ pub(crate) struct JobView {
     /// Links and special files skipped at the last scan.
     pub(crate) not_regular_skipped: u64,
     pub(crate) failed_objects: u64,
+    /// Of the failed objects, those whose source kept changing during the move.
+    pub(crate) changed_objects: u64,
     #[serde(flatten)]
     pub(crate) detail: Detail,
 }
@@ -83,6 +85,7 @@ impl JobView {
             skipped_objects: snap.skipped_objects,
             not_regular_skipped: meta.not_regular_skipped,
             failed_objects: snap.failed_objects,
+            changed_objects: snap.changed_objects,
             detail: Detail::Live {
                 snapshot: Box::new(snapshot),
                 pid,
@@ -104,6 +107,7 @@ impl JobView {
             skipped_objects: progress.skipped_objects,
             not_regular_skipped: meta.not_regular_skipped,
             failed_objects: progress.failed.len() as u64,
+            changed_objects: progress.changed_objects(),
             detail: Detail::Record {
                 failed: progress
                     .failed
@@ -141,7 +145,11 @@ impl JobView {
             "skipped:   {} (source vanished), {} (links and special files)",
             self.skipped_objects, self.not_regular_skipped
         );
-        let _ = writeln!(out, "failed:    {}", self.failed_objects);
+        let _ = writeln!(
+            out,
+            "failed:    {} ({} of them: the source changed during the move)",
+            self.failed_objects, self.changed_objects
+        );
         match &self.detail {
             Detail::Live { snapshot, .. } => {
                 let _ = writeln!(

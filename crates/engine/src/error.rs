@@ -53,6 +53,19 @@ pub enum Error {
         /// What differed (size or checksum).
         what: &'static str,
     },
+    /// The source kept changing after its copy (a program writing it outside the forwarding
+    /// table), more often than the plan's `max_changes`: the source is kept, the target may
+    /// hold an older content. `ferry retry-failed` (or `Engine::retry_failed`) moves it once
+    /// the writers have stopped.
+    #[error("the source of {:?} changed outside the forwarding table {when}; it is kept, and the target may hold an older content: retry once the writers have stopped", key.as_str())]
+    SourceChanged {
+        /// The object.
+        key: ObjectKey,
+        /// The changes this run saw (each but the last was copied again).
+        changes: u32,
+        /// When the last change was seen (e.g. `"before its flip"`).
+        when: &'static str,
+    },
     /// A key written so often that its flips kept being refused could not be moved under a
     /// fence either: the fenced copy, sync and flip took longer than the plan's
     /// `fence_timeout`. The fence was lifted (writers go on to the source) and the source kept.
@@ -149,6 +162,7 @@ impl Error {
             }
             Error::VerifyMismatch { .. } => FailureKind::Verify,
             Error::HotKey { .. } => FailureKind::HotKey,
+            Error::SourceChanged { .. } => FailureKind::SourceChanged,
             Error::FlipRefused { .. } => FailureKind::FlipRefused,
             Error::CommitHook { .. } => FailureKind::CommitHook,
             Error::Forwarding(ferry_forwarding::Error::AlreadyMoving { .. }) => {

@@ -85,7 +85,8 @@
 //!   debug event at each object transition (`key`, `state`, the same moves as
 //!   [`JobHandle::events`]) and at each job status change; warnings for each retry of a
 //!   transient error (`what`, `attempt`, `error`), each failed object (`key`, `attempts`,
-//!   `error`), each source kept because it changed since its copy (`key`) and a failed job.
+//!   `error`) and a failed job; a debug event for each copy made again because the source
+//!   changed outside the table (`key`, `changes`, `when`).
 //!   The library never prints: install a subscriber to see them.
 //!
 //! - The checkpoint watermark advances over the finished prefix of the (key-ordered) stream,
@@ -93,9 +94,32 @@
 //!   finished for the watermark: they are kept in the record's failed map, not run again on
 //!   resume.
 //!
-//! A source that changed since its copy (a write that did not go through the table) is kept,
-//! with a warning naming the key; the record does not keep the reason. Events of objects a
-//! crashed run had already moved may start mid-protocol. A job recovered from a record written
+//! # Sources written outside the table, and sources that lie
+//! A program may write the source directly, never asking the table (a user's editor, a
+//! backup restore). The engine looks for such changes after each copy: at verify (the source
+//! read again, or its reported checksum, no longer matches what was streamed and its version
+//! moved), just before the flip (the source's version is re-read in the commit), and after the
+//! flip (re-read before the delete, or, with cleanup `never`, at the object's end). A change
+//! seen before the flip is copied again, up to
+//! [`PlanOptions::max_changes`](ferry_types::PlanOptions) times (default 3); past that, or
+//! when the change comes after the flip, the object is recorded failed with
+//! [`FailureKind::SourceChanged`](ferry_types::FailureKind::SourceChanged) and counted in
+//! [`JobSnapshot::changed_objects`](ferry_types::JobSnapshot): its source is kept (I1), the
+//! job ends `CompletedWithErrors`. [`Engine::retry_failed`] moves such objects again once the
+//! writers stop; one that failed after its flip has the flip rolled back first (journaled
+//! durably, then the entry removed), but only when the target still holds exactly the
+//! flipped copy; when a client wrote the target through the table since, neither side is
+//! overwritten and the object stays failed. (A write through the table landing between that
+//! check and the rollback is the window this leaves: retry once the writers have stopped.)
+//!
+//! What was streamed from the source is checked against the source itself before any
+//! cleanup deletes it, in every verify mode: against the checksum the store reports, else by
+//! a second read; so a source is never deleted on the word of the one read that made the
+//! copy. Where the store reports a checksum, that check is made in every mode, cleanup or
+//! not. A store that reports no checksum and corrupts every read alike cannot be caught: the
+//! second read agrees with the first.
+//!
+//! Events of objects a crashed run had already moved may start mid-protocol. A job recovered from a record written
 //! before format 6, which had no place for the plan's burst, runs with the default burst.
 //!
 //! # Example

@@ -20,14 +20,16 @@ use crate::error::{Error, Result};
 /// | `Verified` | `Forwarded` (the flip), `Pending` (flip refused: a write raced the copy), `Failed`, `Skipped` |
 /// | `Forwarded` | `Cleaned`, `Done` (cleanup policy `never`), `Failed` |
 /// | `Cleaned` | `Done`, `Failed` |
-/// | `Failed` | `Pending` (retry-failed, failed before the flip), `Forwarded` (retry-failed, failed after the flip: only cleanup is retried) |
+/// | `Failed` | `Pending` (retry-failed, failed before the flip, or after it because the source changed, once the flip is rolled back), `Forwarded` (retry-failed, failed after the flip: only cleanup is retried) |
 /// | `Done`, `Skipped` | nothing |
 ///
 /// `Skipped` means the source vanished while the object was being copied (SPEC I3): it ends
 /// absent on both sides. Once the key is forwarded the target holds it, so `Skipped` is no
 /// longer possible. `Verified → Done` is not allowed: an object is done only after it was
 /// forwarded. An object that failed after the flip must not go back to `Pending`: copying the
-/// source again could overwrite writes the target received since the flip.
+/// source again could overwrite writes the target received since the flip. The one
+/// exception is a source changed outside the table after the flip: its retry rolls the flip
+/// back only when the target still holds exactly the flipped copy.
 ///
 /// Serde uses snake-case names: `"pending"`, `{"failed": {"attempts": 3, "last_error": "…"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

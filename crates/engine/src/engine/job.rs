@@ -140,6 +140,7 @@ impl JobShared {
         snapshot.done_bytes = progress.done_bytes;
         snapshot.skipped_objects = progress.skipped_objects;
         snapshot.failed_objects = progress.failed.len() as u64;
+        snapshot.changed_objects = progress.changed_objects();
         snapshot.effective_rate = throttle.effective_rate();
         Arc::new(JobShared {
             id,

@@ -498,7 +498,11 @@ impl Engine {
             shared: Arc::clone(&shared),
             resumed,
             retry_keys,
-            failed_before: progress.failed.keys().cloned().collect(),
+            failed_before: progress
+                .failed
+                .iter()
+                .map(|(key, failure)| (key.clone(), failure.kind))
+                .collect(),
             left: Arc::new(parking_lot::Mutex::new(
                 progress.failed.keys().cloned().collect(),
             )),
@@ -582,6 +586,7 @@ fn snapshot_of_record(record: &JobRecord) -> JobSnapshot {
     snap.done_bytes = progress.done_bytes;
     snap.skipped_objects = progress.skipped_objects;
     snap.failed_objects = progress.failed.len() as u64;
+    snap.changed_objects = progress.changed_objects();
     snap
 }
 

@@ -130,6 +130,23 @@ pub(super) async fn finish_cleanup(
         };
     }
     if !delete {
+        // The source is kept, but a change outside the table since the copy means the
+        // target serves an older content: said, not passed over.
+        if let CopiedFrom::Version(version) = &copied {
+            match with_retry(ctx, "head", || ctx.source.head(&key)).await {
+                Ok(Some(meta)) if meta.version != *version => {
+                    return changed_after_flip(key);
+                }
+                Ok(_) => {}
+                Err((attempts, error)) => {
+                    return Outcome::Failed {
+                        key,
+                        attempts,
+                        error,
+                    };
+                }
+            }
+        }
         return Outcome::Done { key, bytes };
     }
     let head = match with_retry(ctx, "head", || ctx.source.head(&key)).await {
@@ -159,15 +176,9 @@ pub(super) async fn finish_cleanup(
     };
     match same {
         Ok(true) => {}
-        // Not provably the same bytes: never delete what may be the only copy (I1).
-        Ok(false) => {
-            tracing::warn!(
-                key = %key.as_str(),
-                "source kept: it changed since it was copied (a write outside the forwarding table)"
-            );
-            ctx.left.lock().insert(key.clone());
-            return Outcome::Done { key, bytes };
-        }
+        // Not provably the same bytes: never delete what may be the only copy (I1), and
+        // say that the target serves an older content.
+        Ok(false) => return changed_after_flip(key),
         Err((attempts, error)) => {
             return Outcome::Failed {
                 key,
@@ -186,5 +197,21 @@ pub(super) async fn finish_cleanup(
             attempts,
             error,
         },
+    }
+}
+
+/// The object whose source changed outside the table after its flip: it fails with
+/// `SourceChanged`, its source kept and its entry left forwarded (the target serves the
+/// copy); a `retry_failed` run copies it again once the writers have stopped.
+fn changed_after_flip(key: ObjectKey) -> Outcome {
+    let error = Error::SourceChanged {
+        key: key.clone(),
+        changes: 1,
+        when: "after its flip",
+    };
+    Outcome::Failed {
+        key,
+        attempts: 1,
+        error,
     }
 }

@@ -5,15 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use ferry_checkpoint::{Checkpointer, ProgressUpdate};
-use ferry_types::{CleanupPolicy, ObjectKey, ObjectState};
+use ferry_types::{CleanupPolicy, FailureKind, ObjectKey, ObjectState};
 use futures_util::StreamExt;
 
 use crate::error::{Error, Result};
 
 use super::cleanup::{cleanup, finish_cleanup, rolled_back};
 use super::flip::{Flip, flip};
-use super::retry::error_chain;
-use super::{CopiedFrom, JobCtx, Outcome};
+use super::object::changed_again;
+use super::retry::{error_chain, with_retry};
+use super::{CopiedFrom, JobCtx, Outcome, Tries};
 
 /// What a commit leaves to the drive loop, which owns the dispatch order and the task set:
 /// applied when the commit ends ([`Commits`](super::drive::Commits)).
@@ -21,9 +22,9 @@ use super::{CopiedFrom, JobCtx, Outcome};
 pub(super) struct Committed {
     /// Keys recorded finished (done, skipped or failed): the watermark may pass them.
     pub(super) finished: Vec<ObjectKey>,
-    /// Keys whose flip was refused, voided durably: copied again, with the flips of each
-    /// refused so far.
-    pub(super) again: Vec<(ObjectKey, u32)>,
+    /// Keys whose flip was refused, or whose source changed before it, voided durably:
+    /// copied again, with the refused flips and changes of each so far.
+    pub(super) again: Vec<(ObjectKey, Tries)>,
     /// Keys flipped, committed durably, whose grace period is waited out on the task set
     /// before their cleanup: with what was copied and its size.
     pub(super) grace: Vec<(ObjectKey, CopiedFrom, u64)>,
@@ -81,13 +82,20 @@ pub(super) async fn commit_synced(ctx: &Arc<JobCtx>, batch: Vec<Outcome>) -> Res
     let shared = &ctx.shared;
     // The snapshot's counters move once for the whole batch.
     let (mut done, mut done_bytes, mut skipped, mut failed, mut unfailed) = (0, 0, 0, 0, 0);
+    // Changes of `changed_objects`: up for a key that fails with `SourceChanged`, down for
+    // one recorded so before that finishes now, or fails for another reason.
+    let mut changed: i64 = 0;
+    let was_changed = |key: &ObjectKey| {
+        i64::from(ctx.failed_before.get(key) == Some(&FailureKind::SourceChanged))
+    };
     let mut records = Vec::with_capacity(batch.len());
     for outcome in batch {
         match outcome {
             Outcome::Done { key, bytes } => {
                 shared.emit(&key, ObjectState::Done);
                 committed.finished.push(key.clone());
-                unfailed += u64::from(ctx.failed_before.contains(&key));
+                unfailed += u64::from(ctx.failed_before.contains_key(&key));
+                changed -= was_changed(&key);
                 records.push(ProgressUpdate::Done { key, bytes });
                 done += 1;
                 done_bytes += bytes;
@@ -95,7 +103,8 @@ pub(super) async fn commit_synced(ctx: &Arc<JobCtx>, batch: Vec<Outcome>) -> Res
             Outcome::Skipped { key } => {
                 shared.emit(&key, ObjectState::Skipped);
                 committed.finished.push(key.clone());
-                unfailed += u64::from(ctx.failed_before.contains(&key));
+                unfailed += u64::from(ctx.failed_before.contains_key(&key));
+                changed -= was_changed(&key);
                 records.push(ProgressUpdate::Skipped { key });
                 done += 1;
                 skipped += 1;
@@ -117,7 +126,8 @@ pub(super) async fn commit_synced(ctx: &Arc<JobCtx>, batch: Vec<Outcome>) -> Res
                 );
                 committed.finished.push(key.clone());
                 ctx.left.lock().insert(key.clone());
-                failed += u64::from(!ctx.failed_before.contains(&key));
+                failed += u64::from(!ctx.failed_before.contains_key(&key));
+                changed += i64::from(kind == FailureKind::SourceChanged) - was_changed(&key);
                 records.push(ProgressUpdate::Failed {
                     key,
                     attempts,
@@ -130,12 +140,13 @@ pub(super) async fn commit_synced(ctx: &Arc<JobCtx>, batch: Vec<Outcome>) -> Res
         }
     }
     checkpointer.record_many(records);
-    if done + failed + unfailed > 0 {
+    if done + failed + unfailed > 0 || changed != 0 {
         shared.publish(|s| {
             s.done_objects += done;
             s.done_bytes += done_bytes;
             s.skipped_objects += skipped;
             s.failed_objects = (s.failed_objects + failed).saturating_sub(unfailed);
+            s.changed_objects = s.changed_objects.saturating_add_signed(changed);
         });
     }
     Ok(committed)
@@ -177,19 +188,67 @@ pub(super) async fn flip_verified(
         _ => None,
     }));
     checkpointer.flush().await?;
+    // Each source still holds the version copied: one changed outside the table since its
+    // copy (a program writing the source directly) is not flipped, which would serve an
+    // older content from the target, but copied again, up to `max_changes` times.
+    let copied: Vec<_> = verified
+        .iter()
+        .filter_map(|outcome| match outcome {
+            Outcome::Verified { key, copied, .. } => Some((key.clone(), copied.version.clone())),
+            _ => None,
+        })
+        .collect();
+    let unchanged: Vec<_> = futures_util::stream::iter(copied)
+        .map(|(key, version)| async move {
+            with_retry(ctx, "head", || ctx.source.head(&key))
+                .await
+                .map(|meta| meta.is_some_and(|meta| meta.version == version))
+        })
+        .buffered(ctx.plan.options.concurrency.get())
+        .collect()
+        .await;
     let mut flipped = Vec::new();
     let mut again = Vec::new();
     let mut journal = Vec::with_capacity(verified.len());
-    for outcome in verified {
+    for (outcome, unchanged) in verified.into_iter().zip(unchanged) {
         let Outcome::Verified {
             key,
             observed,
             copied,
-            refused,
+            mut tries,
         } = outcome
         else {
             continue;
         };
+        match unchanged {
+            Ok(true) => {}
+            Ok(false) => match changed_again(ctx, &key, &mut tries, "before its flip") {
+                Ok(()) => {
+                    journal.push(ProgressUpdate::FlipDropped { key: key.clone() });
+                    shared.emit(&key, ObjectState::Pending);
+                    again.push((key, tries));
+                    continue;
+                }
+                Err(error) => {
+                    table.remove_owned(key.as_str(), &shared.id);
+                    out.push(Outcome::Failed {
+                        key,
+                        attempts: tries.changes,
+                        error,
+                    });
+                    continue;
+                }
+            },
+            Err((attempts, error)) => {
+                table.remove_owned(key.as_str(), &shared.id);
+                out.push(Outcome::Failed {
+                    key,
+                    attempts,
+                    error,
+                });
+                continue;
+            }
+        }
         let flipped_now = flip(table, &key, observed);
         journal.extend(flipped_now.journal(&key));
         match flipped_now {
@@ -200,13 +259,14 @@ pub(super) async fn flip_verified(
             }
             Flip::Again(_) => {
                 shared.emit(&key, ObjectState::Pending);
-                again.push((key, refused + 1));
+                tries.refused += 1;
+                again.push((key, tries));
             }
             Flip::Refused(cause) => {
                 table.remove_owned(key.as_str(), &shared.id);
                 out.push(Outcome::Failed {
                     key: key.clone(),
-                    attempts: refused + 1,
+                    attempts: tries.refused + 1,
                     error: Error::FlipRefused { key, cause },
                 });
             }

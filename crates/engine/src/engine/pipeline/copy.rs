@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use ferry_types::{ObjectKey, ObjectState, VerifyMode};
+use ferry_types::{CleanupPolicy, ObjectKey, ObjectState, VerifyMode};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 
@@ -15,7 +15,7 @@ use ferry_store::{ByteStream, Version};
 
 use super::cleanup::rolled_back;
 use super::retry::with_retry;
-use super::verify::{digests, reported_blake3};
+use super::verify::{digest_unless_said, digests, reported_blake3};
 use super::{JobCtx, Outcome};
 
 /// What one copy read and wrote.
@@ -35,6 +35,20 @@ pub(super) enum CopyResult {
     /// it began: a client wrote it through the table. Not an error: like a refused flip,
     /// the copy runs again (I3).
     SourceWritten,
+    /// The source's content changed during the copy and its version with it, while the
+    /// key's generation did not move: a program wrote (or deleted) it outside the table.
+    /// The copy runs again, up to the plan's `max_changes`.
+    SourceChanged,
+}
+
+/// What one copy step ended with, when the object goes on.
+pub(super) enum Step {
+    /// Copied and verified.
+    Copied(Copied),
+    /// Written through the table during the copy: copy again (a refused flip).
+    Written,
+    /// Changed outside the table during the copy: copy again (a change).
+    Changed,
 }
 
 /// Counts the caller among the copies moving chunks, for as long as it lives.
@@ -132,15 +146,27 @@ pub(super) async fn copy_once(
         let guard = state.lock();
         (guard.0.finalize(), guard.1)
     };
+    let streamed = |said: Option<(u64, blake3::Hash)>| said == Some((bytes, hash));
     match ctx.plan.options.verify {
-        VerifyMode::None => {}
-        VerifyMode::Size => {
-            let size = ctx.target.head(key).await?.map(|m| m.size);
-            if size != Some(bytes) {
-                return Err(Error::VerifyMismatch {
-                    key: key.clone(),
-                    what: "size",
-                });
+        VerifyMode::None | VerifyMode::Size => {
+            if ctx.plan.options.verify == VerifyMode::Size {
+                let size = ctx.target.head(key).await?.map(|m| m.size);
+                if size != Some(bytes) {
+                    return Err(Error::VerifyMismatch {
+                        key: key.clone(),
+                        what: "size",
+                    });
+                }
+            }
+            // What was streamed is checked against the source itself wherever the store
+            // reported its checksum (free), and always before a cleanup may delete it: a
+            // source is never deleted on the word of the one read that made the copy (I1).
+            let deletes = ctx.plan.options.cleanup != CleanupPolicy::Never;
+            if source_said.is_some() || deletes {
+                let on_source = digest_unless_said(&*ctx.source, key, source_said).await?;
+                if !streamed(on_source) {
+                    return source_differs(ctx, key, observed, &version).await;
+                }
             }
         }
         VerifyMode::Checksum => {
@@ -151,15 +177,8 @@ pub(super) async fn copy_once(
             // BLAKE3 of what it holds (`ObjectMeta::checksum`: the source with the version
             // read, the target with the put): its word stands in for a second read.
             let (on_target, on_source) = digests(ctx, key, bytes, target_said, source_said).await;
-            if on_source?.is_none_or(|(size, source_hash)| size != bytes || source_hash != hash) {
-                let table = &ctx.engine.table;
-                if observed.is_some_and(|g| table.generation(key.as_str()) != Some(g)) {
-                    return Ok(CopyResult::SourceWritten);
-                }
-                return Err(Error::VerifyMismatch {
-                    key: key.clone(),
-                    what: "source checksum",
-                });
+            if !streamed(on_source?) {
+                return source_differs(ctx, key, observed, &version).await;
             }
             let (read, target_hash) = on_target?.ok_or_else(|| Error::VerifyMismatch {
                 key: key.clone(),
@@ -187,6 +206,29 @@ pub(super) async fn copy_once(
     }))
 }
 
+/// The source no longer matches what the copy streamed from it (`version`): written through
+/// the table when the key's generation moved since `observed`; else changed outside the table
+/// when its version moved (or it is gone); else the source read differently twice with the
+/// same version, which no write explains: a verify error (retried; never deleted on it).
+async fn source_differs(
+    ctx: &JobCtx,
+    key: &ObjectKey,
+    observed: Option<u64>,
+    version: &Version,
+) -> Result<CopyResult> {
+    let table = &ctx.engine.table;
+    if observed.is_some_and(|g| table.generation(key.as_str()) != Some(g)) {
+        return Ok(CopyResult::SourceWritten);
+    }
+    match ctx.source.head(key).await? {
+        Some(meta) if meta.version == *version => Err(Error::VerifyMismatch {
+            key: key.clone(),
+            what: "source checksum",
+        }),
+        _ => Ok(CopyResult::SourceChanged),
+    }
+}
+
 /// COPY and VERIFY with retries; a vanished source, a spent retry policy or a cancel end the
 /// object (the `Err` outcome).
 pub(super) async fn copy_step(
@@ -195,13 +237,17 @@ pub(super) async fn copy_step(
     track: &Tracker<'_>,
     fail: &impl Fn(u32, Error) -> Outcome,
     observed: Option<u64>,
-) -> Result<Option<Copied>, Outcome> {
+) -> Result<Step, Outcome> {
     let table = &ctx.engine.table;
     let copied = match with_retry(ctx, "copy", || copy_once(ctx, key, track, observed)).await {
         Ok(CopyResult::Copied(copied)) => copied,
         Ok(CopyResult::SourceWritten) => {
             track.to(ObjectState::Pending);
-            return Ok(None);
+            return Ok(Step::Written);
+        }
+        Ok(CopyResult::SourceChanged) => {
+            track.to(ObjectState::Pending);
+            return Ok(Step::Changed);
         }
         Ok(CopyResult::Vanished) => {
             table.remove_owned(key.as_str(), &ctx.shared.id);
@@ -226,7 +272,7 @@ pub(super) async fn copy_step(
         track.to(ObjectState::Pending);
         return Err(rolled_back(ctx, key.clone(), true).await);
     }
-    Ok(Some(copied))
+    Ok(Step::Copied(copied))
 }
 
 /// `body`, read one chunk ahead by a task of its own: the store reads the next chunk while

@@ -18,7 +18,7 @@ use super::commit::{Committed, commit_synced};
 use super::listing::{KeyStream, key_stream, listed_range, sized_range};
 use super::object::process;
 use super::retry::{error_chain, jitter_unit, sync_with_retry};
-use super::{JobCtx, Outcome};
+use super::{JobCtx, Outcome, Tries};
 
 /// Objects waiting out a grace period hold no copy slot, but each is a parked task: at most
 /// this many times `concurrency` of them wait at once, which bounds memory (I7) and the
@@ -179,9 +179,9 @@ pub(super) async fn drive(
             };
             ready -= 1;
             dispatched += 1;
-            failed_again += u64::from(ctx.failed_before.contains(&key));
+            failed_again += u64::from(ctx.failed_before.contains_key(&key));
             commits.order.dispatched.push_back(key.clone());
-            spawn_process(ctx, &mut set, &mut commits.order, key, 0);
+            spawn_process(ctx, &mut set, &mut commits.order, key, Tries::default());
         }
         if listing_over && ahead.is_empty() && !exhausted && !passes.listed {
             if passes.relist {
@@ -419,10 +419,10 @@ fn spawn_process(
     set: &mut JoinSet<Outcome>,
     order: &mut Order,
     key: ObjectKey,
-    refused: u32,
+    tries: Tries,
 ) {
     spawn_object(ctx, set, order, key, move |ctx, key| async move {
-        process(&ctx, key, refused).await
+        process(&ctx, key, tries).await
     });
 }
 
@@ -557,8 +557,8 @@ impl Commits<'_> {
         if let Some(key) = watermark.filter(|_| ctx.retry_keys.is_none()) {
             self.checkpointer.record(ProgressUpdate::Watermark(key));
         }
-        for (key, refused) in committed.again {
-            spawn_process(ctx, set, order, key, refused);
+        for (key, tries) in committed.again {
+            spawn_process(ctx, set, order, key, tries);
         }
         for (key, from, bytes) in committed.grace {
             spawn_object(ctx, set, order, key, move |ctx, key| async move {

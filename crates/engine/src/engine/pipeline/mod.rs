@@ -63,8 +63,9 @@ pub(crate) struct JobCtx {
     pub(crate) retry_keys: Option<Vec<ObjectKey>>,
     /// Keys recorded failed when this run began: counted in the snapshot's `failed_objects`
     /// already, so one that succeeds now leaves that count and one that fails again is not
-    /// counted twice.
-    pub(crate) failed_before: std::collections::HashSet<ObjectKey>,
+    /// counted twice; with the kind each was recorded with (`changed_objects` counts those of
+    /// kind `SourceChanged`).
+    pub(crate) failed_before: std::collections::HashMap<ObjectKey, ferry_types::FailureKind>,
     /// Keys the run leaves on the source by design (failed, or changed since their copy):
     /// re-listings leave them out ([`Passes`](drive::Passes)).
     pub(crate) left: Arc<Mutex<std::collections::HashSet<ObjectKey>>>,
@@ -86,6 +87,16 @@ enum CopiedFrom {
     Unknown,
 }
 
+/// What made an object's copy run again in this run: refused flips (a write through the
+/// table raced the copy; `max_flip_attempts` of them fence the key) and changes of its
+/// source outside the table (`max_changes` of them and the object fails with
+/// `SourceChanged`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Tries {
+    pub(super) refused: u32,
+    pub(super) changes: u32,
+}
+
 /// How one object ended in this run (or its task: a verified object is flipped by the
 /// commit).
 #[derive(Debug)]
@@ -96,8 +107,8 @@ enum Outcome {
         /// The key's forwarding generation read before the copy opened the source.
         observed: u64,
         copied: Copied,
-        /// Flips of this key refused so far in this run.
-        refused: u32,
+        /// Flips of this key refused and changes of its source seen so far in this run.
+        tries: Tries,
     },
     Done {
         key: ObjectKey,

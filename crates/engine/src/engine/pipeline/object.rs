@@ -5,25 +5,27 @@ use std::sync::atomic::Ordering;
 
 use ferry_checkpoint::ProgressUpdate;
 use ferry_forwarding::{Conflict, EntryState};
-use ferry_types::{ObjectKey, ObjectState};
+use ferry_types::{FailureKind, ObjectKey, ObjectState};
 
 use super::super::job::Tracker;
 use crate::error::{Error, Result};
 
 use super::cleanup::{cleanup, rolled_back};
-use super::copy::{Copied, copy_step};
+use super::copy::{Copied, Step, copy_step};
 use super::flip::{Flip, flip};
-use super::retry::sync_with_retry;
-use super::{CopiedFrom, JobCtx, Outcome};
+use super::retry::{sync_with_retry, with_retry};
+use super::verify;
+use super::{CopiedFrom, JobCtx, Outcome, Tries};
 
 /// The pipeline of one object, up to `Verified` (the commit flips it), or to its end for a
-/// key flipped by an earlier run, or (after `max_flip_attempts` refused flips, `refused`
-/// counting them) through a fenced flip of its own.
-pub(super) async fn process(ctx: &JobCtx, key: ObjectKey, refused: u32) -> Outcome {
+/// key flipped by an earlier run, or (after `max_flip_attempts` refused flips, `tries`
+/// counting them) through a fenced flip of its own. A source changed outside the table
+/// during the copy is copied again, up to `max_changes` times (`tries` counts those too).
+pub(super) async fn process(ctx: &JobCtx, key: ObjectKey, tries: Tries) -> Outcome {
     let track_key = key.clone();
     let track = Tracker::new(&ctx.shared, &track_key);
-    if refused > 0 {
-        // Copied again after a refused flip: the earlier copy is on the target.
+    if tries.refused > 0 || tries.changes > 0 {
+        // Copied again after a refused flip or a change: the earlier copy is on the target.
         track.wrote_before();
     }
     let track = &track;
@@ -39,8 +41,19 @@ pub(super) async fn process(ctx: &JobCtx, key: ObjectKey, refused: u32) -> Outco
             error,
         }
     };
-    // A key copied again after a refused flip has its entry already.
-    let registered = if refused == 0 {
+    if ctx.failed_before.get(&key) == Some(&FailureKind::SourceChanged) {
+        // Retried after its source changed past its flip: moved again from the start, once
+        // the flip is rolled back (only if the target still holds the flipped copy).
+        if let Err(error) = unflip(ctx, &key).await {
+            return Outcome::Failed {
+                key,
+                attempts: 1,
+                error,
+            };
+        }
+    }
+    // A key copied again after a refused flip or a change has its entry already.
+    let registered = if tries.refused == 0 && tries.changes == 0 {
         table.register_for(&key, source, target, job).map(|_| ())
     } else {
         Ok(())
@@ -91,28 +104,34 @@ pub(super) async fn process(ctx: &JobCtx, key: ObjectKey, refused: u32) -> Outco
         }
     }
     let max_flips = ctx.plan.options.max_flip_attempts;
-    let mut refused = refused;
-    while refused < max_flips {
+    let mut tries = tries;
+    while tries.refused < max_flips {
         // The generation is read BEFORE the copy opens the source (I3).
         let Some(observed) = table.generation(key.as_str()) else {
             let cause = Conflict::NotFound;
-            return fail(refused + 1, Error::FlipRefused { key, cause });
+            return fail(tries.refused + 1, Error::FlipRefused { key, cause });
         };
         match copy_step(ctx, &key, track, &fail, Some(observed)).await {
-            Ok(Some(copied)) => {
+            Ok(Step::Copied(copied)) => {
                 return Outcome::Verified {
                     key,
                     observed,
                     copied,
-                    refused,
+                    tries,
                 };
             }
             // Written during the copy: its flip would be refused; copy again, and count it
             // as refused, so a key written this often is fenced like any hot key.
-            Ok(None) => refused += 1,
+            Ok(Step::Written) => tries.refused += 1,
+            Ok(Step::Changed) => {
+                if let Err(error) = changed_again(ctx, &key, &mut tries, "during its copy") {
+                    return fail(tries.changes, error);
+                }
+            }
             Err(outcome) => return outcome,
         }
     }
+    let mut refused = tries.refused;
     // A hot key: its flips were refused `max_flip_attempts` times. Fence its writers and
     // flip it here; never fenced while paused, never for longer than `fence_timeout`.
     if ctx.shared.chunk_boundary().await.is_err() {
@@ -123,7 +142,7 @@ pub(super) async fn process(ctx: &JobCtx, key: ObjectKey, refused: u32) -> Outco
     let fence_timeout = ctx.plan.options.fence_timeout;
     let fenced = tokio::time::timeout(
         fence_timeout,
-        fenced_flip(ctx, &key, track, &fail, &mut refused),
+        fenced_flip(ctx, &key, track, &fail, &mut refused, &mut tries.changes),
     )
     .await;
     let copied = match fenced {
@@ -158,6 +177,7 @@ pub(super) async fn fenced_flip(
     track: &Tracker<'_>,
     fail: &impl Fn(u32, Error) -> Outcome,
     refused: &mut u32,
+    changes: &mut u32,
 ) -> Result<Copied, Outcome> {
     let table = &ctx.engine.table;
     let max_flips = ctx.plan.options.max_flip_attempts;
@@ -169,10 +189,24 @@ pub(super) async fn fenced_flip(
             Ok(generation) => generation,
             Err(err) => return Err(fail(*refused + 1, err.into())),
         };
-        // Fenced: no write reaches the source, so a changed source is a verify error.
+        // Fenced: no write through the table reaches the source; one from outside it may.
         let copied = match copy_step(ctx, key, track, fail, None).await? {
-            Some(copied) => copied,
-            None => unreachable!("only a copy given a generation reports a written source"),
+            Step::Copied(copied) => copied,
+            Step::Changed => {
+                let mut tries = Tries {
+                    refused: *refused,
+                    changes: *changes,
+                };
+                let changed = changed_again(ctx, key, &mut tries, "during its fenced copy");
+                *changes = tries.changes;
+                match changed {
+                    Ok(()) => continue,
+                    Err(error) => return Err(fail(*changes, error)),
+                }
+            }
+            Step::Written => {
+                unreachable!("only a copy given a generation reports a write through the table")
+            }
         };
         if let Err((attempts, err)) = sync_with_retry(ctx).await {
             return Err(fail(attempts, err));
@@ -207,4 +241,67 @@ pub(super) async fn fenced_flip(
             }
         }
     }
+}
+
+/// Counts one more change of `key`'s source outside the table (seen `when`): `Ok` when the
+/// plan's `max_changes` allows another copy, else the error the object fails with (its
+/// source kept).
+pub(super) fn changed_again(
+    ctx: &JobCtx,
+    key: &ObjectKey,
+    tries: &mut Tries,
+    when: &'static str,
+) -> Result<()> {
+    tries.changes += 1;
+    if tries.changes <= ctx.plan.options.max_changes {
+        tracing::debug!(key = %key.as_str(), changes = tries.changes, when, "source changed outside the table: copied again");
+        return Ok(());
+    }
+    Err(Error::SourceChanged {
+        key: key.clone(),
+        changes: tries.changes,
+        when,
+    })
+}
+
+/// Undoes the committed flip of `key`, whose source changed outside the table after it (a
+/// retry of such an object): when the table forwards the key for this job and the target
+/// still holds exactly the copy the flip journal names, the rollback is journaled durably,
+/// then the entry removed: reads go to the source again, which holds the newest content,
+/// and the object is moved from the start. A key not forwarded by this job has nothing to
+/// undo.
+///
+/// # Errors
+///
+/// `SourceChanged` when the target no longer holds the flipped copy (a write reached it
+/// through the table since the flip: neither side is overwritten) or the journal does not
+/// say what was flipped; a store or checkpoint error.
+async fn unflip(ctx: &JobCtx, key: &ObjectKey) -> Result<()> {
+    let table = &ctx.engine.table;
+    let forwarded = table.get(key.as_str()).is_some_and(|info| {
+        info.state == EntryState::Forwarded
+            && info.owner.as_ref() == Some(&ctx.shared.id)
+            && info.target == ctx.plan.target
+    });
+    if !forwarded {
+        return Ok(());
+    }
+    let both_changed = || Error::SourceChanged {
+        key: key.clone(),
+        changes: 1,
+        when: "after its flip, and the target changed since the flip too (neither is overwritten)",
+    };
+    let Some(flipped) = ctx.committed.get(key) else {
+        return Err(both_changed());
+    };
+    let on_target = with_retry(ctx, "compare", || verify::digest(&*ctx.target, key))
+        .await
+        .map_err(|(_, error)| error)?;
+    if on_target.is_none_or(|(_, hash)| hash.as_bytes() != flipped) {
+        return Err(both_changed());
+    }
+    let rollback = ProgressUpdate::FlipRolledBack { key: key.clone() };
+    ctx.checkpointer.record_durable(rollback).await?;
+    table.remove_owned(key.as_str(), &ctx.shared.id);
+    Ok(())
 }
