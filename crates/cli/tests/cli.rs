@@ -1272,3 +1272,180 @@ fn submit_and_worker_refuse_bad_state_and_ids_with_clear_errors() {
         "no local directory named after the URL"
     );
 }
+
+/// Another program at work in SRC while it moves: rewrites files in place, writes temp files
+/// and renames them over, creates new files and deletes files, until `stop` exists; each
+/// change that took effect goes to the ledger as `W<TAB>path<TAB>content` or `D<TAB>path`.
+/// Each content has a length of its own, so a rewrite changes the file's size even within
+/// one tick of the file system's clock (a directory's version is inode, size and mtime).
+const WRITER: &str = r#"
+set -u
+src=$1 ledger=$2 stop=$3 n=$4
+k=0
+while [ ! -e "$stop" ]; do
+  k=$((k + 1))
+  f=$(printf 'f/%04d.bin' $(( (k * 7919) % n )))
+  pad=$(printf '%*s' $(( k % 997 )) '')
+  case $(( k % 4 )) in
+    0) c="in place $k$pad"; printf '%s' "$c" > "$src/$f" && printf 'W\t%s\t%s\n' "$f" "$c" >> "$ledger" ;;
+    1) c="renamed $k$pad"; printf '%s' "$c" > "$src/$f.tmp$k" && mv "$src/$f.tmp$k" "$src/$f" \
+         && printf 'W\t%s\t%s\n' "$f" "$c" >> "$ledger" ;;
+    2) g=$(printf 'new/%06d.bin' $k); c="created $k$pad"; mkdir -p "$src/new" \
+         && printf '%s' "$c" > "$src/$g" && printf 'W\t%s\t%s\n' "$g" "$c" >> "$ledger" ;;
+    3) rm "$src/$f" 2>/dev/null && printf 'D\t%s\n' "$f" >> "$ledger" ;;
+  esac
+done
+exit 0
+"#;
+
+/// The tree `flat_tree` made, with the ledger's changes applied in order: what SRC would
+/// hold had nothing moved.
+fn expected_after(initial: &BTreeMap<String, Vec<u8>>, ledger: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut files = initial.clone();
+    for line in ledger.lines() {
+        let mut parts = line.splitn(3, '\t');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("W"), Some(path), Some(content)) => {
+                files.insert(path.to_owned(), content.as_bytes().to_vec());
+            }
+            (Some("D"), Some(path), None) => {
+                files.remove(path);
+            }
+            _ => panic!("bad ledger line {line:?}"),
+        }
+    }
+    files
+}
+
+#[test]
+fn i1_i3_files_changed_by_another_program_during_a_move_are_counted_then_retry_failed_moves_them() {
+    const N: usize = 3000;
+    let env = Env::new();
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    flat_tree(&src, N, 2 << 10);
+    let (initial, _) = regular_files(&src);
+    let (ledger, stop) = (env.path("ledger"), env.path("stop"));
+    fs::write(&ledger, b"").expect("ledger");
+    // Slow enough that the writer works through most of the move; every change seen after a
+    // copy is recorded at once (`--max-changes 0`), so the count is the writer's doing.
+    // Its stderr (a warning per changed file) goes to a file: a pipe nobody reads would fill.
+    let log = fs::File::create(env.path("stderr")).expect("log");
+    let mut child = env
+        .cmd()
+        .args([
+            "migrate",
+            src.to_str().unwrap(),
+            dst.to_str().unwrap(),
+            "--id",
+            "busy",
+            "--cleanup",
+            "after-verify",
+            "--rate",
+            "512KiB",
+            "--max-changes",
+            "0",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("ferry starts");
+    let rx = line_channel(child.stdout.take().expect("piped stdout"));
+    wait_line(&rx, Duration::from_secs(30), |v| v["event"] == "started");
+    let mut writer = Command::new("bash")
+        .args(["-c", WRITER, "writer"])
+        .args([&src, &ledger, &stop])
+        .arg(N.to_string())
+        .spawn()
+        .expect("bash runs");
+    // Until two thirds of the files moved; then the writer stops, and the job runs on at
+    // full speed (its last listings find what the writer created).
+    wait_until(Duration::from_secs(120), "two thirds of the move", || {
+        let status = status_json(&env, "busy");
+        status["done_objects"].as_u64().unwrap_or(0) >= (2 * N / 3) as u64
+    });
+    fs::write(&stop, b"").expect("stop");
+    assert!(writer.wait().expect("writer").success());
+    assert!(
+        child.try_wait().expect("ferry").is_none(),
+        "the move ended before the writer stopped: the check below would be void"
+    );
+    let out = env.run(&["set-rate", "busy", "unlimited"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let exit = wait_exit(&mut child, Duration::from_secs(120));
+
+    let ledger_text = fs::read_to_string(&ledger).expect("ledger");
+    assert!(ledger_text.lines().count() > 100, "the writer barely wrote");
+    let expected = expected_after(&initial, &ledger_text);
+    let (in_src, _) = regular_files(&src);
+    let (in_dst, _) = regular_files(&dst);
+    let status = status_json(&env, "busy");
+    let failed: BTreeMap<String, String> = status["failed"]
+        .as_array()
+        .expect("failed list")
+        .iter()
+        .map(|f| {
+            assert_eq!(f["kind"], "source_changed", "{f}");
+            (
+                f["key"].as_str().unwrap().to_owned(),
+                f["error"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        status["changed_objects"].as_u64(),
+        Some(failed.len() as u64),
+        "{status}"
+    );
+    assert!(
+        !failed.is_empty(),
+        "no change was seen: the writer missed the move"
+    );
+    // The exit code says it: 3, as for failed objects.
+    assert_eq!(exit, 3, "{status}");
+    // Nothing lost (I1): every file's newest content is in DST, or kept in SRC.
+    for (path, content) in &expected {
+        assert!(
+            in_dst.get(path) == Some(content) || in_src.get(path) == Some(content),
+            "{path}: its newest content is nowhere"
+        );
+    }
+    // Every DST file that is not the newest content (older, or deleted since) is counted,
+    // and nothing is left in SRC but what is counted (I8), with its newest content.
+    let paths: std::collections::BTreeSet<&String> = expected.keys().chain(in_dst.keys()).collect();
+    for path in paths {
+        if in_dst.get(path) != expected.get(path) {
+            assert!(
+                failed.contains_key(path),
+                "{path}: stale in DST and not counted"
+            );
+        }
+    }
+    for (path, content) in &in_src {
+        assert!(
+            failed.contains_key(path),
+            "{path}: left in SRC and not counted"
+        );
+        assert_eq!(expected.get(path), Some(content), "{path}");
+    }
+
+    // The writer has stopped: retry-failed moves the rest, and the move is whole.
+    let out = env.run(&["retry-failed", "busy"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let (in_src, _) = regular_files(&src);
+    assert!(
+        in_src.is_empty(),
+        "left in SRC: {:?}",
+        in_src.keys().collect::<Vec<_>>()
+    );
+    let (in_dst, others) = regular_files(&dst);
+    assert!(others.is_empty(), "{others:?}");
+    assert_eq!(
+        in_dst.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "DST's files are not the newest tree"
+    );
+    for (path, content) in &expected {
+        assert!(in_dst[path] == *content, "{path}: not the newest content");
+    }
+}

@@ -260,9 +260,11 @@ fn engine_changing_after_flip(
     table: &Table,
     checkpoints: &Arc<dyn CheckpointStore>,
     after_flip: Vec<ObjectKey>,
+    deleted_after_flip: Vec<ObjectKey>,
 ) -> Engine {
     let hook_source = source.clone();
     let once = Arc::new(Mutex::new(after_flip));
+    let deleting = Arc::new(Mutex::new(deleted_after_flip));
     Engine::builder()
         .node(a(), Arc::new(source.clone()) as Arc<dyn Store>)
         .node(b(), Arc::new(target.clone()) as Arc<dyn Store>)
@@ -274,7 +276,18 @@ fn engine_changing_after_flip(
                 once.remove(at);
                 hook_source.rewrite(key);
             }
-            Box::pin(async { Ok(()) })
+            let delete = {
+                let mut deleting = deleting.lock();
+                let at = deleting.iter().position(|k| k == key);
+                at.map(|at| deleting.remove(at))
+            };
+            let inner = hook_source.inner.clone();
+            Box::pin(async move {
+                if let Some(key) = delete {
+                    inner.delete(&key).await?;
+                }
+                Ok(())
+            })
         })
         .build()
         .unwrap()
@@ -294,6 +307,7 @@ async fn i3_a_source_changed_after_its_flip_is_counted_and_retry_moves_the_newes
                 &table,
                 &checkpoints,
                 vec![key(2), key(5)],
+                vec![],
             );
             let plan = plan("after-flip", ObjectSelection::all()).with_cleanup(cleanup);
             let snap = engine.start(plan).await.unwrap().wait().await.unwrap();
@@ -355,7 +369,8 @@ async fn i3_when_both_sides_changed_after_the_flip_retry_overwrites_neither() {
     let (source, target) = stores(true);
     let table = Table::default();
     let checkpoints = mem_checkpoints();
-    let engine = engine_changing_after_flip(&source, &target, &table, &checkpoints, vec![key(3)]);
+    let engine =
+        engine_changing_after_flip(&source, &target, &table, &checkpoints, vec![key(3)], vec![]);
     let plan = plan("both", ObjectSelection::all()).with_cleanup(CleanupPolicy::AfterVerify);
     let snap = engine.start(plan).await.unwrap().wait().await.unwrap();
     assert_eq!(snap.changed_objects, 1, "{snap:?}");
@@ -392,4 +407,51 @@ async fn i3_when_both_sides_changed_after_the_flip_retry_overwrites_neither() {
         source.inner.bytes(key(3).as_str()).as_deref(),
         Some(&source.newest(3)[..])
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn i3_a_source_deleted_after_its_flip_is_counted_and_retry_deletes_the_stale_copy() {
+    for cleanup in [CleanupPolicy::Never, CleanupPolicy::AfterVerify] {
+        let (source, target) = stores(false);
+        let table = Table::default();
+        let checkpoints = mem_checkpoints();
+        let engine = engine_changing_after_flip(
+            &source,
+            &target,
+            &table,
+            &checkpoints,
+            vec![],
+            vec![key(6)],
+        );
+        let plan = plan("deleted", ObjectSelection::all()).with_cleanup(cleanup);
+        let snap = engine.start(plan).await.unwrap().wait().await.unwrap();
+        assert_eq!(snap.changed_objects, 1, "{cleanup:?}: {snap:?}");
+        let failed = failed_kinds(&checkpoints, "deleted").await;
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, key(6));
+        assert!(
+            failed[0].2.contains("after its flip (deleted)"),
+            "{}",
+            failed[0].2
+        );
+        // The target still serves the copy; nothing is lost that the program did not delete.
+        assert_eq!(
+            target.bytes(key(6).as_str()).as_deref(),
+            Some(&content(6)[..])
+        );
+        let id = JobId::new("deleted").unwrap();
+        let snap = engine
+            .retry_failed(&id)
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
+        assert_eq!(snap.status, JobStatus::Completed, "{cleanup:?}: {snap:?}");
+        assert_eq!(snap.skipped_objects, 1, "{snap:?}");
+        // No resurrection: absent on both sides, and reads go where it is absent.
+        assert!(target.bytes(key(6).as_str()).is_none(), "{cleanup:?}");
+        assert!(source.inner.bytes(key(6).as_str()).is_none(), "{cleanup:?}");
+        assert_eq!(table.route_read(key(6).as_str()), Route::Source);
+    }
 }

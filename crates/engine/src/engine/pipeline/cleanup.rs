@@ -135,9 +135,10 @@ pub(super) async fn finish_cleanup(
         if let CopiedFrom::Version(version) = &copied {
             match with_retry(ctx, "head", || ctx.source.head(&key)).await {
                 Ok(Some(meta)) if meta.version != *version => {
-                    return changed_after_flip(key);
+                    return changed_after_flip(key, "after its flip");
                 }
-                Ok(_) => {}
+                Ok(None) => return changed_after_flip(key, "after its flip (deleted)"),
+                Ok(Some(_)) => {}
                 Err((attempts, error)) => {
                     return Outcome::Failed {
                         key,
@@ -160,7 +161,13 @@ pub(super) async fn finish_cleanup(
         }
     };
     let Some(meta) = head else {
-        return Outcome::Done { key, bytes };
+        return match copied {
+            // This run copied it and has not deleted it: a program deleted it outside the
+            // table, and the target serves a copy of what it deleted.
+            CopiedFrom::Version(_) => changed_after_flip(key, "after its flip (deleted)"),
+            // An earlier run may have cleaned it up before it stopped.
+            CopiedFrom::Digest(_) | CopiedFrom::Unknown => Outcome::Done { key, bytes },
+        };
     };
     let same = match &copied {
         // The source changed since it was copied (a write outside the table): keep it.
@@ -178,7 +185,7 @@ pub(super) async fn finish_cleanup(
         Ok(true) => {}
         // Not provably the same bytes: never delete what may be the only copy (I1), and
         // say that the target serves an older content.
-        Ok(false) => return changed_after_flip(key),
+        Ok(false) => return changed_after_flip(key, "after its flip"),
         Err((attempts, error)) => {
             return Outcome::Failed {
                 key,
@@ -203,11 +210,11 @@ pub(super) async fn finish_cleanup(
 /// The object whose source changed outside the table after its flip: it fails with
 /// `SourceChanged`, its source kept and its entry left forwarded (the target serves the
 /// copy); a `retry_failed` run copies it again once the writers have stopped.
-fn changed_after_flip(key: ObjectKey) -> Outcome {
+fn changed_after_flip(key: ObjectKey, when: &'static str) -> Outcome {
     let error = Error::SourceChanged {
         key: key.clone(),
         changes: 1,
-        when: "after its flip",
+        when,
     };
     Outcome::Failed {
         key,
