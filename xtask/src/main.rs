@@ -15,6 +15,11 @@
 //! - `bench s3`: `ferry migrate` vs `rclone copy --checksum` to the same S3 server on loopback
 //!   (`ferry-object-store`'s `s3_server` example): dir → S3 and S3 → S3, 10k × 64 KiB files
 //!   and one 1 GiB object; prints a Markdown table for `docs/benchmarks.md`.
+//! - `bench ab REV [PAIRS]`: this checkout's `ferry migrate` against the one built from
+//!   git revision REV, in PAIRS (default 5) alternating pairs, on 10k × 64 KiB and 1 GiB, with
+//!   the defaults and with `--verify size --cleanup after-verify`; the pairs, the median
+//!   ratio and its spread go to `docs/bench/ab-NEW-vs-BASE.md`. What a change costs, measured
+//!   as the issue that made it asks.
 //! - `crash [-n CYCLES] [--seed SEED]`: the crash tests, long: CYCLES (default 1000) SIGKILL
 //!   cycles of a checkpointing child process, then the simulated crash at every I/O step, then
 //!   CYCLES cases of the engine's model test (random traffic, pause, cancel, crash and
@@ -29,6 +34,7 @@
 // A command-line tool: it prints its reports to stdout and its progress to stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod ab_bench;
 mod cli_bench;
 mod s3_bench;
 
@@ -44,7 +50,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             eprintln!(
-                "usage: cargo xtask <ci | bench [cli | s3 | -- CRITERION ARGS] | crash [-n CYCLES] [--seed SEED] | fuzz [SECONDS]>"
+                "usage: cargo xtask <ci | bench [cli | s3 | ab REV [PAIRS] | -- CRITERION ARGS] | crash [-n CYCLES] [--seed SEED] | fuzz [SECONDS]>"
             );
             return ExitCode::from(2);
         }
@@ -104,6 +110,7 @@ fn bench(extra: &[String]) -> Result<(), String> {
     match extra.first().map(String::as_str) {
         Some("cli") => return cli_bench::run(),
         Some("s3") => return s3_bench::run(),
+        Some("ab") => return ab_bench::run(&extra[1..]),
         _ => {}
     }
     let mut args = vec!["bench", "--workspace"];
