@@ -2,7 +2,8 @@
 //! git revision `REV`, in alternating pairs (base then new, new then base, …), on the trees
 //! of `bench cli` and the settings a change may cost on. Each pair's times, and the median
 //! and spread of the per-pair ratios (new ÷ base), go to a result file under `docs/bench/`
-//! (every run kept) and to stdout.
+//! (every run kept) and to stdout. `FERRY_AB_BASE_BIN=PATH` uses a `ferry` built at REV
+//! before instead of building it.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -64,7 +65,11 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let dirty = !git(&root, &["status", "--porcelain", "--untracked-files=no"])?.is_empty();
     super::cargo(&["build", "--release", "-p", "ferry-cli"], &[])?;
     let new = fs::canonicalize(target.join("release/ferry")).map_err(|e| e.to_string())?;
-    let base = build_base(&root, &target, &base_commit)?;
+    // A base binary built before (e.g. in another worktree) may be given instead.
+    let base = match std::env::var_os("FERRY_AB_BASE_BIN") {
+        Some(bin) => fs::canonicalize(&bin).map_err(|e| format!("FERRY_AB_BASE_BIN: {e}"))?,
+        None => build_base(&root, &target, &base_commit)?,
+    };
 
     let work = target.join("ab-bench");
     let _ = fs::remove_dir_all(&work);
