@@ -80,7 +80,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let machine = machine();
     let _ = writeln!(
         report,
-        "# `ferry` {new_commit}{} vs {base_commit}\n\nMachine: {machine}. Command: `cargo xtask bench ab {base_rev} {pairs}`. Each run writes into a fresh destination and state directory, removed after its pair; a case whose cleanup deletes the source runs on a fresh copy of it (made and synced before the timer starts). Ratio: new ÷ base wall time, per pair.\n",
+        "# `ferry` {new_commit}{} vs {base_commit}\n\nMachine: {machine}. Command: `cargo xtask bench ab {base_rev} {pairs}`. Each run writes into a fresh destination and state directory, removed after its case (then `fstrim`); a case whose cleanup deletes the source runs on a fresh copy of it (made and synced before the timer starts). Ratio: new ÷ base wall time, per pair.\n",
         if dirty { " (uncommitted changes)" } else { "" },
     );
     let _ = writeln!(
@@ -121,16 +121,18 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             };
             cells.push(format!("({b:.2}, {m:.2})"));
             ratios.push(m / b);
-            // The pair's copies go before the next pair (60 runs of 640 MiB do not fit on
-            // every disk); both sides of the next pair pay for the deletes' discards alike.
-            for dir in fs::read_dir(&work).map_err(|e| e.to_string())? {
-                let path = dir.map_err(|e| e.to_string())?.path();
-                if path != small && path != big {
-                    fs::remove_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                }
-            }
-            sh("sync")?;
         }
+        // The case's copies go before the next case (every run of every case does not fit
+        // on every disk); their discards are made now, untimed (`fstrim`, where allowed), so
+        // no run pays for another's deletes.
+        for dir in fs::read_dir(&work).map_err(|e| e.to_string())? {
+            let path = dir.map_err(|e| e.to_string())?.path();
+            if path != small && path != big {
+                fs::remove_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        sh("sync")?;
+        let _ = sh(&format!("fstrim {} 2>/dev/null", work.display()));
         let (lo, hi) = ratios
             .iter()
             .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));

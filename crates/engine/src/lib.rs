@@ -99,7 +99,8 @@
 //! backup restore). The engine looks for such changes after each copy: at verify (the source
 //! read again, or its reported checksum, no longer matches what was streamed and its version
 //! moved), just before the flip (the source's version is re-read in the commit), and after the
-//! flip (re-read before the delete, or, with cleanup `never`, at the object's end). A change
+//! flip (re-read before the delete; with cleanup `never` the source stays the live copy, and
+//! a change after the flip is a change after the move). A change
 //! seen before the flip is copied again, up to
 //! [`PlanOptions::max_changes`](ferry_types::PlanOptions) times (default 3); past that, or
 //! when the change comes after the flip, the object is recorded failed with

@@ -19,6 +19,8 @@ use parking_lot::Mutex;
 use crate::util::*;
 
 const N: usize = 8;
+/// A cleanup after a grace period.
+const GRACE: CleanupPolicy = CleanupPolicy::AfterGrace(std::time::Duration::from_secs(30));
 
 /// A source another program writes behind the engine's back: after each read of a key it
 /// has been told to change (while `writing`), it stores a new content for it, as an editor
@@ -252,8 +254,7 @@ async fn i1_a_source_that_keeps_changing_is_counted_and_kept_and_retry_moves_it_
 }
 
 /// An engine whose commit hook (after the flip, before the cleanup) lets the program write
-/// the keys in `after_flip` once: a change seen only by the re-check before the delete (or,
-/// with cleanup `never`, the one after the flip).
+/// the keys in `after_flip` once: a change seen only by the re-check before the delete.
 fn engine_changing_after_flip(
     source: &Rewritten,
     target: &MemStore,
@@ -296,7 +297,7 @@ fn engine_changing_after_flip(
 #[tokio::test(start_paused = true)]
 async fn i3_a_source_changed_after_its_flip_is_counted_and_retry_moves_the_newest_content() {
     for reported in [true, false] {
-        for cleanup in [CleanupPolicy::Never, CleanupPolicy::AfterVerify] {
+        for cleanup in [CleanupPolicy::AfterVerify, GRACE] {
             let label = format!("reported {reported}, {cleanup:?}");
             let (source, target) = stores(reported);
             let table = Table::default();
@@ -357,7 +358,7 @@ async fn i3_a_source_changed_after_its_flip_is_counted_and_retry_moves_the_newes
                 (0, 0),
                 "{label}"
             );
-            assert_moved_newest(&source, &target, &table, cleanup != CleanupPolicy::Never);
+            assert_moved_newest(&source, &target, &table, true);
             let record = checkpoints.load(&id).await.unwrap().unwrap().record;
             assert!(record.progress.flips.is_empty(), "{label}: {record:?}");
         }
@@ -411,7 +412,7 @@ async fn i3_when_both_sides_changed_after_the_flip_retry_overwrites_neither() {
 
 #[tokio::test(start_paused = true)]
 async fn i3_a_source_deleted_after_its_flip_is_counted_and_retry_deletes_the_stale_copy() {
-    for cleanup in [CleanupPolicy::Never, CleanupPolicy::AfterVerify] {
+    for cleanup in [CleanupPolicy::AfterVerify, GRACE] {
         let (source, target) = stores(false);
         let table = Table::default();
         let checkpoints = mem_checkpoints();
