@@ -46,7 +46,8 @@ struct State {
 #[derive(Debug, Clone)]
 struct Stored {
     data: Bytes,
-    version: u64,
+    /// Made once per write: every `head`, `get` and listing hands out a clone.
+    version: Version,
     blake3: Option<[u8; 32]>,
 }
 
@@ -54,7 +55,7 @@ fn meta(key: &ObjectKey, stored: &Stored) -> ObjectMeta {
     ObjectMeta {
         key: key.clone(),
         size: stored.data.len() as u64,
-        version: Version::new(stored.version.to_string()),
+        version: stored.version.clone(),
         checksum: stored.blake3.map(Checksum::Blake3),
     }
 }
@@ -115,7 +116,7 @@ impl MemStore {
         state.next_version += 1;
         let stored = Stored {
             data,
-            version: state.next_version,
+            version: Version::new(state.next_version.to_string()),
             blake3,
         };
         let meta = meta(&key, &stored);
