@@ -4,6 +4,7 @@
 
 mod api;
 mod batch;
+mod check;
 mod control;
 mod copy;
 mod events;
