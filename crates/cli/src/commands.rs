@@ -46,6 +46,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<u8> {
     let state = State::open(cli.state.as_deref())?;
     match command {
         Command::Migrate(args) => migrate(&state, args).await,
+        Command::Check(args) => crate::check::check(&state, args).await,
         Command::Resume(args) => resume(&state, args).await,
         Command::Pause(args) => pause(&state, args).await,
         Command::SetRate(args) => set_rate(&state, args).await,
@@ -166,11 +167,15 @@ async fn resume(state: &State, args: ResumeArgs) -> Result<u8> {
     let display = Display::new(args.output);
     let found = scan::survey(&ctx.meta().source, prefix_of(&loaded.record.plan)).await?;
     report_skipped(&display, &found);
+    let totals = match loaded.record.plan.kind {
+        ferry::types::JobKind::Check => crate::check::totals(found.bytes),
+        _ => scanned(&found),
+    };
     let handle = ctx.start(loaded.record.plan.with_id(id)).await?;
     if let Some(rate) = args.rate {
         handle.set_rate(rate);
     }
-    run::run(ctx, handle, display, scanned(&found)).await
+    run::run(ctx, handle, display, totals).await
 }
 
 /// The totals of a job from the scan of its source.

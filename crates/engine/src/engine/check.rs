@@ -448,7 +448,7 @@ fn extra() -> Verdict {
 fn content_differs(algorithm: &str) -> Verdict {
     Verdict::Differs {
         kind: FailureKind::Differs,
-        what: format!("content ({algorithm} differs)"),
+        what: format!("content, by {algorithm}"),
     }
 }
 
