@@ -13,7 +13,7 @@ use ferry::types::{
 use serde::Serialize;
 
 use crate::cli::{CheckpointKind, OutputArgs, SelectArgs};
-use crate::error::{EXIT_ERROR, EXIT_FAILED_OBJECTS, EXIT_OK, fail, usage};
+use crate::error::{EXIT_ERROR, EXIT_FAILED_OBJECTS, EXIT_OK, fail};
 use crate::location::Location;
 use crate::progress::{Display, Totals, size};
 use crate::run::{self, RunCtx, Signals};
@@ -55,23 +55,7 @@ pub(crate) async fn check(state: &State, args: CheckArgs) -> Result<u8> {
             "give the directory to compare SRC with",
         ));
     }
-    let id = match &args.id {
-        Some(id) => State::job_id(id)?,
-        None => fresh_id()?,
-    };
-    if state.has_meta(&id) {
-        return Err(usage(
-            format!(
-                "a job {id} already exists in the state directory {}",
-                state.root().display()
-            ),
-            format!(
-                "`ferry {f}resume {id}` continues it; `ferry {f}forget {id}` removes it; or pick \
-                 another --id",
-                f = state.flag()
-            ),
-        ));
-    }
+    let id = crate::commands::new_job_id(state, args.id.as_deref(), 'c')?;
     let display = Display::new(args.output);
     let found = crate::scan::survey(&ends.source, &args.select.prefix).await?;
     let mut meta = JobMeta::new(
@@ -107,14 +91,6 @@ pub(crate) fn totals(source_bytes: u64) -> Totals {
         objects: None,
         bytes: Some(source_bytes),
     }
-}
-
-fn fresh_id() -> Result<JobId> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let tag = (now.subsec_nanos() ^ std::process::id().rotate_left(16)) & 0xffff;
-    Ok(JobId::new(format!("c{}-{tag:04x}", now.as_secs()))?)
 }
 
 /// One difference (or a file that could not be compared) as the output names it.

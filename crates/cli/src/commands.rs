@@ -73,20 +73,19 @@ fn report_skipped(display: &Display, scan: &Scan) {
     }
 }
 
-fn fresh_id() -> Result<JobId> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let tag = (now.subsec_nanos() ^ std::process::id().rotate_left(16)) & 0xffff;
-    Ok(JobId::new(format!("m{}-{tag:04x}", now.as_secs()))?)
-}
-
-async fn migrate(state: &State, args: MigrateArgs) -> Result<u8> {
-    let signals = Signals::register()?;
-    let ends = scan::endpoints(&args.source, &args.target, Some(state.root()))?;
-    let id = match &args.id {
+/// The id of a new job: `given` (`--id`), or one made from the clock and the process id,
+/// starting with `letter` (`m` for a migration, `c` for a check). Refused (exit 2) when the
+/// state directory already has a job of that id.
+pub(crate) fn new_job_id(state: &State, given: Option<&str>, letter: char) -> Result<JobId> {
+    let id = match given {
         Some(id) => State::job_id(id)?,
-        None => fresh_id()?,
+        None => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let tag = (now.subsec_nanos() ^ std::process::id().rotate_left(16)) & 0xffff;
+            JobId::new(format!("{letter}{}-{tag:04x}", now.as_secs()))?
+        }
     };
     if state.has_meta(&id) {
         return Err(usage(
@@ -101,6 +100,13 @@ async fn migrate(state: &State, args: MigrateArgs) -> Result<u8> {
             ),
         ));
     }
+    Ok(id)
+}
+
+async fn migrate(state: &State, args: MigrateArgs) -> Result<u8> {
+    let signals = Signals::register()?;
+    let ends = scan::endpoints(&args.source, &args.target, Some(state.root()))?;
+    let id = new_job_id(state, args.id.as_deref(), 'm')?;
     let display = Display::new(args.output);
     let found = scan::survey(&ends.source, &args.select.prefix).await?;
     report_skipped(&display, &found);
