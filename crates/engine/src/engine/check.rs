@@ -30,7 +30,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio::task::JoinSet;
 
 use super::EngineInner;
-use super::job::JobShared;
+use super::job::{JobHandle, JobShared};
 use super::pipeline::retrying;
 use crate::error::{Error, Result};
 
@@ -73,8 +73,26 @@ enum Verdict {
 /// A compare's end: the key and its verdict, or the error it gave up on (with attempts).
 type Judged = (ObjectKey, std::result::Result<Verdict, (u32, Error)>);
 
+/// Runs the check of `ctx` on a background task, from `progress` (its record's).
+pub(crate) fn spawn(ctx: CheckCtx, progress: Progress) -> JobHandle {
+    let span = tracing::info_span!(
+        "job",
+        job = %ctx.shared.id,
+        source = %ctx.plan.source,
+        target = %ctx.plan.target,
+        retry = ctx.retry_keys.is_some(),
+        kind = "check",
+    );
+    let shared = Arc::clone(&ctx.shared);
+    let task = tokio::spawn(tracing::Instrument::instrument(
+        run(Arc::new(ctx), progress),
+        span,
+    ));
+    JobHandle::new(shared, task)
+}
+
 /// Runs the check to its end.
-pub(crate) async fn run(ctx: Arc<CheckCtx>, progress: Progress) -> Result<JobSnapshot> {
+async fn run(ctx: Arc<CheckCtx>, progress: Progress) -> Result<JobSnapshot> {
     let _live = Live(&ctx);
     let result = drive(&ctx, &progress).await;
     let shared = &ctx.shared;

@@ -496,15 +496,16 @@ impl Engine {
         }
         self.inner.live.lock().insert(id, Arc::clone(&shared));
         if checking {
-            return Ok(self.spawn_check(
+            let ctx = check::CheckCtx {
+                engine: Arc::clone(&self.inner),
                 plan,
                 source,
                 target,
                 shared,
                 checkpointer,
                 retry_keys,
-                progress,
-            ));
+            };
+            return Ok(check::spawn(ctx, progress));
         }
         let ctx = pipeline::JobCtx {
             engine: Arc::clone(&self.inner),
@@ -532,39 +533,6 @@ impl Engine {
         let run = pipeline::run(Arc::new(ctx), progress);
         let task = tokio::spawn(tracing::Instrument::instrument(run, span));
         Ok(JobHandle::new(shared, task))
-    }
-
-    /// Runs a check job ([`JobKind::Check`]) on a background task: [`check::run`].
-    #[allow(clippy::too_many_arguments)]
-    fn spawn_check(
-        &self,
-        plan: MigrationPlan,
-        source: Arc<dyn Store>,
-        target: Arc<dyn Store>,
-        shared: Arc<job::JobShared>,
-        checkpointer: Arc<Checkpointer>,
-        retry_keys: Option<Vec<ObjectKey>>,
-        progress: ferry_checkpoint::Progress,
-    ) -> JobHandle {
-        let span = tracing::info_span!(
-            "check",
-            job = %shared.id,
-            source = %plan.source,
-            target = %plan.target,
-            retry = retry_keys.is_some(),
-        );
-        let ctx = check::CheckCtx {
-            engine: Arc::clone(&self.inner),
-            plan,
-            source,
-            target,
-            shared: Arc::clone(&shared),
-            checkpointer,
-            retry_keys,
-        };
-        let run = check::run(Arc::new(ctx), progress);
-        let task = tokio::spawn(tracing::Instrument::instrument(run, span));
-        JobHandle::new(shared, task)
     }
 
     /// Refuses a grace period the forwarding entries would not outlive: an entry expires a
