@@ -181,7 +181,9 @@ async fn drive(ctx: &Arc<CheckCtx>, progress: &Progress) -> Result<()> {
     let mut paused_rx = shared.paused.subscribe();
     let mut cancelled_rx = shared.cancelled.subscribe();
     let mut was_paused = false;
-    let mut given = 0u64;
+    // Keys given to compares by this run, and how many of them were recorded failed before
+    // it (counted already): a listed check's total is known once its listing ends.
+    let (mut given, mut given_again) = (0u64, 0u64);
     let failed_before: HashSet<ObjectKey> = progress.failed.keys().cloned().collect();
     loop {
         let paused = *paused_rx.borrow_and_update();
@@ -223,6 +225,7 @@ async fn drive(ctx: &Arc<CheckCtx>, progress: &Progress) -> Result<()> {
                     list_attempts = 0;
                     last_key = Some(key.clone());
                     given += 1;
+                    given_again += u64::from(failed_before.contains(&key));
                     order.dispatched.push_back(key.clone());
                     order.flying.insert(key.clone());
                     shared.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -257,7 +260,8 @@ async fn drive(ctx: &Arc<CheckCtx>, progress: &Progress) -> Result<()> {
                         && !matches!(ctx.plan.objects, ObjectSelection::Keys(_))
                     {
                         let before = progress.done_objects + failed_before.len() as u64;
-                        shared.publish(|s| s.total_objects = Some(before + given));
+                        let total = before + given - given_again;
+                        shared.publish(|s| s.total_objects = Some(total));
                     }
                 }
             }

@@ -295,6 +295,7 @@ async fn stop_midway_then_resume(crash: bool) {
     // I4: done + failed covers every key once; no key compared again but those in flight
     // when the job stopped (at most `concurrency`).
     assert_eq!(snap.done_objects + snap.failed_objects, N as u64 + 1);
+    assert_eq!(snap.total_objects, Some(N as u64 + 1));
     let reads = source.calls(Op::Get);
     // The source has N keys, of which two are told apart without reading (obj/00003 is
     // missing on the target, obj/00005 differs in size).
@@ -418,4 +419,19 @@ async fn a_check_plan_with_a_cleanup_policy_is_refused() {
     let plan = check_plan("clean", ObjectSelection::prefix(""))
         .with_cleanup(ferry_types::CleanupPolicy::AfterVerify);
     assert!(matches!(engine.start(plan).await, Err(Error::Plan(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_checksum_on_one_side_only_is_not_comparable_and_the_contents_are_read() {
+    let source = FaultyStore::new(filled(10));
+    let target = FaultyStore::new(differing_target(10, MemStore::new().without_checksums()));
+    let (source, target) = (Arc::new(source), Arc::new(target));
+    let (found, _) = run_check(
+        Arc::clone(&source) as Arc<dyn Store>,
+        Arc::clone(&target) as Arc<dyn Store>,
+        check_plan("one-side", ObjectSelection::prefix("")),
+    )
+    .await;
+    assert_eq!(found, expected_differences());
+    assert_eq!((source.calls(Op::Get), target.calls(Op::Get)), (8, 8));
 }
