@@ -49,15 +49,22 @@ pub(crate) struct CheckArgs {
 pub(crate) async fn check(state: &State, args: CheckArgs) -> Result<u8> {
     let signals = Signals::register()?;
     let ends = crate::scan::endpoints(&args.source, &args.target, Some(state.root()))?;
-    if let (Location::Local(dir), false) = (&ends.target, ends.target_exists) {
-        return Err(fail(
-            format!("the destination {} does not exist", dir.display()),
-            "give the directory to compare SRC with",
-        ));
+    match &ends.target {
+        Location::Local(dir) if !ends.target_exists => {
+            return Err(fail(
+                format!("the destination {} does not exist", dir.display()),
+                "give the directory to compare SRC with",
+            ));
+        }
+        Location::Local(_) => {}
+        // A wrong bucket or wrong credentials: an error before any job is recorded.
+        bucket => crate::scan::probe_bucket("destination", bucket).await?,
     }
     let id = crate::commands::new_job_id(state, args.id.as_deref(), 'c')?;
     let display = Display::new(args.output);
     let found = crate::scan::survey(&ends.source, &args.select.prefix).await?;
+    // Links and special files are compared on neither side; those of SRC are named.
+    crate::commands::report_skipped(&display, &found);
     let mut meta = JobMeta::new(
         &id,
         ends.source.clone(),

@@ -63,7 +63,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<u8> {
 }
 
 /// Prints each skipped entry as a notice (stderr) or a JSON event.
-fn report_skipped(display: &Display, scan: &Scan) {
+pub(crate) fn report_skipped(display: &Display, scan: &Scan) {
     for entry in &scan.skipped {
         if display.is_json() {
             display.event(json!({"event": "skipped", "path": entry.path, "reason": entry.reason}));

@@ -205,6 +205,22 @@ fn check_exits_0_on_equal_trees_and_1_naming_each_difference() {
 }
 
 #[test]
+fn links_are_compared_on_neither_side_and_those_of_src_are_named() {
+    let env = Env::new();
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    same_trees(&src, &dst, 2, 10);
+    std::os::unix::fs::symlink(src.join("docs/readme.txt"), src.join("link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent", dst.join("other-link")).unwrap();
+    let out = env.run(&["check", src.to_str().unwrap(), dst.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("skipping link"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
 fn check_json_ends_with_a_result_listing_every_difference() {
     let env = Env::new();
     let (src, dst) = (env.path("src"), env.path("dst"));
@@ -412,6 +428,11 @@ fn check_compares_a_directory_with_a_bucket() {
     assert_eq!(code(&out), 0, "{}", text(&out));
     let out = s3(&["check", s, "s3://one/data", "--id", "c1"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
+    // A bucket that does not exist: an error naming it, before any job is recorded.
+    let out = s3(&["check", s, "s3://nope/data", "--id", "c0"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(text(&out).contains("s3://nope/data"), "{}", text(&out));
+    assert_ne!(code(&env.run(&["status", "c0"])), 0, "no job c0 recorded");
     // A bucket reports no content checksum: the contents are read and hashed.
     make_differences(&src);
     let out = s3(&["check", "s3://one/data", s, "--id", "c2"]);
