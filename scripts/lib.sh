@@ -35,9 +35,10 @@ PY
 }
 
 # The `ferry` command ($1) end to end against a bucket URL prefix ($3), with a scratch
-# directory ($2) holding `tree`: the tree up to the bucket, across to another prefix and back,
-# then a job shared by two workers with its state in the bucket (conditional writes), fetched
-# back; each result compared with the tree by `diff -r`.
+# directory ($2) holding `tree`: the tree up to the bucket, across to another prefix and back;
+# `ferry check` of the tree against the bucket (a match) and of the bucket against a changed
+# copy (one difference); then a job shared by two workers with its state in the bucket
+# (conditional writes), fetched back; each result compared with the tree by `diff -r`.
 ferry_end_to_end() {
     local ferry=$1 work=$2 remote=$3
     "$ferry" migrate "$work/tree" "$remote/up"
@@ -45,6 +46,14 @@ ferry_end_to_end() {
     "$ferry" migrate "$remote/across" "$work/back"
     diff -r "$work/tree" "$work/back"
     echo "$remote: ferry migrate dir -> bucket -> bucket -> dir: identical"
+    "$ferry" check -q "$work/tree" "$remote/across"
+    echo "f" > "$work/back/empty"
+    if "$ferry" check -q "$remote/across" "$work/back" > "$work/differences"; then
+        echo "ferry check found no difference where there is one" >&2
+        return 1
+    fi
+    grep -qx "different: empty (size 0 vs 2)" "$work/differences"
+    echo "$remote: ferry check dir <-> bucket: a match (exit 0), then the one difference named (exit 1)"
     "$ferry" submit "$work/tree" "$remote/shared" --state "$remote/state" --id e2e --ranges 2
     "$ferry" worker --state "$remote/state" --lease 3s &
     local first=$!

@@ -11,7 +11,8 @@ const SMALL_FILES: usize = 10_000;
 const SMALL_SIZE: usize = 64 << 10;
 const BIG_SIZE: usize = 1 << 30;
 
-pub(crate) fn run() -> Result<(), String> {
+/// The release `ferry` binary, built, and an empty work directory under the target dir.
+fn setup() -> Result<(PathBuf, PathBuf), String> {
     ensure_rclone()?;
     super::cargo(&["build", "--release", "-p", "ferry-cli"], &[])?;
     let target = match std::env::var_os("CARGO_TARGET_DIR") {
@@ -23,6 +24,12 @@ pub(crate) fn run() -> Result<(), String> {
     let work = target.join("cli-bench");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    Ok((ferry, work))
+}
+
+/// `cargo xtask bench cli`: every case below, then [`check`]'s.
+pub(crate) fn run() -> Result<(), String> {
+    let (ferry, work) = setup()?;
     let (small, big) = write_trees(&work)?;
 
     // Every timed run writes into a fresh destination and state directory, and nothing is
@@ -127,17 +134,109 @@ pub(crate) fn run() -> Result<(), String> {
         cp_sync_cmd(&example),
     ));
     println!("{out}");
+    check_case(&ferry, &work, &small)?;
     let _ = fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// `cargo xtask bench cli check`: only the check case.
+pub(crate) fn check() -> Result<(), String> {
+    let (ferry, work) = setup()?;
+    let small = write_small(&work)?;
+    sh("sync")?;
+    check_case(&ferry, &work, &small)?;
+    let _ = fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// Alternating pairs of the check case.
+const CHECK_PAIRS: usize = 6;
+
+/// `ferry check` vs `rclone check --checksum` of `small` against an identical copy of it, in
+/// [`CHECK_PAIRS`] alternating pairs (A B, B A, …); prints each pair's times and ratio, and
+/// the median ratio with its range. Both read both trees from the page cache (the copy was
+/// just written, and the first run of each pair warms it for the second).
+fn check_case(ferry: &Path, work: &Path, small: &Path) -> Result<(), String> {
+    let copy = work.join("small-copy");
+    sh(&format!("cp -r {} {}", small.display(), copy.display()))?;
+    sh("sync")?;
+    let mut runs = 0u32;
+    let mut ferry_cmd = || {
+        runs += 1;
+        format!(
+            "{} --state {} check {} {} -q",
+            ferry.display(),
+            work.join(format!("check-state-{runs}")).display(),
+            small.display(),
+            copy.display()
+        )
+    };
+    let rclone_cmd = format!(
+        "rclone check --checksum --checkers 16 -q {} {}",
+        small.display(),
+        copy.display()
+    );
+    // A first run of each, untimed, so that both trees are in the page cache for every pair.
+    timed(&ferry_cmd())?;
+    timed(&rclone_cmd)?;
+    let mut pairs = Vec::new();
+    for pair in 0..CHECK_PAIRS {
+        let (f, r) = if pair.is_multiple_of(2) {
+            let f = timed(&ferry_cmd())?;
+            (f, timed(&rclone_cmd)?)
+        } else {
+            let r = timed(&rclone_cmd)?;
+            (timed(&ferry_cmd())?, r)
+        };
+        pairs.push((f, r));
+    }
+    let mut ratios: Vec<f64> = pairs.iter().map(|((f, _), (r, _))| f / r).collect();
+    let mut out = String::from(
+        "| pair | order | ferry check | rclone check --checksum | ferry / rclone |\n|---|---|---|---|---|\n",
+    );
+    for (i, ((f, f_rss), (r, r_rss))) in pairs.iter().enumerate() {
+        let order = if i % 2 == 0 {
+            "ferry, rclone"
+        } else {
+            "rclone, ferry"
+        };
+        out.push_str(&format!(
+            "| {} | {order} | {f:.2} s ({} MiB) | {r:.2} s ({} MiB) | {:.2}× |\n",
+            i + 1,
+            f_rss / 1024,
+            r_rss / 1024,
+            f / r
+        ));
+    }
+    let (lo, hi) = (
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
+    );
+    out.push_str(&format!(
+        "\n10k × 64 KiB, identical trees: median of {CHECK_PAIRS} per-pair ratios **{:.2}×** rclone's time ({lo:.2}–{hi:.2}×), target ≤ 1×. Peak RSS in parentheses.\nCommands: `{}`, `{rclone_cmd}`.\n",
+        median(&mut ratios),
+        ferry_cmd(),
+    ));
+    println!("{out}");
     Ok(())
 }
 
 /// Writes the bench data under `work`: `small/` (10k × 64 KiB files in 100 directories) and
 /// `big/one.bin` (1 GiB), then syncs. Returns the two directories.
 pub(crate) fn write_trees(work: &Path) -> Result<(PathBuf, PathBuf), String> {
-    let small = work.join("small");
     let big = work.join("big");
+    eprintln!("xtask: writing one 1 GiB file under {}", work.display());
+    let small = write_small(work)?;
+    write_file(&big.join("one.bin"), BIG_SIZE, 7)?;
+    sh("sync")?;
+    Ok((small, big))
+}
+
+/// Writes `small/` under `work`: 10k × 64 KiB files in 100 directories.
+fn write_small(work: &Path) -> Result<PathBuf, String> {
+    let small = work.join("small");
     eprintln!(
-        "xtask: writing {SMALL_FILES} × 64 KiB files and one 1 GiB file under {}",
+        "xtask: writing {SMALL_FILES} × 64 KiB files under {}",
         work.display()
     );
     for i in 0..SMALL_FILES {
@@ -147,9 +246,7 @@ pub(crate) fn write_trees(work: &Path) -> Result<(PathBuf, PathBuf), String> {
             i as u64,
         )?;
     }
-    write_file(&big.join("one.bin"), BIG_SIZE, 7)?;
-    sh("sync")?;
-    Ok((small, big))
+    Ok(small)
 }
 
 pub(crate) fn env_dir() -> Result<PathBuf, String> {

@@ -11,7 +11,10 @@
 //!   migrate` of 10k × 64 KiB files vs `rclone copy --checksum` (rclone is installed from
 //!   Debian's packages when missing), one 1 GiB file vs `cp` + `sync -f` (plain `cp` beside
 //!   it) with ferry's peak RSS, and the rate achieved with `--rate 50MiB`. Medians of 4 runs,
-//!   alternating the order; prints a Markdown table for `docs/benchmarks.md`.
+//!   alternating the order; prints a Markdown table for `docs/benchmarks.md`. Then the check
+//!   case, which `bench cli check` runs alone: `ferry check` vs `rclone check --checksum` of
+//!   10k × 64 KiB files against an identical copy, in 6 alternating pairs, median of the
+//!   per-pair ratios.
 //! - `bench s3`: `ferry migrate` vs `rclone copy --checksum` to the same S3 server on loopback
 //!   (`ferry-object-store`'s `s3_server` example): dir → S3 and S3 → S3, 10k × 64 KiB files
 //!   and one 1 GiB object; prints a Markdown table for `docs/benchmarks.md`.
@@ -50,7 +53,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             eprintln!(
-                "usage: cargo xtask <ci | bench [cli | s3 | ab REV [PAIRS] | -- CRITERION ARGS] | crash [-n CYCLES] [--seed SEED] | fuzz [SECONDS]>"
+                "usage: cargo xtask <ci | bench [cli [check] | s3 | ab REV [PAIRS] | -- CRITERION ARGS] | crash [-n CYCLES] [--seed SEED] | fuzz [SECONDS]>"
             );
             return ExitCode::from(2);
         }
@@ -108,6 +111,7 @@ fn ci() -> Result<(), String> {
 
 fn bench(extra: &[String]) -> Result<(), String> {
     match extra.first().map(String::as_str) {
+        Some("cli") if extra.get(1).is_some_and(|a| a == "check") => return cli_bench::check(),
         Some("cli") => return cli_bench::run(),
         Some("s3") => return s3_bench::run(),
         Some("ab") => return ab_bench::run(&extra[1..]),

@@ -13,7 +13,8 @@ use crate::location::Location;
 #[command(name = "ferry", version, about, long_about = None)]
 #[command(
     after_help = "Exit codes: 0 done, 1 error, 2 usage, 3 completed with failed objects, \
-                        130 interrupted (paused and saved: `ferry resume ID`)."
+                        130 interrupted (paused and saved: `ferry resume ID`). `ferry check`: 0 \
+                        the trees match, 1 they differ (or an error)."
 )]
 pub(crate) struct Cli {
     /// More logs on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
@@ -37,6 +38,7 @@ impl Cli {
             Command::Migrate(m) => m.output.quiet,
             Command::Resume(r) => r.output.quiet,
             Command::RetryFailed(r) => r.output.quiet,
+            Command::Check(c) => c.output.quiet,
             _ => false,
         }
     }
@@ -46,6 +48,11 @@ impl Cli {
 pub(crate) enum Command {
     /// Copy every regular file of SRC to DST (verified, checkpointed); symlinks are skipped.
     Migrate(MigrateArgs),
+    /// Compare SRC and DST without changing either: name each file missing on DST, extra on
+    /// DST or different (size, then content). Exit codes: 0 the trees match, 1 they differ
+    /// (or an error stopped the check), 3 no difference but some files could not be read, 2
+    /// usage, 130 interrupted (saved: `ferry resume ID`).
+    Check(crate::check::CheckArgs),
     /// Resume a job: a live paused one (through its control socket) or a stopped one from its
     /// checkpoint, run to the end with the options it was started with.
     Resume(ResumeArgs),
@@ -81,6 +88,7 @@ impl Command {
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Command::Migrate(_) => "migrate",
+            Command::Check(_) => "check",
             Command::Resume(_) => "resume",
             Command::Pause(_) => "pause",
             Command::SetRate(_) => "set-rate",

@@ -46,6 +46,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<u8> {
     let state = State::open(cli.state.as_deref())?;
     match command {
         Command::Migrate(args) => migrate(&state, args).await,
+        Command::Check(args) => crate::check::check(&state, args).await,
         Command::Resume(args) => resume(&state, args).await,
         Command::Pause(args) => pause(&state, args).await,
         Command::SetRate(args) => set_rate(&state, args).await,
@@ -62,7 +63,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<u8> {
 }
 
 /// Prints each skipped entry as a notice (stderr) or a JSON event.
-fn report_skipped(display: &Display, scan: &Scan) {
+pub(crate) fn report_skipped(display: &Display, scan: &Scan) {
     for entry in &scan.skipped {
         if display.is_json() {
             display.event(json!({"event": "skipped", "path": entry.path, "reason": entry.reason}));
@@ -72,20 +73,19 @@ fn report_skipped(display: &Display, scan: &Scan) {
     }
 }
 
-fn fresh_id() -> Result<JobId> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let tag = (now.subsec_nanos() ^ std::process::id().rotate_left(16)) & 0xffff;
-    Ok(JobId::new(format!("m{}-{tag:04x}", now.as_secs()))?)
-}
-
-async fn migrate(state: &State, args: MigrateArgs) -> Result<u8> {
-    let signals = Signals::register()?;
-    let ends = scan::endpoints(&args.source, &args.target, Some(state.root()))?;
-    let id = match &args.id {
+/// The id of a new job: `given` (`--id`), or one made from the clock and the process id,
+/// starting with `letter` (`m` for a migration, `c` for a check). Refused (exit 2) when the
+/// state directory already has a job of that id.
+pub(crate) fn new_job_id(state: &State, given: Option<&str>, letter: char) -> Result<JobId> {
+    let id = match given {
         Some(id) => State::job_id(id)?,
-        None => fresh_id()?,
+        None => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let tag = (now.subsec_nanos() ^ std::process::id().rotate_left(16)) & 0xffff;
+            JobId::new(format!("{letter}{}-{tag:04x}", now.as_secs()))?
+        }
     };
     if state.has_meta(&id) {
         return Err(usage(
@@ -100,6 +100,13 @@ async fn migrate(state: &State, args: MigrateArgs) -> Result<u8> {
             ),
         ));
     }
+    Ok(id)
+}
+
+async fn migrate(state: &State, args: MigrateArgs) -> Result<u8> {
+    let signals = Signals::register()?;
+    let ends = scan::endpoints(&args.source, &args.target, Some(state.root()))?;
+    let id = new_job_id(state, args.id.as_deref(), 'm')?;
     let display = Display::new(args.output);
     let found = scan::survey(&ends.source, &args.select.prefix).await?;
     report_skipped(&display, &found);
@@ -166,11 +173,15 @@ async fn resume(state: &State, args: ResumeArgs) -> Result<u8> {
     let display = Display::new(args.output);
     let found = scan::survey(&ctx.meta().source, prefix_of(&loaded.record.plan)).await?;
     report_skipped(&display, &found);
+    let totals = match loaded.record.plan.kind {
+        ferry::types::JobKind::Check => crate::check::totals(found.bytes),
+        _ => scanned(&found),
+    };
     let handle = ctx.start(loaded.record.plan.with_id(id)).await?;
     if let Some(rate) = args.rate {
         handle.set_rate(rate);
     }
-    run::run(ctx, handle, display, scanned(&found)).await
+    run::run(ctx, handle, display, totals).await
 }
 
 /// The totals of a job from the scan of its source.

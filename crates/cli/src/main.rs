@@ -17,6 +17,7 @@
 // A command-line tool: its output goes to stdout, its messages to stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod check;
 mod cli;
 mod commands;
 mod control;

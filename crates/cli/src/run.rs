@@ -8,7 +8,8 @@ use anyhow::Result;
 use ferry::checkpoint::{CheckpointStore, Failure};
 use ferry::store::{DirStore, Store};
 use ferry::types::{
-    FailureKind, JobId, JobSnapshot, JobStatus, MigrationPlan, NodeId, ObjectKey, format_duration,
+    FailureKind, JobId, JobKind, JobSnapshot, JobStatus, MigrationPlan, NodeId, ObjectKey,
+    format_duration,
 };
 use ferry::{Engine, JobHandle};
 use ferry_object_store::ObjectStoreAdapter;
@@ -363,6 +364,9 @@ pub(crate) async fn run(
         }
     };
     let failed = load_failed(&*checkpoints, &id).await;
+    if meta.kind == JobKind::Check {
+        return Ok(crate::check::report(&display, &id, &snap, &failed));
+    }
     summary(&display, &id, meta, &snap, totals, &failed, state);
     Ok(match snap.status {
         JobStatus::Completed => EXIT_OK,

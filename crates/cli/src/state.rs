@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use ferry::checkpoint::{CheckpointStore, FileStore, RedbStore, SledStore};
-use ferry::types::JobId;
+use ferry::types::{JobId, JobKind};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::CheckpointKind;
@@ -51,6 +51,10 @@ pub(crate) struct JobMeta {
     pub(crate) not_regular_skipped: u64,
     /// Seconds since the Unix epoch when the job was created.
     pub(crate) created: u64,
+    /// What the job does: `migrate` (sidecars written before `ferry check` existed) or
+    /// `check`.
+    #[serde(default)]
+    pub(crate) kind: JobKind,
 }
 
 impl JobMeta {
@@ -71,6 +75,7 @@ impl JobMeta {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or_default(),
+            kind: JobKind::Migrate,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use ferry::checkpoint::{Failure, Progress};
-use ferry::types::{FailureKind, JobStatus, ObjectKey, format_duration};
+use ferry::types::{FailureKind, JobKind, JobStatus, ObjectKey, format_duration};
 use serde::Serialize;
 
 use crate::cli::CheckpointKind;
@@ -38,6 +38,8 @@ impl FailedObject {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct JobView {
     pub(crate) id: String,
+    /// `migrate` or `check`.
+    pub(crate) kind: JobKind,
     pub(crate) status: JobStatus,
     pub(crate) live: bool,
     pub(crate) source: Location,
@@ -75,6 +77,7 @@ impl JobView {
         let snap = &snapshot.snapshot;
         JobView {
             id: meta.id.clone(),
+            kind: meta.kind,
             status: snap.status,
             live: true,
             source: meta.source.clone(),
@@ -97,6 +100,7 @@ impl JobView {
     pub(crate) fn record(meta: &JobMeta, status: JobStatus, progress: &Progress) -> JobView {
         JobView {
             id: meta.id.clone(),
+            kind: meta.kind,
             status,
             live: false,
             source: meta.source.clone(),
@@ -130,7 +134,7 @@ impl JobView {
             ""
         };
         // Writing to a String cannot fail.
-        let _ = writeln!(out, "job:       {}", self.id);
+        let _ = writeln!(out, "job:       {}{}", self.id, kind_note(self.kind));
         let _ = writeln!(out, "status:    {}{live}", self.status);
         let _ = writeln!(out, "source:    {}", self.source);
         let _ = writeln!(out, "target:    {}", self.target);
@@ -201,6 +205,14 @@ impl JobView {
             "{:<24} {:<22} {:>9} {:>7}  {} → {}",
             self.id, status, self.done_objects, self.failed_objects, self.source, self.target,
         )
+    }
+}
+
+/// How a job's kind is noted beside its id: nothing for a migration.
+fn kind_note(kind: JobKind) -> &'static str {
+    match kind {
+        JobKind::Check => " (check: differences are its failed objects)",
+        _ => "",
     }
 }
 

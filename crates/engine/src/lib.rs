@@ -80,6 +80,18 @@
 //!   (`CompletedWithErrors` → `Running`, new lease) over exactly the keys of its record's
 //!   `failed` map; each that succeeds leaves `failed` and is counted done, so
 //!   done + failed == total at the end (skipped objects are counted in done).
+//! - Check jobs (a plan [`with_kind`](ferry_types::MigrationPlan::with_kind)
+//!   [`JobKind::Check`](ferry_types::JobKind), cleanup `never`): verify-only, as
+//!   `rclone check` or Vitess `VDiff`. Both sides are listed in key order and merged (an
+//!   explicit key list is looked up with `head` on both); a key only on the source is
+//!   recorded failed as [`FailureKind::MissingOnTarget`](ferry_types::FailureKind), one only
+//!   on the target as `ExtraOnTarget`, one whose sizes or contents differ as `Differs` (the
+//!   stores' checksums when both report one of the same algorithm, else BLAKE3 of both
+//!   contents, streamed a chunk at a time through the job's throttle, which counts the bytes
+//!   read on both sides); a key that matches is done, one absent from both sides skipped. The
+//!   watermark, pause, cancel, shutdown, `recover` and `retry_failed` (which compares only the
+//!   differences again) work as for a migration; a check writes, forwards and deletes
+//!   nothing. The snapshot's `bytes_copied` counts the bytes it read.
 //! - [`tracing`](https://docs.rs/tracing): an info span `job` per job (fields `job`,
 //!   `source`, `target`, `retry`) and a debug span `object` per object (`key`) inside it; a
 //!   debug event at each object transition (`key`, `state`, the same moves as

@@ -13,7 +13,8 @@ use ferry_checkpoint::{CheckpointStore, Checkpointer, JobRecord};
 use ferry_forwarding::{Route, Table};
 use ferry_throttle::Throttle;
 use ferry_types::{
-    CleanupPolicy, JobId, JobSnapshot, JobStatus, MigrationPlan, NodeId, ObjectKey, ObjectSelection,
+    CleanupPolicy, JobId, JobKind, JobSnapshot, JobStatus, MigrationPlan, NodeId, ObjectKey,
+    ObjectSelection,
 };
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
@@ -21,6 +22,7 @@ use parking_lot::Mutex;
 use crate::error::{BoxError, Error, Result};
 use ferry_store::Store;
 
+mod check;
 mod job;
 mod pipeline;
 mod recent;
@@ -343,6 +345,9 @@ impl Engine {
     async fn start_inner(&self, plan: MigrationPlan, mode: Mode) -> Result<JobHandle> {
         let retrying = mode == Mode::Retry;
         let paused = mode == Mode::Start { paused: true };
+        // A check moves nothing: it has no flips to settle, nothing forwarded to reload and
+        // no preexisting target keys to set aside.
+        let checking = plan.kind == JobKind::Check;
         plan.validate()?;
         self.check_ttl(&plan)?;
         let source = self.store_of(&plan.source)?;
@@ -390,7 +395,7 @@ impl Engine {
         // flip journal is settled, then the objects recorded done are reloaded.
         let mut journal_updates = Vec::new();
         let mut committed = std::collections::BTreeMap::new();
-        if resumed {
+        if resumed && !checking {
             let table = &self.inner.table;
             let progress = &acquired.record.progress;
             // Both steps only read, forward and remove copies the journal disowns: run again
@@ -437,7 +442,7 @@ impl Engine {
         };
         let mut progress = acquired.record.progress;
         let mut settled = !journal_updates.is_empty();
-        if !retrying && pipeline::untouched(&progress) {
+        if !retrying && !checking && pipeline::untouched(&progress) {
             // What the target holds of the selection before the job copies anything is not
             // the job's: a resume must never forward it (I3). Saved before anything moves.
             match pipeline::preexisting(&plan, &*target).await {
@@ -490,6 +495,18 @@ impl Engine {
             shared.paused.send_replace(true);
         }
         self.inner.live.lock().insert(id, Arc::clone(&shared));
+        if checking {
+            let ctx = check::CheckCtx {
+                engine: Arc::clone(&self.inner),
+                plan,
+                source,
+                target,
+                shared,
+                checkpointer,
+                retry_keys,
+            };
+            return Ok(check::spawn(ctx, progress));
+        }
         let ctx = pipeline::JobCtx {
             engine: Arc::clone(&self.inner),
             plan,

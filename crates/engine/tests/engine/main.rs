@@ -5,6 +5,7 @@
 mod api;
 mod batch;
 mod changes;
+mod check;
 mod control;
 mod copy;
 mod events;
