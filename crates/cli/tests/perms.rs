@@ -1,6 +1,6 @@
 //! Issue #7: the state directory and the control socket are owner-only, whatever the umask.
 //!
-//! `crates/cli/tests/cli.rs` (`the_control_socket_pauses_throttles_reports_and_resumes_a_running_job`)
+//! `crates/cli/tests/cli/main.rs` (`the_control_socket_pauses_throttles_reports_and_resumes_a_running_job`)
 //! already checks the socket (0600) and its `run/` directory (0700) under the test's own
 //! umask. These tests run `ferry` under `umask 000`, so a mode that only came from a strict
 //! umask would show as 0777/0666, and add what that test does not look at: the state directory

@@ -30,9 +30,9 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio::task::JoinSet;
 
 use super::EngineInner;
-use super::job::{JobHandle, JobShared};
+use super::job::{JobHandle, JobShared, Live, finish};
 use super::pipeline::retrying;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, chain};
 
 /// How far, in keys per compare slot, dispatch may run past a key that holds the watermark
 /// (as the migrate pipeline's window): the record's done set above the watermark stays
@@ -93,75 +93,12 @@ pub(crate) fn spawn(ctx: CheckCtx, progress: Progress) -> JobHandle {
 
 /// Runs the check to its end.
 async fn run(ctx: Arc<CheckCtx>, progress: Progress) -> Result<JobSnapshot> {
-    let _live = Live(&ctx);
+    let _live = Live {
+        engine: &ctx.engine,
+        shared: &ctx.shared,
+    };
     let result = drive(&ctx, &progress).await;
-    let shared = &ctx.shared;
-    let checkpointer = &*ctx.checkpointer;
-    if let Err(Error::ShutDown { .. }) = &result {
-        if let Ok(lease) = checkpointer.close().await {
-            let _ = ctx.engine.checkpoints.release(&lease).await;
-        }
-        return Err(Error::ShutDown {
-            job: shared.id.clone(),
-        });
-    }
-    let status = match &result {
-        Err(_) => JobStatus::Failed,
-        Ok(()) if shared.is_cancelled() => JobStatus::Cancelled,
-        Ok(()) if shared.snapshot.borrow().failed_objects > 0 => JobStatus::CompletedWithErrors,
-        Ok(()) => JobStatus::Completed,
-    };
-    if matches!(
-        status,
-        JobStatus::Completed | JobStatus::CompletedWithErrors
-    ) {
-        checkpointer.set_status(JobStatus::Completing);
-        shared.publish(|s| s.status = JobStatus::Completing);
-        if let Err(err) = checkpointer.flush().await {
-            let _ = checkpointer.close().await;
-            shared.publish(|s| s.status = JobStatus::Failed);
-            return Err(err.into());
-        }
-    }
-    checkpointer.set_status(status);
-    let released = match checkpointer.close().await {
-        Ok(lease) => ctx
-            .engine
-            .checkpoints
-            .release(&lease)
-            .await
-            .map_err(Error::from),
-        Err(err) => Err(Error::from(err)),
-    };
-    let final_status = if result.is_ok() && released.is_err() {
-        JobStatus::Failed
-    } else {
-        status
-    };
-    if let Err(err) = &result {
-        tracing::warn!(error = %chain(err), "check failed");
-    }
-    shared.publish(|s| s.status = final_status);
-    result?;
-    released?;
-    Ok(shared.snapshot.borrow().clone())
-}
-
-/// Removes the job from the engine's live jobs when the runner ends (or is dropped).
-struct Live<'a>(&'a CheckCtx);
-
-impl Drop for Live<'_> {
-    fn drop(&mut self) {
-        let shared = &self.0.shared;
-        shared.ended.send_replace(true);
-        let mut live = self.0.engine.live.lock();
-        if live
-            .get(&shared.id)
-            .is_some_and(|other| Arc::ptr_eq(other, shared))
-        {
-            live.remove(&shared.id);
-        }
-    }
+    finish(&ctx.engine, &ctx.shared, &ctx.checkpointer, result).await
 }
 
 /// The loop: keys dispatched in key order to at most `concurrency` compares, their verdicts
@@ -637,16 +574,4 @@ fn merge(
         let key = source.as_ref().or(target.as_ref())?.key.clone();
         Some((Ok((key, Sides::Listed(source, target))), st))
     }))
-}
-
-/// The error and its causes, as the one line the checkpoint record keeps.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

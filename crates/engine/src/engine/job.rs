@@ -515,3 +515,91 @@ impl JobHandle {
         }
     }
 }
+
+/// Removes a job from the engine's live jobs when its runner ends (or is dropped), whatever
+/// the job's kind.
+pub(crate) struct Live<'a> {
+    pub(crate) engine: &'a super::EngineInner,
+    pub(crate) shared: &'a Arc<JobShared>,
+}
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        let shared = self.shared;
+        shared.ended.send_replace(true);
+        let mut live = self.engine.live.lock();
+        if live
+            .get(&shared.id)
+            .is_some_and(|other| Arc::ptr_eq(other, shared))
+        {
+            live.remove(&shared.id);
+        }
+    }
+}
+
+/// The end of a job's runner, whatever its kind, given what its drive loop returned: a
+/// shutdown saves the record with the status it had and gives up the lease (a restart takes
+/// the job up at once); otherwise the status follows (failed, cancelled, completed with or
+/// without errors: `Completing` is saved first), the record is closed, the lease released,
+/// and the final snapshot published.
+///
+/// # Errors
+///
+/// The drive loop's error, or the checkpoint store's when the last saves fail.
+pub(crate) async fn finish(
+    engine: &super::EngineInner,
+    shared: &JobShared,
+    checkpointer: &Checkpointer,
+    result: crate::error::Result<()>,
+) -> crate::error::Result<JobSnapshot> {
+    use crate::error::Error;
+    if let Err(Error::ShutDown { .. }) = &result {
+        if let Ok(lease) = checkpointer.close().await {
+            let _ = engine.checkpoints.release(&lease).await;
+        }
+        tracing::debug!("job stopped by the engine's shutdown");
+        return Err(Error::ShutDown {
+            job: shared.id.clone(),
+        });
+    }
+    let status = match &result {
+        Err(_) => JobStatus::Failed,
+        Ok(()) if shared.is_cancelled() => JobStatus::Cancelled,
+        Ok(()) if shared.snapshot.borrow().failed_objects > 0 => JobStatus::CompletedWithErrors,
+        Ok(()) => JobStatus::Completed,
+    };
+    if matches!(
+        status,
+        JobStatus::Completed | JobStatus::CompletedWithErrors
+    ) {
+        checkpointer.set_status(JobStatus::Completing);
+        shared.publish(|s| s.status = JobStatus::Completing);
+        if let Err(err) = checkpointer.flush().await {
+            let _ = checkpointer.close().await;
+            shared.publish(|s| s.status = JobStatus::Failed);
+            return Err(err.into());
+        }
+    }
+    checkpointer.set_status(status);
+    let released = match checkpointer.close().await {
+        Ok(lease) => engine
+            .checkpoints
+            .release(&lease)
+            .await
+            .map_err(Error::from),
+        Err(err) => Err(Error::from(err)),
+    };
+    let final_status = if result.is_ok() && released.is_err() {
+        JobStatus::Failed
+    } else {
+        status
+    };
+    match &result {
+        Err(err) => tracing::warn!(error = %crate::error::chain(err), "job failed"),
+        Ok(()) => tracing::debug!(status = ?final_status, "job ended"),
+    }
+    shared.publish(|s| s.status = final_status);
+    result?;
+    released?;
+    Ok(shared.snapshot.borrow().clone())
+}

@@ -25,11 +25,11 @@ use std::sync::Arc;
 use std::collections::BTreeMap;
 
 use ferry_checkpoint::{Checkpointer, Progress};
-use ferry_types::{JobSnapshot, JobStatus, MigrationPlan, ObjectKey};
+use ferry_types::{JobSnapshot, MigrationPlan, ObjectKey};
 use parking_lot::Mutex;
 
 use super::EngineInner;
-use super::job::JobShared;
+use super::job::{JobShared, Live, finish};
 use crate::error::{Error, Result};
 use ferry_store::{Store, Version};
 
@@ -47,7 +47,6 @@ mod verify;
 use copy::Copied;
 use drive::drive;
 pub(crate) use recovery::{forward, preexisting, reload_forwarded, resolve_flips, untouched};
-use retry::error_chain;
 pub(crate) use retry::retrying;
 
 pub(crate) struct JobCtx {
@@ -153,78 +152,11 @@ impl Outcome {
 
 /// Runs the job to its end.
 pub(crate) async fn run(ctx: Arc<JobCtx>, progress: Progress) -> Result<JobSnapshot> {
-    let _live = Live(&ctx);
+    let _live = Live {
+        engine: &ctx.engine,
+        shared: &ctx.shared,
+    };
     let checkpointer = &*ctx.checkpointer;
     let result = drive(&ctx, checkpointer, &progress).await;
-    let shared = &ctx.shared;
-    if let Err(Error::ShutDown { .. }) = &result {
-        // Saved with the status it had; the lease is given up so that a restart (or another
-        // process) takes the job up at once.
-        if let Ok(lease) = checkpointer.close().await {
-            let _ = ctx.engine.checkpoints.release(&lease).await;
-        }
-        tracing::debug!("job stopped by the engine's shutdown");
-        return Err(Error::ShutDown {
-            job: shared.id.clone(),
-        });
-    }
-    let status = match &result {
-        Err(_) => JobStatus::Failed,
-        Ok(()) if shared.is_cancelled() => JobStatus::Cancelled,
-        Ok(()) if shared.snapshot.borrow().failed_objects > 0 => JobStatus::CompletedWithErrors,
-        Ok(()) => JobStatus::Completed,
-    };
-    if matches!(
-        status,
-        JobStatus::Completed | JobStatus::CompletedWithErrors
-    ) {
-        checkpointer.set_status(JobStatus::Completing);
-        shared.publish(|s| s.status = JobStatus::Completing);
-        if let Err(err) = checkpointer.flush().await {
-            let _ = checkpointer.close().await;
-            shared.publish(|s| s.status = JobStatus::Failed);
-            return Err(err.into());
-        }
-    }
-    checkpointer.set_status(status);
-    let closed = checkpointer.close().await;
-    let released = match closed {
-        Ok(lease) => ctx
-            .engine
-            .checkpoints
-            .release(&lease)
-            .await
-            .map_err(Error::from),
-        Err(err) => Err(Error::from(err)),
-    };
-    let final_status = if result.is_ok() && released.is_err() {
-        JobStatus::Failed
-    } else {
-        status
-    };
-    match &result {
-        Err(err) => tracing::warn!(error = %error_chain(err), "job failed"),
-        Ok(()) => tracing::debug!(status = ?final_status, "job ended"),
-    }
-    shared.publish(|s| s.status = final_status);
-    result?;
-    released?;
-    Ok(shared.snapshot.borrow().clone())
-}
-
-/// Removes the job from the engine's live jobs when the runner ends (or is dropped).
-struct Live<'a>(&'a JobCtx);
-
-impl Drop for Live<'_> {
-    fn drop(&mut self) {
-        let shared = &self.0.shared;
-        shared.ended.send_replace(true);
-        let mut live = self.0.engine.live.lock();
-        if live
-            .get(&shared.id)
-            .is_some_and(|other| Arc::ptr_eq(other, shared))
-        {
-            live.remove(&shared.id);
-        }
-    }
+    finish(&ctx.engine, &ctx.shared, checkpointer, result).await
 }

@@ -8,17 +8,7 @@ use crate::error::{Error, Result};
 
 use super::JobCtx;
 
-/// The error and its causes, as the one line the checkpoint record keeps.
-pub(super) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(super) use crate::error::chain as error_chain;
 
 pub(super) fn jitter_unit(attempt: u32) -> f64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `ferry` binary: each command, each exit code, the bad inputs of
-//! issue #6, Ctrl-C and kill -9 followed by resume, and the control socket.
+//! issue #6, Ctrl-C and kill -9 followed by resume, and the control socket; `ferry check` in
+//! [`check`].
 //!
 //! Nothing sleeps to let things happen: a test reads the child's JSON lines until a marker, or
 //! polls a condition with a bounded deadline.
@@ -18,6 +19,8 @@ use std::time::{Duration, Instant};
 use assert_cmd::cargo::CommandCargoExt;
 use ferry_object_store::test_server::S3Server;
 use serde_json::Value;
+
+mod check;
 
 /// A scratch directory with a state directory, and the `ferry` command bound to it.
 struct Env {

@@ -3,83 +3,13 @@
 //! `resume`, `retry-failed` and `status` on a check job.
 //!
 //! Nothing sleeps to let things happen: a test reads the child's JSON lines until a marker.
-// Tests stop on the first unexpected error: unwrap and expect say where.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::fs;
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
-
-use assert_cmd::cargo::CommandCargoExt;
-use ferry_object_store::test_server::S3Server;
-use serde_json::Value;
-
-/// A scratch directory with a state directory, and the `ferry` command bound to it.
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn cmd(&self) -> Command {
-        let mut cmd = Command::cargo_bin("ferry").expect("the ferry binary is built");
-        cmd.env("FERRY_STATE", self.path("state"))
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().expect("ferry runs")
-    }
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use super::*;
 
 fn stdout_lines(out: &Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_owned)
-        .collect()
-}
-
-fn write(path: &Path, data: &[u8]) {
-    fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
-    fs::write(path, data).expect("write");
-}
-
-/// Deterministic pseudo-random bytes.
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
         .collect()
 }
 
@@ -128,12 +58,6 @@ fn difference_lines(out: &Output) -> Vec<String> {
         .into_iter()
         .filter(|l| !l.starts_with("ferry: "))
         .collect()
-}
-
-fn status_json(env: &Env, id: &str) -> Value {
-    let out = env.run(&["status", id, "--json"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
 }
 
 #[test]
@@ -303,36 +227,6 @@ fn check_refuses_what_cannot_work_with_the_usual_codes() {
         "after-verify",
     ]);
     assert_eq!(code(&out), 2, "{}", text(&out));
-}
-
-/// Reads JSON lines until one satisfies `pred`, within `limit`.
-fn wait_line(rx: &mpsc::Receiver<String>, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|e| panic!("no matching line from ferry within {limit:?}: {e}"));
-        if let Ok(value) = serde_json::from_str::<Value>(&line)
-            && pred(&value)
-        {
-            return value;
-        }
-    }
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for ferry") {
-            return status.code().unwrap_or(-1);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("ferry did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
