@@ -149,11 +149,15 @@ impl JobView {
             "skipped:   {} (source vanished), {} (links and special files)",
             self.skipped_objects, self.not_regular_skipped
         );
-        let _ = writeln!(
-            out,
-            "failed:    {} ({} of them: the source changed during the move)",
-            self.failed_objects, self.changed_objects
-        );
+        let _ = match (self.kind, self.changed_objects) {
+            (JobKind::Check, _) => writeln!(out, "differ:    {}", self.failed_objects),
+            (_, 0) => writeln!(out, "failed:    {}", self.failed_objects),
+            (_, changed) => writeln!(
+                out,
+                "failed:    {} ({changed} of them: the source changed during the move)",
+                self.failed_objects
+            ),
+        };
         match &self.detail {
             Detail::Live { snapshot, .. } => {
                 let _ = writeln!(
@@ -171,8 +175,12 @@ impl JobView {
                 }
             }
             Detail::Record { failed } => {
+                let what = match self.kind {
+                    JobKind::Check => "differs",
+                    _ => "failed",
+                };
                 for f in failed.iter().take(Self::FAILED_SHOWN) {
-                    let _ = writeln!(out, "  failed {}: {}", f.key.as_str(), f.error);
+                    let _ = writeln!(out, "  {what} {}: {}", f.key.as_str(), f.error);
                 }
                 if failed.len() > Self::FAILED_SHOWN {
                     let _ = writeln!(
