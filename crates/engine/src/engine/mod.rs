@@ -492,7 +492,10 @@ impl Engine {
             &checkpointer,
         );
         if paused {
+            // Said at once, not when the runner first looks: a handle of a job recovered
+            // paused shows it paused from the start.
             shared.paused.send_replace(true);
+            shared.publish(|s| s.status = JobStatus::Paused);
         }
         self.inner.live.lock().insert(id, Arc::clone(&shared));
         if checking {
