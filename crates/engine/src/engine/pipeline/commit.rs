@@ -220,9 +220,14 @@ pub(super) async fn flip_verified(
         else {
             continue;
         };
-        match unchanged {
-            Ok(true) => {}
-            Ok(false) => match changed_again(ctx, &key, &mut tries, "before its flip") {
+        // A source written through the table moved the key's generation too: that is not a
+        // change from outside, and the flip below is refused for it (copied again, fenced
+        // after `max_flip_attempts`), as for any write that raced the copy (I3).
+        let outside =
+            |unchanged: bool| !unchanged && table.generation(key.as_str()) == Some(observed);
+        match unchanged.map(outside) {
+            Ok(false) => {}
+            Ok(true) => match changed_again(ctx, &key, &mut tries, "before its flip") {
                 Ok(()) => {
                     journal.push(ProgressUpdate::FlipDropped { key: key.clone() });
                     shared.emit(&key, ObjectState::Pending);
