@@ -23,8 +23,8 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
 use crate::{
-    BoxFuture, BoxStream, DEFAULT_CHUNK_SIZE, Error, MetaStream, Object, ObjectMeta, Op, Result,
-    Store, Version,
+    BoxFuture, BoxStream, DEFAULT_CHUNK_SIZE, DeleteIf, Error, MetaStream, Object, ObjectMeta, Op,
+    Result, Store, Version,
 };
 
 /// The name prefix of the temp files a put writes before renaming them into place. Files
@@ -346,14 +346,26 @@ impl Inner {
     }
 
     fn delete(&self, key: &ObjectKey) -> Result<bool> {
+        Ok(self.delete_if(key, None)? == DeleteIf::Deleted)
+    }
+
+    /// Deletes `key`, only if it has `version` when one is given: the look and the unlink
+    /// are two system calls back to back on this thread, so a write landing between them
+    /// (deleted with the file) has microseconds to do so, not a task switch.
+    fn delete_if(&self, key: &ObjectKey, version: Option<&Version>) -> Result<DeleteIf> {
         let segs = segments(key)?;
         let (name, dirs) = split_last(&segs);
         let Walk::Dir(dir) = self.walk(Op::Delete, key, dirs, None)? else {
-            return Ok(false);
+            return Ok(DeleteIf::Absent);
         };
         match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => match file_type(&st) {
-                FileType::RegularFile => {}
+                FileType::RegularFile => {
+                    let meta = meta_of(key.clone(), &st);
+                    if version.is_some_and(|version| meta.version != *version) {
+                        return Ok(DeleteIf::Changed(meta));
+                    }
+                }
                 FileType::Symlink => {
                     return Err(Error::UnsafePath {
                         op: Op::Delete,
@@ -361,9 +373,9 @@ impl Inner {
                         path: key.as_str().into(),
                     });
                 }
-                _ => return Ok(false),
+                _ => return Ok(DeleteIf::Absent),
             },
-            Err(Errno::NOENT | Errno::NOTDIR) => return Ok(false),
+            Err(Errno::NOENT | Errno::NOTDIR) => return Ok(DeleteIf::Absent),
             Err(e) => return Err(Error::io(Op::Delete, key.as_str(), e)),
         }
         // unlinkat never follows a link: even if the file was swapped for one meanwhile, only
@@ -371,9 +383,9 @@ impl Inner {
         match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
             Ok(()) => {
                 self.dirty.lock().dirs.insert(dirs.join("/"));
-                Ok(true)
+                Ok(DeleteIf::Deleted)
             }
-            Err(Errno::NOENT) => Ok(false),
+            Err(Errno::NOENT) => Ok(DeleteIf::Absent),
             Err(e) => Err(Error::io(Op::Delete, key.as_str(), e)),
         }
     }
@@ -1050,6 +1062,18 @@ impl Store for DirStore {
             segments(key)?;
             let (inner, key) = (Arc::clone(&self.inner), key.clone());
             blocking(Op::Delete, move || inner.delete(&key)).await
+        })
+    }
+
+    fn delete_if<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        version: &'a Version,
+    ) -> BoxFuture<'a, Result<DeleteIf>> {
+        Box::pin(async move {
+            segments(key)?;
+            let (inner, key, version) = (Arc::clone(&self.inner), key.clone(), version.clone());
+            blocking(Op::Delete, move || inner.delete_if(&key, Some(&version))).await
         })
     }
 

@@ -79,7 +79,7 @@ pub use self::error::{BoxError, Error, ErrorKind, Op, Result};
 #[cfg(feature = "testing")]
 pub use self::faulty::{Fault, FaultyStore, InjectedFault, Trigger};
 pub use self::mem::MemStore;
-pub use self::meta::{Checksum, ObjectMeta, Version};
+pub use self::meta::{Checksum, DeleteIf, ObjectMeta, Version};
 
 /// The default chunk size of bodies the built-in stores produce: 1 MiB (SPEC I7).
 pub const DEFAULT_CHUNK_SIZE: usize = 1 << 20;
@@ -235,6 +235,38 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// # Cancel safety
     /// A delete dropped before it returns may or may not have removed the object.
     fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<bool>>;
+
+    /// Removes `key` only if the store holds it at `version`: what the engine calls before
+    /// it deletes a source whose copy it verified (SPEC I1), so that a write made meanwhile by
+    /// a program outside the forwarding table is never deleted with it.
+    ///
+    /// The default looks with [`head`](Store::head), then calls [`delete`](Store::delete): a
+    /// write landing between the two is deleted. A store that can do better overrides it
+    /// ([`DirStore`] looks and unlinks back to back on one thread; an object store with
+    /// conditional deletes could make it exact).
+    ///
+    /// # Errors
+    /// As [`head`](Store::head) and [`delete`](Store::delete).
+    ///
+    /// # Cancel safety
+    /// As [`delete`](Store::delete).
+    fn delete_if<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        version: &'a Version,
+    ) -> BoxFuture<'a, Result<DeleteIf>> {
+        Box::pin(async move {
+            match self.head(key).await? {
+                None => Ok(DeleteIf::Absent),
+                Some(meta) if meta.version != *version => Ok(DeleteIf::Changed(meta)),
+                Some(_) => Ok(if self.delete(key).await? {
+                    DeleteIf::Deleted
+                } else {
+                    DeleteIf::Absent
+                }),
+            }
+        })
+    }
 
     /// The objects whose keys start with `prefix` and come after `start_after` (when given),
     /// in key order (byte order of the keys), produced lazily: the whole listing is never

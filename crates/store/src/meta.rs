@@ -210,6 +210,18 @@ pub struct ObjectMeta {
     pub checksum: Option<Checksum>,
 }
 
+/// What [`Store::delete_if`](crate::Store::delete_if) found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeleteIf {
+    /// The object had the version asked for, and is deleted.
+    Deleted,
+    /// There was no such object.
+    Absent,
+    /// The object has another version (this one): it is kept.
+    Changed(ObjectMeta),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

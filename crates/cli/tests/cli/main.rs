@@ -1418,9 +1418,13 @@ fn i1_i3_files_changed_by_another_program_during_a_move_are_counted_then_retry_f
     let paths: std::collections::BTreeSet<&String> = expected.keys().chain(in_dst.keys()).collect();
     for path in paths {
         if in_dst.get(path) != expected.get(path) {
+            let history: Vec<&str> = ledger_text
+                .lines()
+                .filter(|l| l.split('\t').nth(1) == Some(path.as_str()))
+                .collect();
             assert!(
                 failed.contains_key(path),
-                "{path}: stale in DST and not counted"
+                "{path}: stale in DST and not counted; the program's changes to it: {history:?}"
             );
         }
     }

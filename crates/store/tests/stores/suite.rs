@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use ferry_store::{ByteStream, Store, body_from_bytes};
-use ferry_store::{Checksum, ObjectMeta};
+use ferry_store::{Checksum, DeleteIf, ObjectMeta};
 use ferry_store::{Error, ErrorKind};
 use ferry_types::ObjectKey;
 use futures_util::{StreamExt, TryStreamExt};
@@ -109,6 +109,7 @@ pub(crate) async fn suite(store: Arc<dyn Store>, expect: Expect) {
     get_of_absent_key_is_not_found(&*store).await;
     overwrite_changes_version(&*store, expect.versions).await;
     delete_absent_is_ok_false(&*store).await;
+    i1_delete_if_deletes_only_the_version_given(&*store).await;
     // Before anything else is stored: it lists the whole store.
     list_is_in_key_order_with_prefix_and_start_after(&*store, expect.listed).await;
     failed_body_leaves_previous_object(&*store, expect.parts).await;
@@ -270,6 +271,32 @@ pub(crate) async fn delete_absent_is_ok_false(store: &dyn Store) {
     );
     assert_eq!(store.head(&key("del/k")).await.unwrap(), None);
     assert!(store.get(&key("del/k")).await.unwrap_err().is_not_found());
+}
+
+/// `delete_if` deletes the version it is given, keeps any other (naming it), and says when
+/// there is nothing (SPEC I1: a write made since the copy is never deleted with the source).
+pub(crate) async fn i1_delete_if_deletes_only_the_version_given(store: &dyn Store) {
+    let k = key("delif/k");
+    let old = put(store, "delif/k", b"copied").await;
+    let new = put(store, "delif/k", b"written since").await;
+    assert_eq!(
+        store.delete_if(&k, &old.version).await.unwrap(),
+        DeleteIf::Changed(new.clone())
+    );
+    assert_eq!(
+        read(store, "delif/k").await.unwrap(),
+        b"written since",
+        "kept"
+    );
+    assert_eq!(
+        store.delete_if(&k, &new.version).await.unwrap(),
+        DeleteIf::Deleted
+    );
+    assert_eq!(store.head(&k).await.unwrap(), None);
+    assert_eq!(
+        store.delete_if(&k, &new.version).await.unwrap(),
+        DeleteIf::Absent
+    );
 }
 
 /// Listings in key order, with a prefix and `start_after`. Run on a store that holds only

@@ -2,6 +2,7 @@
 //! rollback of a cancelled copy.
 
 use ferry_checkpoint::ProgressUpdate;
+use ferry_store::DeleteIf;
 use ferry_types::{CleanupPolicy, ObjectKey, ObjectState};
 
 use super::super::job::JobShared;
@@ -134,6 +135,37 @@ pub(super) async fn finish_cleanup(
         // (the one before the flip was looked for by the commit).
         return Outcome::Done { key, bytes };
     }
+    if let CopiedFrom::Version(version) = &copied {
+        // This run copied this version: the store deletes the source only if it still has
+        // it, in one step where it can (`Store::delete_if`).
+        let mut first = true;
+        let key_ref = &key;
+        let deleted = with_retry(ctx, "delete", || {
+            let was_first = std::mem::replace(&mut first, false);
+            async move {
+                let found = ctx.source.delete_if(key_ref, version).await?;
+                Ok::<_, Error>((found, was_first))
+            }
+        })
+        .await;
+        return match deleted {
+            Ok((DeleteIf::Deleted, _)) | Ok((DeleteIf::Absent, false)) => {
+                // (Absent after a failed attempt: that attempt may have deleted it.)
+                ctx.shared.emit(&key, ObjectState::Cleaned);
+                Outcome::Done { key, bytes }
+            }
+            // Not there at the first look, and this run has not deleted it: a program did,
+            // outside the table, and the target serves a copy of what it deleted.
+            Ok((DeleteIf::Absent, true)) => changed_after_flip(key, "after its flip (deleted)"),
+            // Another version: never delete what may be the only copy of it (I1).
+            Ok(_) => changed_after_flip(key, "after its flip"),
+            Err((attempts, error)) => Outcome::Failed {
+                key,
+                attempts,
+                error,
+            },
+        };
+    }
     let head = match with_retry(ctx, "head", || ctx.source.head(&key)).await {
         Ok(head) => head,
         Err((attempts, error)) => {
@@ -144,18 +176,13 @@ pub(super) async fn finish_cleanup(
             };
         }
     };
-    let Some(meta) = head else {
-        return match copied {
-            // This run copied it and has not deleted it: a program deleted it outside the
-            // table, and the target serves a copy of what it deleted.
-            CopiedFrom::Version(_) => changed_after_flip(key, "after its flip (deleted)"),
-            // An earlier run may have cleaned it up before it stopped.
-            CopiedFrom::Digest(_) | CopiedFrom::Unknown => Outcome::Done { key, bytes },
-        };
-    };
+    // An earlier run made the copy: it may have cleaned the source up before it stopped.
+    if head.is_none() {
+        return Outcome::Done { key, bytes };
+    }
     let same = match &copied {
-        // The source changed since it was copied (a write outside the table): keep it.
-        CopiedFrom::Version(version) => Ok(*version == meta.version),
+        // (This run's copies were deleted, or kept, above.)
+        CopiedFrom::Version(_) => Ok(false),
         CopiedFrom::Digest(expected) => {
             with_retry(ctx, "compare", || async {
                 let source = digest(&*ctx.source, &key).await?;
