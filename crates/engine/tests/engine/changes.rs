@@ -118,6 +118,11 @@ impl Store for Rewritten {
     }
 }
 
+/// `retry_failed` of `id`, run to its end.
+async fn retry(engine: &Engine, id: &JobId) -> ferry_types::JobSnapshot {
+    engine.retry_failed(id).await.unwrap().wait().await.unwrap()
+}
+
 /// The source (reporting checksums or not, as a directory) and an empty target.
 fn stores(reported: bool) -> (Rewritten, MemStore) {
     if reported {
@@ -240,13 +245,7 @@ async fn i1_a_source_that_keeps_changing_is_counted_and_kept_and_retry_moves_it_
         // The writers stop; the failed ones move.
         source.stop_writing();
         let id = JobId::new("still-changing").unwrap();
-        let snap = engine
-            .retry_failed(&id)
-            .await
-            .unwrap()
-            .wait()
-            .await
-            .unwrap();
+        let snap = retry(&engine, &id).await;
         assert_eq!(snap.status, JobStatus::Completed, "{snap:?}");
         assert_eq!((snap.failed_objects, snap.changed_objects), (0, 0));
         assert_moved_newest(&source, &target, &table, true);
@@ -345,13 +344,7 @@ async fn i3_a_source_changed_after_its_flip_is_counted_and_retry_moves_the_newes
                 assert_eq!(table.route_read(key(i).as_str()), Route::Target(b()));
             }
             let id = JobId::new("after-flip").unwrap();
-            let snap = engine
-                .retry_failed(&id)
-                .await
-                .unwrap()
-                .wait()
-                .await
-                .unwrap();
+            let snap = retry(&engine, &id).await;
             assert_eq!(snap.status, JobStatus::Completed, "{label}: {snap:?}");
             assert_eq!(
                 (snap.failed_objects, snap.changed_objects),
@@ -381,13 +374,7 @@ async fn i3_when_both_sides_changed_after_the_flip_retry_overwrites_neither() {
     target.insert(key(3), b"written through the table".to_vec());
     drop(ticket);
     let id = JobId::new("both").unwrap();
-    let snap = engine
-        .retry_failed(&id)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let snap = retry(&engine, &id).await;
     assert_eq!(snap.status, JobStatus::CompletedWithErrors, "{snap:?}");
     assert_eq!(snap.changed_objects, 1);
     let failed = failed_kinds(&checkpoints, "both").await;
@@ -441,13 +428,7 @@ async fn i3_a_source_deleted_after_its_flip_is_counted_and_retry_deletes_the_sta
             Some(&content(6)[..])
         );
         let id = JobId::new("deleted").unwrap();
-        let snap = engine
-            .retry_failed(&id)
-            .await
-            .unwrap()
-            .wait()
-            .await
-            .unwrap();
+        let snap = retry(&engine, &id).await;
         assert_eq!(snap.status, JobStatus::Completed, "{cleanup:?}: {snap:?}");
         assert_eq!(snap.skipped_objects, 1, "{snap:?}");
         // No resurrection: absent on both sides, and reads go where it is absent.
