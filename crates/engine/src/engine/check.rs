@@ -31,7 +31,7 @@ use tokio::task::JoinSet;
 
 use super::EngineInner;
 use super::job::{JobHandle, JobShared, Live, finish};
-use super::pipeline::retrying;
+use super::pipeline::{Streaming, list_metas, listed_range, retrying};
 use crate::error::{Error, Result, chain};
 
 /// How far, in keys per compare slot, dispatch may run past a key that holds the watermark
@@ -411,16 +411,6 @@ fn content_differs(algorithm: &str) -> Verdict {
     }
 }
 
-/// Counts the caller among the readers moving chunks (what a pause waits for), for as long
-/// as it lives.
-struct Streaming<'a>(&'a JobShared);
-
-impl Drop for Streaming<'_> {
-    fn drop(&mut self) {
-        self.0.streaming.sub();
-    }
-}
-
 /// The size and BLAKE3 of `key` on `store`, read a chunk at a time through the job's
 /// throttle, parking at each chunk boundary while the job is paused (I7); `None` when the
 /// store has no such object.
@@ -429,8 +419,7 @@ async fn digest(
     store: &dyn Store,
     key: &ObjectKey,
 ) -> Result<Option<(u64, blake3::Hash)>> {
-    shared.streaming.add();
-    let _streaming = Streaming(shared);
+    let _streaming = Streaming::enter(shared);
     shared.chunk_boundary().await?;
     let object = match store.get(key).await {
         Ok(object) => object,
@@ -472,50 +461,27 @@ fn pairs(ctx: &CheckCtx, progress: &Progress, after: Option<&ObjectKey>) -> Pair
             let keys = keys.into_iter().map(|key| Ok((key, Sides::Head)));
             Box::pin(futures_util::stream::iter(keys))
         }
-        ObjectSelection::Prefix(prefix) => {
-            let range = KeyRange {
-                prefix: prefix.clone(),
-                after: None,
-                until: None,
-            };
-            merged(ctx, &range, progress.watermark.as_ref(), after)
-        }
-        ObjectSelection::Range(range) => merged(ctx, range, progress.watermark.as_ref(), after),
+        objects => match listed_range(objects) {
+            Some(range) => merged(ctx, &range, progress.watermark.as_ref(), after),
+            // Only explicit keys have no range, and they are above.
+            None => Box::pin(futures_util::stream::empty()),
+        },
     };
     Box::pin(pairs.try_filter(move |(key, _)| std::future::ready(!done.is_done(key))))
 }
 
-/// Both sides' listings of `range` after the lowest of its bound, the watermark and `after`,
-/// merged by key.
+/// Both sides' listings of `range` after the later of the watermark and `after` (and of the
+/// range's own bound), merged by key.
 fn merged(
     ctx: &CheckCtx,
     range: &KeyRange,
     watermark: Option<&ObjectKey>,
     after: Option<&ObjectKey>,
 ) -> Pairs {
-    let start = [range.after.as_ref(), watermark, after]
-        .into_iter()
-        .flatten()
-        .max()
-        .cloned();
-    let source = listing(&*ctx.source, range, start.as_ref());
-    let target = listing(&*ctx.target, range, start.as_ref());
+    let start = watermark.max(after);
+    let source = list_metas(&*ctx.source, range, start);
+    let target = list_metas(&*ctx.target, range, start);
     merge(source, target)
-}
-
-/// The metadata of `store`'s keys in `range` after `start`, in key order.
-fn listing(
-    store: &dyn Store,
-    range: &KeyRange,
-    start: Option<&ObjectKey>,
-) -> BoxStream<'static, Result<ObjectMeta>> {
-    let metas = store.list(&range.prefix, start).map_err(Error::from);
-    match range.until.clone() {
-        None => Box::pin(metas),
-        Some(until) => {
-            Box::pin(metas.try_take_while(move |meta| std::future::ready(Ok(meta.key <= until))))
-        }
-    }
 }
 
 type Metas = futures_util::stream::Fuse<BoxStream<'static, Result<ObjectMeta>>>;

@@ -52,10 +52,10 @@ pub(super) enum Step {
 }
 
 /// Counts the caller among the copies moving chunks, for as long as it lives.
-pub(super) struct Streaming<'a>(pub(super) &'a JobShared);
+pub(crate) struct Streaming<'a>(&'a JobShared);
 
 impl<'a> Streaming<'a> {
-    pub(super) fn enter(shared: &'a JobShared) -> Self {
+    pub(crate) fn enter(shared: &'a JobShared) -> Self {
         shared.streaming.add();
         Streaming(shared)
     }

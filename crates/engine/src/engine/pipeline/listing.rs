@@ -40,7 +40,7 @@ pub(super) fn key_stream(
 }
 
 /// The range a listed selection covers (a prefix: every key of it); `None` for explicit keys.
-pub(super) fn listed_range(objects: &ObjectSelection) -> Option<Cow<'_, KeyRange>> {
+pub(crate) fn listed_range(objects: &ObjectSelection) -> Option<Cow<'_, KeyRange>> {
     match objects {
         ObjectSelection::Keys(_) => None,
         ObjectSelection::Prefix(prefix) => Some(Cow::Owned(unbounded(prefix))),
@@ -138,7 +138,7 @@ pub(super) fn list_range(
 }
 
 /// [`list_range`], with each key's metadata.
-fn list_metas(
+pub(crate) fn list_metas(
     store: &dyn Store,
     range: &KeyRange,
     after: Option<&ObjectKey>,

@@ -45,7 +45,9 @@ mod retry;
 mod verify;
 
 use copy::Copied;
+pub(crate) use copy::Streaming;
 use drive::drive;
+pub(crate) use listing::{list_metas, listed_range};
 pub(crate) use recovery::{forward, preexisting, reload_forwarded, resolve_flips, untouched};
 pub(crate) use retry::retrying;
 
