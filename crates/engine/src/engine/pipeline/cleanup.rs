@@ -2,7 +2,7 @@
 //! rollback of a cancelled copy.
 
 use ferry_checkpoint::ProgressUpdate;
-use ferry_store::DeleteIf;
+use ferry_store::{DeleteIf, Version};
 use ferry_types::{CleanupPolicy, ObjectKey, ObjectState};
 
 use super::super::job::JobShared;
@@ -135,37 +135,53 @@ pub(super) async fn finish_cleanup(
         // (the one before the flip was looked for by the commit).
         return Outcome::Done { key, bytes };
     }
-    if let CopiedFrom::Version(version) = &copied {
-        // This run copied this version: the store deletes the source only if it still has
-        // it, in one step where it can (`Store::delete_if`).
-        let mut first = true;
-        let key_ref = &key;
-        let deleted = with_retry(ctx, "delete", || {
-            let was_first = std::mem::replace(&mut first, false);
-            async move {
-                let found = ctx.source.delete_if(key_ref, version).await?;
-                Ok::<_, Error>((found, was_first))
-            }
-        })
-        .await;
-        return match deleted {
-            Ok((DeleteIf::Deleted, _)) | Ok((DeleteIf::Absent, false)) => {
-                // (Absent after a failed attempt: that attempt may have deleted it.)
-                ctx.shared.emit(&key, ObjectState::Cleaned);
-                Outcome::Done { key, bytes }
-            }
-            // Not there at the first look, and this run has not deleted it: a program did,
-            // outside the table, and the target serves a copy of what it deleted.
-            Ok((DeleteIf::Absent, true)) => changed_after_flip(key, "after its flip (deleted)"),
-            // Another version: never delete what may be the only copy of it (I1).
-            Ok(_) => changed_after_flip(key, "after its flip"),
-            Err((attempts, error)) => Outcome::Failed {
-                key,
-                attempts,
-                error,
-            },
-        };
+    match &copied {
+        CopiedFrom::Version(version) => delete_copied(ctx, key, version, bytes).await,
+        CopiedFrom::Digest(expected) => delete_matching(ctx, key, Some(expected), bytes).await,
+        CopiedFrom::Unknown => delete_matching(ctx, key, None, bytes).await,
     }
+}
+
+/// Deletes the source of `key`, which this run copied at `version`, only if the store still
+/// has that version, in one step where it can (`Store::delete_if`).
+async fn delete_copied(ctx: &JobCtx, key: ObjectKey, version: &Version, bytes: u64) -> Outcome {
+    let mut first = true;
+    let key_ref = &key;
+    let deleted = with_retry(ctx, "delete", || {
+        let was_first = std::mem::replace(&mut first, false);
+        async move {
+            let found = ctx.source.delete_if(key_ref, version).await?;
+            Ok::<_, Error>((found, was_first))
+        }
+    })
+    .await;
+    match deleted {
+        Ok((DeleteIf::Deleted, _)) | Ok((DeleteIf::Absent, false)) => {
+            // (Absent after a failed attempt: that attempt may have deleted it.)
+            ctx.shared.emit(&key, ObjectState::Cleaned);
+            Outcome::Done { key, bytes }
+        }
+        // Not there at the first look, and this run has not deleted it: a program did,
+        // outside the table, and the target serves a copy of what it deleted.
+        Ok((DeleteIf::Absent, true)) => changed_after_flip(key, "after its flip (deleted)"),
+        // Another version: never delete what may be the only copy of it (I1).
+        Ok(_) => changed_after_flip(key, "after its flip"),
+        Err((attempts, error)) => Outcome::Failed {
+            key,
+            attempts,
+            error,
+        },
+    }
+}
+
+/// Deletes the source of `key`, which an earlier run copied, only if it hashes to the
+/// digest that run journaled (`expected`) or, with none, to the target's content.
+async fn delete_matching(
+    ctx: &JobCtx,
+    key: ObjectKey,
+    expected: Option<&[u8; 32]>,
+    bytes: u64,
+) -> Outcome {
     let head = match with_retry(ctx, "head", || ctx.source.head(&key)).await {
         Ok(head) => head,
         Err((attempts, error)) => {
@@ -176,21 +192,19 @@ pub(super) async fn finish_cleanup(
             };
         }
     };
-    // An earlier run made the copy: it may have cleaned the source up before it stopped.
+    // The earlier run may have cleaned the source up before it stopped.
     if head.is_none() {
         return Outcome::Done { key, bytes };
     }
-    let same = match &copied {
-        // (This run's copies were deleted, or kept, above.)
-        CopiedFrom::Version(_) => Ok(false),
-        CopiedFrom::Digest(expected) => {
+    let same = match expected {
+        Some(expected) => {
             with_retry(ctx, "compare", || async {
                 let source = digest(&*ctx.source, &key).await?;
                 Ok::<_, Error>(source.is_some_and(|(_, hash)| hash.as_bytes() == expected))
             })
             .await
         }
-        CopiedFrom::Unknown => with_retry(ctx, "compare", || same_content(ctx, &key)).await,
+        None => with_retry(ctx, "compare", || same_content(ctx, &key)).await,
     };
     match same {
         Ok(true) => {}
