@@ -86,7 +86,7 @@ touch "$RCLONE_CONFIG"
 unset AWS_PROFILE AWS_DEFAULT_PROFILE AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 AWS_SESSION_TOKEN
 
 if $bounded; then
-    files=100 max_size=$((2 << 20)) workers=3 new_keys=8 move_secs=60 tree_files=8
+    files=100 max_size=$((2 << 20)) workers=3 new_keys=8 move_secs=50 tree_files=8
 else
     files=400 max_size=$((4 << 20)) workers=6 new_keys=12 move_secs=200 tree_files=16
 fi
@@ -183,14 +183,14 @@ print(sum(m[k]["size"] for k in keys), sum(m[k]["size"] for k in keys[0::2]))' "
     local rcl=$!
     pids+=("$rcl")
 
-    # SIGKILL a quarter of the way, while the clients run; restart on the same port.
-    wait_job --done-bytes $((untouched / 4)) --deadline $((move_secs * 2)) || die "$name: waiting for the job"
+    # SIGKILL a fifth of the way, while the clients run; restart on the same port.
+    wait_job --done-bytes $((untouched / 5)) --deadline $((move_secs * 2)) || die "$name: waiting for the job"
     kill -KILL "$gw"
     wait "$gw" 2>/dev/null || true
     start_gateway "127.0.0.1:$port"
     [ "$url" = "http://127.0.0.1:$port" ] || die "$name: restarted on $url, not on port $port"
-    # The clients stop most of the way through the move.
-    wait_job --done-bytes $((untouched * 6 / 10)) --deadline $((move_secs * 3)) || die "$name: waiting for the job"
+    # The clients stop half way through the move.
+    wait_job --done-bytes $((untouched / 2)) --deadline $((move_secs * 3)) || die "$name: waiting for the job"
     touch "$stop"
     # (Mismatches the clients saw are reported after the checks of the end state.)
     local during=""
@@ -257,7 +257,7 @@ run_scenario dir "$work/dir/src" "$work/dir/dst" "$work/dir/tree"
 
 # 2. Buckets of the in-process S3 server (bounded either way), SRC seeded by `ferry migrate`.
 if ! $bounded; then
-    files=100 max_size=$((2 << 20)) workers=3 new_keys=8 move_secs=60
+    files=80 max_size=$((2 << 20)) workers=3 new_keys=8 move_secs=50
 fi
 mkdir -p "$work/s3"
 mkfifo "$work/s3/server.stdin"

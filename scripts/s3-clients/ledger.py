@@ -6,10 +6,13 @@ Subcommands (each exits non-zero with a message naming the key on any mismatch):
   make-tree DIR MANIFEST --files N --max-size BYTES --seed S
       Writes N files of known content (nested directories, mixed sizes, a few names with a
       space, non-ASCII letters or '+') and MANIFEST, a JSON map key -> version.
-  wait-url STDOUT PID
+  wait-url STDOUT STDERR PID
       Waits for the gateway (process PID) to print its URL on a line of STDOUT; prints it.
   wait-job --ferry BIN --state DIR --id ID [--done-bytes N | --completed] --pid PID
-      Polls `ferry status ID --json` until the job has moved N bytes, or has completed.
+      Polls `ferry status ID --json` until the job has moved N bytes, or has completed
+      (exit 3: completed with failed objects).
+  failed STATUS_JSON
+      The failed objects of a status, in a line.
   run --endpoint URL --bucket B --manifest M --workers W --stop FILE --ledger OUT
       W boto3 clients (threads), each the only writer of its keys: some of the tree's files
       and new keys, doing put (single and multipart), get (whole and ranged), head, copy,
@@ -25,6 +28,9 @@ Subcommands (each exits non-zero with a message naming the key on any mismatch):
 An operation whose answer never came (connection refused or reset, timeout, a 5xx) is
 "unknown": the client retries it, with the same content, until it is acknowledged, so the
 ledger stays exact. A 5xx is also reported as a failure: the gateway must not answer one.
+
+`run` is here; make-tree, wait-url, wait-job and failed are in harness.py, verify in
+endstate.py, and what they share in common.py.
 """
 
 import argparse
@@ -32,193 +38,14 @@ import hashlib
 import json
 import os
 import random
-import re
-import subprocess
 import sys
 import threading
 import time
 
-MiB = 1 << 20
-PART = 5 * MiB  # S3's smallest part but the last
+from common import (MiB, PART, code_of, content, describe, fail, first_disorder,
+                    head_mismatch, list_dir, list_keys, load, s3_client, version)
+
 RETRY_SECS = 90  # how long a client retries an operation before giving up on the gateway
-
-
-def content(seed, size):
-    """The bytes of a version: a function of its seed and size, so nothing is kept."""
-    return random.Random(seed).randbytes(size)
-
-
-def version(seed, size, kind="put", parts=None):
-    """A version of an object as the ledger records it."""
-    data = content(seed, size)
-    v = {"seed": seed, "size": size, "sha256": hashlib.sha256(data).hexdigest(),
-         "md5": hashlib.md5(data).hexdigest(), "kind": kind}
-    if parts:
-        digests = b"".join(hashlib.md5(data[o:o + PART]).digest() for o in range(0, size, PART))
-        v["etag"] = f"{hashlib.md5(digests).hexdigest()}-{parts}"
-    else:
-        v["etag"] = v["md5"]
-    return v
-
-
-def describe(v):
-    if v is None:
-        return "absent"
-    return f"{v['kind']} of {v['size']} bytes sha256 {v['sha256'][:12]}"
-
-
-def fail(msg):
-    sys.exit(f"gateway-clients: {msg}")
-
-
-# ---------------------------------------------------------------------------- make-tree
-
-def make_tree(args):
-    rng = random.Random(args.seed)
-    manifest = {}
-    names = ["with space", "ünï", "plus+sign"]
-    for i in range(args.files):
-        depth = rng.choice([0, 1, 1, 2, 2, 3])
-        parts = [f"d{rng.randrange(4)}" for _ in range(depth)]
-        name = f"f{i:04d}.bin"
-        if i < len(names):
-            parts, name = ["odd"], f"{names[i]} {i}.txt"
-        key = "/".join(parts + [name])
-        r = rng.random()
-        if i % 17 == 0:
-            size = 0
-        elif r < 0.6:
-            size = rng.randrange(1, 16 << 10)
-        elif r < 0.9:
-            size = rng.randrange(16 << 10, 512 << 10)
-        else:
-            size = rng.randrange(min(512 << 10, args.max_size), args.max_size + 1)
-        seed = args.seed * 1_000_003 + i
-        manifest[key] = version(seed, size, kind="tree")
-        path = os.path.join(args.dir, *key.split("/"))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(content(seed, size))
-    if args.big:
-        # One file above the clients' multipart threshold (5 MiB): two parts.
-        key, seed = "big/multipart.bin", args.seed * 1_000_003 + 999_999
-        manifest[key] = version(seed, PART + 1 * MiB, kind="tree")
-        os.makedirs(os.path.join(args.dir, "big"), exist_ok=True)
-        with open(os.path.join(args.dir, "big", "multipart.bin"), "wb") as f:
-            f.write(content(seed, PART + 1 * MiB))
-    with open(args.manifest, "w") as f:
-        json.dump(manifest, f, indent=0, sort_keys=True)
-    total = sum(v["size"] for v in manifest.values())
-    print(f"{len(manifest)} files, {total} bytes")
-
-
-# ---------------------------------------------------------------------------- waiting
-
-def wait_url(args):
-    deadline = time.monotonic() + args.deadline
-    pattern = re.compile(r"^http://127\.0\.0\.1:\d+$")
-    while True:
-        try:
-            with open(args.stdout) as f:
-                for line in f:
-                    if pattern.match(line.strip()):
-                        print(line.strip())
-                        return
-        except FileNotFoundError:
-            pass
-        if not alive(args.pid):
-            fail(f"the gateway exited before printing its URL: see {args.stderr}")
-        if time.monotonic() > deadline:
-            fail(f"the gateway printed no URL in {args.deadline} s: see {args.stdout}, {args.stderr}")
-        time.sleep(0.05)
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (killed, not yet reaped by the shell) is dead too.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return False
-
-
-def job_status(ferry, state, job):
-    out = subprocess.run([ferry, "--state", state, "status", job, "--json"],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        return None, out.stderr.strip()
-    return json.loads(out.stdout), None
-
-
-def wait_job(args):
-    deadline = time.monotonic() + args.deadline
-    last, err = None, None
-    while True:
-        status, err = job_status(args.ferry, args.state, args.id)
-        if status is not None:
-            last = status
-            s = status["status"]
-            if args.completed and s == "completed_with_errors":
-                # Finished: the caller checks the end state, then reports the failed objects.
-                print(json.dumps(status))
-                sys.exit(3)
-            if s in ("failed", "cancelled", "completed_with_errors"):
-                fail(f"job {args.id} is {s}: {json.dumps(status)[:2000]} (gateway stderr: {args.stderr})")
-            if args.completed and s == "completed":
-                print(json.dumps(status))
-                return
-            if args.or_file and os.path.exists(args.or_file):
-                return
-            if args.done_bytes is not None and status["done_bytes"] >= args.done_bytes:
-                print(json.dumps(status))
-                return
-            if args.done_bytes is not None and s == "completed":
-                fail(f"job {args.id} completed before {args.done_bytes} bytes were moved "
-                     f"(moved {status['done_bytes']}): the clients did not run during the move; "
-                     f"lower the rate")
-        if args.or_file and os.path.exists(args.or_file):
-            return
-        if args.pid and not alive(args.pid):
-            fail(f"the gateway died: see {args.stderr}")
-        if time.monotonic() > deadline:
-            want = "completed" if args.completed else f"{args.done_bytes} bytes moved"
-            fail(f"job {args.id} not {want} after {args.deadline} s; last status: "
-                 f"{json.dumps(last)[:2000] if last else err}")
-        time.sleep(0.25)
-
-
-def failed(args):
-    """The failed objects of a `ferry status --json` answer, shortly."""
-    status = load(args.status)
-    items = status.get("failed") or []
-    print(f"{status.get('failed_objects', len(items))}: " + "; ".join(f"{f['key']!r}: {f['error'][:300]}" for f in items[:3]))
-
-
-# ---------------------------------------------------------------------------- clients
-
-def s3_client(endpoint, key_id, secret):
-    import boto3
-    from botocore.config import Config
-    # No retries in botocore: every failed attempt reaches the ledger, which retries itself.
-    config = Config(region_name="us-east-1", signature_version="s3v4",
-                    s3={"addressing_style": "path"},
-                    retries={"total_max_attempts": 1, "mode": "standard"},
-                    connect_timeout=5, read_timeout=60, max_pool_connections=4)
-    return boto3.session.Session().client(
-        "s3", endpoint_url=endpoint, aws_access_key_id=key_id,
-        aws_secret_access_key=secret, config=config)
-
-
-def code_of(e):
-    from botocore.exceptions import ClientError
-    if isinstance(e, ClientError):
-        return e.response.get("Error", {}).get("Code", ""), \
-            e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    return "", 0
 
 
 def no_response(e):
@@ -592,7 +419,6 @@ class Worker(threading.Thread):
         finally:
             self.stopped.set()
 
-
 def new_keys(n, count, manifest):
     """Keys no tree file has: some beside the tree's files (in its directories), some under
     a prefix of their own."""
@@ -605,66 +431,8 @@ def new_keys(n, count, manifest):
             keys.append(f"ledger/w{n}/k{j}" + (" sp" if j % 5 == 1 else ""))
     return keys
 
-
 def dirs_of(state):
     return sorted({k.rsplit("/", 1)[0] + "/" for k in state if "/" in k})
-
-
-def list_keys(c, bucket, prefix="", page=1000, v1=False):
-    keys = []
-    if v1:
-        marker = {}  # no marker on the first page, as clients do
-        while True:
-            r = c.list_objects(Bucket=bucket, Prefix=prefix, MaxKeys=page, **marker)
-            got = [o["Key"] for o in r.get("Contents", [])]
-            keys += got
-            if not r.get("IsTruncated"):
-                return keys
-            marker = {"Marker": r.get("NextMarker") or got[-1]}
-    token = None
-    while True:
-        kw = {"ContinuationToken": token} if token else {}
-        r = c.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=page, **kw)
-        keys += [o["Key"] for o in r.get("Contents", [])]
-        if not r.get("IsTruncated"):
-            return keys
-        token = r["NextContinuationToken"]
-
-
-def list_dir(c, bucket, prefix):
-    files, dirs, token = set(), set(), None
-    while True:
-        kw = {"ContinuationToken": token} if token else {}
-        r = c.list_objects_v2(Bucket=bucket, Prefix=prefix, Delimiter="/", MaxKeys=5, **kw)
-        files |= {o["Key"] for o in r.get("Contents", [])}
-        dirs |= {p["Prefix"] for p in r.get("CommonPrefixes", [])}
-        if not r.get("IsTruncated"):
-            return files, dirs
-        token = r["NextContinuationToken"]
-
-
-def first_disorder(keys):
-    for a, b in zip(keys, keys[1:]):
-        if a >= b:
-            return f"{a!r} then {b!r}"
-    return "?"
-
-
-def head_mismatch(r, expected):
-    if r["ContentLength"] != expected["size"]:
-        return f"size {r['ContentLength']}, expected {describe(expected)}"
-    etag = r.get("ETag", "").strip('"')
-    allowed = {expected["etag"]}
-    if "-" in expected["etag"]:
-        # A multipart upload's ETag (MD5 of the parts' MD5s, -N) may become the MD5 of the
-        # content once the object moved: the gateway keeps no record of the parts.
-        allowed.add(expected["md5"])
-    if expected["kind"] == "copy":
-        allowed.add(expected.get("source_etag", expected["md5"]))
-    if etag not in allowed:
-        return f"ETag {etag}, expected {' or '.join(sorted(allowed))} ({describe(expected)})"
-    return None
-
 
 def run(args):
     manifest = load(args.manifest)
@@ -703,137 +471,6 @@ def run(args):
     if failures.items:
         fail(f"{len(failures.items)} mismatches during the run; the first: {failures.items[0]} "
              f"(operations in {args.ledger}.log)")
-
-
-def load(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-# ---------------------------------------------------------------------------- verify
-
-def store_listing(spec):
-    """Every object of a directory or s3://bucket/prefix: key -> sha256."""
-    if spec.startswith("s3://"):
-        bucket, _, prefix = spec[5:].partition("/")
-        from botocore.handlers import set_list_objects_encoding_type_url
-        c = s3_client(os.environ["AWS_ENDPOINT"], os.environ["AWS_ACCESS_KEY_ID"],
-                      os.environ["AWS_SECRET_ACCESS_KEY"])
-        # Keys as they are: the in-process server (s3s-fs) url-encodes a '+' as itself,
-        # which boto3's decoding turns into a space.
-        for op in ("ListObjects", "ListObjectsV2"):
-            c.meta.events.unregister(f"before-parameter-build.s3.{op}",
-                                     set_list_objects_encoding_type_url)
-        out = {}
-        for key in list_keys(c, bucket, prefix):
-            body = c.get_object(Bucket=bucket, Key=key)["Body"].read()
-            out[key[len(prefix):]] = hashlib.sha256(body).hexdigest()
-        return out
-    out = {}
-    for root, _, files in os.walk(spec):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, spec)] = hashlib.file_digest(f, "sha256").hexdigest()
-    return out
-
-
-def verify(args):
-    ledger = load(args.ledger)
-    manifest = load(args.manifest)
-    expected = {k: manifest[k] for k in ledger["untouched"]}
-    deleted = []
-    for k, v in ledger["state"].items():
-        if v is None:
-            deleted.append(k)
-        else:
-            expected[k] = v
-    for spec in args.tree:
-        prefix, _, path = spec.partition("=")
-        for k, v in load(path).items():
-            expected[prefix + k] = v
-    problems = []
-    c = s3_client(args.endpoint, args.key_id, args.secret)
-
-    def get(key):
-        from botocore.exceptions import FlexibleChecksumError
-        try:
-            return c.get_object(Bucket=args.bucket, Key=key)["Body"].read()
-        except FlexibleChecksumError as e:
-            problems.append(f"get {key!r}: the body does not match the checksum the server sent "
-                            f"with it ({e})")
-            return False
-        except Exception as e:  # noqa: BLE001
-            if code_of(e)[0] in ("NoSuchKey", "404"):
-                return None
-            raise
-
-    # 1. Every key reads back as the ledger says (GET and HEAD), through the gateway.
-    for key in sorted(expected):
-        v = expected[key]
-        data = get(key)
-        if data is False:
-            continue
-        if data is None:
-            problems.append(f"get {key!r}: 404, expected {describe(v)}")
-            continue
-        if hashlib.sha256(data).hexdigest() != v["sha256"]:
-            problems.append(f"get {key!r}: {len(data)} bytes sha256 "
-                            f"{hashlib.sha256(data).hexdigest()[:12]}, expected {describe(v)}")
-        try:
-            problem = head_mismatch(c.head_object(Bucket=args.bucket, Key=key), v)
-        except Exception as e:  # noqa: BLE001
-            problem = f"{type(e).__name__}: {e}"
-        if problem:
-            problems.append(f"head {key!r}: {problem}")
-    for key in sorted(deleted):
-        data = get(key)
-        if isinstance(data, bytes):
-            problems.append(f"get {key!r}: {len(data)} bytes, expected absent (deleted)")
-
-    # 2. The listing is exactly the live keys, whatever the page size, v2 and v1.
-    for page, v1 in [(1000, False), (37, False), (53, True)]:
-        keys = list_keys(c, args.bucket, page=page, v1=v1)
-        name = f"list v{'1' if v1 else '2'} pages of {page}"
-        if keys != sorted(set(keys)):
-            problems.append(f"{name}: out of order or twice: {first_disorder(keys)}")
-        for key in sorted(set(keys) - set(expected)):
-            problems.append(f"{name}: {key!r} listed, but it is not live "
-                            f"({'deleted' if key in deleted else 'never written'})")
-        for key in sorted(set(expected) - set(keys)):
-            problems.append(f"{name}: {key!r} missing ({describe(expected[key])})")
-    files, dirs = list_dir(c, args.bucket, "")
-    want_dirs = {k.split("/", 1)[0] + "/" for k in expected if "/" in k}
-    want_files = {k for k in expected if "/" not in k}
-    if files != want_files or dirs != want_dirs:
-        problems.append(f"list delimiter '/': files {sorted(files)} dirs {sorted(dirs)}, "
-                        f"expected {sorted(want_files)} {sorted(want_dirs)}")
-
-    # 3. SRC holds nothing; DST holds every live key with its content, and nothing else.
-    if args.src:
-        for key in sorted(store_listing(args.src)):
-            problems.append(f"SRC {args.src} still holds {key!r}")
-    dst = store_listing(args.dst) if args.dst else {k: v["sha256"] for k, v in expected.items()}
-    for key in sorted(expected):
-        if key not in dst:
-            problems.append(f"DST {args.dst} lacks {key!r} ({describe(expected[key])})")
-        elif dst[key] != expected[key]["sha256"]:
-            problems.append(f"DST {args.dst} holds {key!r} with sha256 {dst[key][:12]}, "
-                            f"expected {describe(expected[key])}")
-    for key in sorted(set(dst) - set(expected)):
-        problems.append(f"DST {args.dst} holds {key!r}, which is not live")
-
-    for p in problems[:50]:
-        print(f"MISMATCH: {p}", file=sys.stderr)
-    if problems:
-        fail(f"{len(problems)} mismatches after the job completed; the first: {problems[0]}")
-    print(f"verify: {len(expected)} live keys read back as acknowledged, {len(deleted)} deleted "
-          f"keys absent; listings exact"
-          + (f"; SRC empty" if args.src else "")
-          + (f"; DST holds the {len(expected)} live keys" if args.dst else ""))
-
-
-# ---------------------------------------------------------------------------- main
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -886,8 +523,10 @@ def main():
             s.add_argument("--dst", help="omitted: DST is not checked (a plain S3 server)")
 
     args = p.parse_args()
-    {"make-tree": make_tree, "wait-url": wait_url, "wait-job": wait_job, "failed": failed,
-     "run": run, "verify": verify}[args.cmd](args)
+    import endstate
+    import harness
+    {"make-tree": harness.make_tree, "wait-url": harness.wait_url, "wait-job": harness.wait_job,
+     "failed": harness.failed, "run": run, "verify": endstate.verify}[args.cmd](args)
 
 
 if __name__ == "__main__":
