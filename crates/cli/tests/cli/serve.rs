@@ -358,6 +358,9 @@ fn a_wrong_signature_is_refused_with_403_and_the_right_one_is_served() {
     assert_eq!(status, 403);
 }
 
+/// A key's content, or `None` when absent.
+type Value = Option<Vec<u8>>;
+
 /// What a key must read as: one value, or (after an operation whose answer was lost) any of
 /// several. `None`: absent.
 #[derive(Debug, Clone)]
@@ -395,7 +398,7 @@ async fn client_ops(
         let before = ledger.lock().unwrap()[key].clone();
         let pick = next() % 10;
         // What a write would leave, for the ledger: `Some(value)`; reads: `None`.
-        let (intended, outcome): (Option<Option<Vec<u8>>>, Result<Option<Vec<u8>>, String>) =
+        let (intended, outcome): (Option<Value>, Result<Value, String>) =
             match pick {
                 0..=3 => {
                     let data = bytes(next(), (next() % 40_000) as usize);
