@@ -183,16 +183,15 @@ pub(crate) async fn serve(state: &State, args: ServeArgs) -> Result<u8> {
         Err(e) => return Err(explain_engine(e, &id, state)),
     };
     let gateway = Arc::new(Gateway::new(source, target, table));
-    let uploads = Uploads::open(staging_dir(state, &id).join("uploads"))
-        .explain(|| {
-            (
-                format!(
-                    "cannot create the upload staging directory under {}",
-                    state.root().display()
-                ),
-                "check the permissions of the state directory".to_owned(),
-            )
-        })?;
+    let uploads = Uploads::open(staging_dir(state, &id).join("uploads")).explain(|| {
+        (
+            format!(
+                "cannot create the upload staging directory under {}",
+                state.root().display()
+            ),
+            "check the permissions of the state directory".to_owned(),
+        )
+    })?;
     let service = {
         let s3 = GatewayS3 {
             bucket: args.bucket.clone(),

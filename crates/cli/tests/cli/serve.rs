@@ -398,64 +398,63 @@ async fn client_ops(
         let before = ledger.lock().unwrap()[key].clone();
         let pick = next() % 10;
         // What a write would leave, for the ledger: `Some(value)`; reads: `None`.
-        let (intended, outcome): (Option<Value>, Result<Value, String>) =
-            match pick {
-                0..=3 => {
-                    let data = bytes(next(), (next() % 40_000) as usize);
-                    let sent = s3.put(&path, PutPayload::from(data.clone())).await;
-                    (
-                        Some(Some(data.clone())),
-                        sent.map(|_| Some(data)).map_err(|e| e.to_string()),
-                    )
-                }
-                4 => {
-                    let sent = s3.delete(&path).await;
-                    (Some(None), sent.map(|_| None).map_err(|e| e.to_string()))
-                }
-                5 => {
-                    // Multipart: two parts.
-                    let (a, b) = (
-                        bytes(next(), 5 << 20),
-                        bytes(next(), (next() % 100_000) as usize),
+        let (intended, outcome): (Option<Value>, Result<Value, String>) = match pick {
+            0..=3 => {
+                let data = bytes(next(), (next() % 40_000) as usize);
+                let sent = s3.put(&path, PutPayload::from(data.clone())).await;
+                (
+                    Some(Some(data.clone())),
+                    sent.map(|_| Some(data)).map_err(|e| e.to_string()),
+                )
+            }
+            4 => {
+                let sent = s3.delete(&path).await;
+                (Some(None), sent.map(|_| None).map_err(|e| e.to_string()))
+            }
+            5 => {
+                // Multipart: two parts.
+                let (a, b) = (
+                    bytes(next(), 5 << 20),
+                    bytes(next(), (next() % 100_000) as usize),
+                );
+                let whole = [a.clone(), b.clone()].concat();
+                let attempt = async {
+                    let mut up = s3.put_multipart(&path).await?;
+                    up.put_part(PutPayload::from(a)).await?;
+                    up.put_part(PutPayload::from(b)).await?;
+                    up.complete().await
+                };
+                let sent = attempt.await;
+                (
+                    Some(Some(whole.clone())),
+                    sent.map(|_| Some(whole)).map_err(|e| e.to_string()),
+                )
+            }
+            _ => {
+                let got = match s3.get(&path).await {
+                    Ok(got) => got
+                        .bytes()
+                        .await
+                        .map(|d| Some(d.to_vec()))
+                        .map_err(|e| e.to_string()),
+                    Err(ferry_object_store::object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Ok(data) = &got {
+                    assert!(
+                        before.0.contains(data),
+                        "I2/I3: {key} reads {:?} bytes, none of the acknowledged values {:?}",
+                        data.as_ref().map(Vec::len),
+                        before
+                            .0
+                            .iter()
+                            .map(|v| v.as_ref().map(Vec::len))
+                            .collect::<Vec<_>>()
                     );
-                    let whole = [a.clone(), b.clone()].concat();
-                    let attempt = async {
-                        let mut up = s3.put_multipart(&path).await?;
-                        up.put_part(PutPayload::from(a)).await?;
-                        up.put_part(PutPayload::from(b)).await?;
-                        up.complete().await
-                    };
-                    let sent = attempt.await;
-                    (
-                        Some(Some(whole.clone())),
-                        sent.map(|_| Some(whole)).map_err(|e| e.to_string()),
-                    )
                 }
-                _ => {
-                    let got = match s3.get(&path).await {
-                        Ok(got) => got
-                            .bytes()
-                            .await
-                            .map(|d| Some(d.to_vec()))
-                            .map_err(|e| e.to_string()),
-                        Err(ferry_object_store::object_store::Error::NotFound { .. }) => Ok(None),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    if let Ok(data) = &got {
-                        assert!(
-                            before.0.contains(data),
-                            "I2/I3: {key} reads {:?} bytes, none of the acknowledged values {:?}",
-                            data.as_ref().map(Vec::len),
-                            before
-                                .0
-                                .iter()
-                                .map(|v| v.as_ref().map(Vec::len))
-                                .collect::<Vec<_>>()
-                        );
-                    }
-                    (None, got)
-                }
-            };
+                (None, got)
+            }
+        };
         let mut ledger = ledger.lock().unwrap();
         match (intended, outcome) {
             // Acknowledged, or read: the key is exactly this now.
