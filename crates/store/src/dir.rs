@@ -1049,6 +1049,56 @@ impl Store for DirStore {
         })
     }
 
+    /// Seeks to `start`: a range late in a large file costs what it reads, not its offset.
+    fn get_range<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        start: u64,
+        end: u64,
+    ) -> BoxFuture<'a, Result<Object>> {
+        Box::pin(async move {
+            segments(key)?;
+            let (inner, k) = (Arc::clone(&self.inner), key.clone());
+            let (file, meta, left) = blocking(Op::Get, move || {
+                let (mut file, meta) = inner.open_for_read(&k)?;
+                let (start, end) = (start.min(meta.size), end.min(meta.size));
+                std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))
+                    .map_err(|e| Error::io(Op::Get, k.as_str(), e))?;
+                Ok((file, meta, end.saturating_sub(start)))
+            })
+            .await?;
+            let (k, chunk) = (key.clone(), self.chunk_size);
+            let body = futures_util::stream::unfold((Some(file), left), move |(file, left)| {
+                let k = k.clone();
+                async move {
+                    let mut file = file?;
+                    if left == 0 {
+                        return None;
+                    }
+                    let read = blocking(Op::Get, move || {
+                        let mut buf = read_chunk(&mut file, &k, chunk, left)?;
+                        // `read_chunk` asks one byte past the end of what is left.
+                        buf.truncate(usize::try_from(left).unwrap_or(usize::MAX));
+                        Ok((file, buf))
+                    })
+                    .await;
+                    match read {
+                        Ok((_, buf)) if buf.is_empty() => None,
+                        Ok((file, buf)) => {
+                            let left = left.saturating_sub(buf.len() as u64);
+                            Some((Ok(Bytes::from(buf)), (Some(file), left)))
+                        }
+                        Err(e) => Some((Err(e), (None, 0))),
+                    }
+                }
+            });
+            Ok(Object {
+                meta,
+                body: Box::pin(body),
+            })
+        })
+    }
+
     fn put<'a>(
         &'a self,
         key: &'a ObjectKey,

@@ -229,6 +229,32 @@ impl Gateway {
         })
     }
 
+    /// Opens the bytes `start..end` of `key` (clamped to its size) where the table routes it,
+    /// as [`Gateway::open`] does; `meta` describes the whole object.
+    ///
+    /// # Errors
+    /// As [`Gateway::open`].
+    pub(crate) async fn open_range(&self, key: &ObjectKey, start: u64, end: u64) -> Result<Opened> {
+        let (side, object) = {
+            let guard = self.table.read(key.as_str());
+            match guard.route() {
+                Route::Target(_) => (Side::Dst, self.dst.get_range(key, start, end).await?),
+                Route::Source => match self.src.get_range(key, start, end).await {
+                    Err(e) if e.kind() == ErrorKind::NotFound => {
+                        (Side::Dst, self.dst.get_range(key, start, end).await?)
+                    }
+                    other => (Side::Src, other?),
+                },
+            }
+        };
+        let etag = self.etag(side, &object.meta).await?;
+        Ok(Opened {
+            meta: object.meta,
+            etag,
+            body: object.body,
+        })
+    }
+
     /// What the gateway serves for `key`: its metadata and ETag, or `None`.
     ///
     /// # Errors
