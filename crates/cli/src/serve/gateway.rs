@@ -204,49 +204,47 @@ impl Gateway {
         &self.stripes[(self.hasher.hash_one(key.as_str()) as usize) & (STRIPES - 1)]
     }
 
-    /// Opens `key` for reading where the table routes it (SRC, then DST when SRC lacks it).
+    /// Runs the read `op` on the side the table routes `key` to: DST once flipped, else SRC,
+    /// and DST when SRC lacks the key (moved and cleaned up, its entry gone). The read is
+    /// counted until `op` returns, so the job's commit hook waits for it before it deletes
+    /// the SRC copy.
+    async fn read_routed<'s, T, F, Fut>(&'s self, key: &ObjectKey, op: F) -> Result<(Side, T)>
+    where
+        F: Fn(&'s dyn Store) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let guard = self.table.read(key.as_str());
+        Ok(match guard.route() {
+            Route::Target(_) => (Side::Dst, op(&*self.dst).await?),
+            Route::Source => match op(&*self.src).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => (Side::Dst, op(&*self.dst).await?),
+                other => (Side::Src, other?),
+            },
+        })
+    }
+
+    /// Opens `key` for reading where the table routes it ([`Gateway::read_routed`]).
     ///
     /// # Errors
     /// `NotFound` when neither side holds it; the store's errors.
     pub(crate) async fn open(&self, key: &ObjectKey) -> Result<Opened> {
-        let (side, object) = {
-            let guard = self.table.read(key.as_str());
-            match guard.route() {
-                Route::Target(_) => (Side::Dst, self.dst.get(key).await?),
-                Route::Source => match self.src.get(key).await {
-                    Err(e) if e.kind() == ErrorKind::NotFound => {
-                        (Side::Dst, self.dst.get(key).await?)
-                    }
-                    other => (Side::Src, other?),
-                },
-            }
-        };
-        let etag = self.etag(side, &object.meta).await?;
-        Ok(Opened {
-            meta: object.meta,
-            etag,
-            body: object.body,
-        })
+        let found = self.read_routed(key, |store| store.get(key)).await?;
+        self.opened(found).await
     }
 
-    /// Opens the bytes `start..end` of `key` (clamped to its size) where the table routes it,
-    /// as [`Gateway::open`] does; `meta` describes the whole object.
+    /// Opens the bytes `start..end` of `key` (clamped to its size) where the table routes it;
+    /// `meta` describes the whole object.
     ///
     /// # Errors
     /// As [`Gateway::open`].
     pub(crate) async fn open_range(&self, key: &ObjectKey, start: u64, end: u64) -> Result<Opened> {
-        let (side, object) = {
-            let guard = self.table.read(key.as_str());
-            match guard.route() {
-                Route::Target(_) => (Side::Dst, self.dst.get_range(key, start, end).await?),
-                Route::Source => match self.src.get_range(key, start, end).await {
-                    Err(e) if e.kind() == ErrorKind::NotFound => {
-                        (Side::Dst, self.dst.get_range(key, start, end).await?)
-                    }
-                    other => (Side::Src, other?),
-                },
-            }
-        };
+        let found = self
+            .read_routed(key, |store| store.get_range(key, start, end))
+            .await?;
+        self.opened(found).await
+    }
+
+    async fn opened(&self, (side, object): (Side, ferry::store::Object)) -> Result<Opened> {
         let etag = self.etag(side, &object.meta).await?;
         Ok(Opened {
             meta: object.meta,
@@ -260,19 +258,18 @@ impl Gateway {
     /// # Errors
     /// The store's errors.
     pub(crate) async fn head(&self, key: &ObjectKey) -> Result<Option<(ObjectMeta, Arc<str>)>> {
-        let found = {
-            let guard = self.table.read(key.as_str());
-            match guard.route() {
-                Route::Target(_) => self.dst.head(key).await?.map(|m| (Side::Dst, m)),
-                Route::Source => match self.src.head(key).await? {
-                    Some(meta) => Some((Side::Src, meta)),
-                    None => self.dst.head(key).await?.map(|m| (Side::Dst, m)),
-                },
-            }
-        };
+        let found = self
+            .read_routed(key, |store| async move {
+                store
+                    .head(key)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound { key: key.clone() })
+            })
+            .await;
         match found {
-            None => Ok(None),
-            Some((side, meta)) => {
+            Err(GatewayError::Store(e)) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+            Ok((side, meta)) => {
                 let etag = self.etag(side, &meta).await?;
                 Ok(Some((meta, etag)))
             }

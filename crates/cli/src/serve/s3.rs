@@ -263,6 +263,16 @@ impl GatewayS3 {
         (objects, prefixes)
     }
 
+    /// The key of an upload request, checked against the key the upload `id` was created for.
+    async fn upload_key(&self, bucket: &str, k: &str, id: &str) -> S3Result<ObjectKey> {
+        self.bucket(bucket)?;
+        let k = key(k)?;
+        if self.uploads.key(id).await? != k.as_str() {
+            return Err(UploadError::NoSuchUpload.into());
+        }
+        Ok(k)
+    }
+
     async fn write(
         &self,
         key: &ObjectKey,
@@ -610,11 +620,8 @@ impl S3 for GatewayS3 {
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
         let input = req.input;
-        self.bucket(&input.bucket)?;
-        let k = key(&input.key)?;
-        if self.uploads.key(&input.upload_id).await? != k.as_str() {
-            return Err(UploadError::NoSuchUpload.into());
-        }
+        self.upload_key(&input.bucket, &input.key, &input.upload_id)
+            .await?;
         let expected = length(input.content_length)?;
         let md5 = self
             .uploads
@@ -636,10 +643,8 @@ impl S3 for GatewayS3 {
         req: S3Request<ListPartsInput>,
     ) -> S3Result<S3Response<ListPartsOutput>> {
         let input = req.input;
-        self.bucket(&input.bucket)?;
-        if self.uploads.key(&input.upload_id).await? != input.key {
-            return Err(UploadError::NoSuchUpload.into());
-        }
+        self.upload_key(&input.bucket, &input.key, &input.upload_id)
+            .await?;
         let after = input.part_number_marker.unwrap_or(0);
         let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
         let all: Vec<_> = self
@@ -678,11 +683,9 @@ impl S3 for GatewayS3 {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let input = req.input;
-        self.bucket(&input.bucket)?;
-        let k = key(&input.key)?;
-        if self.uploads.key(&input.upload_id).await? != k.as_str() {
-            return Err(UploadError::NoSuchUpload.into());
-        }
+        let k = self
+            .upload_key(&input.bucket, &input.key, &input.upload_id)
+            .await?;
         let chosen: Vec<(i32, String)> = input
             .multipart_upload
             .and_then(|m| m.parts)
@@ -723,10 +726,8 @@ impl S3 for GatewayS3 {
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let input = req.input;
-        self.bucket(&input.bucket)?;
-        if self.uploads.key(&input.upload_id).await? != input.key {
-            return Err(UploadError::NoSuchUpload.into());
-        }
+        self.upload_key(&input.bucket, &input.key, &input.upload_id)
+            .await?;
         self.uploads.remove(&input.upload_id).await?;
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }
