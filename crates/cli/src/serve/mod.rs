@@ -183,16 +183,15 @@ pub(crate) async fn serve(state: &State, args: ServeArgs) -> Result<u8> {
         Err(e) => return Err(explain_engine(e, &id, state)),
     };
     let gateway = Arc::new(Gateway::new(source, target, table));
-    let uploads = Uploads::open(state.root().join("serve").join(id.as_str()).join("uploads"))
-        .explain(|| {
-            (
-                format!(
-                    "cannot create the upload staging directory under {}",
-                    state.root().display()
-                ),
-                "check the permissions of the state directory".to_owned(),
-            )
-        })?;
+    let uploads = Uploads::open(staging_dir(state, &id).join("uploads")).explain(|| {
+        (
+            format!(
+                "cannot create the upload staging directory under {}",
+                state.root().display()
+            ),
+            "check the permissions of the state directory".to_owned(),
+        )
+    })?;
     let service = {
         let s3 = GatewayS3 {
             bucket: args.bucket.clone(),
@@ -228,6 +227,15 @@ pub(crate) async fn serve(state: &State, args: ServeArgs) -> Result<u8> {
     ));
     display
         .event(json!({"event": "serving", "id": id.as_str(), "url": url, "bucket": args.bucket}));
+    let resume = format!(
+        "ferry {}serve {} {} --id {} --bucket {} --listen {}",
+        state.flag(),
+        shell_quote(&meta.source.to_string()),
+        shell_quote(&meta.target.to_string()),
+        shell_quote(id.as_str()),
+        args.bucket,
+        args.listen,
+    );
     let mut drainer = None;
     if settled {
         drainer = Some(spawn_drain(&gateway, &display, &id));
@@ -242,6 +250,7 @@ pub(crate) async fn serve(state: &State, args: ServeArgs) -> Result<u8> {
         signals,
         &mut drainer,
         &mut server,
+        &resume,
     )
     .await;
     server.stop().await;
@@ -250,6 +259,11 @@ pub(crate) async fn serve(state: &State, args: ServeArgs) -> Result<u8> {
     }
     engine.shutdown().await;
     code
+}
+
+/// Where job `id`'s gateway keeps what it stages (multipart parts).
+pub(crate) fn staging_dir(state: &State, id: &JobId) -> std::path::PathBuf {
+    state.root().join("serve").join(id.as_str())
 }
 
 /// The HTTP side of the gateway.
@@ -404,6 +418,7 @@ async fn run_job(
     mut signals: Signals,
     drainer: &mut Option<tokio::task::JoinHandle<()>>,
     server: &mut Server,
+    resume: &str,
 ) -> Result<u8> {
     let (requests_tx, mut requests) = mpsc::channel::<control::Request>(16);
     let socket_path = state.socket_path(id);
@@ -420,13 +435,6 @@ async fn run_job(
     let mut watch = handle.as_ref().map(JobHandle::watch);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let resume = format!(
-        "ferry {}serve {} {} --id {} ...",
-        state.flag(),
-        shell_quote(&meta.source.to_string()),
-        shell_quote(&meta.target.to_string()),
-        shell_quote(id.as_str())
-    );
     loop {
         let finished = watch
             .as_mut()
@@ -469,11 +477,14 @@ async fn run_job(
                 display.finish();
                 eprintln!("ferry: stopping: no new requests; finishing those in flight and saving job {id}");
                 server.stop().await;
-                if let Some(h) = handle.as_ref() {
-                    h.pause().await;
-                }
                 control_server.drain().await;
-                eprintln!("ferry: job {id} saved; serve it again (and resume the move) with:\n  {resume}");
+                match handle.as_ref() {
+                    Some(h) => {
+                        h.pause().await;
+                        eprintln!("ferry: job {id} saved; serve it again (and resume the move) with:\n  {resume}");
+                    }
+                    None => eprintln!("ferry: stopped; serve it again with:\n  {resume}"),
+                }
                 display.event(json!({"event": "interrupted", "id": id.as_str(), "saved": true}));
                 return Ok(EXIT_INTERRUPTED);
             }

@@ -21,6 +21,14 @@ const ACCESS: &str = "gateway-test-key";
 const SECRET: &str = "gateway-test-secret";
 const BUCKET: &str = "live";
 
+/// Where a gateway's job moves from and to: two directories of the test's scratch dir, or two
+/// buckets of the in-process S3 server.
+#[derive(Clone, Copy)]
+enum Sides<'a> {
+    Dirs,
+    Buckets(&'a S3Server),
+}
+
 /// A running `ferry serve`: its child, its URL, its stderr file.
 struct Gateway {
     child: Child,
@@ -32,13 +40,34 @@ impl Gateway {
     /// Starts `ferry serve SRC DST --id ID --bucket live` with `extra` flags and waits for
     /// its URL line.
     fn start(env: &Env, id: &str, listen: &str, extra: &[&str], anonymous: bool) -> Gateway {
+        Gateway::start_over(env, Sides::Dirs, id, listen, extra, anonymous)
+    }
+
+    fn start_over(
+        env: &Env,
+        sides: Sides<'_>,
+        id: &str,
+        listen: &str,
+        extra: &[&str],
+        anonymous: bool,
+    ) -> Gateway {
         let stderr = env.path(&format!(
             "serve-{id}-{}.err",
             Instant::now().elapsed().as_nanos()
         ));
-        let (src, dst) = (env.path("src"), env.path("dst"));
-        let mut cmd = env.cmd();
-        cmd.args(["serve", src.to_str().unwrap(), dst.to_str().unwrap()])
+        let (src, dst, mut cmd) = match sides {
+            Sides::Dirs => (
+                env.path("src").to_str().unwrap().to_owned(),
+                env.path("dst").to_str().unwrap().to_owned(),
+                env.cmd(),
+            ),
+            Sides::Buckets(server) => (
+                "s3://src/".to_owned(),
+                "s3://dst/".to_owned(),
+                s3_cmd(env, server),
+            ),
+        };
+        cmd.args(["serve", &src, &dst])
             .args(["--id", id, "--bucket", BUCKET, "--listen", listen])
             .args(extra)
             .env("FERRY_ACCESS_KEY_ID", ACCESS)
@@ -262,6 +291,25 @@ fn hostile_requests_get_s3_errors_and_nothing_is_written_outside_the_stores() {
         assert_eq!(code(&text), *wanted, "{what}: {text}");
     }
 
+    // Ranges: a slice, an open end, a suffix.
+    for (range, want) in [
+        ("bytes=5-11", "content"),
+        ("bytes=5-", "content"),
+        ("bytes=-3", "ent"),
+    ] {
+        let (status, text) = raw(
+            port,
+            &req("GET", "/live/keep.txt", &[("Range", range)], 0),
+            b"",
+            false,
+        );
+        assert_eq!(status, 206, "{range}: {text}");
+        assert!(
+            text.ends_with(&format!("\r\n\r\n{want}")),
+            "{range}: {text}"
+        );
+    }
+
     // A malformed CompleteMultipartUpload body, on a real upload.
     let (status, text) = raw(port, &req("POST", "/live/mp?uploads", &[], 0), b"", false);
     assert_eq!(status, 200, "{text}");
@@ -329,6 +377,9 @@ fn a_wrong_signature_is_refused_with_403_and_the_right_one_is_served() {
     assert_eq!(status, 403);
 }
 
+/// A key's content, or `None` when absent.
+type Value = Option<Vec<u8>>;
+
 /// What a key must read as: one value, or (after an operation whose answer was lost) any of
 /// several. `None`: absent.
 #[derive(Debug, Clone)]
@@ -366,64 +417,63 @@ async fn client_ops(
         let before = ledger.lock().unwrap()[key].clone();
         let pick = next() % 10;
         // What a write would leave, for the ledger: `Some(value)`; reads: `None`.
-        let (intended, outcome): (Option<Option<Vec<u8>>>, Result<Option<Vec<u8>>, String>) =
-            match pick {
-                0..=3 => {
-                    let data = bytes(next(), (next() % 40_000) as usize);
-                    let sent = s3.put(&path, PutPayload::from(data.clone())).await;
-                    (
-                        Some(Some(data.clone())),
-                        sent.map(|_| Some(data)).map_err(|e| e.to_string()),
-                    )
-                }
-                4 => {
-                    let sent = s3.delete(&path).await;
-                    (Some(None), sent.map(|_| None).map_err(|e| e.to_string()))
-                }
-                5 => {
-                    // Multipart: two parts.
-                    let (a, b) = (
-                        bytes(next(), 5 << 20),
-                        bytes(next(), (next() % 100_000) as usize),
+        let (intended, outcome): (Option<Value>, Result<Value, String>) = match pick {
+            0..=3 => {
+                let data = bytes(next(), (next() % 40_000) as usize);
+                let sent = s3.put(&path, PutPayload::from(data.clone())).await;
+                (
+                    Some(Some(data.clone())),
+                    sent.map(|_| Some(data)).map_err(|e| e.to_string()),
+                )
+            }
+            4 => {
+                let sent = s3.delete(&path).await;
+                (Some(None), sent.map(|_| None).map_err(|e| e.to_string()))
+            }
+            5 => {
+                // Multipart: two parts.
+                let (a, b) = (
+                    bytes(next(), 5 << 20),
+                    bytes(next(), (next() % 100_000) as usize),
+                );
+                let whole = [a.clone(), b.clone()].concat();
+                let attempt = async {
+                    let mut up = s3.put_multipart(&path).await?;
+                    up.put_part(PutPayload::from(a)).await?;
+                    up.put_part(PutPayload::from(b)).await?;
+                    up.complete().await
+                };
+                let sent = attempt.await;
+                (
+                    Some(Some(whole.clone())),
+                    sent.map(|_| Some(whole)).map_err(|e| e.to_string()),
+                )
+            }
+            _ => {
+                let got = match s3.get(&path).await {
+                    Ok(got) => got
+                        .bytes()
+                        .await
+                        .map(|d| Some(d.to_vec()))
+                        .map_err(|e| e.to_string()),
+                    Err(ferry_object_store::object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Ok(data) = &got {
+                    assert!(
+                        before.0.contains(data),
+                        "I2/I3: {key} reads {:?} bytes, none of the acknowledged values {:?}",
+                        data.as_ref().map(Vec::len),
+                        before
+                            .0
+                            .iter()
+                            .map(|v| v.as_ref().map(Vec::len))
+                            .collect::<Vec<_>>()
                     );
-                    let whole = [a.clone(), b.clone()].concat();
-                    let attempt = async {
-                        let mut up = s3.put_multipart(&path).await?;
-                        up.put_part(PutPayload::from(a)).await?;
-                        up.put_part(PutPayload::from(b)).await?;
-                        up.complete().await
-                    };
-                    let sent = attempt.await;
-                    (
-                        Some(Some(whole.clone())),
-                        sent.map(|_| Some(whole)).map_err(|e| e.to_string()),
-                    )
                 }
-                _ => {
-                    let got = match s3.get(&path).await {
-                        Ok(got) => got
-                            .bytes()
-                            .await
-                            .map(|d| Some(d.to_vec()))
-                            .map_err(|e| e.to_string()),
-                        Err(ferry_object_store::object_store::Error::NotFound { .. }) => Ok(None),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    if let Ok(data) = &got {
-                        assert!(
-                            before.0.contains(data),
-                            "I2/I3: {key} reads {:?} bytes, none of the acknowledged values {:?}",
-                            data.as_ref().map(Vec::len),
-                            before
-                                .0
-                                .iter()
-                                .map(|v| v.as_ref().map(Vec::len))
-                                .collect::<Vec<_>>()
-                        );
-                    }
-                    (None, got)
-                }
-            };
+                (None, got)
+            }
+        };
         let mut ledger = ledger.lock().unwrap();
         match (intended, outcome) {
             // Acknowledged, or read: the key is exactly this now.
@@ -441,16 +491,31 @@ async fn client_ops(
 #[test]
 fn i1_i2_i3_i8_signed_clients_through_the_gateway_during_a_move_across_a_sigkill() {
     let env = Env::new();
+    clients_across_a_sigkill(&env, Sides::Dirs);
+}
+
+#[test]
+fn i1_i2_i3_i8_the_same_over_bucket_urls() {
+    let env = Env::new();
+    let server = S3Server::start(&["src", "dst"]).expect("the S3 test server starts");
+    clients_across_a_sigkill(&env, Sides::Buckets(&server));
+}
+
+/// Four signed clients (each the only writer of its keys, with a ledger of what was
+/// acknowledged) read, write, delete and upload in parts while the tree moves; the gateway is
+/// SIGKILLed mid-run and restarted on its port; at the end every key reads as the ledger says,
+/// the listing is exactly the live keys, SRC is empty and DST holds the live keys.
+fn clients_across_a_sigkill(env: &Env, sides: Sides<'_>) {
     // A tree to move, slowly enough that the clients run while it moves.
     let mut initial = BTreeMap::new();
     for i in 0..160 {
         let key = format!("tree/{:02}/f{i:03}", i % 7);
         let data = bytes(i as u64 + 1, 1000 + (i * 997) % 60_000);
-        write(&env.path(&format!("src/{key}")), &data);
         initial.insert(key, data);
     }
+    put_side(env, sides, "src", &initial);
     let flags = ["--rate", "1MiB", "--concurrency", "4"];
-    let gw = Gateway::start(&env, "live", "127.0.0.1:0", &flags, false);
+    let gw = Gateway::start_over(env, sides, "live", "127.0.0.1:0", &flags, false);
     let port = gw.port();
 
     // Four clients, each owning its keys: some of the tree's (moving), some new.
@@ -494,8 +559,8 @@ fn i1_i2_i3_i8_signed_clients_through_the_gateway_during_a_move_across_a_sigkill
 
     // Kill the gateway mid-run, once it has moved some objects, and restart it on its port.
     let dst_files = || {
-        walk(&env.path("dst"))
-            .iter()
+        side_files(&rt, env, sides, "dst")
+            .keys()
             .filter(|k| k.starts_with("tree/"))
             .count()
     };
@@ -507,8 +572,9 @@ fn i1_i2_i3_i8_signed_clients_through_the_gateway_during_a_move_across_a_sigkill
     gw.child.wait().unwrap();
     let first_stderr = gw.stderr();
     drop(gw);
-    let gw = Gateway::start(
-        &env,
+    let gw = Gateway::start_over(
+        env,
+        sides,
         "live",
         &format!("127.0.0.1:{port}"),
         &["--rate", "64MiB"],
@@ -570,12 +636,9 @@ fn i1_i2_i3_i8_signed_clients_through_the_gateway_during_a_move_across_a_sigkill
             .collect();
         assert_eq!(prefixes, wanted);
         // I8: SRC holds nothing; DST holds exactly the live keys with their contents (I1).
-        assert_eq!(
-            walk(&env.path("src")),
-            Vec::<String>::new(),
-            "SRC not empty"
-        );
-        let dst = regular_files(&env.path("dst")).0;
+        let src = side_files_async(env, sides, "src").await;
+        assert!(src.is_empty(), "I8: SRC not empty: {:?}", src.keys());
+        let dst = side_files_async(env, sides, "dst").await;
         assert_eq!(
             dst.keys().cloned().collect::<Vec<_>>(),
             expected,
@@ -595,9 +658,56 @@ fn i1_i2_i3_i8_signed_clients_through_the_gateway_during_a_move_across_a_sigkill
     );
 }
 
-/// The regular files under `root`, as '/'-separated relative paths, sorted.
-fn walk(root: &Path) -> Vec<String> {
-    let mut out: Vec<String> = regular_files(root).0.into_keys().collect();
-    out.sort();
-    out
+/// The test server's client for `bucket`.
+fn bucket_client(server: &S3Server, bucket: &str) -> AmazonS3 {
+    use ferry_object_store::test_server::{ACCESS_KEY, SECRET_KEY};
+    server.s3(bucket, ACCESS_KEY, SECRET_KEY).build().unwrap()
+}
+
+/// Writes `files` to `side` ("src" or "dst"): files of the scratch dir, or objects.
+fn put_side(env: &Env, sides: Sides<'_>, side: &str, files: &BTreeMap<String, Vec<u8>>) {
+    match sides {
+        Sides::Dirs => {
+            for (key, data) in files {
+                write(&env.path(&format!("{side}/{key}")), data);
+            }
+        }
+        Sides::Buckets(server) => {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let s3 = bucket_client(server, side);
+            rt.block_on(async {
+                for (key, data) in files {
+                    s3.put(&StorePath::from(key.as_str()), data.clone().into())
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    }
+}
+
+/// What `side` holds: key → content.
+async fn side_files_async(env: &Env, sides: Sides<'_>, side: &str) -> BTreeMap<String, Vec<u8>> {
+    match sides {
+        Sides::Dirs => regular_files(&env.path(side)).0,
+        Sides::Buckets(server) => {
+            let s3 = bucket_client(server, side);
+            let metas: Vec<_> = s3.list(None).try_collect().await.unwrap();
+            let mut out = BTreeMap::new();
+            for meta in metas {
+                let data = s3.get(&meta.location).await.unwrap().bytes().await.unwrap();
+                out.insert(meta.location.to_string(), data.to_vec());
+            }
+            out
+        }
+    }
+}
+
+fn side_files(
+    rt: &tokio::runtime::Runtime,
+    env: &Env,
+    sides: Sides<'_>,
+    side: &str,
+) -> BTreeMap<String, Vec<u8>> {
+    rt.block_on(side_files_async(env, sides, side))
 }
