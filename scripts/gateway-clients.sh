@@ -21,7 +21,6 @@ case "${1:-}" in
     "") ;;
     *) echo "usage: scripts/gateway-clients.sh [--bounded]" >&2; exit 2 ;;
 esac
-. scripts/lib.sh
 started=$SECONDS
 
 target=${CARGO_TARGET_DIR:-target}
@@ -121,6 +120,11 @@ print(sum(m[k]["size"] for k in keys), sum(m[k]["size"] for k in keys[0::2]))' "
         "$py" "$ledger" wait-job --ferry "$ferry" --state "$state" --id gw --pid "$gw" \
             --stderr "$sc/gw.$n.err" "$@" >"$sc/status.json"
     }
+    # --cli-read-timeout: the aws CLI's own copy of botocore (1.43.62 in awscli 1.46.3) keeps
+    # a stale status line on a connection after a PUT with Expect: 100-continue that was
+    # answered without 100 (the gateway does so for an empty body, as RFC 9110 allows): the
+    # next such PUT on that connection waits for its read timeout (60 s by default), then
+    # succeeds on retry.
     gw_aws() {
         AWS_ACCESS_KEY_ID="$FERRY_ACCESS_KEY_ID" AWS_SECRET_ACCESS_KEY="$FERRY_SECRET_ACCESS_KEY" \
             AWS_RETRY_MODE=standard AWS_MAX_ATTEMPTS=10 "$bin/aws" --endpoint-url "$url" \
@@ -128,8 +132,8 @@ print(sum(m[k]["size"] for k in keys), sum(m[k]["size"] for k in keys[0::2]))' "
     }
     gw_rclone() {
         # (Without AWS_CA_BUNDLE: rclone's S3 client refuses one with its HTTP transport.)
-        env -u AWS_CA_BUNDLE RCLONE_CONFIG_GW_TYPE=s3 RCLONE_CONFIG_GW_PROVIDER=Other RCLONE_CONFIG_GW_ENDPOINT="$url" \
-            RCLONE_CONFIG_GW_ACCESS_KEY_ID="$FERRY_ACCESS_KEY_ID" \
+        env -u AWS_CA_BUNDLE RCLONE_CONFIG_GW_TYPE=s3 RCLONE_CONFIG_GW_PROVIDER=Other \
+            RCLONE_CONFIG_GW_ENDPOINT="$url" RCLONE_CONFIG_GW_ACCESS_KEY_ID="$FERRY_ACCESS_KEY_ID" \
             RCLONE_CONFIG_GW_SECRET_ACCESS_KEY="$FERRY_SECRET_ACCESS_KEY" \
             RCLONE_CONFIG_GW_REGION=us-east-1 \
             rclone --s3-upload-cutoff 5M --s3-chunk-size 5M -q "$@"
