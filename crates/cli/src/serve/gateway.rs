@@ -116,6 +116,8 @@ pub(crate) struct Gateway {
     table: Table,
     /// The job completed: keys routed to SRC are written to DST.
     settled: AtomicBool,
+    /// Settled, and SRC drained: nothing the gateway wrote is on SRC, reads look at DST first.
+    drained: AtomicBool,
     /// Writes made before the gateway settled hold it shared, so settling waits them out.
     gate: tokio::sync::RwLock<()>,
     stripes: Box<[tokio::sync::Mutex<()>]>,
@@ -157,6 +159,7 @@ impl Gateway {
             dst,
             table,
             settled: AtomicBool::new(false),
+            drained: AtomicBool::new(false),
             gate: tokio::sync::RwLock::new(()),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             hasher: Default::default(),
@@ -222,6 +225,15 @@ impl Gateway {
         let guard = self.table.read(key.as_str());
         let (side, found) = match guard.route() {
             Route::Target(_) => (Side::Dst, op(&*self.dst).await?),
+            // Everything the gateway wrote is on DST now: one open, not a miss on SRC first.
+            Route::Source if self.drained.load(Ordering::Acquire) => {
+                match op(&*self.dst).await {
+                    Err(e) if e.kind() == ErrorKind::NotFound => {
+                        (Side::Src, op(&*self.src).await?)
+                    }
+                    other => (Side::Dst, other?),
+                }
+            }
             Route::Source => match op(&*self.src).await {
                 Err(e) if e.kind() == ErrorKind::NotFound => (Side::Dst, op(&*self.dst).await?),
                 other => (Side::Src, other?),
@@ -528,11 +540,18 @@ impl Gateway {
     /// Moves what SRC still holds to DST, once the gateway has settled: the keys written on
     /// SRC after the job's last listing, and those it failed or kept. Each key under its lock,
     /// copied, synced, read back, then deleted from SRC if it still has the version copied.
-    /// Returns how many keys moved.
+    /// Returns how many keys moved; from then on reads look at DST first (a key written on
+    /// SRC by a program outside the gateway is still found there, after a miss on DST).
     ///
     /// # Errors
     /// The stores' errors; the keys moved so far stay moved.
     pub(crate) async fn drain_source(&self) -> Result<u64> {
+        let moved = self.drain_pass().await?;
+        self.drained.store(true, Ordering::Release);
+        Ok(moved)
+    }
+
+    async fn drain_pass(&self) -> Result<u64> {
         let mut moved = 0;
         let mut after: Option<ObjectKey> = None;
         loop {
@@ -595,8 +614,13 @@ impl Gateway {
                 self.src_sync.sync().await?;
                 Ok(true)
             }
-            // Written by a program outside the gateway meanwhile: its next drain moves it.
-            _ => Ok(false),
+            // Written by a program outside the gateway meanwhile: the copy goes, so the key is
+            // served from SRC (also once reads look at DST first); the next drain moves it.
+            _ => {
+                self.dst.delete_if(key, &meta.version).await?;
+                self.dst_sync.sync().await?;
+                Ok(false)
+            }
         }
     }
 }
