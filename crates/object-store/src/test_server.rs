@@ -2,12 +2,14 @@
 //! `127.0.0.1:<free port>`, in this process, with fixed credentials, so that tests of S3 code
 //! need nothing installed. [`S3Server::start`] starts it on a thread of its own (with its own
 //! Tokio runtime, so it does not depend on the caller's runtime); dropping the [`S3Server`]
-//! stops it, waits for its thread and removes the directory.
+//! stops it, waits for its thread and removes the directory. [`S3Server::serve_dir`] serves an
+//! existing directory instead, and leaves it in place.
 //!
-//! Used by this crate's tests and by the `ferry` command's end-to-end tests, which point the
-//! binary at it through [`S3Server::env`].
+//! Used by this crate's tests, by the `ferry` command's end-to-end tests, which point the
+//! binary at it through [`S3Server::env`], and by `cargo xtask bench serve` as the direct peer
+//! of `ferry serve` over the same directory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -33,7 +35,7 @@ pub const REGION: &str = "us-east-1";
 /// A running server; stopped when dropped.
 pub struct S3Server {
     endpoint: String,
-    root: tempfile::TempDir,
+    root: Root,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -48,6 +50,31 @@ impl S3Server {
         for bucket in buckets {
             std::fs::create_dir(root.path().join(bucket))?;
         }
+        S3Server::spawn(Root::Temp(root))
+    }
+
+    /// Starts a server over the existing directory `root`, listening on a free loopback port:
+    /// each subdirectory of `root` is a bucket, each file under it an object (the key is its
+    /// path below the bucket's directory). Dropping the server leaves the directory in place.
+    ///
+    /// s3s-fs keeps its own files in `root` itself, beside the buckets: the metadata of the
+    /// objects it writes (`.bucket-….json`) and its temp files (`.tmp.….internal.part`,
+    /// removed at start). Nothing of it lands inside a bucket's directory, so another program
+    /// may serve or move a bucket's directory at the same time.
+    ///
+    /// # Errors
+    /// When `root` is not a directory, or the socket or the server thread cannot be made.
+    pub fn serve_dir(root: &Path) -> std::io::Result<S3Server> {
+        if !root.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                format!("{} is not a directory", root.display()),
+            ));
+        }
+        S3Server::spawn(Root::Given(root.to_path_buf()))
+    }
+
+    fn spawn(root: Root) -> std::io::Result<S3Server> {
         let service = {
             let fs = s3s_fs::FileSystem::new(root.path())
                 .map_err(|e| std::io::Error::other(format!("s3s-fs: {e:?}")))?;
@@ -79,6 +106,9 @@ impl S3Server {
                             _ = &mut stop => break,
                             accepted = listener.accept() => {
                                 let Ok((socket, _)) = accepted else { continue };
+                                // Without it a response written in two parts (head, then
+                                // body) waits for the client's delayed ACK: 40 ms a GET.
+                                let _ = socket.set_nodelay(true);
                                 let connection = http
                                     .serve_connection(TokioIo::new(socket), service.clone())
                                     .into_owned();
@@ -162,6 +192,21 @@ impl S3Server {
             Arc::new(PrefixStore::new(s3, prefix))
         };
         Ok(ObjectStoreAdapter::new(store, Listing::Sorted))
+    }
+}
+
+/// The directory a server serves: its own temp dir, removed with it, or one it was given.
+enum Root {
+    Temp(tempfile::TempDir),
+    Given(PathBuf),
+}
+
+impl Root {
+    fn path(&self) -> &Path {
+        match self {
+            Root::Temp(dir) => dir.path(),
+            Root::Given(path) => path,
+        }
     }
 }
 
