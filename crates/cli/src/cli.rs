@@ -68,6 +68,10 @@ pub(crate) enum Command {
     Cancel(IdArg),
     /// Run the failed objects of a job that completed with errors again.
     RetryFailed(RetryArgs),
+    /// Move SRC to DST while serving the S3 API for one bucket over both: unmodified S3
+    /// clients (boto3, the aws CLI, rclone, SDKs) keep reading, writing, listing and deleting
+    /// while the objects move, and when the move completes everything is served from DST.
+    Serve(crate::serve::ServeArgs),
     /// Delete a finished or stopped job's record from the state directory.
     Forget(IdArg),
     /// Dry run: what `migrate` would move and how long it takes at the rate. Writes nothing.
@@ -96,6 +100,7 @@ impl Command {
             Command::List(_) => "list",
             Command::Cancel(_) => "cancel",
             Command::RetryFailed(_) => "retry-failed",
+            Command::Serve(_) => "serve",
             Command::Forget(_) => "forget",
             Command::Plan(_) => "plan",
             Command::Submit(_) => "submit",
@@ -327,14 +332,14 @@ fn parse_lease(text: &str) -> Result<std::time::Duration, String> {
     Ok(lease)
 }
 
-fn parse_rate(text: &str) -> Result<Rate, String> {
+pub(crate) fn parse_rate(text: &str) -> Result<Rate, String> {
     text.parse::<Rate>().map_err(|e| e.to_string())
 }
 
-fn parse_verify(text: &str) -> Result<VerifyMode, String> {
+pub(crate) fn parse_verify(text: &str) -> Result<VerifyMode, String> {
     text.parse::<VerifyMode>().map_err(|e| e.to_string())
 }
 
-fn parse_cleanup(text: &str) -> Result<CleanupPolicy, String> {
+pub(crate) fn parse_cleanup(text: &str) -> Result<CleanupPolicy, String> {
     text.parse::<CleanupPolicy>().map_err(|e| e.to_string())
 }

@@ -54,6 +54,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<u8> {
         Command::List(args) => list(&state, args).await,
         Command::Cancel(args) => cancel(&state, args).await,
         Command::RetryFailed(args) => retry_failed(&state, args).await,
+        Command::Serve(args) => crate::serve::serve(&state, args).await,
         Command::Forget(args) => forget(&state, args).await,
         Command::Plan(args) => plan(&state, args).await,
         Command::Demo(_) | Command::Submit(_) | Command::Worker(_) => {

@@ -85,3 +85,15 @@ pub(crate) fn report(err: &anyhow::Error) {
     }
     eprint!("{out}");
 }
+
+/// An error and its causes on one line.
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        cause = err.source();
+    }
+    text
+}

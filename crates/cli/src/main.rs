@@ -27,6 +27,7 @@ mod location;
 mod progress;
 mod run;
 mod scan;
+mod serve;
 mod state;
 mod view;
 mod worker;

@@ -283,43 +283,8 @@ pub(crate) async fn run(
                 return interrupt(h, &id, state, &display, &mut signals).await;
             }
             Some((command, reply)) = requests.recv() => {
-                let answer = |snap: JobSnapshot| {
-                    Reply::done(LiveSnapshot::new(snap, totals), info.clone())
-                };
-                match command {
-                    Command::Status => {
-                        let _ = reply.send(answer(h.snapshot()));
-                    }
-                    Command::Pause => {
-                        h.pause().await;
-                        display.say(&format!("ferry: job {id} paused from the control socket"));
-                        display.event(json!({"event": "paused", "id": id.as_str()}));
-                        let _ = reply.send(answer(h.snapshot()));
-                    }
-                    Command::Resume => {
-                        h.resume();
-                        display.say(&format!("ferry: job {id} resumed from the control socket"));
-                        display.event(json!({"event": "resumed", "id": id.as_str()}));
-                        let _ = reply.send(answer(h.snapshot()));
-                    }
-                    Command::SetRate(rate) => {
-                        h.set_rate(rate);
-                        display.say(&format!("ferry: job {id}: rate set to {rate}"));
-                        display.event(json!({"event": "rate", "id": id.as_str(), "rate": rate.to_string()}));
-                        let _ = reply.send(answer(h.snapshot()));
-                    }
-                    Command::Cancel => {
-                        let Some(h) = handle.take() else { break };
-                        let report = h.cancel().await;
-                        let snap = report.as_ref().ok().and_then(|r| r.snapshot.clone());
-                        let _ = reply.send(Reply {
-                            ok: report.is_ok(),
-                            error: report.as_ref().err().map(|e| e.to_string()),
-                            snapshot: snap.map(|s| LiveSnapshot::new(s, totals)),
-                            info: Some(info.clone()),
-                        });
-                        cancelled = Some(report);
-                    }
+                if let Some(report) = answer(command, reply, &mut handle, &info, totals, &display).await {
+                    cancelled = Some(report);
                 }
             }
         }
@@ -382,6 +347,61 @@ pub(crate) async fn run(
         }
         _ => EXIT_ERROR,
     })
+}
+
+/// Answers one control-socket request about the running job `handle` (`ferry status`,
+/// `pause`, `resume`, `set-rate`, `cancel` from another shell). A cancel takes the handle and
+/// returns its report.
+pub(crate) async fn answer(
+    command: Command,
+    reply: tokio::sync::oneshot::Sender<Reply>,
+    handle: &mut Option<JobHandle>,
+    info: &JobInfo,
+    totals: Totals,
+    display: &Display,
+) -> Option<ferry::engine::Result<ferry::engine::CancelReport>> {
+    let id = &info.id;
+    let answer = |snap: JobSnapshot| Reply::done(LiveSnapshot::new(snap, totals), info.clone());
+    let Some(h) = handle.as_ref() else {
+        let _ = reply.send(Reply::refused(format!("job {id} is not running")));
+        return None;
+    };
+    match command {
+        Command::Status => {
+            let _ = reply.send(answer(h.snapshot()));
+        }
+        Command::Pause => {
+            h.pause().await;
+            display.say(&format!("ferry: job {id} paused from the control socket"));
+            display.event(json!({"event": "paused", "id": id.as_str()}));
+            let _ = reply.send(answer(h.snapshot()));
+        }
+        Command::Resume => {
+            h.resume();
+            display.say(&format!("ferry: job {id} resumed from the control socket"));
+            display.event(json!({"event": "resumed", "id": id.as_str()}));
+            let _ = reply.send(answer(h.snapshot()));
+        }
+        Command::SetRate(rate) => {
+            h.set_rate(rate);
+            display.say(&format!("ferry: job {id}: rate set to {rate}"));
+            display.event(json!({"event": "rate", "id": id.as_str(), "rate": rate.to_string()}));
+            let _ = reply.send(answer(h.snapshot()));
+        }
+        Command::Cancel => {
+            let h = handle.take()?;
+            let report = h.cancel().await;
+            let snap = report.as_ref().ok().and_then(|r| r.snapshot.clone());
+            let _ = reply.send(Reply {
+                ok: report.is_ok(),
+                error: report.as_ref().err().map(|e| e.to_string()),
+                snapshot: snap.map(|s| LiveSnapshot::new(s, totals)),
+                info: Some(info.clone()),
+            });
+            return Some(report);
+        }
+    }
+    None
 }
 
 fn meta_node(source: bool) -> NodeId {

@@ -23,7 +23,7 @@ use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{SubmitArgs, WorkerArgs};
-use crate::error::{EXIT_FAILED_OBJECTS, EXIT_INTERRUPTED, EXIT_OK, Explain, fail, usage};
+use crate::error::{EXIT_FAILED_OBJECTS, EXIT_INTERRUPTED, EXIT_OK, Explain, chain, fail, usage};
 use crate::location::Location;
 use crate::progress::{Totals, line, size};
 use crate::run::{self, BUCKET_HINT, Signals};
@@ -470,18 +470,6 @@ fn taken_over(err: &(dyn std::error::Error + 'static)) -> bool {
         cause = err.source();
     }
     false
-}
-
-/// An error and its causes on one line.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(err) = cause {
-        text.push_str(": ");
-        text.push_str(&err.to_string());
-        cause = err.source();
-    }
-    text
 }
 
 /// A shared job as `ferry status --state URL` shows it.
