@@ -5,11 +5,12 @@
 //!
 //! With `--root DIR` it serves an existing directory instead, each subdirectory a bucket
 //! (BUCKET… are created there when missing), and leaves it in place when it stops: `cargo
-//! xtask bench serve` serves with it the directory `ferry serve` serves.
+//! xtask bench serve` serves with it the directory `ferry serve` serves. `--fsync` (after
+//! `--root DIR`) answers a PUT only once its file is fsynced.
 //!
 //! ```sh
 //! cargo run -p ferry-object-store --features test-server --example s3_server -- BUCKET...
-//! cargo run -p ferry-object-store --features test-server --example s3_server -- --root DIR [BUCKET...]
+//! cargo run -p ferry-object-store --features test-server --example s3_server -- --root DIR [--fsync] [BUCKET...]
 //! ```
 // An example: it prints the environment to use on stdout, its usage and status on stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -20,7 +21,8 @@ use std::path::PathBuf;
 use ferry_object_store::test_server::S3Server;
 
 const USAGE: &str = "usage: s3_server BUCKET...  (the buckets to create, empty, in a temp dir)\n       \
-                     s3_server --root DIR [BUCKET...]  (serve DIR: each subdirectory a bucket)";
+                     s3_server --root DIR [--fsync] [BUCKET...]  (serve DIR: each subdirectory a \
+                     bucket; --fsync: fsync each PUT's file before answering)";
 
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1).peekable();
@@ -34,6 +36,7 @@ fn main() -> std::io::Result<()> {
     } else {
         None
     };
+    let fsync = root.is_some() && args.next_if(|a| a == "--fsync").is_some();
     let buckets: Vec<String> = args.collect();
     if buckets.iter().any(|b| b.starts_with('-')) || (root.is_none() && buckets.is_empty()) {
         eprintln!("{USAGE}");
@@ -45,7 +48,11 @@ fn main() -> std::io::Result<()> {
             for bucket in &names {
                 std::fs::create_dir_all(root.join(bucket))?;
             }
-            S3Server::serve_dir(root)?
+            if fsync {
+                S3Server::serve_dir_fsync(root)?
+            } else {
+                S3Server::serve_dir(root)?
+            }
         }
         None => S3Server::start(&names)?,
     };

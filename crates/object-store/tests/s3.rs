@@ -75,6 +75,24 @@ async fn serve_dir_serves_the_files_already_there_and_leaves_the_directory() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_dir_fsync_answers_puts_as_serve_dir_does() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("bucket")).unwrap();
+    let server = S3Server::serve_dir_fsync(root.path()).unwrap();
+    let store = server.adapter("bucket", "").unwrap();
+    // Keys whose request paths are percent-encoded: the file synced is the object's.
+    for key in ["plain", "dir/with space+plus", "caf\u{e9}"] {
+        put(&store, key, key.as_bytes()).await;
+        assert_eq!(read(&store, key).await.unwrap(), key.as_bytes());
+        assert_eq!(
+            std::fs::read(root.path().join("bucket").join(key)).unwrap(),
+            key.as_bytes()
+        );
+    }
+    assert!(S3Server::serve_dir_fsync(&root.path().join("missing")).is_err());
+}
+
 /// `err` and its sources, as a person reading a log sees them.
 fn chain(err: &Error) -> String {
     let mut text = err.to_string();
