@@ -536,6 +536,8 @@ async fn forget(state: &State, args: IdArg) -> Result<u8> {
     }
     state.remove_meta(&id)?;
     let _ = std::fs::remove_file(state.socket_path(&id));
+    // `ferry serve`'s multipart uploads never completed.
+    let _ = std::fs::remove_dir_all(crate::serve::staging_dir(state, &id));
     if args.json {
         println!(
             "{}",

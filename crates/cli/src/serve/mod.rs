@@ -73,10 +73,10 @@ pub(crate) struct ServeArgs {
     /// are ignored.
     #[arg(long)]
     anonymous: bool,
-    /// Bandwidth limit of the move, e.g. 50MiB, unlimited. Requests of clients are not
-    /// throttled.
-    #[arg(long, default_value = "unlimited", value_parser = parse_rate)]
-    rate: Rate,
+    /// Bandwidth limit of the move, e.g. 50MiB, unlimited (default: unlimited, or the rate
+    /// the job had when it resumes). Requests of clients are not throttled.
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<Rate>,
     /// How many objects move at once.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=4096))]
     concurrency: u16,
@@ -159,7 +159,12 @@ pub(crate) async fn serve(state: &State, args: ServeArgs) -> Result<u8> {
     };
     let display = Display::new(args.output);
     let (handle, settled) = match engine.start(plan).await {
-        Ok(handle) => (Some(handle), false),
+        Ok(handle) => {
+            if let Some(rate) = args.rate {
+                handle.set_rate(rate);
+            }
+            (Some(handle), false)
+        }
         Err(EngineError::JobFinished { status, .. }) => {
             let completed = matches!(
                 status,
@@ -178,16 +183,15 @@ pub(crate) async fn serve(state: &State, args: ServeArgs) -> Result<u8> {
         Err(e) => return Err(explain_engine(e, &id, state)),
     };
     let gateway = Arc::new(Gateway::new(source, target, table));
-    let uploads = Uploads::open(state.root().join("serve").join(id.as_str()).join("uploads"))
-        .explain(|| {
-            (
-                format!(
-                    "cannot create the upload staging directory under {}",
-                    state.root().display()
-                ),
-                "check the permissions of the state directory".to_owned(),
-            )
-        })?;
+    let uploads = Uploads::open(staging_dir(state, &id).join("uploads")).explain(|| {
+        (
+            format!(
+                "cannot create the upload staging directory under {}",
+                state.root().display()
+            ),
+            "check the permissions of the state directory".to_owned(),
+        )
+    })?;
     let service = {
         let s3 = GatewayS3 {
             bucket: args.bucket.clone(),
@@ -211,7 +215,10 @@ pub(crate) async fn serve(state: &State, args: ServeArgs) -> Result<u8> {
         })?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(accept(listener, service, stop_rx));
+    let mut server = Server {
+        stop: stop_tx,
+        task: Some(tokio::spawn(accept(listener, service, stop_rx))),
+    };
     // The line scripts wait for: the gateway accepts requests from now on.
     println!("{url}");
     display.say(&format!(
@@ -220,6 +227,15 @@ pub(crate) async fn serve(state: &State, args: ServeArgs) -> Result<u8> {
     ));
     display
         .event(json!({"event": "serving", "id": id.as_str(), "url": url, "bucket": args.bucket}));
+    let resume = format!(
+        "ferry {}serve {} {} --id {} --bucket {} --listen {}",
+        state.flag(),
+        shell_quote(&meta.source.to_string()),
+        shell_quote(&meta.target.to_string()),
+        shell_quote(id.as_str()),
+        args.bucket,
+        args.listen,
+    );
     let mut drainer = None;
     if settled {
         drainer = Some(spawn_drain(&gateway, &display, &id));
@@ -233,15 +249,38 @@ pub(crate) async fn serve(state: &State, args: ServeArgs) -> Result<u8> {
         display,
         signals,
         &mut drainer,
+        &mut server,
+        &resume,
     )
     .await;
-    let _ = stop_tx.send(true);
-    let _ = server.await;
+    server.stop().await;
     if let Some(task) = drainer {
         task.abort();
     }
     engine.shutdown().await;
     code
+}
+
+/// Where job `id`'s gateway keeps what it stages (multipart parts).
+pub(crate) fn staging_dir(state: &State, id: &JobId) -> std::path::PathBuf {
+    state.root().join("serve").join(id.as_str())
+}
+
+/// The HTTP side of the gateway.
+struct Server {
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Stops accepting connections and waits for the requests in flight (at most
+    /// [`DRAIN_REQUESTS`]).
+    async fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
 }
 
 /// The key pair from the environment, or `None` with `--anonymous`.
@@ -290,7 +329,7 @@ async fn new_job(
         cleanup: args.cleanup,
         concurrency: std::num::NonZeroUsize::new(usize::from(args.concurrency))
             .unwrap_or(std::num::NonZeroUsize::MIN),
-        rate: args.rate,
+        rate: args.rate.unwrap_or(Rate::Unlimited),
         max_changes: args.max_changes,
         ..PlanOptions::default()
     };
@@ -378,6 +417,8 @@ async fn run_job(
     mut display: Display,
     mut signals: Signals,
     drainer: &mut Option<tokio::task::JoinHandle<()>>,
+    server: &mut Server,
+    resume: &str,
 ) -> Result<u8> {
     let (requests_tx, mut requests) = mpsc::channel::<control::Request>(16);
     let socket_path = state.socket_path(id);
@@ -394,13 +435,6 @@ async fn run_job(
     let mut watch = handle.as_ref().map(JobHandle::watch);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let resume = format!(
-        "ferry {}serve {} {} --id {} ...",
-        state.flag(),
-        shell_quote(&meta.source.to_string()),
-        shell_quote(&meta.target.to_string()),
-        shell_quote(id.as_str())
-    );
     loop {
         let finished = watch
             .as_mut()
@@ -442,11 +476,15 @@ async fn run_job(
             () = signals.recv() => {
                 display.finish();
                 eprintln!("ferry: stopping: no new requests; finishing those in flight and saving job {id}");
-                if let Some(h) = handle.as_ref() {
-                    h.pause().await;
-                }
+                server.stop().await;
                 control_server.drain().await;
-                eprintln!("ferry: job {id} saved; serve it again (and resume the move) with:\n  {resume}");
+                match handle.as_ref() {
+                    Some(h) => {
+                        h.pause().await;
+                        eprintln!("ferry: job {id} saved; serve it again (and resume the move) with:\n  {resume}");
+                    }
+                    None => eprintln!("ferry: stopped; serve it again with:\n  {resume}"),
+                }
                 display.event(json!({"event": "interrupted", "id": id.as_str(), "saved": true}));
                 return Ok(EXIT_INTERRUPTED);
             }
