@@ -12,11 +12,12 @@
 //!   job paused (`ferry pause`) while the idle one is measured, so that the idle figure is not
 //!   the move's too. Target: median of during ÷ idle p99 ≤ 2×.
 //!
-//! Before each measurement: `sync` (a gateway's PUT syncs the file system, and must not pay
-//! for the other server's writes) and a wait until no `rustc` runs on the machine (other
-//! builds share the cores); a pair during which a build started is measured again. Every pair
-//! goes to `docs/bench/serve-<commit>.md` (a new file per run); the Markdown tables for
-//! `docs/benchmarks.md` go to stdout.
+//! The machine is shared: before each pair the bench waits until no `rustc` runs and the CPU
+//! is under 15% busy (at most 20 minutes; the pair's row says so when it gave up); before each
+//! measurement, a `sync` (a gateway's PUT syncs the file system, and must not pay for another
+//! server's writes) and no `rustc`; a pair during which a build started is measured again.
+//! Every pair goes to `docs/bench/serve-<commit>.md` (a new file per run); the Markdown tables
+//! for `docs/benchmarks.md` go to stdout.
 
 mod tools;
 
@@ -333,25 +334,28 @@ fn direct_vs_gateway(
         let (mut direct, mut gateway, mut fsynced) = (Vec::new(), Vec::new(), Vec::new());
         for pair in 0..bench.settings.pairs {
             let gateway_first = pair % 2 == 1;
-            let ((d, g, f), again) = quiet_pair(|| {
-                let reference = |f: &mut Option<Sample>| -> Result<(), String> {
-                    if put {
-                        *f = Some(bench.measure(servers.fsynced, case)?);
+            let ((d, g, f), conditions) = quiet_pair(
+                || Ok(()),
+                || {
+                    let reference = |f: &mut Option<Sample>| -> Result<(), String> {
+                        if put {
+                            *f = Some(bench.measure(servers.fsynced, case)?);
+                        }
+                        Ok(())
+                    };
+                    let mut f = None;
+                    if gateway_first {
+                        reference(&mut f)?;
+                        let g = bench.measure(servers.idle, case)?;
+                        Ok((bench.measure(servers.direct, case)?, g, f))
+                    } else {
+                        let d = bench.measure(servers.direct, case)?;
+                        let g = bench.measure(servers.idle, case)?;
+                        reference(&mut f)?;
+                        Ok((d, g, f))
                     }
-                    Ok(())
-                };
-                let mut f = None;
-                if gateway_first {
-                    reference(&mut f)?;
-                    let g = bench.measure(servers.idle, case)?;
-                    Ok((bench.measure(servers.direct, case)?, g, f))
-                } else {
-                    let d = bench.measure(servers.direct, case)?;
-                    let g = bench.measure(servers.idle, case)?;
-                    reference(&mut f)?;
-                    Ok((d, g, f))
-                }
-            })?;
+                },
+            )?;
             let ratio = g.p50_ms / d.p50_ms;
             eprintln!(
                 "xtask: {} pair {}: direct {:.2} ms, gateway {:.2} ms p50: {ratio:.2}×",
@@ -371,7 +375,7 @@ fn direct_vs_gateway(
                 "| {} | {} | {order}{} | {} | {} | {} | {ratio:.2}× |",
                 case.name,
                 pair + 1,
-                again_note(again),
+                conditions.note(),
                 d.cell(),
                 g.cell(),
                 f.map_or_else(|| "—".to_owned(), |f| f.cell()),
@@ -472,15 +476,18 @@ fn during_vs_idle(
                 set_paused(true)?;
                 measured(idle)
             };
-            let (((i, moved_paused, _), (d, moved, status)), again) = quiet_pair(|| {
-                if during_first {
-                    let d = during()?;
-                    Ok((idle_run()?, d))
-                } else {
-                    let i = idle_run()?;
-                    Ok((i, during()?))
-                }
-            })?;
+            let (((i, moved_paused, _), (d, moved, status)), conditions) = quiet_pair(
+                || set_paused(true),
+                || {
+                    if during_first {
+                        let d = during()?;
+                        Ok((idle_run()?, d))
+                    } else {
+                        let i = idle_run()?;
+                        Ok((i, during()?))
+                    }
+                },
+            )?;
             if status != "running" && ended.is_none() {
                 eprintln!("xtask: the moving job is {status} after a measurement during it");
                 ended = Some(format!("{} pair {}", case.name, pair + 1));
@@ -504,7 +511,7 @@ fn during_vs_idle(
                 } else {
                     "idle, during"
                 },
-                again_note(again),
+                conditions.note(),
                 i.cell(),
                 d.cell(),
                 mib(moved),
@@ -558,12 +565,4 @@ fn during_vs_idle(
         }
     );
     Ok(table)
-}
-
-fn again_note(again: usize) -> String {
-    if again > 0 {
-        format!(" (measured {} times: a build ran)", again + 1)
-    } else {
-        String::new()
-    }
 }

@@ -49,7 +49,7 @@ impl Bench {
     /// One measurement of `case` against `endpoint`, after a `sync` and once no build runs.
     pub(super) fn measure(&self, endpoint: &str, case: &Case) -> Result<Sample, String> {
         sh("sync")?;
-        wait_for_quiet();
+        wait_for_builds();
         let out = Command::new(&self.load)
             .args(["--endpoint", endpoint, "--bucket", BUCKET, "--op", case.op])
             .args(["--size", case.size, "--keys", case.keys])
@@ -295,7 +295,7 @@ fn builds() -> usize {
 }
 
 /// Waits (at most an hour) until no `rustc` runs: a build shares the cores with the servers.
-fn wait_for_quiet() {
+fn wait_for_builds() {
     let start = Instant::now();
     let mut told = false;
     while builds() > 0 && start.elapsed() < Duration::from_secs(3600) {
@@ -307,20 +307,111 @@ fn wait_for_quiet() {
     }
 }
 
-/// Runs `pair` until no build ran during it (at most [`RETRIES`] more times); the result and
-/// how many times it was measured again.
-pub(super) fn quiet_pair<T>(
-    mut pair: impl FnMut() -> Result<T, String>,
-) -> Result<(T, usize), String> {
-    let mut again = 0;
+/// The share of the machine's CPU time that was busy over the next second (`/proc/stat`);
+/// 0 where it cannot be read.
+fn busy() -> f64 {
+    fn sample() -> Option<(u64, u64)> {
+        let stat = fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal …: idle and iowait are not busy.
+        let total: u64 = cpu.iter().take(8).sum();
+        let idle = cpu.get(3)? + cpu.get(4).copied().unwrap_or(0);
+        Some((total, idle))
+    }
+    let Some((total0, idle0)) = sample() else {
+        return 0.0;
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let Some((total1, idle1)) = sample() else {
+        return 0.0;
+    };
+    let total = total1.saturating_sub(total0).max(1);
+    1.0 - idle1.saturating_sub(idle0) as f64 / total as f64
+}
+
+/// Waits until no `rustc` runs and the machine is idle (under [`QUIET_BUSY`] of its CPU
+/// busy; at most [`QUIET_WAIT`], then goes on). Returns the share busy when it gave up.
+fn wait_for_quiet() -> Option<f64> {
+    wait_for_builds();
+    let start = Instant::now();
+    let mut told = false;
     loop {
-        wait_for_quiet();
+        let busy = busy();
+        if busy < QUIET_BUSY {
+            return None;
+        }
+        if start.elapsed() > QUIET_WAIT {
+            eprintln!(
+                "xtask: the machine stayed {:.0}% busy for {} minutes; measuring anyway",
+                busy * 100.0,
+                QUIET_WAIT.as_secs() / 60
+            );
+            return Some(busy);
+        }
+        if !told {
+            eprintln!(
+                "xtask: waiting for the machine to be idle ({:.0}% busy)",
+                busy * 100.0
+            );
+            told = true;
+        }
+        std::thread::sleep(Duration::from_secs(4));
+    }
+}
+
+/// Under this share of CPU busy (other than the bench's idle servers) the machine is quiet.
+const QUIET_BUSY: f64 = 0.15;
+/// How long a pair waits for the machine to be quiet.
+const QUIET_WAIT: Duration = Duration::from_secs(20 * 60);
+
+/// How a pair was measured: how many times again (a build started during it), and how busy
+/// the machine was before it when it did not get quiet.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Conditions {
+    again: usize,
+    busy: Option<f64>,
+}
+
+impl Conditions {
+    /// A note for the pair's row; empty when nothing happened.
+    pub(super) fn note(&self) -> String {
+        let mut note = String::new();
+        if self.again > 0 {
+            note.push_str(&format!(
+                " (measured {} times: a build ran)",
+                self.again + 1
+            ));
+        }
+        if let Some(busy) = self.busy {
+            note.push_str(&format!(" (machine {:.0}% busy before)", busy * 100.0));
+        }
+        note
+    }
+}
+
+/// Runs `pair` once the machine is quiet, again when a build started during it (at most
+/// [`RETRIES`] more times); the result and how it was measured. `idle` runs first each time:
+/// it makes the bench's own processes idle (the quiet check counts them too).
+pub(super) fn quiet_pair<T>(
+    mut idle: impl FnMut() -> Result<(), String>,
+    mut pair: impl FnMut() -> Result<T, String>,
+) -> Result<(T, Conditions), String> {
+    let mut conditions = Conditions::default();
+    loop {
+        idle()?;
+        conditions.busy = wait_for_quiet();
         let result = pair()?;
-        if builds() == 0 || again == RETRIES {
-            return Ok((result, again));
+        if builds() == 0 || conditions.again == RETRIES {
+            return Ok((result, conditions));
         }
         eprintln!("xtask: a build started during the pair; measuring it again");
-        again += 1;
+        conditions.again += 1;
     }
 }
 
