@@ -16,7 +16,7 @@ use ferry_types::ObjectKey;
 use futures_util::{StreamExt, stream};
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetResultPayload, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart,
+    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart,
 };
 
 use crate::url::{Backend, parse};
@@ -655,6 +655,63 @@ impl Store for ObjectStoreAdapter {
                 .get_opts(&path, GetOptions::default())
                 .await
                 .map_err(|e| op_error(Op::Get, Some(key), e))?;
+            let meta = convert_meta(key.clone(), &found.meta);
+            let body = match found.payload {
+                GetResultPayload::File(file, _) => {
+                    file_body(file, found.range, self.chunk_size, key.clone())
+                }
+                GetResultPayload::Stream(inner) => {
+                    backend_body(inner, self.chunk_size, key.clone())
+                }
+            };
+            Ok(Object { meta, body })
+        })
+    }
+
+    /// Asks the server for the range (a `Range` header), after a `head` when it would
+    /// start at or past the end (which S3 answers with an error, not an empty body).
+    fn get_range<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        start: u64,
+        end: u64,
+    ) -> BoxFuture<'a, Result<Object>> {
+        Box::pin(async move {
+            if start == 0 && end == u64::MAX {
+                return self.get(key).await;
+            }
+            let path = self.path(key)?;
+            let range = if end == u64::MAX {
+                GetRange::Offset(start)
+            } else {
+                GetRange::Bounded(start..end.max(start))
+            };
+            let empty = |meta: ObjectMeta| Object {
+                meta,
+                body: Box::pin(stream::empty()),
+            };
+            if start >= end {
+                let meta = self.head_for(Op::Get, key).await?;
+                return meta
+                    .map(empty)
+                    .ok_or_else(|| Error::NotFound { key: key.clone() });
+            }
+            let options = GetOptions {
+                range: Some(range),
+                ..GetOptions::default()
+            };
+            let found = match self.store.get_opts(&path, options).await {
+                Ok(found) => found,
+                Err(e) => {
+                    // A range that starts past the end is an error to the server; to the
+                    // caller it is empty.
+                    let error = op_error(Op::Get, Some(key), e);
+                    return match self.head_for(Op::Get, key).await? {
+                        Some(meta) if start >= meta.size => Ok(empty(meta)),
+                        _ => Err(error),
+                    };
+                }
+            };
             let meta = convert_meta(key.clone(), &found.meta);
             let body = match found.payload {
                 GetResultPayload::File(file, _) => {

@@ -492,6 +492,44 @@ fn read_chunk(file: &mut File, key: &ObjectKey, chunk: usize, left: u64) -> Resu
     Ok(buf)
 }
 
+/// The next `left` bytes of `file`, a chunk at a time on the blocking pool. `exact`: stop at
+/// `left` (a range); otherwise the byte past it that [`read_chunk`] asks for is delivered, so
+/// a file that grew since it was opened runs past its size and the checked body says so.
+fn file_chunks(
+    file: File,
+    key: ObjectKey,
+    chunk: usize,
+    left: u64,
+    exact: bool,
+) -> impl futures_util::Stream<Item = Result<Bytes>> + Send + 'static {
+    futures_util::stream::unfold((Some(file), left), move |(file, left)| {
+        let key = key.clone();
+        async move {
+            let mut file = file?;
+            if left == 0 {
+                return None;
+            }
+            let read = blocking(Op::Get, move || {
+                let mut buf = read_chunk(&mut file, &key, chunk, left)?;
+                if exact {
+                    buf.truncate(usize::try_from(left).unwrap_or(usize::MAX));
+                }
+                Ok((file, buf))
+            })
+            .await;
+            match read {
+                // Shorter than its size: the body ends; the checked body says so.
+                Ok((_, buf)) if buf.is_empty() => None,
+                Ok((file, buf)) => {
+                    let left = left.saturating_sub(buf.len() as u64);
+                    Some((Ok(Bytes::from(buf)), (Some(file), left)))
+                }
+                Err(e) => Some((Err(e), (None, 0))),
+            }
+        }
+    })
+}
+
 fn split_last<'a, 'b>(segs: &'b [&'a str]) -> (&'a str, &'b [&'a str]) {
     match segs.split_last() {
         Some((name, dirs)) => (name, dirs),
@@ -1016,32 +1054,35 @@ impl Store for DirStore {
             })
             .await?;
             let left = meta.size.saturating_sub(first.len() as u64);
-            let k = key.clone();
-            let rest = futures_util::stream::unfold((Some(file), left), move |(file, left)| {
-                let k = k.clone();
-                async move {
-                    let mut file = file?;
-                    if left == 0 {
-                        return None;
-                    }
-                    let read = blocking(Op::Get, move || {
-                        let buf = read_chunk(&mut file, &k, chunk, left)?;
-                        Ok((file, buf))
-                    })
-                    .await;
-                    match read {
-                        // Shorter than its size: the body ends; the checked body says so.
-                        Ok((_, buf)) if buf.is_empty() => None,
-                        Ok((file, buf)) => {
-                            let left = left.saturating_sub(buf.len() as u64);
-                            Some((Ok(Bytes::from(buf)), (Some(file), left)))
-                        }
-                        Err(e) => Some((Err(e), (None, 0))),
-                    }
-                }
-            });
+            let rest = file_chunks(file, key.clone(), chunk, left, false);
             let first = (!first.is_empty()).then(|| Ok(Bytes::from(first)));
             let body = futures_util::stream::iter(first).chain(rest);
+            Ok(Object {
+                meta,
+                body: Box::pin(body),
+            })
+        })
+    }
+
+    /// Seeks to `start`: a range late in a large file costs what it reads, not its offset.
+    fn get_range<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        start: u64,
+        end: u64,
+    ) -> BoxFuture<'a, Result<Object>> {
+        Box::pin(async move {
+            segments(key)?;
+            let (inner, k) = (Arc::clone(&self.inner), key.clone());
+            let (file, meta, left) = blocking(Op::Get, move || {
+                let (mut file, meta) = inner.open_for_read(&k)?;
+                let (start, end) = (start.min(meta.size), end.min(meta.size));
+                std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))
+                    .map_err(|e| Error::io(Op::Get, k.as_str(), e))?;
+                Ok((file, meta, end.saturating_sub(start)))
+            })
+            .await?;
+            let body = file_chunks(file, key.clone(), self.chunk_size, left, true);
             Ok(Object {
                 meta,
                 body: Box::pin(body),

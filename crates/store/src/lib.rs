@@ -64,6 +64,7 @@ use ferry_types::ObjectKey;
 pub use futures_core::Stream;
 pub use futures_core::future::BoxFuture;
 pub use futures_core::stream::BoxStream;
+use futures_util::StreamExt as _;
 
 #[cfg(unix)]
 mod dir;
@@ -203,6 +204,34 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Cancel safe: it only reads; dropping the body closes the object.
     fn get<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Object>>;
 
+    /// Opens `key` for reading the bytes `start..end` of it (both clamped to its size; `end`
+    /// may be `u64::MAX` for "to the end"): `meta` describes the whole object, `body` delivers
+    /// only those bytes. For ranged reads (an S3 `Range` header) of large objects.
+    ///
+    /// The default opens the object with [`get`](Store::get) and skips the bytes before
+    /// `start` ([`range_of`]); [`DirStore`] seeks instead, and an object store asks its server
+    /// for the range.
+    ///
+    /// # Errors
+    /// As [`get`](Store::get).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    fn get_range<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        start: u64,
+        end: u64,
+    ) -> BoxFuture<'a, Result<Object>> {
+        Box::pin(async move {
+            let object = self.get(key).await?;
+            Ok(Object {
+                body: range_of(object.body, start, end),
+                meta: object.meta,
+            })
+        })
+    }
+
     /// Stores `body` as the content of `key`, replacing any previous object, and returns the
     /// new object's metadata.
     ///
@@ -288,6 +317,33 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Cancel safe: a dropped sync guarantees nothing, and a later one covers the same
     /// operations.
     fn sync(&self) -> BoxFuture<'_, Result<()>>;
+}
+
+/// The bytes `start..end` of `body` (a whole object's), without copying: chunks before the
+/// range are dropped, the two at its edges sliced.
+pub fn range_of(body: ByteStream, start: u64, end: u64) -> ByteStream {
+    Box::pin(futures_util::stream::unfold(
+        (body, 0u64),
+        move |(mut body, mut at)| async move {
+            loop {
+                if at >= end {
+                    return None;
+                }
+                let chunk = match body.next().await? {
+                    Ok(chunk) => chunk,
+                    Err(e) => return Some((Err(e), (body, end))),
+                };
+                let from = at;
+                at += chunk.len() as u64;
+                if at <= start {
+                    continue;
+                }
+                let lo = start.saturating_sub(from) as usize;
+                let hi = (end.min(at) - from) as usize;
+                return Some((Ok(chunk.slice(lo..hi)), (body, at)));
+            }
+        },
+    ))
 }
 
 /// Splits `data` into a body of chunks of at most `chunk` bytes (zero-copy slices), for

@@ -204,24 +204,58 @@ impl Gateway {
         &self.stripes[(self.hasher.hash_one(key.as_str()) as usize) & (STRIPES - 1)]
     }
 
-    /// Opens `key` for reading where the table routes it (SRC, then DST when SRC lacks it).
+    /// Runs the read `op` on the side the table routes `key` to: DST once flipped, else SRC,
+    /// and DST when SRC lacks the key (moved and cleaned up, its entry gone); then the ETag of
+    /// what it found (`meta` says where its metadata is). The read is counted until both are
+    /// done, so the job's commit hook waits for it before it deletes the SRC copy: the ETag
+    /// is never computed from a copy deleted under it.
+    async fn read_routed<'s, T, F, Fut>(
+        &'s self,
+        key: &ObjectKey,
+        op: F,
+        meta: impl Fn(&T) -> &ObjectMeta,
+    ) -> Result<(T, Arc<str>)>
+    where
+        F: Fn(&'s dyn Store) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let guard = self.table.read(key.as_str());
+        let (side, found) = match guard.route() {
+            Route::Target(_) => (Side::Dst, op(&*self.dst).await?),
+            Route::Source => match op(&*self.src).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => (Side::Dst, op(&*self.dst).await?),
+                other => (Side::Src, other?),
+            },
+        };
+        let etag = self.etag(side, meta(&found)).await?;
+        drop(guard);
+        Ok((found, etag))
+    }
+
+    /// Opens `key` for reading where the table routes it ([`Gateway::read_routed`]).
     ///
     /// # Errors
     /// `NotFound` when neither side holds it; the store's errors.
     pub(crate) async fn open(&self, key: &ObjectKey) -> Result<Opened> {
-        let (side, object) = {
-            let guard = self.table.read(key.as_str());
-            match guard.route() {
-                Route::Target(_) => (Side::Dst, self.dst.get(key).await?),
-                Route::Source => match self.src.get(key).await {
-                    Err(e) if e.kind() == ErrorKind::NotFound => {
-                        (Side::Dst, self.dst.get(key).await?)
-                    }
-                    other => (Side::Src, other?),
-                },
-            }
-        };
-        let etag = self.etag(side, &object.meta).await?;
+        let (object, etag) = self
+            .read_routed(key, |store| store.get(key), |o| &o.meta)
+            .await?;
+        Ok(Opened {
+            meta: object.meta,
+            etag,
+            body: object.body,
+        })
+    }
+
+    /// Opens the bytes `start..end` of `key` (clamped to its size) where the table routes it;
+    /// `meta` describes the whole object.
+    ///
+    /// # Errors
+    /// As [`Gateway::open`].
+    pub(crate) async fn open_range(&self, key: &ObjectKey, start: u64, end: u64) -> Result<Opened> {
+        let (object, etag) = self
+            .read_routed(key, |store| store.get_range(key, start, end), |o| &o.meta)
+            .await?;
         Ok(Opened {
             meta: object.meta,
             etag,
@@ -234,22 +268,21 @@ impl Gateway {
     /// # Errors
     /// The store's errors.
     pub(crate) async fn head(&self, key: &ObjectKey) -> Result<Option<(ObjectMeta, Arc<str>)>> {
-        let found = {
-            let guard = self.table.read(key.as_str());
-            match guard.route() {
-                Route::Target(_) => self.dst.head(key).await?.map(|m| (Side::Dst, m)),
-                Route::Source => match self.src.head(key).await? {
-                    Some(meta) => Some((Side::Src, meta)),
-                    None => self.dst.head(key).await?.map(|m| (Side::Dst, m)),
+        let found = self
+            .read_routed(
+                key,
+                |store| async move {
+                    store
+                        .head(key)
+                        .await?
+                        .ok_or_else(|| StoreError::NotFound { key: key.clone() })
                 },
-            }
-        };
+                |m| m,
+            )
+            .await;
         match found {
-            None => Ok(None),
-            Some((side, meta)) => {
-                let etag = self.etag(side, &meta).await?;
-                Ok(Some((meta, etag)))
-            }
+            Err(GatewayError::Store(e)) if e.kind() == ErrorKind::NotFound => Ok(None),
+            other => other.map(Some),
         }
     }
 
@@ -413,9 +446,17 @@ impl Gateway {
                     page.next = cursor;
                     return Ok(page);
                 }
-                let etag = self.etag(side, &meta).await?;
                 cursor = Some(key.to_owned());
-                page.objects.push(Listed { meta, etag });
+                match self.etag(side, &meta).await {
+                    Ok(etag) => page.objects.push(Listed { meta, etag }),
+                    // Moved (or deleted) since the batch was listed: as it is now, if at all.
+                    Err(GatewayError::Store(e)) if e.kind() == ErrorKind::NotFound => {
+                        if let Some((meta, etag)) = self.head(&meta.key).await? {
+                            page.objects.push(Listed { meta, etag });
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             match bound {
                 None => return Ok(page),

@@ -20,7 +20,7 @@ use s3s::dto::{
     HeadBucketInput, HeadBucketOutput, HeadObjectInput, HeadObjectOutput, ListBucketsInput,
     ListBucketsOutput, ListObjectsInput, ListObjectsOutput, ListObjectsV2Input,
     ListObjectsV2Output, ListPartsInput, ListPartsOutput, Object, Part, PutObjectInput,
-    PutObjectOutput, StreamingBlob, Timestamp, UploadPartInput, UploadPartOutput,
+    PutObjectOutput, Range, StreamingBlob, Timestamp, UploadPartInput, UploadPartOutput,
 };
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
@@ -197,33 +197,6 @@ impl Stream for Owned {
     }
 }
 
-/// The bytes `range` (start..end) of `body`.
-fn slice(body: ByteStream, range: std::ops::Range<u64>) -> ByteStream {
-    futures_util::stream::unfold(
-        (body, 0u64, range),
-        |(mut body, mut at, range)| async move {
-            loop {
-                if at >= range.end {
-                    return None;
-                }
-                let chunk = match body.next().await? {
-                    Ok(chunk) => chunk,
-                    Err(e) => return Some((Err(e), (body, range.end, range))),
-                };
-                let (from, to) = (at, at + chunk.len() as u64);
-                at = to;
-                if to <= range.start {
-                    continue;
-                }
-                let lo = range.start.saturating_sub(from) as usize;
-                let hi = (range.end.min(to) - from) as usize;
-                return Some((Ok(chunk.slice(lo..hi)), (body, at, range)));
-            }
-        },
-    )
-    .boxed()
-}
-
 fn etag(text: &str) -> ETag {
     ETag::Strong(text.to_owned())
 }
@@ -288,6 +261,16 @@ impl GatewayS3 {
             })
             .collect();
         (objects, prefixes)
+    }
+
+    /// The key of an upload request, checked against the key the upload `id` was created for.
+    async fn upload_key(&self, bucket: &str, k: &str, id: &str) -> S3Result<ObjectKey> {
+        self.bucket(bucket)?;
+        let k = key(k)?;
+        if self.uploads.key(id).await? != k.as_str() {
+            return Err(UploadError::NoSuchUpload.into());
+        }
+        Ok(k)
     }
 
     async fn write(
@@ -357,21 +340,43 @@ impl S3 for GatewayS3 {
         let input = req.input;
         self.bucket(&input.bucket)?;
         let key = key(&input.key)?;
-        let opened = self.gateway.open(&key).await?;
-        let size = opened.meta.size;
-        let (body, length, content_range) = match input.range {
-            None => (opened.body, size, None),
+        let (opened, length, content_range) = match input.range {
+            None => {
+                let opened = self.gateway.open(&key).await?;
+                let size = opened.meta.size;
+                (opened, size, None)
+            }
             Some(range) => {
-                let range = range.check(size)?;
-                let content_range = format!(
-                    "bytes {}-{}/{size}",
-                    range.start,
-                    range.end.saturating_sub(1)
-                );
-                let length = range.end - range.start;
-                (slice(opened.body, range), length, Some(content_range))
+                // The range as asked for (a suffix needs the size: the object's head first),
+                // then checked against the size of the object actually opened.
+                let (start, end) = match range {
+                    Range::Int { first, last } => {
+                        (first, last.map_or(u64::MAX, |l| l.saturating_add(1)))
+                    }
+                    Range::Suffix { .. } => {
+                        let size = match self.gateway.head(&key).await? {
+                            Some((meta, _)) => meta.size,
+                            None => return Err(err(S3ErrorCode::NoSuchKey, "no such key")),
+                        };
+                        let r = range.check(size)?;
+                        (r.start, r.end)
+                    }
+                };
+                let opened = self.gateway.open_range(&key, start, end).await?;
+                let size = opened.meta.size;
+                let r = range.check(size)?;
+                let content_range = format!("bytes {}-{}/{size}", r.start, r.end.saturating_sub(1));
+                if (r.start, r.end) != (start.min(size), end.min(size)) {
+                    // The object changed between the head and the read (a suffix range).
+                    return Err(err(
+                        S3ErrorCode::ServiceUnavailable,
+                        "the object changed while it was read; try again",
+                    ));
+                }
+                (opened, r.end - r.start, Some(content_range))
             }
         };
+        let body = opened.body;
         Ok(S3Response::new(GetObjectOutput {
             body: Some(StreamingBlob::wrap(Owned(Mutex::new(body)))),
             content_length: Some(length as i64),
@@ -615,11 +620,8 @@ impl S3 for GatewayS3 {
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
         let input = req.input;
-        self.bucket(&input.bucket)?;
-        let k = key(&input.key)?;
-        if self.uploads.key(&input.upload_id).await? != k.as_str() {
-            return Err(UploadError::NoSuchUpload.into());
-        }
+        self.upload_key(&input.bucket, &input.key, &input.upload_id)
+            .await?;
         let expected = length(input.content_length)?;
         let md5 = self
             .uploads
@@ -641,10 +643,8 @@ impl S3 for GatewayS3 {
         req: S3Request<ListPartsInput>,
     ) -> S3Result<S3Response<ListPartsOutput>> {
         let input = req.input;
-        self.bucket(&input.bucket)?;
-        if self.uploads.key(&input.upload_id).await? != input.key {
-            return Err(UploadError::NoSuchUpload.into());
-        }
+        self.upload_key(&input.bucket, &input.key, &input.upload_id)
+            .await?;
         let after = input.part_number_marker.unwrap_or(0);
         let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
         let all: Vec<_> = self
@@ -683,11 +683,9 @@ impl S3 for GatewayS3 {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let input = req.input;
-        self.bucket(&input.bucket)?;
-        let k = key(&input.key)?;
-        if self.uploads.key(&input.upload_id).await? != k.as_str() {
-            return Err(UploadError::NoSuchUpload.into());
-        }
+        let k = self
+            .upload_key(&input.bucket, &input.key, &input.upload_id)
+            .await?;
         let chosen: Vec<(i32, String)> = input
             .multipart_upload
             .and_then(|m| m.parts)
@@ -728,10 +726,8 @@ impl S3 for GatewayS3 {
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let input = req.input;
-        self.bucket(&input.bucket)?;
-        if self.uploads.key(&input.upload_id).await? != input.key {
-            return Err(UploadError::NoSuchUpload.into());
-        }
+        self.upload_key(&input.bucket, &input.key, &input.upload_id)
+            .await?;
         self.uploads.remove(&input.upload_id).await?;
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }

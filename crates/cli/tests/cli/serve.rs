@@ -291,6 +291,25 @@ fn hostile_requests_get_s3_errors_and_nothing_is_written_outside_the_stores() {
         assert_eq!(code(&text), *wanted, "{what}: {text}");
     }
 
+    // Ranges: a slice, an open end, a suffix.
+    for (range, want) in [
+        ("bytes=5-11", "content"),
+        ("bytes=5-", "content"),
+        ("bytes=-3", "ent"),
+    ] {
+        let (status, text) = raw(
+            port,
+            &req("GET", "/live/keep.txt", &[("Range", range)], 0),
+            b"",
+            false,
+        );
+        assert_eq!(status, 206, "{range}: {text}");
+        assert!(
+            text.ends_with(&format!("\r\n\r\n{want}")),
+            "{range}: {text}"
+        );
+    }
+
     // A malformed CompleteMultipartUpload body, on a real upload.
     let (status, text) = raw(port, &req("POST", "/live/mp?uploads", &[], 0), b"", false);
     assert_eq!(status, 200, "{text}");

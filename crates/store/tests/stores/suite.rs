@@ -107,6 +107,7 @@ impl Reads {
 pub(crate) async fn suite(store: Arc<dyn Store>, expect: Expect) {
     round_trip_with_multi_chunk_and_empty_objects(&*store).await;
     get_of_absent_key_is_not_found(&*store).await;
+    get_range_delivers_exactly_the_range(&*store).await;
     overwrite_changes_version(&*store, expect.versions).await;
     delete_absent_is_ok_false(&*store).await;
     i1_delete_if_deletes_only_the_version_given(&*store).await;
@@ -230,6 +231,41 @@ pub(crate) async fn round_trip_with_multi_chunk_and_empty_objects(store: &dyn St
     ));
     store.put(&key("rt/gap"), body).await.unwrap();
     assert_eq!(read(store, "rt/gap").await.unwrap(), b"abcd");
+}
+
+pub(crate) async fn get_range_delivers_exactly_the_range(store: &dyn Store) {
+    let data: Vec<u8> = (0..(3 * MIB + 123)).map(|i| (i % 251) as u8).collect();
+    let written = put(store, "range/x", &data).await;
+    let size = data.len() as u64;
+    for (start, end) in [
+        (0, u64::MAX),
+        (0, 1),
+        (5, 17),
+        (MIB as u64 - 1, MIB as u64 + 1),
+        (2 * MIB as u64 + 7, u64::MAX),
+        (size - 1, size),
+        (size - 10, size + 1000),
+        (size, u64::MAX),
+        (size + 5, u64::MAX),
+    ] {
+        let object = store.get_range(&key("range/x"), start, end).await.unwrap();
+        assert_eq!(object.meta.size, size, "meta describes the whole object");
+        assert_eq!(object.meta.version, written.version);
+        let got: Vec<Bytes> = object.body.try_collect().await.unwrap();
+        let got = got.concat();
+        let (lo, hi) = (start.min(size) as usize, end.min(size) as usize);
+        assert_eq!(got.len(), hi.saturating_sub(lo), "range {start}..{end}");
+        assert!(
+            got == data[lo..hi.max(lo)],
+            "range {start}..{end}: other bytes"
+        );
+    }
+    let err = store
+        .get_range(&key("range/absent"), 1, 2)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    store.delete(&key("range/x")).await.unwrap();
 }
 
 pub(crate) async fn get_of_absent_key_is_not_found(store: &dyn Store) {
