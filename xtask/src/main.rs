@@ -3,7 +3,9 @@
 //! - `ci`: what CI checks, in the order it checks it: `cargo fmt --check`, clippy on every
 //!   target and feature with warnings denied, the README's test command, the docs with
 //!   warnings denied, `scripts/moto-s3.sh` (the S3 tests against moto, installed from PyPI)
-//!   and `scripts/azurite.sh` (the az:// tests against Azurite, installed from npm). If this
+//!   and `scripts/azurite.sh` (the az:// tests against Azurite, installed from npm), and
+//!   `scripts/gateway-clients.sh --bounded` (`ferry serve` under boto3, the aws CLI and rclone,
+//!   installed by `scripts/s3-clients.sh`: pinned, hashed, from PyPI and Debian). If this
 //!   passes locally, `.ci/run` passes.
 //! - `bench [ARGS…]`: the criterion benches of every crate; extra arguments go to criterion
 //!   (for example `cargo xtask bench -- acquire`).
@@ -100,12 +102,18 @@ fn ci() -> Result<(), String> {
         &["doc", "--workspace", "--no-deps", "--all-features"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
-    // The S3 tests against moto, a second S3 implementation, and the az:// tests against
-    // Azurite, Azure's emulator (`.ci/run` runs both too).
-    for script in ["moto-s3.sh", "azurite.sh"] {
+    // The S3 tests against moto, a second S3 implementation, the az:// tests against
+    // Azurite, Azure's emulator, and `ferry serve` under boto3, the aws CLI and rclone,
+    // bounded (`.ci/run` runs the three too).
+    for (script, args) in [
+        ("moto-s3.sh", &[][..]),
+        ("azurite.sh", &[][..]),
+        ("gateway-clients.sh", &["--bounded"][..]),
+    ] {
         let script = cli_bench::env_dir()?.join("../scripts").join(script);
-        eprintln!("xtask: $ {}", script.display());
+        eprintln!("xtask: $ {} {}", script.display(), args.join(" "));
         let status = Command::new(&script)
+            .args(args)
             .status()
             .map_err(|e| format!("{}: {e}", script.display()))?;
         if !status.success() {

@@ -388,7 +388,8 @@ impl Gateway {
         max_keys: usize,
     ) -> Result<Page> {
         let mut page = Page::default();
-        let mut cursor = after;
+        // An empty marker or start-after is none (as S3 reads it).
+        let mut cursor = after.filter(|a| !a.is_empty());
         let delimiter = delimiter.filter(|d| !d.is_empty());
         if max_keys == 0 {
             return Ok(page);

@@ -291,6 +291,13 @@ fn hostile_requests_get_s3_errors_and_nothing_is_written_outside_the_stores() {
         assert_eq!(code(&text), *wanted, "{what}: {text}");
     }
 
+    // An empty marker or start-after lists from the start, as S3 does.
+    for path in ["/live?marker=", "/live?list-type=2&start-after="] {
+        let (status, text) = raw(port, &req("GET", path, &[], 0), b"", false);
+        assert_eq!(status, 200, "{path}: {text}");
+        assert!(text.contains("<Key>keep.txt</Key>"), "{path}: {text}");
+    }
+
     // Ranges: a slice, an open end, a suffix.
     for (range, want) in [
         ("bytes=5-11", "content"),
