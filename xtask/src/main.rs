@@ -20,6 +20,12 @@
 //! - `bench s3`: `ferry migrate` vs `rclone copy --checksum` to the same S3 server on loopback
 //!   (`ferry-object-store`'s `s3_server` example): dir → S3 and S3 → S3, 10k × 64 KiB files
 //!   and one 1 GiB object; prints a Markdown table for `docs/benchmarks.md`.
+//! - `bench serve [--pairs N] [--seconds S] [--concurrency C]`: `ferry serve` against the
+//!   direct S3 server (`ferry-object-store`'s `s3_server` example serving the same
+//!   directory), GET and PUT of 4 KiB and 1 MiB objects measured by its `s3_load` example, in
+//!   alternating pairs (default 5): p50, p99, throughput, the median gateway ÷ direct p50 and
+//!   its spread; then the gateway's p99 while a migration runs vs idle. Every pair goes to
+//!   `docs/bench/serve-COMMIT.md`; prints the Markdown tables for `docs/benchmarks.md`.
 //! - `bench ab REV [PAIRS]`: this checkout's `ferry migrate` against the one built from
 //!   git revision REV, in PAIRS (default 5) alternating pairs, on 10k × 64 KiB and 1 GiB, with
 //!   the defaults and with `--verify size --cleanup after-verify`; the pairs, the median
@@ -42,6 +48,7 @@
 mod ab_bench;
 mod cli_bench;
 mod s3_bench;
+mod serve_bench;
 
 use std::env;
 use std::process::{Command, ExitCode};
@@ -55,7 +62,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             eprintln!(
-                "usage: cargo xtask <ci | bench [cli [check] | s3 | ab REV [PAIRS] | -- CRITERION ARGS] | crash [-n CYCLES] [--seed SEED] | fuzz [SECONDS]>"
+                "usage: cargo xtask <ci | bench [cli [check] | s3 | serve [--pairs N] [--seconds S] [--concurrency C] | ab REV [PAIRS] | -- CRITERION ARGS] | crash [-n CYCLES] [--seed SEED] | fuzz [SECONDS]>"
             );
             return ExitCode::from(2);
         }
@@ -122,6 +129,7 @@ fn bench(extra: &[String]) -> Result<(), String> {
         Some("cli") if extra.get(1).is_some_and(|a| a == "check") => return cli_bench::check(),
         Some("cli") => return cli_bench::run(),
         Some("s3") => return s3_bench::run(),
+        Some("serve") => return serve_bench::run(&extra[1..]),
         Some("ab") => return ab_bench::run(&extra[1..]),
         _ => {}
     }

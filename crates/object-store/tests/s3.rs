@@ -49,6 +49,50 @@ async fn s3_bucket_with_a_prefix_conforms_and_keys_stay_relative() {
     assert_eq!(keys(&bare, "x/", None).await, Vec::<String>::new());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_dir_serves_the_files_already_there_and_leaves_the_directory() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("bucket/a")).unwrap();
+    std::fs::write(root.path().join("bucket/a/b"), b"already there").unwrap();
+    {
+        let server = S3Server::serve_dir(root.path()).unwrap();
+        assert_eq!(server.root(), root.path());
+        let store = server.adapter("bucket", "").unwrap();
+        assert_eq!(read(&store, "a/b").await.unwrap(), b"already there");
+        put(&store, "c", b"new").await;
+        assert_eq!(keys(&store, "", None).await, ["a/b", "c"]);
+    }
+    // Stopped: the files stay, the new object is a plain file in the bucket's directory.
+    assert_eq!(
+        std::fs::read(root.path().join("bucket/a/b")).unwrap(),
+        b"already there"
+    );
+    assert_eq!(std::fs::read(root.path().join("bucket/c")).unwrap(), b"new");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    assert!(
+        S3Server::serve_dir(file.path()).is_err(),
+        "a file is no root"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_dir_fsync_answers_puts_as_serve_dir_does() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("bucket")).unwrap();
+    let server = S3Server::serve_dir_fsync(root.path()).unwrap();
+    let store = server.adapter("bucket", "").unwrap();
+    // Keys whose request paths are percent-encoded: the file synced is the object's.
+    for key in ["plain", "dir/with space+plus", "caf\u{e9}"] {
+        put(&store, key, key.as_bytes()).await;
+        assert_eq!(read(&store, key).await.unwrap(), key.as_bytes());
+        assert_eq!(
+            std::fs::read(root.path().join("bucket").join(key)).unwrap(),
+            key.as_bytes()
+        );
+    }
+    assert!(S3Server::serve_dir_fsync(&root.path().join("missing")).is_err());
+}
+
 /// `err` and its sources, as a person reading a log sees them.
 fn chain(err: &Error) -> String {
     let mut text = err.to_string();
