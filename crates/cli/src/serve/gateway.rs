@@ -226,14 +226,10 @@ impl Gateway {
         let (side, found) = match guard.route() {
             Route::Target(_) => (Side::Dst, op(&*self.dst).await?),
             // Everything the gateway wrote is on DST now: one open, not a miss on SRC first.
-            Route::Source if self.drained.load(Ordering::Acquire) => {
-                match op(&*self.dst).await {
-                    Err(e) if e.kind() == ErrorKind::NotFound => {
-                        (Side::Src, op(&*self.src).await?)
-                    }
-                    other => (Side::Dst, other?),
-                }
-            }
+            Route::Source if self.drained.load(Ordering::Acquire) => match op(&*self.dst).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => (Side::Src, op(&*self.src).await?),
+                other => (Side::Dst, other?),
+            },
             Route::Source => match op(&*self.src).await {
                 Err(e) if e.kind() == ErrorKind::NotFound => (Side::Dst, op(&*self.dst).await?),
                 other => (Side::Src, other?),
