@@ -18,8 +18,8 @@ use clap::Args;
 use ferry::engine::Error as EngineError;
 use ferry::forwarding::{Config, Table};
 use ferry::types::{
-    CleanupPolicy, JobId, JobSnapshot, JobStatus, MigrationPlan, ObjectSelection, PlanOptions,
-    Rate, VerifyMode,
+    CleanupPolicy, JobId, JobKind, JobSnapshot, JobStatus, MigrationPlan, ObjectSelection,
+    PlanOptions, Rate, VerifyMode,
 };
 use ferry::{Engine, JobHandle};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -113,6 +113,18 @@ pub(crate) async fn serve(state: &State, args: ServeArgs) -> Result<u8> {
     let id = State::job_id(&args.id)?;
     let (meta, plan) = if state.has_meta(&id) {
         let meta = state.load_meta(&id)?;
+        // The job moves what it was created for: other SRC or DST under its id is a mistake.
+        if let Ok(ends) = scan::endpoints(&args.source, &args.target, Some(state.root()))
+            && (ends.source != meta.source || ends.target != meta.target)
+        {
+            return Err(usage(
+                format!(
+                    "job {id} moves {} → {}, not {} → {}",
+                    meta.source, meta.target, ends.source, ends.target
+                ),
+                "give the job's own SRC and DST, or another --id for a new job",
+            ));
+        }
         (meta, None)
     } else {
         new_job(state, &id, &args).await?
@@ -154,7 +166,21 @@ pub(crate) async fn serve(state: &State, args: ServeArgs) -> Result<u8> {
                     ),
                 )
             })?;
-            loaded.record.plan.with_id(id.clone())
+            let plan = loaded.record.plan;
+            if plan.kind != JobKind::Migrate || plan.options.cleanup == CleanupPolicy::Never {
+                return Err(usage(
+                    format!(
+                        "job {id} was not made by `ferry serve`: it is a check, or a migration \
+                         that keeps SRC (--cleanup never)"
+                    ),
+                    format!(
+                        "`ferry {}resume {id}` runs it as it was made; serve a new job with \
+                         another --id",
+                        state.flag()
+                    ),
+                ));
+            }
+            plan.with_id(id.clone())
         }
     };
     let display = Display::new(args.output);

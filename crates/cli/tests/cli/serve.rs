@@ -174,6 +174,25 @@ fn serve_refuses_setups_that_cannot_work_with_clear_errors() {
     assert_fails(&out, 2, "not a valid S3 bucket name");
     // Nothing was started: no job, DST untouched.
     assert!(!env.path("dst").exists());
+    // A job made by `migrate --cleanup never` is not served (its SRC would be drained).
+    let out = env.run(&["migrate", src, dst, "--id", "kept", "--rate", "1KiB", "-q"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let with_id = |id: &str, src: &str| {
+        let mut cmd = env.cmd();
+        cmd.args(["serve", src, dst, "--id", id, "--bucket", BUCKET])
+            .env("FERRY_ACCESS_KEY_ID", ACCESS)
+            .env("FERRY_SECRET_ACCESS_KEY", SECRET);
+        cmd.output().unwrap()
+    };
+    assert_fails(&with_id("kept", src), 2, "was not made by `ferry serve`");
+    // Another SRC under an existing job's id.
+    let other = env.path("other");
+    fs::create_dir_all(&other).unwrap();
+    assert_fails(
+        &with_id("kept", other.to_str().unwrap()),
+        2,
+        "job kept moves",
+    );
 }
 
 /// One raw HTTP/1.1 request (the connection closed after it); the status and the body.
