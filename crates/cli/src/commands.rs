@@ -14,7 +14,6 @@ use crate::cli::{
 };
 use crate::control::{self, Reply};
 use crate::error::{EXIT_ERROR, EXIT_OK, Explain, fail, usage};
-use crate::location::Location;
 use crate::progress::{Display, Totals, size};
 use crate::run::{self, RunCtx, Signals, explain_engine};
 use crate::scan::{self, Scan};
@@ -111,18 +110,7 @@ async fn migrate(state: &State, args: MigrateArgs) -> Result<u8> {
     let display = Display::new(args.output);
     let found = scan::survey(&ends.source, &args.select.prefix).await?;
     report_skipped(&display, &found);
-    match &ends.target {
-        Location::Local(dir) if !ends.target_exists => {
-            std::fs::create_dir_all(dir).explain(|| {
-                (
-                    format!("cannot create the destination directory {}", dir.display()),
-                    "check the permissions of its parent directory".to_owned(),
-                )
-            })?;
-        }
-        Location::Local(_) => {}
-        bucket => scan::probe_bucket("destination", bucket).await?,
-    }
+    scan::prepare_target(&ends).await?;
     let mut meta = JobMeta::new(
         &id,
         ends.source.clone(),

@@ -288,6 +288,24 @@ pub(crate) fn scan(root: &Path, prefix: &str) -> Result<Scan> {
     Ok(out)
 }
 
+/// Makes a job's destination ready before the job is recorded: a missing directory is
+/// created, a bucket is probed ([`probe_bucket`]).
+pub(crate) async fn prepare_target(ends: &Endpoints) -> Result<()> {
+    match &ends.target {
+        Location::Local(dir) if !ends.target_exists => {
+            std::fs::create_dir_all(dir).explain(|| {
+                (
+                    format!("cannot create the destination directory {}", dir.display()),
+                    "check the permissions of its parent directory".to_owned(),
+                )
+            })?;
+        }
+        Location::Local(_) => {}
+        bucket => probe_bucket("destination", bucket).await?,
+    }
+    Ok(())
+}
+
 /// Lists one object of the bucket `location`, so that a wrong name or wrong credentials are
 /// reported before a job is created.
 pub(crate) async fn probe_bucket(side: &'static str, location: &Location) -> Result<()> {

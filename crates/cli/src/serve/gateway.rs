@@ -207,6 +207,17 @@ impl Gateway {
         &self.stripes[(self.hasher.hash_one(key.as_str()) as usize) & (STRIPES - 1)]
     }
 
+    /// A write ticket for `key`, waiting through a fence; [`GatewayError::Busy`] past the
+    /// fence timeout.
+    async fn ticket(&self, key: &ObjectKey) -> Result<ferry::forwarding::WriteTicket<'_>> {
+        self.table
+            .begin_write(key.as_str())
+            .await
+            .map_err(|_| GatewayError::Busy {
+                key: key.as_str().to_owned(),
+            })
+    }
+
     /// Runs the read `op` on the side the table routes `key` to: DST once flipped, else SRC,
     /// and DST when SRC lacks the key (moved and cleaned up, its entry gone); then the ETag of
     /// what it found (`meta` says where its metadata is). The read is counted until both are
@@ -311,13 +322,7 @@ impl Gateway {
         etag: Option<String>,
     ) -> Result<(ObjectMeta, Arc<str>)> {
         let gate = self.write_gate(key).await;
-        let ticket =
-            self.table
-                .begin_write(key.as_str())
-                .await
-                .map_err(|_| GatewayError::Busy {
-                    key: key.as_str().to_owned(),
-                })?;
+        let ticket = self.ticket(key).await?;
         let routed = match ticket.route() {
             Route::Source => Side::Src,
             Route::Target(_) => Side::Dst,
@@ -358,13 +363,7 @@ impl Gateway {
     /// [`GatewayError::Busy`] when the key stays fenced; the store's errors.
     pub(crate) async fn delete(&self, key: &ObjectKey) -> Result<bool> {
         let gate = self.write_gate(key).await;
-        let ticket =
-            self.table
-                .begin_write(key.as_str())
-                .await
-                .map_err(|_| GatewayError::Busy {
-                    key: key.as_str().to_owned(),
-                })?;
+        let ticket = self.ticket(key).await?;
         let both = matches!(ticket.route(), Route::Source);
         let in_src = both && self.src.delete(key).await?;
         let in_dst = self.dst.delete(key).await?;

@@ -127,7 +127,8 @@ pub(crate) async fn serve(state: &State, args: ServeArgs) -> Result<u8> {
         }
         (meta, None)
     } else {
-        new_job(state, &id, &args).await?
+        let (meta, plan) = new_job(state, &id, &args).await?;
+        (meta, Some(plan))
     };
     let source = open_store("source", &meta.source).await?;
     let target = open_store("destination", &meta.target).await?;
@@ -330,24 +331,9 @@ fn credentials(anonymous: bool) -> Result<Option<(String, String)>> {
 }
 
 /// A new job's sidecar and plan.
-async fn new_job(
-    state: &State,
-    id: &JobId,
-    args: &ServeArgs,
-) -> Result<(JobMeta, Option<MigrationPlan>)> {
+async fn new_job(state: &State, id: &JobId, args: &ServeArgs) -> Result<(JobMeta, MigrationPlan)> {
     let ends = scan::endpoints(&args.source, &args.target, Some(state.root()))?;
-    match &ends.target {
-        Location::Local(dir) if !ends.target_exists => {
-            std::fs::create_dir_all(dir).explain(|| {
-                (
-                    format!("cannot create the destination directory {}", dir.display()),
-                    "check the permissions of its parent directory".to_owned(),
-                )
-            })?;
-        }
-        Location::Local(_) => {}
-        bucket => scan::probe_bucket("destination", bucket).await?,
-    }
+    scan::prepare_target(&ends).await?;
     let meta = JobMeta::new(id, ends.source, ends.target, CheckpointKind::File);
     let (src, dst) = run::nodes()?;
     let options = PlanOptions {
@@ -362,7 +348,7 @@ async fn new_job(
     let plan = MigrationPlan::new(src, dst, ObjectSelection::prefix(""))
         .with_id(id.clone())
         .with_options(options);
-    Ok((meta, Some(plan)))
+    Ok((meta, plan))
 }
 
 /// Accepts connections until `stop`, then lets the requests in flight finish (at most
