@@ -249,6 +249,8 @@ impl ObjectStoreAdapter {
                 size,
                 version: Version::new(version),
                 checksum: None,
+                // A PUT's answer carries no Last-Modified; the object was written just now.
+                modified: Some(std::time::SystemTime::now()),
             });
         }
         let meta = self
@@ -467,6 +469,7 @@ fn convert_meta(key: ObjectKey, meta: &object_store::ObjectMeta) -> ObjectMeta {
         size: meta.size,
         version: Version::new(version),
         checksum: None,
+        modified: Some(meta.last_modified.into()),
     }
 }
 

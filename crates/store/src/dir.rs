@@ -12,6 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use ferry_types::ObjectKey;
@@ -218,6 +219,9 @@ fn meta_of(key: ObjectKey, st: &Stat) -> ObjectMeta {
         size,
         version: Version::new(format!("{:x}-{:x}-{:x}", st.st_ino as u64, size, mtime)),
         checksum: None,
+        modified: u64::try_from(mtime)
+            .ok()
+            .map(|nanos| UNIX_EPOCH + Duration::from_nanos(nanos)),
     }
 }
 

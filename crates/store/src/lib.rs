@@ -374,6 +374,7 @@ mod tests {
             size: 10,
             version: Version::new("1"),
             checksum: None,
+            modified: None,
         };
         let short = Object {
             meta: meta.clone(),

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use ferry_types::ObjectKey;
@@ -49,6 +50,7 @@ struct Stored {
     /// Made once per write: every `head`, `get` and listing hands out a clone.
     version: Version,
     blake3: Option<[u8; 32]>,
+    modified: SystemTime,
 }
 
 fn meta(key: &ObjectKey, stored: &Stored) -> ObjectMeta {
@@ -57,6 +59,7 @@ fn meta(key: &ObjectKey, stored: &Stored) -> ObjectMeta {
         size: stored.data.len() as u64,
         version: stored.version.clone(),
         checksum: stored.blake3.map(Checksum::Blake3),
+        modified: Some(stored.modified),
     }
 }
 
@@ -118,6 +121,7 @@ impl MemStore {
             data,
             version: Version::new(state.next_version.to_string()),
             blake3,
+            modified: SystemTime::now(),
         };
         let meta = meta(&key, &stored);
         state.objects.insert(key, stored);

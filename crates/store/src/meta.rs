@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde::de::Deserializer;
 use serde::{Deserialize, Serialize, Serializer};
@@ -198,7 +199,11 @@ impl<'de> Deserialize<'de> for Checksum {
 }
 
 /// What a store knows about one object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Two metas are equal when they describe the same content of the same key: key, size,
+/// version and checksum. When it was written ([`modified`](Self::modified)) is not compared:
+/// a store may only estimate it in a put's answer and tell it exactly in a later `head`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ObjectMeta {
     /// The object's key.
     pub key: ObjectKey,
@@ -208,7 +213,20 @@ pub struct ObjectMeta {
     pub version: Version,
     /// Its checksum, when the store knows one without reading the object.
     pub checksum: Option<Checksum>,
+    /// When this content was written, when the store says (a file's mtime, an object's
+    /// `Last-Modified`); informational: [`version`](Self::version) is what identifies it.
+    #[serde(default)]
+    pub modified: Option<SystemTime>,
 }
+
+impl PartialEq for ObjectMeta {
+    fn eq(&self, other: &ObjectMeta) -> bool {
+        (&self.key, self.size, &self.version, &self.checksum)
+            == (&other.key, other.size, &other.version, &other.checksum)
+    }
+}
+
+impl Eq for ObjectMeta {}
 
 /// What [`Store::delete_if`](crate::Store::delete_if) found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,12 +290,15 @@ mod tests {
             size: 42,
             version: Version::new("\"etag-1\""),
             checksum: Some(Checksum::Crc32c(7)),
+            modified: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_234)),
         };
         let json = serde_json::to_string(&meta).unwrap();
         assert!(json.contains("\"crc32c:00000007\""), "{json}");
-        assert_eq!(serde_json::from_str::<ObjectMeta>(&json).unwrap(), meta);
+        let back = serde_json::from_str::<ObjectMeta>(&json).unwrap();
+        assert_eq!((&back, back.modified), (&meta, meta.modified));
         let bin = postcard::to_allocvec(&meta).unwrap();
-        assert_eq!(postcard::from_bytes::<ObjectMeta>(&bin).unwrap(), meta);
+        let back = postcard::from_bytes::<ObjectMeta>(&bin).unwrap();
+        assert_eq!((&back, back.modified), (&meta, meta.modified));
         assert_eq!(meta.version.as_str(), "\"etag-1\"");
     }
 

@@ -14,7 +14,6 @@
 //! write left on SRC after the job's last listing. Settled writes and the drain take a
 //! per-key lock, so the two never interleave on one key.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,11 +21,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use ferry::forwarding::{Route, Table};
 use ferry::store::{
-    BoxStream, ByteStream, DeleteIf, Error as StoreError, ErrorKind, ObjectMeta, Op, Store, Version,
+    BoxStream, ByteStream, DeleteIf, Error as StoreError, ErrorKind, ObjectMeta, Op, Store,
 };
 use ferry::types::ObjectKey;
 use futures_util::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
+
+use super::etags::{Etags, MultipartTags, Tagged};
 
 /// Which of the job's two stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,6 +48,9 @@ pub(crate) enum GatewayError {
     /// The request's body is not what its headers announced.
     #[error("{0}")]
     Body(BodyFault),
+    /// The gateway's record of multipart ETags, under the state directory, failed.
+    #[error("the gateway's multipart ETag records: {0}")]
+    Records(#[from] std::io::Error),
 }
 
 /// What was wrong with a request's body.
@@ -106,9 +110,6 @@ const LIST_BATCH: usize = 1000;
 /// How many per-key locks settled writes and the drain share (a power of two).
 const STRIPES: usize = 256;
 
-/// ETags remembered at most; past it the memory is cleared (each is recomputed on demand).
-const ETAG_CAP: usize = 1 << 20;
-
 /// The gateway over one job's SRC and DST.
 pub(crate) struct Gateway {
     src: Arc<dyn Store>,
@@ -125,6 +126,7 @@ pub(crate) struct Gateway {
     src_sync: GroupSync,
     dst_sync: GroupSync,
     etags: Etags,
+    multipart: MultipartTags,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -151,7 +153,14 @@ impl WriteGate<'_> {
 }
 
 impl Gateway {
-    pub(crate) fn new(src: Arc<dyn Store>, dst: Arc<dyn Store>, table: Table) -> Gateway {
+    /// The gateway over `src` and `dst` as `table` routes them; `multipart` keeps the ETags
+    /// of objects completed from multipart uploads.
+    pub(crate) fn new(
+        src: Arc<dyn Store>,
+        dst: Arc<dyn Store>,
+        table: Table,
+        multipart: MultipartTags,
+    ) -> Gateway {
         Gateway {
             src_sync: GroupSync::new(Arc::clone(&src)),
             dst_sync: GroupSync::new(Arc::clone(&dst)),
@@ -164,6 +173,7 @@ impl Gateway {
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             hasher: Default::default(),
             etags: Etags::default(),
+            multipart,
         }
     }
 
@@ -307,8 +317,9 @@ impl Gateway {
 
     /// Stores `body` as `key` where the table routes it, durably: when this returns `Ok`, a
     /// store sync that began after the write covers it. `etag` makes the ETag remembered
-    /// (`None`: the MD5 of the body). `expected`: the announced length; `md5`: the
-    /// `Content-MD5` sent, checked before the object replaces the old one.
+    /// (`None`: the MD5 of the body), and kept across restarts and moves (see
+    /// [`MultipartTags`]). `expected`: the announced length; `md5`: the `Content-MD5` sent,
+    /// checked before the object replaces the old one.
     ///
     /// # Errors
     /// [`GatewayError::Body`] when the body is not what was announced (nothing is stored);
@@ -328,7 +339,7 @@ impl Gateway {
             Route::Target(_) => Side::Dst,
         };
         let side = if gate.settled() { Side::Dst } else { routed };
-        let check = Arc::new(Mutex::new(BodyCheck::new(expected, md5)));
+        let check = Arc::new(Mutex::new(BodyCheck::new(expected, md5, etag.is_some())));
         let body = checked(key.clone(), body, Arc::clone(&check));
         let stored = self.store(side).put(key, body).await;
         let fault = lock(&check).fault.clone();
@@ -338,12 +349,25 @@ impl Gateway {
             (Err(e), None) => return Err(e.into()),
         };
         drop(ticket);
-        let etag: Arc<str> = match etag {
-            Some(etag) => etag.into(),
-            None => hex(&lock(&check).digest()).into(),
+        let (etag, tagged) = match etag {
+            Some(etag) => {
+                let etag: Arc<str> = etag.into();
+                let blake3 = lock(&check).blake3.take().map(|h| *h.finalize().as_bytes());
+                let tagged = blake3.map(|blake3| Tagged {
+                    size: meta.size,
+                    blake3,
+                    etag: Arc::clone(&etag),
+                });
+                (etag, tagged)
+            }
+            None => (hex(&lock(&check).digest()).into(), None),
         };
         self.etags.insert(side, &meta, Arc::clone(&etag));
         self.syncer(side).sync().await?;
+        match tagged {
+            Some(tagged) => self.multipart.record(key, tagged).await?,
+            None => self.multipart.forget(key)?,
+        }
         if side == Side::Dst && routed == Side::Src {
             // Settled: the key's SRC copy (left by a write before the job's last listing)
             // goes, so reads that look at SRC first find the new object on DST.
@@ -368,6 +392,7 @@ impl Gateway {
         let in_src = both && self.src.delete(key).await?;
         let in_dst = self.dst.delete(key).await?;
         drop(ticket);
+        self.multipart.forget(key)?;
         if in_src {
             self.src_sync.sync().await?;
         }
@@ -514,20 +539,29 @@ impl Gateway {
         }
     }
 
-    /// The ETag of `meta` on `side`: remembered from the write that made it, or the MD5 of
-    /// its content, read once per version.
+    /// The ETag of `meta` on `side`: remembered from the write that made it, or read once per
+    /// version: the MD5 of its content, or the multipart ETag kept for that content.
     async fn etag(&self, side: Side, meta: &ObjectMeta) -> Result<Arc<str>> {
         if let Some(etag) = self.etags.get(side, meta) {
             return Ok(etag);
         }
         let object = self.store(side).get(&meta.key).await?;
         let version = object.meta.clone();
+        let tagged = self.multipart.candidate(&meta.key, version.size);
+        let mut blake3 = tagged.as_ref().map(|_| blake3::Hasher::new());
         let mut body = object.checked_body();
         let mut md5 = Md5::new();
         while let Some(chunk) = body.next().await {
-            md5.update(&chunk?);
+            let chunk = chunk?;
+            md5.update(&chunk);
+            if let Some(h) = blake3.as_mut() {
+                h.update(&chunk);
+            }
         }
-        let etag: Arc<str> = hex(&md5.finalize()).into();
+        let etag: Arc<str> = match (tagged, blake3) {
+            (Some(t), Some(h)) if *h.finalize().as_bytes() == t.blake3 => t.etag,
+            _ => hex(&md5.finalize()).into(),
+        };
         self.etags.insert(side, &version, Arc::clone(&etag));
         Ok(etag)
     }
@@ -659,47 +693,24 @@ impl GroupSync {
     }
 }
 
-/// An object's ETag, remembered for one version of it.
-type Remembered = (Version, Arc<str>);
-
-/// The ETags of the objects the gateway wrote or read, per side and version.
-#[derive(Default)]
-struct Etags {
-    map: Mutex<HashMap<(Side, ObjectKey), Remembered>>,
-}
-
-impl Etags {
-    fn get(&self, side: Side, meta: &ObjectMeta) -> Option<Arc<str>> {
-        let map = lock(&self.map);
-        map.get(&(side, meta.key.clone()))
-            .filter(|(version, _)| *version == meta.version)
-            .map(|(_, etag)| Arc::clone(etag))
-    }
-
-    fn insert(&self, side: Side, meta: &ObjectMeta, etag: Arc<str>) {
-        let mut map = lock(&self.map);
-        if map.len() >= ETAG_CAP {
-            map.clear();
-        }
-        map.insert((side, meta.key.clone()), (meta.version.clone(), etag));
-    }
-}
-
 /// What a request body must be, checked as it streams.
 struct BodyCheck {
     expected: Option<u64>,
     md5_sent: Option<[u8; 16]>,
     md5: Md5,
+    /// The content's BLAKE3, when the ETag given is kept by content.
+    blake3: Option<blake3::Hasher>,
     got: u64,
     fault: Option<BodyFault>,
 }
 
 impl BodyCheck {
-    fn new(expected: Option<u64>, md5_sent: Option<[u8; 16]>) -> BodyCheck {
+    fn new(expected: Option<u64>, md5_sent: Option<[u8; 16]>, blake3: bool) -> BodyCheck {
         BodyCheck {
             expected,
             md5_sent,
             md5: Md5::new(),
+            blake3: blake3.then(blake3::Hasher::new),
             got: 0,
             fault: None,
         }
@@ -748,6 +759,9 @@ fn checked(
                     let mut c = lock(&check);
                     c.got += chunk.len() as u64;
                     c.md5.update(&chunk);
+                    if let Some(h) = c.blake3.as_mut() {
+                        h.update(&chunk);
+                    }
                     if c.expected.is_some_and(|e| c.got > e) {
                         let fault = BodyFault::Length {
                             expected: c.expected.unwrap_or_default(),

@@ -5,6 +5,7 @@
 //! its storage system's request path ([`gateway`]), `s3s` its HTTP and S3 protocol ([`s3`]),
 //! multipart parts wait in the state directory ([`uploads`]).
 
+mod etags;
 mod gateway;
 mod s3;
 mod uploads;
@@ -39,6 +40,7 @@ use crate::run::{self, Signals, explain_engine, open_store};
 use crate::scan;
 use crate::state::{JobMeta, State, shell_quote};
 
+use self::etags::MultipartTags;
 use self::gateway::Gateway;
 use self::s3::GatewayS3;
 use self::uploads::Uploads;
@@ -209,7 +211,19 @@ pub(crate) async fn serve(state: &State, args: ServeArgs) -> Result<u8> {
         }
         Err(e) => return Err(explain_engine(e, &id, state)),
     };
-    let gateway = Arc::new(Gateway::new(source, target, table));
+    let records = staging_dir(state, &id).join("multipart-etags");
+    let multipart = MultipartTags::open(records.clone()).explain(|| {
+        (
+            format!(
+                "cannot open the gateway's ETag records {}",
+                records.display()
+            ),
+            "check the permissions of the state directory; a damaged file can be removed \
+             (objects completed from multipart uploads then report the MD5 of their content)"
+                .to_owned(),
+        )
+    })?;
+    let gateway = Arc::new(Gateway::new(source, target, table, multipart));
     let uploads = Uploads::open(staging_dir(state, &id).join("uploads")).explain(|| {
         (
             format!(

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use ferry::store::{ByteStream, Error as StoreError, ErrorKind};
+use ferry::store::{ByteStream, Error as StoreError, ErrorKind, ObjectMeta};
 use ferry::types::ObjectKey;
 use futures_util::{Stream, StreamExt};
 use s3s::dto::{
@@ -32,7 +32,8 @@ pub(crate) struct GatewayS3 {
     pub(crate) bucket: String,
     pub(crate) gateway: Arc<Gateway>,
     pub(crate) uploads: Uploads,
-    /// When the gateway started: the `LastModified` it reports (the stores keep no times).
+    /// When the gateway started: the `LastModified` of what has no time of its own (a
+    /// staged part, an object whose store reports none).
     pub(crate) started: std::time::SystemTime,
 }
 
@@ -52,8 +53,9 @@ impl GatewayS3 {
         }
     }
 
-    fn modified(&self) -> Timestamp {
-        Timestamp::from(self.started)
+    /// The `LastModified` of `meta`: when its store says it was written.
+    fn modified(&self, meta: Option<&ObjectMeta>) -> Timestamp {
+        Timestamp::from(meta.and_then(|m| m.modified).unwrap_or(self.started))
     }
 }
 
@@ -104,6 +106,10 @@ impl From<GatewayError> for S3Error {
             GatewayError::Store(e) => store_error(e),
             GatewayError::Busy { .. } => err(S3ErrorCode::SlowDown, e.to_string()),
             GatewayError::Body(fault) => body_fault(fault),
+            GatewayError::Records(_) => {
+                tracing::error!(error = %e, "the multipart ETag records failed");
+                err(S3ErrorCode::InternalError, e.to_string())
+            }
         }
     }
 }
@@ -249,7 +255,7 @@ impl GatewayS3 {
                 key: Some(enc(listed.meta.key.as_str())),
                 size: Some(listed.meta.size as i64),
                 e_tag: Some(etag(&listed.etag)),
-                last_modified: Some(self.modified()),
+                last_modified: Some(self.modified(Some(&listed.meta))),
                 ..Default::default()
             })
             .collect();
@@ -294,7 +300,7 @@ impl S3 for GatewayS3 {
         Ok(S3Response::new(ListBucketsOutput {
             buckets: Some(vec![Bucket {
                 name: Some(self.bucket.clone()),
-                creation_date: Some(self.modified()),
+                creation_date: Some(self.modified(None)),
                 ..Default::default()
             }]),
             ..Default::default()
@@ -383,7 +389,7 @@ impl S3 for GatewayS3 {
             content_range,
             accept_ranges: Some("bytes".to_owned()),
             e_tag: Some(etag(&opened.etag)),
-            last_modified: Some(self.modified()),
+            last_modified: Some(self.modified(Some(&opened.meta))),
             ..Default::default()
         }))
     }
@@ -402,7 +408,7 @@ impl S3 for GatewayS3 {
             content_length: Some(meta.size as i64),
             accept_ranges: Some("bytes".to_owned()),
             e_tag: Some(etag(&tag)),
-            last_modified: Some(self.modified()),
+            last_modified: Some(self.modified(Some(&meta))),
             ..Default::default()
         }))
     }
@@ -511,11 +517,11 @@ impl S3 for GatewayS3 {
             .body
             .map(|chunk| chunk.map_err(|e| BodyFault::Broken(e.to_string())))
             .boxed();
-        let (_, tag) = self.write(&target, body, Some(size), None, None).await?;
+        let (meta, tag) = self.write(&target, body, Some(size), None, None).await?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
                 e_tag: Some(etag(&tag)),
-                last_modified: Some(self.modified()),
+                last_modified: Some(self.modified(Some(&meta))),
                 ..Default::default()
             }),
             ..Default::default()
@@ -662,7 +668,7 @@ impl S3 for GatewayS3 {
                 part_number: Some(p.number),
                 size: Some(p.size as i64),
                 e_tag: Some(etag(&p.md5)),
-                last_modified: Some(self.modified()),
+                last_modified: Some(self.modified(None)),
                 ..Default::default()
             })
             .collect();

@@ -737,3 +737,101 @@ fn side_files(
 ) -> BTreeMap<String, Vec<u8>> {
     rt.block_on(side_files_async(env, sides, side))
 }
+
+/// The MD5 of `data` in hex.
+fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest;
+    md5::Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An ETag as S3 sends it, without its quotes.
+fn bare(etag: Option<String>) -> String {
+    etag.unwrap_or_default().trim_matches('"').to_owned()
+}
+
+#[test]
+fn multipart_etags_and_last_modified_hold_across_a_restart_and_the_move() {
+    let env = Env::new();
+    write(&env.path("src/small"), b"a small object");
+    let gw = Gateway::start(&env, "tags", "127.0.0.1:0", &[], false);
+    let port = gw.port();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a, b) = (bytes(1, 5 << 20), bytes(2, 1000));
+    let whole = [a.clone(), b.clone()].concat();
+    let parts_md5 = [md5_hex(&a), md5_hex(&b)]
+        .iter()
+        .flat_map(|h| (0..16).map(move |i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap()))
+        .collect::<Vec<u8>>();
+    let multipart = format!("{}-2", md5_hex(&parts_md5));
+    let big = StorePath::from("big");
+    rt.block_on(async {
+        let s3 = gw.client(SECRET);
+        let mut up = s3.put_multipart(&big).await.unwrap();
+        up.put_part(PutPayload::from(a)).await.unwrap();
+        up.put_part(PutPayload::from(b)).await.unwrap();
+        up.complete().await.unwrap();
+        assert_eq!(bare(s3.head(&big).await.unwrap().e_tag), multipart);
+    });
+    wait_until(Duration::from_secs(120), "SRC to drain", || {
+        gw.stderr().contains("SRC drained")
+    });
+    assert_eq!(
+        fs::read(env.path("dst/big")).unwrap(),
+        whole,
+        "moved to DST"
+    );
+    drop(gw); // SIGKILL
+
+    // Another version of the same content (its mtime changed), read by a new gateway that
+    // remembers nothing in memory.
+    let past = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    fs::File::options()
+        .write(true)
+        .open(env.path("dst/big"))
+        .unwrap()
+        .set_modified(past)
+        .unwrap();
+    let gw = Gateway::start(&env, "tags", &format!("127.0.0.1:{port}"), &[], false);
+    rt.block_on(async {
+        let s3 = gw.client(SECRET);
+        let head = s3.head(&big).await.unwrap();
+        assert_eq!(bare(head.e_tag), multipart, "the multipart ETag is kept");
+        assert_eq!(
+            head.last_modified.timestamp(),
+            1_000_000_000,
+            "the file's mtime"
+        );
+        let small = s3.head(&StorePath::from("small")).await.unwrap();
+        assert_eq!(bare(small.e_tag), md5_hex(b"a small object"));
+        let mtime = fs::metadata(env.path("dst/small"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        let secs = mtime
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert_eq!(small.last_modified.timestamp() as u64, secs);
+        let listed: Vec<_> = s3.list(None).try_collect().await.unwrap();
+        let listed_big = listed.iter().find(|m| m.location == big).unwrap();
+        assert_eq!(bare(listed_big.e_tag.clone()), multipart);
+        assert_eq!(listed_big.last_modified.timestamp(), 1_000_000_000);
+        // A single-part write replaces the object and its ETag.
+        s3.put(&big, PutPayload::from_static(b"now small"))
+            .await
+            .unwrap();
+    });
+    drop(gw);
+    let gw = Gateway::start(&env, "tags", &format!("127.0.0.1:{port}"), &[], false);
+    rt.block_on(async {
+        let head = gw.client(SECRET).head(&big).await.unwrap();
+        assert_eq!(
+            bare(head.e_tag),
+            md5_hex(b"now small"),
+            "the record is forgotten"
+        );
+    });
+}

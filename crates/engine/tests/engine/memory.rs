@@ -74,6 +74,7 @@ impl Generating {
             size: (chunks * MIB) as u64,
             version: Version::new("v1"),
             checksum: None,
+            modified: None,
         }
     }
 }
@@ -167,6 +168,7 @@ impl Store for HashingSink {
                 size,
                 version: Version::new(format!("h{chunks}")),
                 checksum: None,
+                modified: None,
             };
             self.objects
                 .lock()

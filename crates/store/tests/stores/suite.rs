@@ -216,6 +216,17 @@ pub(crate) async fn round_trip_with_multi_chunk_and_empty_objects(store: &dyn St
     assert_eq!(store.head(&k).await.unwrap(), Some(meta.clone()));
     let object = store.get(&k).await.unwrap();
     assert_eq!(object.meta, meta, "get's meta describes what it reads");
+    // When it was written, as the store tells it: now, give or take clock skew and the
+    // second granularity of an HTTP date.
+    let Some(written) = store.head(&k).await.unwrap().and_then(|m| m.modified) else {
+        panic!("every built-in store reports when an object was written")
+    };
+    let now = std::time::SystemTime::now();
+    let skew = std::time::Duration::from_secs(300);
+    assert!(
+        written <= now + skew && written + skew >= now,
+        "{written:?} is not about now ({now:?})"
+    );
     let chunks: Vec<Bytes> = object.checked_body().try_collect().await.unwrap();
     assert_eq!(chunks.concat(), data);
 
