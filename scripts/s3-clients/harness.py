@@ -42,6 +42,8 @@ def make_tree(args):
         # One file above the clients' multipart threshold (5 MiB): two parts.
         key, seed = "big/multipart.bin", args.seed * 1_000_003 + 999_999
         manifest[key] = version(seed, PART + 1 * MiB, kind="tree")
+        # Uploaded by the aws CLI, in 5 MiB parts: the ETag of a two-part upload.
+        manifest[key]["multipart_etag"] = version(seed, PART + 1 * MiB, parts=2)["etag"]
         os.makedirs(os.path.join(args.dir, "big"), exist_ok=True)
         with open(os.path.join(args.dir, "big", "multipart.bin"), "wb") as f:
             f.write(content(seed, PART + 1 * MiB))
