@@ -28,14 +28,19 @@ use ferry_types::ObjectKey;
 const FILES: usize = 2_000;
 const SIZE: usize = 64 << 10;
 
-fn sync(c: &mut Criterion) {
+/// A runtime of two workers, and a directory on the disk of the target directory (not a tmpfs).
+fn setup() -> (tokio::runtime::Runtime, tempfile::TempDir) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    // On the disk of the target directory, not a tmpfs.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    (rt, dir)
+}
+
+fn sync(c: &mut Criterion) {
+    let (rt, dir) = setup();
     let keys: Vec<ObjectKey> = (0..FILES)
         .map(|i| ObjectKey::new(format!("d{:02}/f{i:05}", i % 20)).unwrap())
         .collect();
@@ -99,12 +104,7 @@ async fn write_back(store: &DirStore) {
 
 /// One 4 KiB put and its barrier per iteration, per strategy; quiet, then with a writer.
 fn sync_one_small_file(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (rt, dir) = setup();
     let data = Bytes::from(vec![0x5a; 4096]);
     for disk in ["quiet", "busy"] {
         let stop = Arc::new(AtomicBool::new(false));
