@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The az:// tests against Azurite, Azure Storage's emulator (npm), which this script installs
-# into target/azurite (once, versions pinned in scripts/azurite/package.json), starts on a free
-# loopback port with in-memory storage, and stops when the tests end. `.ci/run` calls it after
-# the workspace tests; run it by hand the same way. Needs node and npm with access to the npm
-# registry.
+# into target/azurite (with `npm ci`: every package's version and integrity hash pinned in the
+# committed scripts/azurite/package-lock.json; installed anew when it changes), starts on a
+# free loopback port with in-memory storage, and stops when the tests end. `.ci/run` calls it
+# after the workspace tests; run it by hand the same way. Needs node and npm with access to
+# the npm registry. To update: change package.json, then `npm install --package-lock-only` in
+# scripts/azurite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=target/azurite
 mkdir -p "$dir"
-if ! cmp -s scripts/azurite/package.json "$dir/package.json" || [ ! -x "$dir/node_modules/.bin/azurite-blob" ]; then
-    cp scripts/azurite/package.json "$dir/package.json"
-    (cd "$dir" && npm install --no-audit --no-fund --silent --no-package-lock)
+if ! cmp -s scripts/azurite/package-lock.json "$dir/package-lock.json" || [ ! -x "$dir/node_modules/.bin/azurite-blob" ]; then
+    cp scripts/azurite/package.json scripts/azurite/package-lock.json "$dir/"
+    (cd "$dir" && npm ci --no-audit --no-fund --silent)
 fi
 cp scripts/azurite/create-container.js "$dir/"
 . scripts/lib.sh

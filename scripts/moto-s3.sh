@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # The S3 tests against a second, independent S3 implementation: moto's server (PyPI), which
-# this script installs into target/moto-venv (once), starts on a free loopback port, and
-# stops when the tests end. `.ci/run` calls it after the workspace tests; run it by hand the
-# same way. Needs python3 with venv and network access to PyPI.
+# this script installs into target/moto-venv (pinned with every dependency and hashed in
+# scripts/moto/requirements.txt; made anew when that file changes), starts on a free loopback
+# port, and stops when the tests end. `.ci/run` calls it after the workspace tests; run it by
+# hand the same way. Needs python3 (3.11-3.13) with venv and network access to PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MOTO_VERSION=5.2.5
 venv=target/moto-venv
-if [ ! -x "$venv/bin/moto_server" ]; then
+requirements=scripts/moto/requirements.txt
+if ! cmp -s "$requirements" "$venv/requirements.installed" || [ ! -x "$venv/bin/moto_server" ]; then
+    rm -rf "$venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+        --require-hashes --only-binary=:all: -r "$requirements"
+    cp "$requirements" "$venv/requirements.installed"
 fi
 . scripts/lib.sh
 port=$(free_port)
