@@ -42,6 +42,7 @@
 //! # Feature flags
 //! None.
 
+pub mod adaptive;
 mod bucket;
 mod error;
 
