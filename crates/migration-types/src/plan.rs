@@ -599,7 +599,7 @@ impl PlanOptions {
             ));
         }
         if let Some(adaptive) = &self.adaptive {
-            adaptive.validate(self.rate)?;
+            adaptive.validate()?;
         }
         Ok(())
     }
@@ -794,8 +794,7 @@ impl MigrationPlan {
     /// `options.retry.max_attempts` or `options.retry.multiplier`; or
     /// `options.retry.max_backoff` below `initial_backoff`; a check job
     /// ([`JobKind::Check`]) with a cleanup policy other than `never`; an adaptive rate with a
-    /// zero `options.adaptive.max_latency`, or an `options.adaptive.floor` of zero or above
-    /// the rate.
+    /// zero `options.adaptive.max_latency` or `options.adaptive.floor`.
     pub fn validate(&self) -> Result<()> {
         if self.source == self.target {
             return Err(plan_error(
