@@ -14,9 +14,10 @@
 //! - **increase** when it is not, no operation was overloaded and the bytes sent used at
 //!   least half of the rate (a rate the job does not use is not raised): doubled while no
 //!   decrease has happened yet (slow start, as TCP's), then by a step
-//!   ([`Config::increase_fraction`], 5% of the rate of the last decrease), which doubles
-//!   after every [`Config::accelerate_after`] (5) healthy intervals in a row so a rate far
-//!   below a recovered target's capacity climbs back in tens of seconds, not minutes;
+//!   ([`Config::increase_fraction`], 5% of the rate before the last decrease). Once the rate
+//!   is above that rate (the target may have recovered, or grown), the step doubles after
+//!   every [`Config::accelerate_after`] (3) increases, so a rate far below a recovered
+//!   target's capacity climbs back in seconds (4× in about 15 s), not minutes;
 //! - **hold** otherwise (no latency observed, or the rate not used).
 //!
 //! An overloaded operation (HTTP 429 or 503, S3 `SlowDown`, a timeout) decreases the rate
@@ -77,7 +78,7 @@ pub struct Config {
     /// The additive step, as a fraction of the rate before the last decrease (default 0.05).
     pub increase_fraction: f64,
     /// Healthy increases in a row above the rate of the last decrease after which the step
-    /// doubles (default 5).
+    /// doubles (default 3).
     pub accelerate_after: u32,
 }
 
@@ -98,7 +99,7 @@ impl Config {
             latency_decrease: 0.85,
             overload_decrease: 0.7,
             increase_fraction: 0.05,
-            accelerate_after: 5,
+            accelerate_after: 3,
         };
         config.initial = config.clamp(floor.saturating_mul(16) as f64) as u64;
         config

@@ -19,7 +19,7 @@ fn the_defaults_are_the_documented_ones() {
         (c.percentile, c.latency_decrease, c.overload_decrease, c.increase_fraction),
         (0.9, 0.85, 0.7, 0.05)
     );
-    assert_eq!(c.accelerate_after, 5);
+    assert_eq!(c.accelerate_after, 3);
 }
 
 fn ok(started: Instant, ms: u64) -> Observation {
@@ -81,14 +81,14 @@ fn latency_over_the_threshold_decreases_then_the_increase_is_additive_accelerati
     assert_eq!(c.sent(c.rate(), t), Some(8 * MIB));
     assert_eq!(c.last_change(), Some(Change::Latency));
     // The step is 5% of the rate before the decrease (0.5 MiB/s); past that rate (10 MiB/s)
-    // it doubles after five steps.
+    // it doubles after three steps.
     let mut rates = Vec::new();
     for _ in 0..11 {
         t += Duration::from_secs(1);
         rates.push(healthy_second(&mut c, t).unwrap());
     }
     let half = MIB / 2;
-    let want: Vec<u64> = [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13]
+    let want: Vec<u64> = [1, 2, 3, 4, 5, 6, 7, 9, 11, 13, 17]
         .iter()
         .map(|steps| 8 * MIB + steps * half)
         .collect();
