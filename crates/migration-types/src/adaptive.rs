@@ -208,10 +208,7 @@ mod tests {
     fn a_bad_ceiling_or_word_is_refused_quoting_the_input() {
         for bad in ["auto:0", "auto:", "auto:fast", "automatic", "0", "fast"] {
             let err = bad.parse::<RateSetting>().unwrap_err();
-            assert!(
-                matches!(err, Error::InvalidRate { .. }),
-                "{bad}: {err:?}"
-            );
+            assert!(matches!(err, Error::InvalidRate { .. }), "{bad}: {err:?}");
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }
     }
@@ -251,6 +248,9 @@ mod tests {
         assert_eq!(adaptive.floor, AdaptiveRate::DEFAULT_FLOOR);
         assert!(serde_json::from_str::<AdaptiveRate>(r#"{"max_latncy": "1s"}"#).is_err());
         let bin = postcard::to_allocvec(&adaptive).unwrap();
-        assert_eq!(postcard::from_bytes::<AdaptiveRate>(&bin).unwrap(), adaptive);
+        assert_eq!(
+            postcard::from_bytes::<AdaptiveRate>(&bin).unwrap(),
+            adaptive
+        );
     }
 }

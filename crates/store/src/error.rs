@@ -323,7 +323,11 @@ mod tests {
                 false,
             ),
             (
-                Error::io(Op::Put, "a", io::Error::from(io::ErrorKind::ConnectionReset)),
+                Error::io(
+                    Op::Put,
+                    "a",
+                    io::Error::from(io::ErrorKind::ConnectionReset),
+                ),
                 false,
             ),
             (Error::NotFound { key: key() }, false),

@@ -31,5 +31,12 @@ async fn main() {
     println!("down to ≤ 31.25 MiB/s at {down:?} s (knee dropped at 60 s)");
     println!("back to ≥ 75 MiB/s at {up:?} s (knee back at 90 s)");
     let failed = sim::judge_knee_drop(&samples, config.max_latency);
-    println!("checks: {}", if failed.is_empty() { "all met".to_owned() } else { failed.join("; ") });
+    println!(
+        "checks: {}",
+        if failed.is_empty() {
+            "all met".to_owned()
+        } else {
+            failed.join("; ")
+        }
+    );
 }

@@ -120,7 +120,9 @@ impl Config {
     }
 
     fn ceiling(&self) -> f64 {
-        self.ceiling.as_bytes_per_sec().map_or(f64::MAX, |c| c as f64)
+        self.ceiling
+            .as_bytes_per_sec()
+            .map_or(f64::MAX, |c| c as f64)
     }
 
     fn clamp(&self, rate: f64) -> f64 {
@@ -253,8 +255,9 @@ impl Controller {
     }
 
     fn may_decrease(&self, now: Instant) -> bool {
-        self.last_decrease
-            .is_none_or(|decreased| now.saturating_duration_since(decreased) >= self.config.interval)
+        self.last_decrease.is_none_or(|decreased| {
+            now.saturating_duration_since(decreased) >= self.config.interval
+        })
     }
 
     fn tick(&mut self, now: Instant) -> Option<u64> {
@@ -264,11 +267,11 @@ impl Controller {
         }
         let before = self.rate;
         match percentile(&mut self.latencies, self.config.percentile) {
-            Some(p) if p > self.config.max_latency => {
-                if self.may_decrease(now) {
-                    return self.decrease(now, Change::Latency);
-                }
+            Some(p) if p > self.config.max_latency && self.may_decrease(now) => {
+                return self.decrease(now, Change::Latency);
             }
+            // Slow, but decreased within the interval already: hold.
+            Some(p) if p > self.config.max_latency => {}
             Some(_) => {
                 let used = self.sent as f64 / elapsed.as_secs_f64();
                 if used >= self.rate / 2.0 {

@@ -41,14 +41,24 @@ async fn a_fixed_rate_above_the_lower_knee_fails_the_same_checks() {
 async fn the_rate_stays_within_the_ceiling_and_the_floor() {
     // A ceiling below the knee: the rate climbs to it and stays there.
     let ceiling: Rate = "40MiB/s".parse().unwrap();
-    let config = ferry_throttle::adaptive::Config::new(Duration::from_millis(250), 1 << 20, ceiling);
+    let config =
+        ferry_throttle::adaptive::Config::new(Duration::from_millis(250), 1 << 20, ceiling);
     let samples = run(knee_drop(), Mode::Adaptive(config), 50).await;
-    assert!(samples.iter().all(|s| s.rate <= 40.0), "{}", sim::table(&samples, 1));
+    assert!(
+        samples.iter().all(|s| s.rate <= 40.0),
+        "{}",
+        sim::table(&samples, 1)
+    );
     assert!((mean_rate(&samples, 20, 50) - 40.0).abs() < 0.01);
     // A target far below the floor: the rate stops at the floor, never at zero.
     let floor = 4 << 20;
-    let config = ferry_throttle::adaptive::Config::new(Duration::from_millis(250), floor, Rate::Unlimited);
+    let config =
+        ferry_throttle::adaptive::Config::new(Duration::from_millis(250), floor, Rate::Unlimited);
     let samples = run(vec![(0, 1.0)], Mode::Adaptive(config), 30).await;
-    assert!(samples.iter().all(|s| s.rate >= 4.0), "{}", sim::table(&samples, 1));
+    assert!(
+        samples.iter().all(|s| s.rate >= 4.0),
+        "{}",
+        sim::table(&samples, 1)
+    );
     assert!(mean_rate(&samples, 20, 30) < 4.01);
 }

@@ -51,7 +51,11 @@ fn an_auto_rate_shows_in_progress_and_status_and_set_rate_switches_it() {
     assert_eq!(status["snapshot"]["effective_rate"], "300KiB/s", "{status}");
     let out = env.run(&["set-rate", "auto", "auto"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("rate set to auto"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rate set to auto"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(status_json(&env, "auto")["snapshot"]["adaptive_rate"], true);
 
     assert_eq!(wait_exit(&mut child, Duration::from_secs(120)), 0);
@@ -67,8 +71,14 @@ fn a_bad_auto_rate_or_max_latency_is_a_usage_error() {
     for (args, needle) in [
         (vec!["migrate", s, d, "--rate", "auto:0"], "auto:0"),
         (vec!["migrate", s, d, "--rate", "automatic"], "automatic"),
-        (vec!["migrate", s, d, "--rate", "auto", "--max-latency", "0s"], "max latency"),
-        (vec!["migrate", s, d, "--rate", "auto", "--max-latency", "fast"], "fast"),
+        (
+            vec!["migrate", s, d, "--rate", "auto", "--max-latency", "0s"],
+            "max latency",
+        ),
+        (
+            vec!["migrate", s, d, "--rate", "auto", "--max-latency", "fast"],
+            "fast",
+        ),
         (vec!["set-rate", "ghost", "auto:x"], "auto:x"),
     ] {
         let out = env.run(&args);
@@ -91,5 +101,9 @@ fn plan_with_an_auto_rate_estimates_at_its_ceiling() {
         text(&out)
     );
     let out = env.run(&["plan", s, d, "--rate", "auto"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("rate: auto"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rate: auto"),
+        "{}",
+        text(&out)
+    );
 }

@@ -17,8 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ferry_store::{
-    BoxFuture, BoxStream, Bytes, DeleteIf, MetaStream, Object, ObjectMeta, Store, Stream,
-    Version,
+    BoxFuture, BoxStream, Bytes, DeleteIf, MetaStream, Object, ObjectMeta, Store, Stream, Version,
 };
 use ferry_throttle::Throttle;
 use ferry_throttle::adaptive::{AdaptiveThrottle, Config, Observation, Outcome};
@@ -137,7 +136,11 @@ impl Store for Observed {
             let result = self.inner.put(key, body).await;
             let waited = Duration::from_nanos(counts.waited_nanos.load(Ordering::Relaxed));
             let own = started.elapsed().saturating_sub(waited);
-            let chunks = counts.bytes.load(Ordering::Relaxed).div_ceil(self.chunk).max(1);
+            let chunks = counts
+                .bytes
+                .load(Ordering::Relaxed)
+                .div_ceil(self.chunk)
+                .max(1);
             let per_chunk = own / u32::try_from(chunks).unwrap_or(u32::MAX);
             self.report(started, per_chunk, outcome(&result));
             result

@@ -9,8 +9,7 @@ use std::time::Duration;
 use ferry_engine::Op;
 use ferry_forwarding::Table;
 use ferry_store::{
-    BoxFuture, BoxStream, Bytes, MemStore, MetaStream, Object, ObjectMeta, Store,
-    body_from_bytes,
+    BoxFuture, BoxStream, Bytes, MemStore, MetaStream, Object, ObjectMeta, Store, body_from_bytes,
 };
 use ferry_types::{
     AdaptiveRate, ByteSize, JobStatus, ObjectKey, ObjectSelection, Rate, RateSetting, RetryPolicy,
@@ -136,7 +135,11 @@ async fn rates(handle: &ferry_engine::JobHandle, start: Instant, secs: u64) -> V
         tokio::time::sleep_until(start + Duration::from_secs(t)).await;
         let snap = handle.snapshot();
         assert!(snap.adaptive_rate, "at {t} s");
-        assert_eq!(snap.status, JobStatus::Running, "at {t} s: ran out of objects");
+        assert_eq!(
+            snap.status,
+            JobStatus::Running,
+            "at {t} s: ran out of objects"
+        );
         let rate = snap.effective_rate.as_bytes_per_sec().unwrap();
         rates.push(rate as f64 / KIB as f64);
     }

@@ -4,7 +4,8 @@ const MIB: u64 = 1 << 20;
 
 /// Round factors, for round figures.
 fn config() -> Config {
-    let mut config = Config::new(Duration::from_millis(100), MIB, Rate::Unlimited).initial(10 * MIB);
+    let mut config =
+        Config::new(Duration::from_millis(100), MIB, Rate::Unlimited).initial(10 * MIB);
     config.latency_decrease = 0.8;
     config.overload_decrease = 0.5;
     config
@@ -16,7 +17,12 @@ fn the_defaults_are_the_documented_ones() {
     assert_eq!(c.initial, 16 * MIB);
     assert_eq!(c.interval, Duration::from_secs(1));
     assert_eq!(
-        (c.percentile, c.latency_decrease, c.overload_decrease, c.increase_fraction),
+        (
+            c.percentile,
+            c.latency_decrease,
+            c.overload_decrease,
+            c.increase_fraction
+        ),
         (0.9, 0.85, 0.7, 0.05)
     );
     assert_eq!(c.accelerate_after, 3);
@@ -35,7 +41,11 @@ fn healthy_second(c: &mut Controller, at: Instant) -> Option<u64> {
 
 #[test]
 fn percentile_is_the_nearest_rank() {
-    let ms = |v: &[u64]| v.iter().map(|&m| Duration::from_millis(m)).collect::<Vec<_>>();
+    let ms = |v: &[u64]| {
+        v.iter()
+            .map(|&m| Duration::from_millis(m))
+            .collect::<Vec<_>>()
+    };
     let cases: &[(&[u64], f64, Option<u64>)] = &[
         (&[], 0.9, None),
         (&[5], 0.9, Some(5)),
@@ -117,7 +127,10 @@ fn what_began_before_a_decrease_is_not_counted_against_the_new_rate() {
     let t0 = Instant::now();
     let mut c = Controller::new(config(), t0);
     let cut = t0 + Duration::from_millis(100);
-    c.observe(Observation::new(cut, Duration::ZERO, Outcome::Overloaded), cut);
+    c.observe(
+        Observation::new(cut, Duration::ZERO, Outcome::Overloaded),
+        cut,
+    );
     assert_eq!(c.rate(), 5 * MIB);
     // Long after, operations begun before the cut report overloads and slow answers.
     let later = cut + Duration::from_secs(5);
@@ -144,8 +157,12 @@ fn other_failures_say_nothing_about_the_load() {
 #[test]
 fn the_rate_stays_between_the_floor_and_the_ceiling() {
     let t0 = Instant::now();
-    let config = Config::new(Duration::from_millis(100), 2 * MIB, "12MiB/s".parse().unwrap())
-        .initial(100 * MIB);
+    let config = Config::new(
+        Duration::from_millis(100),
+        2 * MIB,
+        "12MiB/s".parse().unwrap(),
+    )
+    .initial(100 * MIB);
     assert_eq!(config.initial, 12 * MIB);
     let mut c = Controller::new(config, t0);
     let mut t = t0;
@@ -162,7 +179,11 @@ fn the_rate_stays_between_the_floor_and_the_ceiling() {
     }
     assert_eq!(c.rate(), 12 * MIB);
     // A floor above the ceiling is the ceiling; a zero floor is one byte.
-    let config = Config::new(Duration::from_millis(1), 10 * MIB, "1MiB/s".parse().unwrap());
+    let config = Config::new(
+        Duration::from_millis(1),
+        10 * MIB,
+        "1MiB/s".parse().unwrap(),
+    );
     assert_eq!((config.floor, config.initial), (MIB, MIB));
     assert_eq!(Config::new(Duration::ZERO, 0, Rate::Unlimited).floor, 1);
 }

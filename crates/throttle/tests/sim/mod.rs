@@ -214,23 +214,33 @@ pub fn judge_knee_drop(samples: &[Sample], max_latency: Duration) -> Vec<String>
     let near = |mean: f64, knee: f64| (mean - knee).abs() <= 0.25 * knee;
     let before = mean_rate(samples, 30, 60);
     if !near(before, 100.0) {
-        failed.push(format!("rate over 30–60 s {before:.1} MiB/s, not within 25% of the knee, 100"));
+        failed.push(format!(
+            "rate over 30–60 s {before:.1} MiB/s, not within 25% of the knee, 100"
+        ));
     }
     match first(samples, 60, |s| s.rate <= 25.0 * 1.25) {
         Some(t) if t <= 65 => {}
-        other => failed.push(format!("rate down to the new knee at {other:?} s, not by 65 s")),
+        other => failed.push(format!(
+            "rate down to the new knee at {other:?} s, not by 65 s"
+        )),
     }
     let during = mean_rate(samples, 70, 90);
     if !near(during, 25.0) {
-        failed.push(format!("rate over 70–90 s {during:.1} MiB/s, not within 25% of 25"));
+        failed.push(format!(
+            "rate over 70–90 s {during:.1} MiB/s, not within 25% of 25"
+        ));
     }
     match first(samples, 90, |s| s.rate >= 75.0) {
         Some(t) if t <= 120 => {}
-        other => failed.push(format!("rate back to 75 MiB/s at {other:?} s, not by 120 s")),
+        other => failed.push(format!(
+            "rate back to 75 MiB/s at {other:?} s, not by 120 s"
+        )),
     }
     let after = mean_rate(samples, 120, 150);
     if !near(after, 100.0) {
-        failed.push(format!("rate over 120–150 s {after:.1} MiB/s, not within 25% of 100"));
+        failed.push(format!(
+            "rate over 120–150 s {after:.1} MiB/s, not within 25% of 100"
+        ));
     }
     // In the steady stretches, the target's latency stays under the threshold most seconds.
     let slow = samples
@@ -239,7 +249,9 @@ pub fn judge_knee_drop(samples: &[Sample], max_latency: Duration) -> Vec<String>
         .filter(|s| s.p90.is_none_or(|p| p > max_latency))
         .count();
     if slow > 15 {
-        failed.push(format!("{slow} of 60 steady seconds with p90 latency over the threshold"));
+        failed.push(format!(
+            "{slow} of 60 steady seconds with p90 latency over the threshold"
+        ));
     }
     failed
 }
@@ -251,9 +263,9 @@ pub fn table(samples: &[Sample], every: u64) -> String {
          |---:|---:|---:|---:|---:|---:|\n",
     );
     for s in samples.iter().filter(|s| s.t % every == 0) {
-        let p90 = s
-            .p90
-            .map_or("–".to_owned(), |p| format!("{:.0}", p.as_secs_f64() * 1000.0));
+        let p90 = s.p90.map_or("–".to_owned(), |p| {
+            format!("{:.0}", p.as_secs_f64() * 1000.0)
+        });
         out += &format!(
             "| {} | {:.0} | {:.1} | {:.1} | {} | {} |\n",
             s.t, s.knee, s.rate, s.served, p90, s.slowdowns
