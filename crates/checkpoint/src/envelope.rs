@@ -42,7 +42,16 @@ pub const MAGIC: [u8; 4] = *b"FCKP";
 /// - 6: the plan's options carry their [`burst`](ferry_types::PlanOptions::burst), after
 ///   the rate. Older payloads decode through the version 5 layout of the plan, with no
 ///   burst.
-pub const FORMAT_VERSION: u16 = 7;
+/// - 7: the plan's options carry their
+///   [`max_changes`](ferry_types::PlanOptions::max_changes), and the plan its
+///   [`kind`](ferry_types::MigrationPlan::kind), each its last field. Older payloads decode
+///   through the version 6 layout of the plan, with the default `max_changes`, as a
+///   migration.
+/// - 8: the plan's options carry their
+///   [`adaptive`](ferry_types::PlanOptions::adaptive) rate, their new last field (before the
+///   plan's kind). Older payloads decode through the version 7 layout of the plan, with a
+///   fixed rate.
+pub const FORMAT_VERSION: u16 = 8;
 /// The size of the header in front of the payload.
 pub const HEADER_LEN: usize = 16;
 /// The record kind of a [`JobRecord`].
@@ -156,7 +165,7 @@ pub fn decode(bytes: &[u8]) -> Result<JobRecord, DecodeError> {
 
 /// A job record's fields before its progress: what a save needs of the record it replaces.
 /// Generic over the plan, the one field whose layout changed (format 6 added its burst,
-/// format 7 its `max_changes` and the job's kind).
+/// format 7 its `max_changes` and the job's kind, format 8 its adaptive rate).
 #[derive(Debug, serde::Deserialize)]
 pub(crate) struct RecordHead<P = ferry_types::MigrationPlan> {
     pub(crate) epoch: u64,
@@ -196,8 +205,10 @@ impl RecordHead {
 /// the progress, the bulk of a busy job's record, is not decoded. For saves, which replace it.
 pub(crate) fn decode_head(bytes: &[u8]) -> Result<RecordHead, DecodeError> {
     let (version, payload) = open(bytes, KIND_JOB)?;
-    if version >= 7 {
+    if version >= 8 {
         take::<RecordHead>(payload).map(|(head, _)| head)
+    } else if version == 7 {
+        take::<RecordHead<v7::MigrationPlan>>(payload).map(|(head, _)| head.upgrade())
     } else if version == 6 {
         take::<RecordHead<v6::MigrationPlan>>(payload).map(|(head, _)| head.upgrade())
     } else {
@@ -218,8 +229,13 @@ pub(crate) fn decode_leased(bytes: &[u8]) -> Result<(Option<LeaseHolder>, JobRec
 }
 
 fn decode_record(version: u16, payload: &[u8]) -> Result<JobRecord, DecodeError> {
-    if version >= 7 {
+    if version >= 8 {
         return decode_exactly::<JobRecord>(payload);
+    }
+    if version == 7 {
+        let (head, progress) =
+            decode_exactly::<(RecordHead<v7::MigrationPlan>, crate::Progress)>(payload)?;
+        return Ok(head.upgrade().with_progress(progress));
     }
     if version == 6 {
         let (head, progress) =
@@ -262,6 +278,71 @@ fn decode_exactly<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, D
         ))));
     }
     Ok(record)
+}
+
+/// The plan as format version 7 laid it out: without the adaptive rate (a fixed rate).
+/// As postcard reads it (`fence_timeout` is a plain `Duration` in binary formats).
+mod v7 {
+    use std::num::NonZeroUsize;
+    use std::time::Duration;
+
+    use ferry_types::{
+        ByteSize, CheckpointInterval, CleanupPolicy, JobId, JobKind, NodeId, ObjectSelection,
+        PlanOptions, Rate, RetryPolicy, VerifyMode,
+    };
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub(super) struct MigrationPlan {
+        id: Option<JobId>,
+        source: NodeId,
+        target: NodeId,
+        objects: ObjectSelection,
+        options: Options,
+        kind: JobKind,
+    }
+
+    #[derive(Deserialize)]
+    struct Options {
+        verify: VerifyMode,
+        cleanup: CleanupPolicy,
+        concurrency: NonZeroUsize,
+        rate: Rate,
+        burst: Option<ByteSize>,
+        chunk_size: ByteSize,
+        retry: RetryPolicy,
+        checkpoint: CheckpointInterval,
+        max_flip_attempts: u32,
+        fence_timeout: Duration,
+        max_changes: u32,
+    }
+
+    impl From<MigrationPlan> for ferry_types::MigrationPlan {
+        fn from(old: MigrationPlan) -> ferry_types::MigrationPlan {
+            let o = old.options;
+            ferry_types::MigrationPlan {
+                id: old.id,
+                source: old.source,
+                target: old.target,
+                objects: old.objects,
+                options: PlanOptions {
+                    verify: o.verify,
+                    cleanup: o.cleanup,
+                    concurrency: o.concurrency,
+                    rate: o.rate,
+                    burst: o.burst,
+                    chunk_size: o.chunk_size,
+                    retry: o.retry,
+                    checkpoint: o.checkpoint,
+                    max_flip_attempts: o.max_flip_attempts,
+                    fence_timeout: o.fence_timeout,
+                    max_changes: o.max_changes,
+                    adaptive: None,
+                },
+                kind: old.kind,
+            }
+        }
+    }
 }
 
 /// The plan as format version 6 laid it out: without `max_changes` (which loads as the
@@ -320,6 +401,7 @@ mod v6 {
                     max_flip_attempts: o.max_flip_attempts,
                     fence_timeout: o.fence_timeout,
                     max_changes: PlanOptions::default().max_changes,
+                    adaptive: None,
                 },
                 kind: JobKind::Migrate,
             }
@@ -381,6 +463,7 @@ mod v5 {
                     max_flip_attempts: o.max_flip_attempts,
                     fence_timeout: o.fence_timeout,
                     max_changes: PlanOptions::default().max_changes,
+                    adaptive: None,
                 },
                 kind: JobKind::Migrate,
             }
@@ -595,17 +678,34 @@ pub(crate) mod tests {
         with_version(bytes, 5)
     }
 
-    /// `bytes`, the encoding of `record` (`max_changes` below 128, a migration) `lease`
-    /// bytes into the payload, as format 6 wrote it: without the plan's last two fields,
-    /// `max_changes` and the kind, one byte each.
+    /// `bytes`, the encoding of `record` (a fixed rate) `lease` bytes into the payload, as
+    /// format 7 wrote it: without the options' last field, the adaptive rate's `None`, one
+    /// zero byte before the plan's kind.
+    fn without_adaptive(mut bytes: Vec<u8>, record: &JobRecord, lease: usize) -> Vec<u8> {
+        assert_eq!(record.plan.options.adaptive, None);
+        let at = HEADER_LEN + lease + plan_end(record) - 2;
+        assert_eq!(bytes[at], 0, "the adaptive rate");
+        bytes.remove(at);
+        let len = u32::try_from(bytes.len() - HEADER_LEN).unwrap();
+        bytes[8..12].copy_from_slice(&len.to_le_bytes());
+        with_version(bytes, 7)
+    }
+
+    /// Where `record`'s plan ends in its payload (format 8).
+    fn plan_end(record: &JobRecord) -> usize {
+        postcard::to_allocvec(&(record.epoch, record.generation, &record.job, &record.plan))
+            .unwrap()
+            .len()
+    }
+
+    /// `bytes`, the format 7 encoding of `record` (`max_changes` below 128, a migration)
+    /// `lease` bytes into the payload, as format 6 wrote it: without the plan's last two
+    /// fields, `max_changes` and the kind, one byte each.
     fn without_changes_and_kind(mut bytes: Vec<u8>, record: &JobRecord, lease: usize) -> Vec<u8> {
         assert!(record.plan.options.max_changes < 128);
         assert_eq!(record.plan.kind, ferry_types::JobKind::Migrate);
-        let plan_end =
-            postcard::to_allocvec(&(record.epoch, record.generation, &record.job, &record.plan))
-                .unwrap()
-                .len();
-        let at = HEADER_LEN + lease + plan_end - 2;
+        // Format 7 has one byte less than format 8 in the plan: the adaptive rate's.
+        let at = HEADER_LEN + lease + plan_end(record) - 1 - 2;
         assert_eq!(
             bytes[at],
             u8::try_from(record.plan.options.max_changes).unwrap()
@@ -617,9 +717,14 @@ pub(crate) mod tests {
         with_version(bytes, 6)
     }
 
+    /// `record` as format 7 encoded it.
+    fn v7(record: &JobRecord) -> Vec<u8> {
+        without_adaptive(encode(record).unwrap(), record, 0)
+    }
+
     /// `record` as format 6 encoded it.
     fn v6(record: &JobRecord) -> Vec<u8> {
-        without_changes_and_kind(encode(record).unwrap(), record, 0)
+        without_changes_and_kind(v7(record), record, 0)
     }
 
     /// `record` (no burst set) as format 5 encoded it.
@@ -648,8 +753,50 @@ pub(crate) mod tests {
         });
         let lease_len = postcard::to_allocvec(&lease).unwrap().len();
         let leased = encode_leased(&lease, &record.as_ref()).unwrap();
+        let leased = without_adaptive(leased, &record, lease_len);
         let leased = without_changes_and_kind(leased, &record, lease_len);
         assert_eq!(decode_leased(&leased).unwrap(), (lease, record));
+    }
+
+    #[test]
+    fn a_version_7_record_decodes_with_a_fixed_rate_and_everything_else_intact() {
+        let mut record = sample("v7-job", 2);
+        record.plan = record
+            .plan
+            .with_burst(ByteSize::kib(48))
+            .with_max_changes(9)
+            .with_kind(ferry_types::JobKind::Check);
+        let bytes = v7(&record);
+        assert_eq!(decode(&bytes).unwrap(), record);
+        assert_eq!(decode_head(&bytes).unwrap().plan, record.plan);
+        // The same bytes labelled version 8 miss the adaptive rate: corrupt, not guessed.
+        assert!(matches!(
+            decode(&with_version(bytes, 8)),
+            Err(DecodeError::Corrupt(CorruptReason::Payload(_)))
+        ));
+        let lease = Some(LeaseHolder {
+            holder: "worker-2".into(),
+            until_ms: 1_700_000_000_000,
+        });
+        let lease_len = postcard::to_allocvec(&lease).unwrap().len();
+        let leased = encode_leased(&lease, &record.as_ref()).unwrap();
+        let leased = without_adaptive(leased, &record, lease_len);
+        assert_eq!(decode_leased(&leased).unwrap(), (lease, record));
+    }
+
+    #[test]
+    fn an_adaptive_rate_round_trips_through_the_envelope() {
+        let mut record = sample("auto", 1);
+        record.plan = record
+            .plan
+            .with_rate("200MiB/s".parse().unwrap())
+            .with_adaptive_rate(ferry_types::AdaptiveRate {
+                max_latency: std::time::Duration::from_millis(80),
+                floor: ByteSize::kib(512),
+            });
+        let bytes = encode(&record).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), record);
+        assert_eq!(decode_head(&bytes).unwrap().plan, record.plan);
     }
 
     #[test]
@@ -727,6 +874,7 @@ pub(crate) mod tests {
         });
         let lease_len = postcard::to_allocvec(&lease).unwrap().len();
         let leased = encode_leased(&lease, &record.as_ref()).unwrap();
+        let leased = without_adaptive(leased, &record, lease_len);
         let leased = without_changes_and_kind(leased, &record, lease_len);
         let leased = without_burst(leased, &record, lease_len);
         assert_eq!(decode_leased(&leased).unwrap(), (lease, record));

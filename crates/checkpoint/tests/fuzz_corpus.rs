@@ -50,6 +50,7 @@ fn v5_record() -> JobRecord {
         max_flip_attempts: 4,
         fence_timeout: Duration::from_secs(2),
         max_changes: 3,
+        adaptive: None,
     };
     let plan = MigrationPlan::new(
         NodeId::new("src").unwrap(),
@@ -181,4 +182,21 @@ fn a_format_6_record_decodes_with_the_default_max_changes_as_a_migration() {
     assert_eq!(decoded, record);
     assert_eq!(decoded.plan.kind, ferry_types::JobKind::Migrate);
     assert_eq!(decoded.plan.options.max_changes, 3);
+}
+
+/// `v7-running` was written by the format 7 encoder, whose plans had no adaptive rate, and
+/// is never rewritten: it decodes to the record it was made from (the `v5-running` one with
+/// a burst, another `max_changes` and another id), with a fixed rate.
+#[test]
+fn a_format_7_record_decodes_with_a_fixed_rate() {
+    let bytes = std::fs::read(corpus_dir().join("v7-running")).unwrap();
+    assert_eq!(bytes[4..6], 7u16.to_le_bytes(), "the format version");
+    let mut record = v5_record();
+    record.job = JobId::new("v7-job").unwrap();
+    record.plan.id = Some(record.job.clone());
+    record.plan.options.burst = Some(ByteSize::kib(48));
+    record.plan.options.max_changes = 5;
+    let decoded = envelope::decode(&bytes).unwrap();
+    assert_eq!(decoded, record);
+    assert_eq!(decoded.plan.options.adaptive, None);
 }

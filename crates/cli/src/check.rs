@@ -78,7 +78,8 @@ pub(crate) async fn check(state: &State, args: CheckArgs) -> Result<u8> {
         cleanup: CleanupPolicy::Never,
         concurrency: std::num::NonZeroUsize::new(usize::from(args.concurrency))
             .unwrap_or(std::num::NonZeroUsize::MIN),
-        rate: args.select.rate,
+        rate: args.select.rate.rate(),
+        adaptive: crate::cli::adaptive(args.select.rate, args.select.max_latency),
         ..PlanOptions::default()
     };
     let plan = MigrationPlan::new(src, dst, ObjectSelection::prefix(&args.select.prefix))

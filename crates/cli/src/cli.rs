@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ferry::types::{CleanupPolicy, Rate, VerifyMode};
+use ferry::types::{AdaptiveRate, CleanupPolicy, Rate, RateSetting, VerifyMode};
 
 use crate::location::Location;
 
@@ -58,7 +58,7 @@ pub(crate) enum Command {
     Resume(ResumeArgs),
     /// Pause a running job (from another shell); `ferry resume ID` continues it.
     Pause(IdArg),
-    /// Change a running job's bandwidth limit (e.g. 10MiB, unlimited).
+    /// Change a running job's bandwidth limit (e.g. 10MiB, unlimited, auto, auto:200MiB).
     SetRate(SetRateArgs),
     /// Show one job, or every job.
     Status(StatusArgs),
@@ -183,14 +183,15 @@ pub(crate) struct JobArgs {
 }
 
 impl JobArgs {
-    /// The plan options these flags and `rate` give.
-    pub(crate) fn options(&self, rate: Rate) -> ferry::types::PlanOptions {
+    /// The plan options these flags and `select`'s rate give.
+    pub(crate) fn options(&self, select: &SelectArgs) -> ferry::types::PlanOptions {
         ferry::types::PlanOptions {
             verify: self.verify,
             cleanup: self.cleanup,
             concurrency: std::num::NonZeroUsize::new(usize::from(self.concurrency))
                 .unwrap_or(std::num::NonZeroUsize::MIN),
-            rate,
+            rate: select.rate.rate(),
+            adaptive: adaptive(select.rate, select.max_latency),
             max_changes: self.max_changes,
             ..ferry::types::PlanOptions::default()
         }
@@ -202,18 +203,25 @@ pub(crate) struct SelectArgs {
     /// Only files whose path (relative to SRC, '/'-separated) starts with this.
     #[arg(long, default_value = "")]
     pub(crate) prefix: String,
-    /// Bandwidth limit, e.g. 50MiB, 1.5GB/s, unlimited.
-    #[arg(long, default_value = "unlimited", value_parser = parse_rate)]
-    pub(crate) rate: Rate,
+    /// Bandwidth limit, e.g. 50MiB, 1.5GB/s, unlimited; or `auto` (optionally with a
+    /// ceiling, auto:200MiB): the rate follows DST's health, backing off when its latency
+    /// passes --max-latency or it answers "slow down".
+    #[arg(long, default_value = "unlimited", value_parser = parse_rate_setting)]
+    pub(crate) rate: RateSetting,
+    /// With --rate auto: DST's operation latency (p90 over the last second) above which the
+    /// rate backs off [default: 250ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_max_latency)]
+    pub(crate) max_latency: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ResumeArgs {
     /// The job id (`ferry list` shows them).
     pub(crate) id: String,
-    /// Run at this rate from now on (saved in the job's record, as `set-rate` saves it).
-    #[arg(long, value_parser = parse_rate)]
-    pub(crate) rate: Option<Rate>,
+    /// Run at this rate from now on (saved in the job's record, as `set-rate` saves it):
+    /// e.g. 10MiB, unlimited, auto, auto:200MiB.
+    #[arg(long, value_parser = parse_rate_setting)]
+    pub(crate) rate: Option<RateSetting>,
     #[command(flatten)]
     pub(crate) output: OutputArgs,
 }
@@ -239,9 +247,10 @@ pub(crate) struct IdArg {
 pub(crate) struct SetRateArgs {
     /// The job id.
     pub(crate) id: String,
-    /// The new limit, e.g. 10MiB, 1.5GB/s, unlimited.
-    #[arg(value_parser = parse_rate)]
-    pub(crate) rate: Rate,
+    /// The new limit, e.g. 10MiB, 1.5GB/s, unlimited; or auto, auto:200MiB (the rate follows
+    /// DST's health, from the rate in force, with the job's --max-latency or its default).
+    #[arg(value_parser = parse_rate_setting)]
+    pub(crate) rate: RateSetting,
     /// Machine-readable output.
     #[arg(long)]
     pub(crate) json: bool,
@@ -332,8 +341,32 @@ fn parse_lease(text: &str) -> Result<std::time::Duration, String> {
     Ok(lease)
 }
 
-pub(crate) fn parse_rate(text: &str) -> Result<Rate, String> {
-    text.parse::<Rate>().map_err(|e| e.to_string())
+pub(crate) fn parse_rate_setting(text: &str) -> Result<RateSetting, String> {
+    text.parse::<RateSetting>().map_err(|e| e.to_string())
+}
+
+pub(crate) fn parse_max_latency(text: &str) -> Result<std::time::Duration, String> {
+    let latency = ferry::types::parse_duration(text).map_err(|e| e.to_string())?;
+    if latency.is_zero() {
+        return Err("a max latency of 0 would count every operation as slow".into());
+    }
+    Ok(latency)
+}
+
+/// The adaptive rate `--rate` and `--max-latency` ask for: `None` for a fixed rate.
+pub(crate) fn adaptive(
+    rate: RateSetting,
+    max_latency: Option<std::time::Duration>,
+) -> Option<AdaptiveRate> {
+    rate.is_auto().then(|| AdaptiveRate {
+        max_latency: max_latency.unwrap_or(AdaptiveRate::DEFAULT_MAX_LATENCY),
+        ..AdaptiveRate::default()
+    })
+}
+
+/// The fixed rate a plan is estimated at: the rate, or an adaptive rate's ceiling.
+pub(crate) fn estimate_rate(rate: RateSetting) -> Rate {
+    rate.rate()
 }
 
 pub(crate) fn parse_verify(text: &str) -> Result<VerifyMode, String> {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use ferry::checkpoint::{CheckpointStore, Error as CkError};
-use ferry::types::{JobId, JobStatus, MigrationPlan, ObjectSelection, Rate, format_duration};
+use ferry::types::{JobId, JobStatus, MigrationPlan, ObjectSelection, format_duration};
 use serde_json::json;
 
 use crate::cli::{
@@ -119,7 +119,7 @@ async fn migrate(state: &State, args: MigrateArgs) -> Result<u8> {
     );
     meta.not_regular_skipped = found.skipped.len() as u64;
     let (src, dst) = run::nodes()?;
-    let options = args.job.options(args.select.rate);
+    let options = args.job.options(&args.select);
     let plan = MigrationPlan::new(src, dst, ObjectSelection::prefix(&args.select.prefix))
         .with_id(id.clone())
         .with_options(options);
@@ -168,7 +168,7 @@ async fn resume(state: &State, args: ResumeArgs) -> Result<u8> {
     };
     let handle = ctx.start(loaded.record.plan.with_id(id)).await?;
     if let Some(rate) = args.rate {
-        handle.set_rate(rate);
+        handle.set_rate_setting(rate);
     }
     run::run(ctx, handle, display, totals).await
 }
@@ -540,12 +540,9 @@ async fn forget(state: &State, args: IdArg) -> Result<u8> {
 async fn plan(state: &State, args: PlanArgs) -> Result<u8> {
     let ends = scan::endpoints(&args.source, &args.target, Some(state.root()))?;
     let found = scan::survey(&ends.source, &args.select.prefix).await?;
-    let secs = match args.select.rate {
-        Rate::Unlimited => None,
-        rate => rate
-            .as_bytes_per_sec()
-            .map(|r| found.bytes as f64 / r as f64),
-    };
+    let secs = crate::cli::estimate_rate(args.select.rate)
+        .as_bytes_per_sec()
+        .map(|r| found.bytes as f64 / r as f64);
     if args.json {
         println!(
             "{}",
@@ -578,10 +575,18 @@ async fn plan(state: &State, args: PlanArgs) -> Result<u8> {
     );
     match secs {
         Some(secs) => println!(
-            "at {}: about {}",
+            "at {}: about {}{}",
             args.select.rate,
-            format_duration(Duration::from_secs(secs.ceil() as u64))
+            format_duration(Duration::from_secs(secs.ceil() as u64)),
+            if args.select.rate.is_auto() {
+                " at the ceiling (auto follows DST's health: longer if it backs off)"
+            } else {
+                ""
+            }
         ),
+        None if args.select.rate.is_auto() => {
+            println!("rate: auto (follows DST's health; pass --rate auto:CEILING to estimate)")
+        }
         None => println!("rate: unlimited (the disks decide; pass --rate to estimate the time)"),
     }
     Ok(EXIT_OK)

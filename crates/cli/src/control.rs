@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use ferry::types::{JobId, Rate};
+use ferry::types::{JobId, RateSetting};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -29,7 +29,7 @@ pub(crate) enum Command {
     Status,
     Pause,
     Resume,
-    SetRate(Rate),
+    SetRate(RateSetting),
     Cancel,
 }
 
@@ -54,7 +54,7 @@ impl Command {
             "cancel" => Ok(Command::Cancel),
             "set-rate" => arg
                 .trim()
-                .parse::<Rate>()
+                .parse::<RateSetting>()
                 .map(Command::SetRate)
                 .map_err(|e| e.to_string()),
             _ => Err(format!("unknown command {line:?}")),
@@ -437,7 +437,9 @@ mod tests {
             Command::Resume,
             Command::Cancel,
             Command::SetRate("10MiB".parse().unwrap()),
-            Command::SetRate(Rate::Unlimited),
+            Command::SetRate(RateSetting::Fixed(ferry::types::Rate::Unlimited)),
+            Command::SetRate("auto".parse().unwrap()),
+            Command::SetRate("auto:200MiB".parse().unwrap()),
         ] {
             assert_eq!(Command::parse(&command.line()), Ok(command));
         }

@@ -113,7 +113,8 @@ pub(crate) struct Totals {
     pub(crate) bytes: Option<u64>,
 }
 
-/// `120/10000 objects, 7.5MiB/625MiB, 48.2MiB/s, ETA 12s, 0 failed`.
+/// `120/10000 objects, 7.5MiB/625MiB, 48.2MiB/s, ETA 12s, 0 failed`; with `--rate auto`, the
+/// rate the controller set after the throughput: `48.2MiB/s (auto 52MiB/s)`.
 pub(crate) fn line(snap: &JobSnapshot, totals: Totals) -> String {
     let objects = match totals.objects.or(snap.total_objects) {
         Some(total) => format!("{}/{} objects", snap.done_objects, total),
@@ -126,8 +127,13 @@ pub(crate) fn line(snap: &JobSnapshot, totals: Totals) -> String {
     let eta = eta(snap, totals)
         .map(|d| format!(", ETA {}", format_duration(d)))
         .unwrap_or_default();
+    let auto = if snap.adaptive_rate {
+        format!(" (auto {})", snap.effective_rate)
+    } else {
+        String::new()
+    };
     format!(
-        "{} {objects}, {bytes}, {}/s{eta}, {} failed",
+        "{} {objects}, {bytes}, {}/s{auto}{eta}, {} failed",
         snap.status,
         size(snap.throughput),
         snap.failed_objects

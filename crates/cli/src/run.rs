@@ -383,7 +383,7 @@ pub(crate) async fn answer(
             let _ = reply.send(answer(h.snapshot()));
         }
         Command::SetRate(rate) => {
-            h.set_rate(rate);
+            h.set_rate_setting(rate);
             display.say(&format!("ferry: job {id}: rate set to {rate}"));
             display.event(json!({"event": "rate", "id": id.as_str(), "rate": rate.to_string()}));
             let _ = reply.send(answer(h.snapshot()));

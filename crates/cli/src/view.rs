@@ -160,11 +160,17 @@ impl JobView {
         };
         match &self.detail {
             Detail::Live { snapshot, .. } => {
+                let snap = &snapshot.snapshot;
+                let auto = if snap.adaptive_rate {
+                    "auto (follows DST's health): "
+                } else {
+                    ""
+                };
                 let _ = writeln!(
                     out,
-                    "rate:      {} limit, {}/s now",
-                    snapshot.snapshot.effective_rate,
-                    size(snapshot.snapshot.throughput),
+                    "rate:      {auto}{} limit, {}/s now",
+                    snap.effective_rate,
+                    size(snap.throughput),
                 );
                 if let Some(eta) = snapshot.eta_secs {
                     let _ = writeln!(
@@ -285,6 +291,32 @@ mod tests {
             view.list_row().contains("completed-with-errors (live)"),
             "{}",
             view.list_row()
+        );
+    }
+
+    #[test]
+    fn an_auto_rate_shows_as_auto_in_the_view_the_json_and_the_progress_line() {
+        let mut snap = JobSnapshot::new(
+            JobId::new("j").unwrap(),
+            NodeId::new("src").unwrap(),
+            NodeId::new("dst").unwrap(),
+        );
+        snap.status = JobStatus::Running;
+        snap.effective_rate = "37MiB/s".parse().unwrap();
+        snap.throughput = 30 << 20;
+        let fixed = crate::progress::line(&snap, Totals::default());
+        assert!(!fixed.contains("auto"), "{fixed}");
+        snap.adaptive_rate = true;
+        let line = crate::progress::line(&snap, Totals::default());
+        assert!(line.contains("30.0MiB/s (auto 37MiB/s)"), "{line}");
+        let view = JobView::live(&meta(), LiveSnapshot::new(snap, Totals::default()), None);
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["snapshot"]["adaptive_rate"], true);
+        assert_eq!(json["snapshot"]["effective_rate"], "37MiB/s");
+        let text = view.human();
+        assert!(
+            text.contains("rate:      auto (follows DST's health): 37MiB/s limit, 30.0MiB/s now"),
+            "{text}"
         );
     }
 

@@ -218,7 +218,7 @@ pub(crate) async fn submit(state: Option<&Path>, args: SubmitArgs) -> Result<u8>
         ));
     }
     let (src, dst) = run::nodes()?;
-    let options = args.job.options(args.select.rate);
+    let options = args.job.options(&args.select);
     for (range, after, until) in &ranges {
         let plan = MigrationPlan::new(
             src,

@@ -41,7 +41,8 @@
 //!   `resume`, `cancel` (Copying entries removed, forwarded objects stay; a
 //!   [`CancelReport`]), `set_rate` (at once, and saved in the job's record with a
 //!   checkpoint asked for at once: a recovered or restarted job goes on at the rate last
-//!   set), `snapshot`, `watch`, `wait`, and
+//!   set; `set_rate_setting` also takes `auto`, a rate that follows the target's health),
+//!   `snapshot`, `watch`, `wait`, and
 //!   [`events`](JobHandle::events): a broadcast stream of per-object transitions
 //!   ([`ObjectEvent`]: key, [`ObjectState`](ferry_types::ObjectState), time since start), in
 //!   protocol order; a slow receiver lags (loses the oldest) rather than slowing the job.

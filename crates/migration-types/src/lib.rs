@@ -37,6 +37,7 @@
 //! JSON. Human-readable formats get the text forms (`"50MiB/s"`, `"grace=30s"`), binary
 //! formats such as postcard get compact integers.
 
+mod adaptive;
 mod duration;
 mod error;
 mod failure;
@@ -46,6 +47,7 @@ mod size;
 mod snapshot;
 mod status;
 
+pub use adaptive::{AdaptiveRate, RateSetting};
 pub use duration::{FormattedDuration, format_duration, parse_duration};
 pub use error::{Error, Result};
 pub use failure::FailureKind;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::de::Deserializer;
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::adaptive::{AdaptiveRate, RateSetting};
 use crate::duration::{format_duration, parse_duration, serde_text};
 use crate::error::{Error, Result, quote};
 use crate::ids::{JobId, NodeId, ObjectKey, ValidatingVisitor};
@@ -474,7 +475,8 @@ pub struct PlanOptions {
     pub cleanup: CleanupPolicy,
     /// Objects copied at the same time (default 16).
     pub concurrency: NonZeroUsize,
-    /// Bandwidth limit of this job (default unlimited).
+    /// Bandwidth limit of this job (default unlimited); with [`adaptive`](Self::adaptive),
+    /// the ceiling of the adaptive rate.
     pub rate: Rate,
     /// How many bytes may pass at once, at the start, after a pause or after a recovery
     /// (default `None`: the throttle's default, bounded by the rate; see
@@ -508,6 +510,13 @@ pub struct PlanOptions {
     /// Checkpoint records carry it from format 7 on; a record of an older format loads with
     /// the default.
     pub max_changes: u32,
+    /// `Some`: the rate follows the target's health (`--rate auto`), between the adaptive
+    /// rate's floor and [`rate`](Self::rate), its ceiling; `None` (the default): the rate is
+    /// fixed at `rate`.
+    ///
+    /// Checkpoint records carry it from format 8 on; a record of an older format loads with
+    /// `None`.
+    pub adaptive: Option<AdaptiveRate>,
 }
 
 impl Default for PlanOptions {
@@ -524,11 +533,30 @@ impl Default for PlanOptions {
             max_flip_attempts: 3,
             fence_timeout: Duration::from_secs(5),
             max_changes: 3,
+            adaptive: None,
         }
     }
 }
 
 impl PlanOptions {
+    /// The rate as users write it: fixed, or `auto` with the rate as its ceiling.
+    pub fn rate_setting(&self) -> RateSetting {
+        match self.adaptive {
+            Some(_) => RateSetting::Auto { ceiling: self.rate },
+            None => RateSetting::Fixed(self.rate),
+        }
+    }
+
+    /// Applies a rate setting: a fixed rate drops the adaptive options, `auto` keeps them
+    /// (or takes the defaults) with its ceiling as the rate.
+    pub fn set_rate_setting(&mut self, setting: RateSetting) {
+        self.rate = setting.rate();
+        self.adaptive = match setting {
+            RateSetting::Fixed(_) => None,
+            RateSetting::Auto { .. } => Some(self.adaptive.unwrap_or_default()),
+        };
+    }
+
     fn validate(&self) -> Result<()> {
         if self.burst.is_some_and(|burst| burst.as_u64() == 0) {
             return Err(plan_error(
@@ -569,6 +597,9 @@ impl PlanOptions {
                 "options.fence_timeout",
                 "must not be zero: writers to a fenced key would fail at once",
             ));
+        }
+        if let Some(adaptive) = &self.adaptive {
+            adaptive.validate()?;
         }
         Ok(())
     }
@@ -684,6 +715,14 @@ impl MigrationPlan {
         self
     }
 
+    /// Makes the rate follow the target's health, with the plan's rate as its ceiling (see
+    /// [`PlanOptions::adaptive`]).
+    #[must_use]
+    pub fn with_adaptive_rate(mut self, adaptive: AdaptiveRate) -> MigrationPlan {
+        self.options.adaptive = Some(adaptive);
+        self
+    }
+
     /// Sets the burst: how many bytes may pass the job's throttle at once (see
     /// [`PlanOptions::burst`]).
     #[must_use]
@@ -754,7 +793,8 @@ impl MigrationPlan {
     /// `options.checkpoint.objects`, `options.checkpoint.every`,
     /// `options.retry.max_attempts` or `options.retry.multiplier`; or
     /// `options.retry.max_backoff` below `initial_backoff`; a check job
-    /// ([`JobKind::Check`]) with a cleanup policy other than `never`.
+    /// ([`JobKind::Check`]) with a cleanup policy other than `never`; an adaptive rate with a
+    /// zero `options.adaptive.max_latency` or `options.adaptive.floor`.
     pub fn validate(&self) -> Result<()> {
         if self.source == self.target {
             return Err(plan_error(

@@ -62,6 +62,10 @@ pub struct JobSnapshot {
     pub objects_per_sec: u64,
     /// The rate limit in force for this job (the tighter of the job's and a shared one).
     pub effective_rate: Rate,
+    /// Whether the job's own rate follows its target's health (`--rate auto`): then
+    /// `effective_rate` is the rate its controller set last.
+    #[serde(default)]
+    pub adaptive_rate: bool,
     /// Time since this run of the job started (pauses included).
     #[serde(with = "serde_text")]
     pub elapsed: Duration,
@@ -91,6 +95,7 @@ impl JobSnapshot {
             throughput: 0,
             objects_per_sec: 0,
             effective_rate: Rate::Unlimited,
+            adaptive_rate: false,
             elapsed: Duration::ZERO,
             eta: None,
         }

@@ -493,6 +493,11 @@ fn permanent(op: Op, key: Option<&ObjectKey>, source: ferry_store::BoxError) -> 
 fn op_error(op: Op, key: Option<&ObjectKey>, err: object_store::Error) -> Error {
     match (classify(&err), key) {
         (ErrorKind::NotFound, Some(key)) => Error::NotFound { key: key.clone() },
+        (ErrorKind::Transient, _) if is_overload(&err) => Error::Busy {
+            op,
+            key: key.cloned(),
+            source: Box::new(err),
+        },
         (ErrorKind::Transient, _) => Error::Transient {
             op,
             key: key.cloned(),
@@ -500,6 +505,31 @@ fn op_error(op: Op, key: Option<&ObjectKey>, err: object_store::Error) -> Error 
         },
         _ => permanent(op, key, Box::new(err)),
     }
+}
+
+/// Whether a transient error says the store is overloaded: HTTP 429 or 503 (S3's
+/// `SlowDown` is a 503), a `SlowDown` code in the message, or a timeout.
+fn is_overload(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        #[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
+        if let Some(http) = e.downcast_ref::<object_store::client::HttpError>()
+            && matches!(http.kind(), object_store::client::HttpErrorKind::Timeout)
+        {
+            return true;
+        }
+        let message = e.to_string();
+        if matches!(http_status(&message), Some(429 | 503)) || message.contains("SlowDown") {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 fn classify(err: &object_store::Error) -> ErrorKind {
@@ -835,6 +865,44 @@ pub(crate) fn open_url(url: &str) -> crate::Result<(Arc<dyn ObjectStore>, Listin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttling_answers_and_timeouts_are_overloads() {
+        let generic = |source: ferry_store::BoxError| object_store::Error::Generic {
+            store: "S3",
+            source,
+        };
+        let cases: Vec<(object_store::Error, bool)> = vec![
+            (
+                generic("Server returned non-2xx status code: 503 Service Unavailable: <Code>SlowDown</Code>".into()),
+                true,
+            ),
+            (
+                generic("Server returned non-2xx status code: 429 Too Many Requests".into()),
+                true,
+            ),
+            (
+                generic(Box::new(std::io::Error::from(std::io::ErrorKind::TimedOut))),
+                true,
+            ),
+            (
+                generic("Server returned non-2xx status code: 500 Internal Server Error".into()),
+                false,
+            ),
+            (
+                generic(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset))),
+                false,
+            ),
+        ];
+        let key = ObjectKey::new("k").unwrap();
+        for (err, overload) in cases {
+            let text = err.to_string();
+            let err = op_error(Op::Put, Some(&key), err);
+            assert_eq!(err.is_overload(), overload, "{text}");
+            assert!(err.is_transient(), "{text}");
+            assert_eq!(matches!(err, Error::Busy { .. }), overload, "{text}");
+        }
+    }
 
     #[test]
     fn http_statuses_in_object_store_messages_are_classified() {

@@ -109,6 +109,19 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// The store is overloaded: it asked the caller to slow down (HTTP 429 or 503, S3
+    /// `SlowDown`) or did not answer in time. Transient: retry later, and send less (see
+    /// [`Error::is_overload`]).
+    #[error("store overloaded in {op}{}", fmt_key(key.as_ref()))]
+    Busy {
+        /// The operation.
+        op: Op,
+        /// The key, when the operation had one.
+        key: Option<ObjectKey>,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
     /// A failure that will not go away when retried.
     #[error("permanent failure in {op}{}", fmt_key(key.as_ref()))]
     Permanent {
@@ -155,7 +168,9 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::NotFound { .. } => ErrorKind::NotFound,
-            Error::Transient { .. } | Error::Truncated { .. } => ErrorKind::Transient,
+            Error::Transient { .. } | Error::Truncated { .. } | Error::Busy { .. } => {
+                ErrorKind::Transient
+            }
             Error::InvalidKey { .. } | Error::UnsafePath { .. } | Error::Permanent { .. } => {
                 ErrorKind::Permanent
             }
@@ -167,6 +182,32 @@ impl Error {
     /// Whether retrying may succeed: `self.kind() == ErrorKind::Transient`.
     pub fn is_transient(&self) -> bool {
         self.kind() == ErrorKind::Transient
+    }
+
+    /// Whether the store says it is overloaded: an [`Error::Busy`], or a timeout (an I/O
+    /// error of kind `TimedOut`, wherever it is in the chain of causes). A rate that follows
+    /// the store's health backs off on these; they are [transient](Error::is_transient) too.
+    pub fn is_overload(&self) -> bool {
+        match self {
+            Error::Busy { .. } => true,
+            Error::Io { source, .. } => source.kind() == io::ErrorKind::TimedOut,
+            Error::Transient { source, .. } => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**source);
+                while let Some(err) = cause {
+                    match err.downcast_ref::<io::Error>() {
+                        Some(io) if io.kind() == io::ErrorKind::TimedOut => return true,
+                        // An I/O error wrapping another names it as its payload, not as
+                        // its source.
+                        Some(io) if io.get_ref().is_some() => {
+                            cause = io.get_ref().map(|inner| inner as _);
+                        }
+                        _ => cause = err.source(),
+                    }
+                }
+                false
+            }
+            _ => false,
+        }
     }
 
     /// Whether the object was absent: `self.kind() == ErrorKind::NotFound`.
@@ -250,6 +291,59 @@ mod tests {
             assert_eq!(err.kind(), kind, "{err}");
             assert_eq!(err.is_transient(), kind == ErrorKind::Transient);
         }
+    }
+
+    #[test]
+    fn overloads_are_busy_errors_and_timeouts_and_are_transient() {
+        let timeout = || io::Error::from(io::ErrorKind::TimedOut);
+        let cases: Vec<(Error, bool)> = vec![
+            (
+                Error::Busy {
+                    op: Op::Put,
+                    key: Some(key()),
+                    source: "503 SlowDown".into(),
+                },
+                true,
+            ),
+            (Error::io(Op::Put, "a", timeout()), true),
+            (
+                Error::Transient {
+                    op: Op::Get,
+                    key: None,
+                    source: Box::new(io::Error::other(timeout())),
+                },
+                true,
+            ),
+            (
+                Error::Transient {
+                    op: Op::Get,
+                    key: None,
+                    source: "connection reset".into(),
+                },
+                false,
+            ),
+            (
+                Error::io(
+                    Op::Put,
+                    "a",
+                    io::Error::from(io::ErrorKind::ConnectionReset),
+                ),
+                false,
+            ),
+            (Error::NotFound { key: key() }, false),
+        ];
+        for (err, overload) in cases {
+            assert_eq!(err.is_overload(), overload, "{err:?}");
+            if overload {
+                assert!(err.is_transient(), "{err:?}");
+            }
+        }
+        let busy = Error::Busy {
+            op: Op::Put,
+            key: Some(key()),
+            source: "x".into(),
+        };
+        assert_eq!(busy.to_string(), "store overloaded in put of \"a/b\"");
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! It is not a general-purpose rate limiter for request admission (it never rejects, it waits),
 //! and it knows nothing about what the bytes are.
 //!
+//! [`adaptive`] makes a throttle's rate follow the health of what the bytes are sent to:
+//! AIMD on the latency and the overload errors its caller reports (`--rate auto`).
+//!
 //! Waiting uses [`tokio::time`]. The time the bucket counts on comes from tokio's clock when
 //! it is paused (tests: `#[tokio::test(start_paused = true)]`), and otherwise from the CPU's
 //! time-stamp counter, which is several times cheaper to read than the OS clock; see [`Clock`].
@@ -42,6 +45,7 @@
 //! # Feature flags
 //! None.
 
+pub mod adaptive;
 mod bucket;
 mod error;
 

@@ -20,7 +20,7 @@ use ferry::engine::Error as EngineError;
 use ferry::forwarding::{Config, Table};
 use ferry::types::{
     CleanupPolicy, JobId, JobKind, JobSnapshot, JobStatus, MigrationPlan, ObjectSelection,
-    PlanOptions, Rate, VerifyMode,
+    PlanOptions, RateSetting, VerifyMode,
 };
 use ferry::{Engine, JobHandle};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -31,7 +31,9 @@ use s3s::service::{S3Service, S3ServiceBuilder};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use crate::cli::{CheckpointKind, OutputArgs, parse_cleanup, parse_rate, parse_verify};
+use crate::cli::{
+    CheckpointKind, OutputArgs, parse_cleanup, parse_max_latency, parse_rate_setting, parse_verify,
+};
 use crate::control::{self, JobInfo};
 use crate::error::{EXIT_ERROR, EXIT_INTERRUPTED, Explain, fail, usage};
 use crate::location::Location;
@@ -75,10 +77,15 @@ pub(crate) struct ServeArgs {
     /// are ignored.
     #[arg(long)]
     anonymous: bool,
-    /// Bandwidth limit of the move, e.g. 50MiB, unlimited (default: unlimited, or the rate
-    /// the job had when it resumes). Requests of clients are not throttled.
-    #[arg(long, value_parser = parse_rate)]
-    rate: Option<Rate>,
+    /// Bandwidth limit of the move, e.g. 50MiB, unlimited, or auto / auto:200MiB to follow
+    /// DST's health (default: unlimited, or the rate the job had when it resumes). Requests
+    /// of clients are not throttled.
+    #[arg(long, value_parser = parse_rate_setting)]
+    rate: Option<RateSetting>,
+    /// With --rate auto: DST's operation latency (p90 over the last second) above which the
+    /// move backs off [default: 250ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_max_latency)]
+    max_latency: Option<std::time::Duration>,
     /// How many objects move at once.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=4096))]
     concurrency: u16,
@@ -190,7 +197,7 @@ pub(crate) async fn serve(state: &State, args: ServeArgs) -> Result<u8> {
     let (handle, settled) = match engine.start(plan).await {
         Ok(handle) => {
             if let Some(rate) = args.rate {
-                handle.set_rate(rate);
+                handle.set_rate_setting(rate);
             }
             (Some(handle), false)
         }
@@ -355,7 +362,8 @@ async fn new_job(state: &State, id: &JobId, args: &ServeArgs) -> Result<(JobMeta
         cleanup: args.cleanup,
         concurrency: std::num::NonZeroUsize::new(usize::from(args.concurrency))
             .unwrap_or(std::num::NonZeroUsize::MIN),
-        rate: args.rate.unwrap_or(Rate::Unlimited),
+        rate: args.rate.unwrap_or_default().rate(),
+        adaptive: crate::cli::adaptive(args.rate.unwrap_or_default(), args.max_latency),
         max_changes: args.max_changes,
         ..PlanOptions::default()
     };

@@ -20,6 +20,7 @@ use assert_cmd::cargo::CommandCargoExt;
 use ferry_object_store::test_server::S3Server;
 use serde_json::Value;
 
+mod auto;
 mod check;
 mod serve;
 

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use ferry_checkpoint::{Checkpointer, Progress};
 use ferry_throttle::Throttle;
+use ferry_throttle::adaptive::AdaptiveThrottle;
 use ferry_types::{
     JobId, JobSnapshot, JobStatus, MigrationPlan, ObjectKey, ObjectState, PlanOptions, Rate,
+    RateSetting,
 };
 use parking_lot::Mutex;
 use tokio::sync::{Notify, broadcast, watch};
@@ -86,6 +88,8 @@ impl Gauge {
 pub(crate) struct JobShared {
     pub(crate) id: JobId,
     pub(crate) throttle: Throttle,
+    /// The job's throttle behind its adaptive controller (enabled with `--rate auto`).
+    pub(crate) governor: Arc<AdaptiveThrottle>,
     pub(crate) paused: watch::Sender<bool>,
     pub(crate) cancelled: watch::Sender<bool>,
     /// [`Engine::shutdown`](crate::Engine::shutdown) asked the job to stop where it is.
@@ -141,10 +145,13 @@ impl JobShared {
         snapshot.skipped_objects = progress.skipped_objects;
         snapshot.failed_objects = progress.failed.len() as u64;
         snapshot.changed_objects = progress.changed_objects();
+        let governor = super::adaptive::governor(&plan.options, throttle.clone());
         snapshot.effective_rate = throttle.effective_rate();
+        snapshot.adaptive_rate = governor.is_enabled();
         Arc::new(JobShared {
             id,
             throttle,
+            governor,
             paused: watch::Sender::new(false),
             cancelled: watch::Sender::new(false),
             shutdown: watch::Sender::new(false),
@@ -171,11 +178,18 @@ impl JobShared {
 
     /// Changes the job's rate at once and has it saved in the job's record (soon, not
     /// waited for), so that a recovered run goes on at it.
-    pub(crate) fn set_rate(&self, rate: Rate) {
-        self.throttle.set_rate(rate);
+    pub(crate) fn set_rate(&self, setting: RateSetting) {
         let options = {
             let mut options = self.options.lock();
-            options.rate = rate;
+            options.set_rate_setting(setting);
+            match (setting, &options.adaptive) {
+                (RateSetting::Auto { ceiling }, Some(adaptive)) => {
+                    let start = self.throttle.rate();
+                    self.governor
+                        .enable(super::adaptive::config(adaptive, ceiling, Some(start)));
+                }
+                _ => self.governor.set_fixed(setting.rate()),
+            }
             options.clone()
         };
         if let Some(checkpointer) = self.checkpointer.upgrade() {
@@ -233,6 +247,7 @@ impl JobShared {
     fn measure(&self, snap: &mut JobSnapshot) {
         let now = tokio::time::Instant::now();
         snap.effective_rate = self.throttle.effective_rate();
+        snap.adaptive_rate = self.governor.is_enabled();
         snap.elapsed = now.saturating_duration_since(self.started);
         let objects = snap.done_objects.saturating_sub(self.done_before);
         let rates = self.recent.lock().update(now, snap.bytes_copied, objects);
@@ -428,7 +443,15 @@ impl JobHandle {
     /// a run recovered after a crash or a shutdown ([`Engine::recover`](crate::Engine::recover),
     /// or [`Engine::start`](crate::Engine::start) with the job's id) goes on at this rate.
     pub fn set_rate(&self, rate: Rate) {
-        self.shared.set_rate(rate);
+        self.shared.set_rate(RateSetting::Fixed(rate));
+    }
+
+    /// Sets the job's rate as [`set_rate`](JobHandle::set_rate) does, or makes it follow the
+    /// target's health ([`RateSetting::Auto`], with the plan's
+    /// [`AdaptiveRate`](ferry_types::AdaptiveRate) options or the defaults), starting from
+    /// the rate in force. Saved in the job's record the same way.
+    pub fn set_rate_setting(&self, setting: RateSetting) {
+        self.shared.set_rate(setting);
     }
 
     /// Pauses the job: no new object starts, copies in flight park at their next chunk

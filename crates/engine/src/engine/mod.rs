@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use crate::error::{BoxError, Error, Result};
 use ferry_store::Store;
 
+mod adaptive;
 mod check;
 mod job;
 mod pipeline;
@@ -425,6 +426,7 @@ impl Engine {
         let mut plan = plan;
         if resumed {
             plan.options.rate = acquired.record.plan.options.rate;
+            plan.options.adaptive = acquired.record.plan.options.adaptive;
         }
         let mut throttle = Throttle::builder()
             .rate(plan.options.rate)
@@ -498,6 +500,12 @@ impl Engine {
             shared.publish(|s| s.status = JobStatus::Paused);
         }
         self.inner.live.lock().insert(id, Arc::clone(&shared));
+        // The job's target, timed for its adaptive rate (a pass-through while it is fixed).
+        let target = adaptive::Observed::wrap(
+            target,
+            Arc::clone(&shared.governor),
+            plan.options.chunk_size,
+        );
         if checking {
             let ctx = check::CheckCtx {
                 engine: Arc::clone(&self.inner),

@@ -2,6 +2,7 @@
 // Tests stop on the first unexpected error: unwrap and expect say where.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod adaptive;
 mod api;
 mod batch;
 mod changes;
