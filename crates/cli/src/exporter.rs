@@ -72,9 +72,9 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     let mut addrs = text.to_socket_addrs().map_err(|e| {
         format!("{text} is not an address to serve metrics on ({e}); give HOST:PORT, e.g. 127.0.0.1:9464")
     })?;
-    addrs
-        .next()
-        .ok_or_else(|| format!("{text} resolves to no address; give HOST:PORT, e.g. 127.0.0.1:9464"))
+    addrs.next().ok_or_else(|| {
+        format!("{text} resolves to no address; give HOST:PORT, e.g. 127.0.0.1:9464")
+    })
 }
 
 fn parse_linger(text: &str) -> Result<Duration, String> {
@@ -228,16 +228,10 @@ fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
         );
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "GET /metrics\n".to_owned(),
-        );
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n".to_owned());
     }
     let scrape = shared.begun.fetch_add(1, Ordering::SeqCst) + 1;
-    let table = TABLE
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
+    let table = TABLE.lock().unwrap_or_else(PoisonError::into_inner).clone();
     if let Some(table) = table {
         table.record_metrics();
     }

@@ -21,6 +21,7 @@ use ferry_object_store::test_server::S3Server;
 use serde_json::Value;
 
 mod check;
+mod metrics;
 mod serve;
 
 /// A scratch directory with a state directory, and the `ferry` command bound to it.

@@ -7,8 +7,8 @@
 //! `docs/metrics.md` is the reference table; the names are a public contract (dashboards
 //! rely on them), so they are written once, here.
 
-use ferry_types::{JobId, ObjectState, Rate};
 use ::metrics::{Counter, Gauge, Histogram, Unit};
+use ferry_types::{JobId, ObjectState, Rate};
 
 /// Objects finished and recorded done by this process (skipped ones included).
 pub const OBJECTS_DONE: &str = "ferry_objects_done_total";
@@ -56,16 +56,27 @@ pub fn describe() {
         OBJECTS_DONE,
         "Objects finished and recorded done (skipped ones included)"
     );
-    describe_counter!(BYTES_DONE, Unit::Bytes, "Bytes of the objects recorded done");
+    describe_counter!(
+        BYTES_DONE,
+        Unit::Bytes,
+        "Bytes of the objects recorded done"
+    );
     describe_counter!(OBJECTS_COPIED, "Objects whose copy reached the target");
-    describe_counter!(BYTES_COPIED, Unit::Bytes, "Bytes streamed from source to target");
+    describe_counter!(
+        BYTES_COPIED,
+        Unit::Bytes,
+        "Bytes streamed from source to target"
+    );
     describe_counter!(OBJECTS_VERIFIED, "Objects whose target copy was verified");
     describe_counter!(OBJECTS_FORWARDED, "Objects flipped to their target");
     describe_counter!(OBJECTS_CLEANED, "Objects whose source copy was deleted");
     describe_counter!(OBJECTS_SKIPPED, "Objects whose source vanished");
     describe_counter!(OBJECTS_FAILED, "Objects recorded failed");
     describe_counter!(RETRIES, "Operations run again after a transient error");
-    describe_counter!(FLIPS_REFUSED, "Flips refused because a write raced the copy");
+    describe_counter!(
+        FLIPS_REFUSED,
+        "Flips refused because a write raced the copy"
+    );
     describe_counter!(FENCES, "Hot keys fenced to be flipped on their own");
     describe_histogram!(
         FENCE_WAIT,
@@ -73,8 +84,14 @@ pub fn describe() {
         "Time a fenced key waited for its writes in flight"
     );
     describe_gauge!(OBJECTS_IN_FLIGHT, "Objects being worked on now");
-    describe_gauge!(RATE, "The job's effective rate limit in bytes/s (0: unlimited)");
-    describe_gauge!(THROUGHPUT, "The job's throughput in bytes/s over the last seconds");
+    describe_gauge!(
+        RATE,
+        "The job's effective rate limit in bytes/s (0: unlimited)"
+    );
+    describe_gauge!(
+        THROUGHPUT,
+        "The job's throughput in bytes/s over the last seconds"
+    );
     describe_histogram!(
         STORE_OP_DURATION,
         Unit::Seconds,

@@ -1,7 +1,6 @@
 //! COPY (and VERIFY): one object streamed from source to target through the throttle, hashed as it
 //! goes (I7), then verified.
 
-
 use bytes::Bytes;
 
 use ferry_types::{CleanupPolicy, ObjectKey, ObjectState, VerifyMode};
