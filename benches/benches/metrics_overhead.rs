@@ -9,10 +9,16 @@
 //! recorder), and what is made while it is on records into Prometheus's. Histogram samples
 //! are folded into buckets between iterations, off the clock, as the exporter's upkeep does.
 //!
+//! On a shared machine the groups' figures drift with the load between the two variants'
+//! runs; with `FERRY_METRICS_PAIRS=N` the bench also runs N alternating pairs of each (A B,
+//! B A, …) and prints the median of the per-pair ratios with their spread, as SPEC §8's
+//! end-to-end comparisons do.
+//!
 //! Run: `cargo bench -p ferry-benches --bench metrics_overhead`.
-// Benches stop on the first unexpected error: expect says where.
-// criterion_group! defines a `pub fn` that cannot take a doc comment.
-#![allow(clippy::expect_used, missing_docs)]
+// Benches stop on the first unexpected error: expect says where. The paired ratios are
+// printed beside criterion's figures. criterion_group! defines a `pub fn` that cannot take a
+// doc comment.
+#![allow(clippy::expect_used, clippy::print_stdout, missing_docs)]
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -240,10 +246,108 @@ fn engine_mem(c: &mut Criterion, switch: &Switch, handle: &PrometheusHandle) {
     group.finish();
 }
 
+/// The median of `ratios` and their range.
+fn summary(mut ratios: Vec<f64>) -> String {
+    ratios.sort_by(f64::total_cmp);
+    let median = match ratios.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => ratios[n / 2],
+        n => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
+    };
+    format!(
+        "median {median:.3} ({:.3}–{:.3}, {} pairs)",
+        ratios.first().copied().unwrap_or(f64::NAN),
+        ratios.last().copied().unwrap_or(f64::NAN),
+        ratios.len()
+    )
+}
+
+/// `pairs` alternating pairs of `run(false)` and `run(true)`: the ratios with / without.
+fn paired(pairs: usize, mut run: impl FnMut(bool) -> Duration) -> Vec<f64> {
+    (0..pairs)
+        .map(|pair| {
+            let order = if pair % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            let mut took = [Duration::ZERO; 2];
+            for on in order {
+                took[usize::from(on)] = run(on);
+            }
+            took[1].as_secs_f64() / took[0].as_secs_f64()
+        })
+        .collect()
+}
+
+fn paired_ratios(pairs: usize, switch: &Switch, handle: &PrometheusHandle) {
+    // route_read hits, 1M lookups per run, on one table per variant.
+    let tables: Vec<Table> = [false, true]
+        .iter()
+        .map(|&on| {
+            switch.on.store(on, Ordering::SeqCst);
+            table()
+        })
+        .collect();
+    switch.on.store(false, Ordering::SeqCst);
+    let keys: Vec<String> = (0..QUERIES)
+        .map(|i| {
+            let i = scatter(i, ENTRIES);
+            format!("bucket-{:04}/object-{i:08}", i % 1000)
+        })
+        .collect();
+    let ratios = paired(pairs, |on| {
+        let table = &tables[usize::from(on)];
+        switch.on.store(on, Ordering::SeqCst);
+        let start = Instant::now();
+        for i in 0..1_000_000 {
+            black_box(table.route_read(&keys[i & (QUERIES - 1)]));
+        }
+        let took = start.elapsed();
+        switch.on.store(false, Ordering::SeqCst);
+        took
+    });
+    println!(
+        "paired route_read_hit/1M/1t, prometheus_recorder / no_recorder: {}",
+        summary(ratios)
+    );
+    drop(tables);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let keys: Vec<ObjectKey> = (0..100_000)
+        .map(|i| ObjectKey::new(format!("obj/{i:06}")).expect("valid"))
+        .collect();
+    let body = vec![7u8; 4 << 10];
+    let mut round = 1_000_000;
+    let ratios = paired(pairs, |on| {
+        round += 1;
+        switch.on.store(on, Ordering::SeqCst);
+        let took = run_job(&runtime, &keys, &body, round);
+        switch.on.store(false, Ordering::SeqCst);
+        handle.run_upkeep();
+        took
+    });
+    println!(
+        "paired engine_memstore/4KiB_x_100k, prometheus_recorder / no_recorder: {}",
+        summary(ratios)
+    );
+}
+
 fn benches(c: &mut Criterion) {
     let (switch, handle) = install();
     route_read(c, switch, &handle);
     engine_mem(c, switch, &handle);
+    let pairs = std::env::var("FERRY_METRICS_PAIRS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if pairs > 0 {
+        paired_ratios(pairs, switch, &handle);
+    }
 }
 
 criterion_group!(metrics_overhead, benches);
