@@ -1,7 +1,7 @@
 //! The table's figures, published through the `metrics` facade.
 //!
 //! Nothing here runs on the read path: `route_read` keeps counting in its per-thread stripes,
-//! and [`record`] publishes the sums (and the live entries) when asked
+//! and `record` publishes the sums (and the live entries) when asked
 //! ([`Table::record_metrics`](crate::Table::record_metrics), before a scrape) and after each
 //! sweeper pass. Table-wide figures carry no label: a table may serve many jobs.
 
