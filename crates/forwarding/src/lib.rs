@@ -131,7 +131,8 @@
 //! `cfg(loom)` would test a different table; the exhaustive interleaving test covers the
 //! ticket/flip/fence steps instead (each step is one critical section). Read drains are
 //! polled by hand to check which reads they wait for, and a multi-thread run checks that no
-//! read routed to the source outlives a drain that began after it.
+//! read routed to the source outlives a drain that began after it. A recording recorder checks
+//! that reads publish nothing and `record_metrics` and sweeps publish the table's figures.
 //!
 //! # Feature flags
 //! None. Snapshots are always serializable with `serde`.
