@@ -195,7 +195,9 @@ async fn accept(
             _ = stop.changed() => break,
             accepted = listener.accept() => {
                 let Ok((socket, _)) = accepted else {
-                    // Out of file descriptors and the like: a scrape fails; the job goes on.
+                    // Out of file descriptors and the like: a scrape fails, the job goes on;
+                    // wait a little rather than spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
                 let shared = Arc::clone(&shared);
