@@ -43,6 +43,8 @@ pub(crate) struct CheckArgs {
     pub(crate) checkpoint: CheckpointKind,
     #[command(flatten)]
     pub(crate) output: OutputArgs,
+    #[command(flatten)]
+    pub(crate) metrics: crate::exporter::MetricsArgs,
 }
 
 /// Runs `ferry check`: a new check job, to its end or to Ctrl-C.

@@ -42,6 +42,20 @@ impl Cli {
             _ => false,
         }
     }
+
+    /// `--metrics-addr` and `--metrics-linger`, on the commands that take them, and whether
+    /// the command is quiet (`-q`).
+    pub(crate) fn metrics(&self) -> (crate::exporter::MetricsArgs, bool) {
+        let args = match &self.command {
+            Command::Migrate(m) => &m.metrics,
+            Command::Resume(r) => &r.metrics,
+            Command::Check(c) => &c.metrics,
+            Command::Serve(s) => &s.metrics,
+            Command::Worker(w) => &w.metrics,
+            _ => return (crate::exporter::MetricsArgs::default(), false),
+        };
+        (args.clone(), self.quiet_logs())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +175,8 @@ pub(crate) struct MigrateArgs {
     pub(crate) checkpoint: CheckpointKind,
     #[command(flatten)]
     pub(crate) output: OutputArgs,
+    #[command(flatten)]
+    pub(crate) metrics: crate::exporter::MetricsArgs,
 }
 
 /// How a job moves each object: `migrate` and `submit` take the same.
@@ -224,6 +240,8 @@ pub(crate) struct ResumeArgs {
     pub(crate) rate: Option<RateSetting>,
     #[command(flatten)]
     pub(crate) output: OutputArgs,
+    #[command(flatten)]
+    pub(crate) metrics: crate::exporter::MetricsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -331,6 +349,8 @@ pub(crate) struct WorkerArgs {
     /// well above the clock offset between machines.
     #[arg(long, default_value = "30s", value_parser = parse_lease)]
     pub(crate) lease: std::time::Duration,
+    #[command(flatten)]
+    pub(crate) metrics: crate::exporter::MetricsArgs,
 }
 
 fn parse_lease(text: &str) -> Result<std::time::Duration, String> {

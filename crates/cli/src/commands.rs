@@ -21,6 +21,19 @@ use crate::state::{JobMeta, State};
 use crate::view::JobView;
 
 pub(crate) async fn dispatch(cli: Cli) -> Result<u8> {
+    // The metrics server is up before anything moves: a busy address stops the command
+    // first. It serves until the command ends (and, with --metrics-linger, a last scrape).
+    let (metrics, quiet) = cli.metrics();
+    let exporter = crate::exporter::Exporter::start(&metrics, quiet).await?;
+    let outcome = run_command(cli).await;
+    if let Some(exporter) = exporter {
+        let interrupted = matches!(outcome, Ok(crate::error::EXIT_INTERRUPTED));
+        exporter.finish(interrupted).await;
+    }
+    outcome
+}
+
+async fn run_command(cli: Cli) -> Result<u8> {
     let command = match cli.command {
         Command::Demo(args) => return crate::demo::run(args).await,
         Command::Submit(args) => return crate::worker::submit(cli.state.as_deref(), args).await,

@@ -23,6 +23,7 @@ mod commands;
 mod control;
 mod demo;
 mod error;
+mod exporter;
 mod location;
 mod progress;
 mod run;

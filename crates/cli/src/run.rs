@@ -98,11 +98,13 @@ pub(crate) fn engine_over(
     checkpoints: Arc<dyn CheckpointStore>,
 ) -> Result<Engine> {
     let (src, dst) = nodes()?;
-    Ok(Engine::builder()
+    let engine = Engine::builder()
         .node(src, source)
         .node(dst, target)
         .checkpoint_store(checkpoints)
-        .build()?)
+        .build()?;
+    crate::exporter::watch_table(engine.forwarding());
+    Ok(engine)
 }
 
 /// Explains an engine error about job `id` in the user's terms.

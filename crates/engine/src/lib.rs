@@ -101,6 +101,12 @@
 //!   `error`) and a failed job; a debug event for each copy made again because the source
 //!   changed outside the table (`key`, `changes`, `when`).
 //!   The library never prints: install a subscriber to see them.
+//! - Metrics through the `metrics` facade (no exporter here: install the recorder you use):
+//!   per job (label `job`) objects done, copied, verified, forwarded, cleaned, skipped and
+//!   failed, bytes copied and done, retries, refused flips, fences and their waits, objects in
+//!   flight, the rate limit and throughput; per node and operation (labels `node`, `op`) the
+//!   stores' latency and errors. The names are constants in [`metrics`]; `docs/metrics.md`
+//!   is the reference.
 //!
 //! - The checkpoint watermark advances over the finished prefix of the (key-ordered) stream,
 //!   so the record's done set stays bounded by what is in flight. Failed objects count as
@@ -171,5 +177,6 @@
 mod engine;
 mod error;
 
+pub use crate::engine::metrics;
 pub use crate::engine::{CancelReport, CommitHook, Engine, EngineBuilder, JobHandle, ObjectEvent};
 pub use crate::error::{BoxError, Error, ErrorKind, Op, Result};

@@ -112,6 +112,12 @@
 //!   adds one to the counter the epoch names; a drain waits for the other counter to empty,
 //!   flips the epoch and waits for the first, so reads that begin after it count apart. A
 //!   read costs [`Table::route_read`] plus two uncontended atomic read-modify-writes.
+//! - **Metrics.** Through the `metrics` facade (no exporter here), with no label:
+//!   [`Table::record_metrics`] publishes the live entries (`ferry_forwarding_entries`) and
+//!   the [`Stats`] as counters, and the sweeper publishes them after each pass and counts its
+//!   sweeps; writers that waited behind a fence record the wait. The read path records nothing
+//!   itself (its stripes are the counters), so it costs the same whatever recorder is
+//!   installed. Names: the constants of [`metrics`].
 //! - **Time.** TTLs use an injected [`Clock`]: the system's monotonic clock, or a
 //!   [`ManualClock`] in tests. The read path reads it only on hits of forwarded entries. The
 //!   fence timeout is a `tokio::time` timeout, so it follows a paused tokio clock.
@@ -125,7 +131,8 @@
 //! `cfg(loom)` would test a different table; the exhaustive interleaving test covers the
 //! ticket/flip/fence steps instead (each step is one critical section). Read drains are
 //! polled by hand to check which reads they wait for, and a multi-thread run checks that no
-//! read routed to the source outlives a drain that began after it.
+//! read routed to the source outlives a drain that began after it. A recording recorder checks
+//! that reads publish nothing and `record_metrics` and sweeps publish the table's figures.
 //!
 //! # Feature flags
 //! None. Snapshots are always serializable with `serde`.
@@ -135,6 +142,7 @@ mod config;
 mod entry;
 mod error;
 mod filter;
+pub mod metrics;
 mod placement;
 mod read;
 mod shard;

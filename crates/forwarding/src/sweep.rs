@@ -81,6 +81,8 @@ fn run(weak: &Weak<Inner>, interval: Duration) {
                 return;
             }
         }
+        crate::metrics::swept();
+        crate::metrics::record(&inner);
         drop(inner);
         std::thread::park_timeout(interval);
     }

@@ -97,6 +97,36 @@ fn bump(counter: &AtomicU64) {
 }
 
 impl Inner {
+    /// See [`Table::len`].
+    pub(crate) fn len(&self) -> usize {
+        let now = self.clock.now();
+        self.shards
+            .iter()
+            .map(|shard| {
+                let map = shard.map.read();
+                let expired = map.expiry.range(..=(now, u64::MAX, u64::MAX)).count();
+                map.entries.len() - expired
+            })
+            .sum()
+    }
+
+    /// See [`Table::stats`].
+    pub(crate) fn stats(&self) -> Stats {
+        let (lookups, hits) = self.stripes.iter().fold((0, 0), |(l, h), s| {
+            (l + s.lookups.load(Relaxed), h + s.hits.load(Relaxed))
+        });
+        let counters = &self.counters;
+        Stats {
+            lookups,
+            hits,
+            registrations: counters.registrations.load(Relaxed),
+            flips: counters.flips.load(Relaxed),
+            flips_refused: counters.flips_refused.load(Relaxed),
+            fences: counters.fences.load(Relaxed),
+            expired: counters.expired.load(Relaxed),
+        }
+    }
+
     fn new(config: &Config) -> Inner {
         let shards = config.shards.clamp(1, 4096).next_power_of_two();
         // FILTER_BITS per expected entry, in 64-bit words: a power of two, at least two per
@@ -576,12 +606,12 @@ impl Table {
                 }
             }
         };
-        tokio::time::timeout(self.inner.fence_timeout, wait)
-            .await
-            .map_err(|_| Error::FenceTimeout {
-                key: key.to_owned(),
-                waited: started.elapsed(),
-            })
+        let waited = tokio::time::timeout(self.inner.fence_timeout, wait).await;
+        crate::metrics::fence_waited(started.elapsed());
+        waited.map_err(|_| Error::FenceTimeout {
+            key: key.to_owned(),
+            waited: started.elapsed(),
+        })
     }
 
     /// Flips `key` from `Copying` (or `Fenced`) to `Forwarded`, atomically, if no write started
@@ -842,16 +872,7 @@ impl Table {
     /// Live entries (expired ones not yet swept are not counted). Takes each shard's read lock
     /// in turn: a figure for monitoring, not for the hot path.
     pub fn len(&self) -> usize {
-        let now = self.inner.clock.now();
-        self.inner
-            .shards
-            .iter()
-            .map(|shard| {
-                let map = shard.map.read();
-                let expired = map.expiry.range(..=(now, u64::MAX, u64::MAX)).count();
-                map.entries.len() - expired
-            })
-            .sum()
+        self.inner.len()
     }
 
     /// Whether the table has no live entry.
@@ -861,28 +882,26 @@ impl Table {
 
     /// The table's counters.
     pub fn stats(&self) -> Stats {
-        let inner = &*self.inner;
-        let (lookups, hits) = inner.stripes.iter().fold((0, 0), |(l, h), s| {
-            (l + s.lookups.load(Relaxed), h + s.hits.load(Relaxed))
-        });
-        let counters = &inner.counters;
-        Stats {
-            lookups,
-            hits,
-            registrations: counters.registrations.load(Relaxed),
-            flips: counters.flips.load(Relaxed),
-            flips_refused: counters.flips_refused.load(Relaxed),
-            fences: counters.fences.load(Relaxed),
-            expired: counters.expired.load(Relaxed),
-        }
+        self.inner.stats()
+    }
+
+    /// Records the table's figures through the `metrics` facade now: its live entries
+    /// (`ferry_forwarding_entries`) and its [`Stats`] as counters (see the crate docs). The
+    /// read path counts in plain per-thread stripes whatever recorder is installed; this
+    /// publishes those counts, so call it before a scrape. The sweeper thread calls it after
+    /// each pass. Takes each shard's read lock in turn, as [`len`](Table::len) does.
+    pub fn record_metrics(&self) {
+        crate::metrics::record(&self.inner);
     }
 
     /// Removes every expired entry now, one shard at a time; returns how many.
     pub fn sweep_now(&self) -> usize {
         let now = self.inner.clock.now();
-        (0..self.inner.shards.len())
+        let removed = (0..self.inner.shards.len())
             .map(|index| self.inner.sweep_shard(index, now, false))
-            .sum()
+            .sum();
+        crate::metrics::swept();
+        removed
     }
 
     /// A handle on the background sweeper thread, to watch it stop; `None` without one.

@@ -42,6 +42,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Metrics
+//! Through the `metrics` facade (no exporter here): each throttle's own rate
+//! (`ferry_throttle_rate_bytes_per_second`, 0 when unlimited) and, for each acquire that
+//! had to wait, how long it waited (`ferry_throttle_wait_seconds`), with the labels given
+//! to [`Builder::metric_label`]. An acquire that passes at once records nothing.
+//!
 //! # Feature flags
 //! None.
 
@@ -100,6 +106,20 @@ pub struct Throttle {
 struct Level {
     bytes: Bucket,
     objects: Bucket,
+    /// `ferry_throttle_rate_bytes_per_second` (0: unlimited).
+    rate_gauge: metrics::Gauge,
+    /// `ferry_throttle_wait_seconds`: how long an acquire that had to wait waited.
+    wait: metrics::Histogram,
+}
+
+/// The throttle's metric names (recorded through the `metrics` facade, with the labels given
+/// to [`Builder::metric_label`]).
+pub mod metric_names {
+    /// Gauge: the throttle's own byte rate, in bytes per second (0: unlimited).
+    pub const RATE: &str = "ferry_throttle_rate_bytes_per_second";
+    /// Histogram: seconds an `acquire` or `acquire_objects` that could not pass at once
+    /// waited (in this throttle and those it is within).
+    pub const WAIT: &str = "ferry_throttle_wait_seconds";
 }
 
 impl Default for Throttle {
@@ -157,8 +177,15 @@ impl Throttle {
     #[inline]
     pub async fn acquire(&self, bytes: u64) {
         if !self.try_acquire(bytes) {
-            Box::pin(acquire_all(&self.levels, Kind::Bytes, bytes)).await;
+            self.wait(Kind::Bytes, bytes).await;
         }
+    }
+
+    /// The waiting path, timed.
+    async fn wait(&self, kind: Kind, n: u64) {
+        let started = tokio::time::Instant::now();
+        Box::pin(acquire_all(&self.levels, kind, n)).await;
+        self.own.wait.record(started.elapsed().as_secs_f64());
     }
 
     /// Takes `bytes` if they may pass now in every level and nobody is waiting; never waits.
@@ -174,7 +201,7 @@ impl Throttle {
     /// Cancel safe, as [`acquire`](Self::acquire).
     pub async fn acquire_objects(&self, objects: u64) {
         if !self.try_acquire_objects(objects) {
-            Box::pin(acquire_all(&self.levels, Kind::Objects, objects)).await;
+            self.wait(Kind::Objects, objects).await;
         }
     }
 
@@ -188,6 +215,7 @@ impl Throttle {
     /// the rate; an explicit one stays.
     pub fn set_rate(&self, rate: Rate) {
         self.own().bytes.set_rate(units(rate));
+        self.own().rate_gauge.set(units(rate) as f64);
     }
 
     /// Sets this throttle's burst (`None`: back to the default, see [`Builder::burst`]).
@@ -274,8 +302,13 @@ impl Level {
         min_burst: ByteSize,
         objects: Option<NonZeroU64>,
         clock: Clock,
+        labels: &[(&'static str, String)],
     ) -> Level {
+        let rate_gauge = metrics::gauge!(metric_names::RATE, labels);
+        rate_gauge.set(units(rate) as f64);
         Level {
+            rate_gauge,
+            wait: metrics::histogram!(metric_names::WAIT, labels),
             bytes: Bucket::new(
                 units(rate),
                 burst.map(ByteSize::as_u64),
@@ -364,6 +397,7 @@ pub struct Builder {
     objects_per_sec: Option<NonZeroU64>,
     within: Option<Throttle>,
     clock: Clock,
+    labels: Vec<(&'static str, String)>,
 }
 
 impl Default for Builder {
@@ -375,6 +409,7 @@ impl Default for Builder {
             objects_per_sec: None,
             within: None,
             clock: Clock::Auto,
+            labels: Vec::new(),
         }
     }
 }
@@ -432,6 +467,13 @@ impl Builder {
         self
     }
 
+    /// Adds a label to the throttle's metrics (see [`metric_names`]; default: none), e.g.
+    /// `("job", id)` for a job's own throttle.
+    pub fn metric_label(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.labels.push((key, value.into()));
+        self
+    }
+
     /// Builds the throttle, full (a first burst passes at once).
     ///
     /// # Errors
@@ -444,6 +486,7 @@ impl Builder {
             self.min_burst,
             self.objects_per_sec,
             self.clock,
+            &self.labels,
         );
         Ok(Throttle::from_level(level, self.within.as_ref()))
     }

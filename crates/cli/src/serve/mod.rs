@@ -100,6 +100,8 @@ pub(crate) struct ServeArgs {
     max_changes: u32,
     #[command(flatten)]
     output: OutputArgs,
+    #[command(flatten)]
+    pub(crate) metrics: crate::exporter::MetricsArgs,
 }
 
 pub(crate) async fn serve(state: &State, args: ServeArgs) -> Result<u8> {
@@ -161,6 +163,7 @@ pub(crate) async fn serve(state: &State, args: ServeArgs) -> Result<u8> {
             })
         })
         .build()?;
+    crate::exporter::watch_table(engine.forwarding());
     let plan = match plan {
         Some(plan) => {
             state.save_meta(&meta)?;

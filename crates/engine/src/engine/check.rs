@@ -18,7 +18,6 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use ferry_checkpoint::{Checkpointer, Progress, ProgressUpdate};
 use ferry_store::{BoxStream, ObjectMeta, Store};
@@ -165,7 +164,7 @@ async fn drive(ctx: &Arc<CheckCtx>, progress: &Progress) -> Result<()> {
                     given_again += u64::from(failed_before.contains(&key));
                     order.dispatched.push_back(key.clone());
                     order.flying.insert(key.clone());
-                    shared.in_flight.fetch_add(1, Ordering::Relaxed);
+                    shared.enter_flight();
                     let (ctx, span) = (
                         Arc::clone(ctx),
                         tracing::debug_span!("compare", key = %key.as_str()),
@@ -212,7 +211,7 @@ async fn drive(ctx: &Arc<CheckCtx>, progress: &Progress) -> Result<()> {
                     .chain(std::iter::from_fn(|| set.try_join_next()))
                     .take(concurrency);
                 for joined in ended {
-                    shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    shared.leave_flight();
                     let Ok((key, verdict)) = joined else {
                         return Err(Error::RunnerGone { job: shared.id.clone() });
                     };
@@ -266,6 +265,7 @@ fn record(
         _ => (0, 0, 0, true),
     };
     ctx.checkpointer.record(update);
+    shared.metrics.bytes_done(bytes);
     shared.emit(key, state);
     shared.publish(|s| {
         s.done_objects += done;
@@ -342,6 +342,7 @@ async fn judge(
         "compare",
         || compare(ctx, key, sides),
         || ctx.shared.is_cancelled(),
+        &ctx.shared.metrics.retries,
     )
     .await
 }
@@ -434,9 +435,7 @@ async fn digest(
         shared.throttle.acquire(chunk.len() as u64).await;
         size += chunk.len() as u64;
         hasher.update(&chunk);
-        shared
-            .bytes_copied
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        shared.copied_bytes(chunk.len() as u64);
         shared.chunk_boundary().await?;
     }
     Ok(Some((size, hasher.finalize())))

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 
+use super::metrics::JobMetrics;
 use super::recent::{Rates, Recent};
 use crate::error::{Error, Result};
 
@@ -111,6 +112,8 @@ pub(crate) struct JobShared {
     pub(crate) forwarded: AtomicU64,
     pub(crate) started: tokio::time::Instant,
     pub(crate) events: broadcast::Sender<ObjectEvent>,
+    /// The job's metric handles (label `job`).
+    pub(crate) metrics: JobMetrics,
     /// Objects recorded done before this run (restored from the checkpoint): not this
     /// run's work, so not in its rates.
     done_before: u64,
@@ -148,6 +151,8 @@ impl JobShared {
         let governor = super::adaptive::governor(&plan.options, throttle.clone());
         snapshot.effective_rate = throttle.effective_rate();
         snapshot.adaptive_rate = governor.is_enabled();
+        let metrics = JobMetrics::new(&id);
+        metrics.rates(snapshot.effective_rate, 0);
         Arc::new(JobShared {
             id,
             throttle,
@@ -167,6 +172,7 @@ impl JobShared {
             forwarded: AtomicU64::new(0),
             started,
             events: broadcast::Sender::new(EVENTS_CAPACITY),
+            metrics,
             done_before: progress.done_objects,
             bytes_before: progress.done_bytes,
             listed_bytes: AtomicU64::new(0),
@@ -206,9 +212,28 @@ impl JobShared {
             .saturating_add(self.listed_bytes.load(Ordering::Relaxed))
     }
 
-    /// Sends an event, if anyone listens.
+    /// Counts `bytes` streamed by a copy (or read by a check).
+    pub(crate) fn copied_bytes(&self, bytes: u64) {
+        self.bytes_copied.fetch_add(bytes, Ordering::Relaxed);
+        self.metrics.bytes_copied.increment(bytes);
+    }
+
+    /// An object starts being worked on.
+    pub(crate) fn enter_flight(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.metrics.in_flight.increment(1.0);
+    }
+
+    /// An object is no longer worked on.
+    pub(crate) fn leave_flight(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.in_flight.decrement(1.0);
+    }
+
+    /// Sends an event, if anyone listens, and counts the move in the job's metrics.
     pub(crate) fn emit(&self, key: &ObjectKey, state: ObjectState) {
         tracing::debug!(key = %key.as_str(), state = ?state, "object transition");
+        self.metrics.moved(&state);
         if self.events.receiver_count() > 0 {
             let _ = self.events.send(ObjectEvent {
                 key: key.clone(),
@@ -254,6 +279,7 @@ impl JobShared {
         snap.throughput = rates.bytes as u64;
         snap.objects_per_sec = rates.objects as u64;
         snap.eta = eta(snap, rates);
+        self.metrics.rates(snap.effective_rate, snap.throughput);
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {

@@ -25,6 +25,8 @@ use ferry_store::Store;
 mod adaptive;
 mod check;
 mod job;
+mod metered;
+pub mod metrics;
 mod pipeline;
 mod recent;
 
@@ -141,9 +143,20 @@ impl EngineBuilder {
         let checkpoints = self.checkpoints.ok_or(Error::MissingPart {
             missing: "checkpoint_store",
         })?;
+        metrics::describe();
+        // Every node is reached through a wrapper that records its operations' latency and
+        // errors (`ferry_store_op_duration_seconds`, labelled `node` and `op`).
+        let nodes = self
+            .nodes
+            .into_iter()
+            .map(|(id, store)| {
+                let metered: Arc<dyn Store> = Arc::new(metered::Metered::new(id, store));
+                (id, metered)
+            })
+            .collect();
         Ok(Engine {
             inner: Arc::new(EngineInner {
-                nodes: self.nodes,
+                nodes,
                 checkpoints,
                 table: self.table.unwrap_or_default(),
                 global: self.global.unwrap_or_else(Throttle::unlimited),
@@ -410,9 +423,12 @@ impl Engine {
                 }
                 Ok::<_, Error>((updates, flipped))
             };
-            let reloaded = pipeline::retrying(&plan.options.retry, "resume", reload, || false)
-                .await
-                .map_err(|(_, err)| err);
+            // Before the job's metrics exist: its retries here are not counted.
+            let uncounted = ::metrics::Counter::noop();
+            let reloaded =
+                pipeline::retrying(&plan.options.retry, "resume", reload, || false, &uncounted)
+                    .await
+                    .map_err(|(_, err)| err);
             match reloaded {
                 Ok((updates, flipped)) => (journal_updates, committed) = (updates, flipped),
                 Err(err) => {
@@ -431,7 +447,8 @@ impl Engine {
         let mut throttle = Throttle::builder()
             .rate(plan.options.rate)
             .chunk_size(plan.options.chunk_size)
-            .within(&self.inner.global);
+            .within(&self.inner.global)
+            .metric_label("job", id.as_str());
         if let Some(burst) = plan.options.burst {
             throttle = throttle.burst(burst);
         }

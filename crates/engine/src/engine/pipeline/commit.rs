@@ -140,6 +140,7 @@ pub(super) async fn commit_synced(ctx: &Arc<JobCtx>, batch: Vec<Outcome>) -> Res
         }
     }
     checkpointer.record_many(records);
+    shared.metrics.bytes_done(done_bytes);
     if done + failed + unfailed > 0 || changed != 0 {
         shared.publish(|s| {
             s.done_objects += done;
@@ -263,6 +264,7 @@ pub(super) async fn flip_verified(
                 flipped.push((key, copied));
             }
             Flip::Again(_) => {
+                shared.metrics.flips_refused.increment(1);
                 shared.emit(&key, ObjectState::Pending);
                 tries.refused += 1;
                 again.push((key, tries));

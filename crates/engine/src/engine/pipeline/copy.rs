@@ -1,8 +1,6 @@
 //! COPY (and VERIFY): one object streamed from source to target through the throttle, hashed as it
 //! goes (I7), then verified.
 
-use std::sync::atomic::Ordering;
-
 use bytes::Bytes;
 
 use ferry_types::{CleanupPolicy, ObjectKey, ObjectState, VerifyMode};
@@ -130,9 +128,7 @@ pub(super) async fn copy_once(
                 guard.0.update(&chunk);
                 guard.1 += chunk.len() as u64;
             }
-            shared
-                .bytes_copied
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            shared.copied_bytes(chunk.len() as u64);
             Some((Ok(chunk), (body, state)))
         });
     let put = ctx.target.put(key, Box::pin(throttled)).await;

@@ -3,7 +3,6 @@
 //! re-listings of a drain.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use ferry_checkpoint::{Checkpointer, Progress, ProgressUpdate};
 use ferry_forwarding::EntryState;
@@ -240,7 +239,7 @@ pub(super) async fn drive(
                     .chain(std::iter::from_fn(|| set.try_join_next()))
                     .take(concurrency);
                 for result in ended {
-                    shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    shared.leave_flight();
                     match result {
                         Ok(outcome) => {
                             commits.order.flying.remove(outcome.key());
@@ -438,7 +437,7 @@ fn spawn_object<F>(
     F: std::future::Future<Output = Outcome> + Send + 'static,
 {
     order.flying.insert(key.clone());
-    ctx.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+    ctx.shared.enter_flight();
     let span = tracing::debug_span!("object", key = %key.as_str());
     set.spawn(tracing::Instrument::instrument(
         task(Arc::clone(ctx), key),

@@ -184,8 +184,13 @@ pub(super) async fn fenced_flip(
     if let Err(err) = table.fence(key.as_str()) {
         return Err(fail(*refused, err.into()));
     }
+    let metrics = &ctx.shared.metrics;
+    metrics.fences.increment(1);
     loop {
-        let observed = match table.wait_drained(key.as_str()).await {
+        let waiting = tokio::time::Instant::now();
+        let drained = table.wait_drained(key.as_str()).await;
+        metrics.fence_wait.record(waiting.elapsed().as_secs_f64());
+        let observed = match drained {
             Ok(generation) => generation,
             Err(err) => return Err(fail(*refused + 1, err.into())),
         };
@@ -225,6 +230,7 @@ pub(super) async fn fenced_flip(
         match flipped {
             Flip::Made => return Ok(copied),
             Flip::Again(cause) => {
+                metrics.flips_refused.increment(1);
                 *refused += 1;
                 // The intent is void, durably, before the next copy writes the target.
                 if let Err(err) = ctx.checkpointer.flush().await {

@@ -28,7 +28,8 @@ where
     E: Into<Error>,
 {
     let retry = &ctx.plan.options.retry;
-    retrying(retry, what, op, || ctx.shared.is_cancelled()).await
+    let retried = &ctx.shared.metrics.retries;
+    retrying(retry, what, op, || ctx.shared.is_cancelled(), retried).await
 }
 
 /// The target's `sync`, retried as [`with_retry`] retries, through a cancel: a cancelled job
@@ -40,18 +41,20 @@ pub(super) async fn sync_with_retry(ctx: &JobCtx) -> Result<(), (u32, Error)> {
         "sync",
         || ctx.target.sync(),
         || ctx.shared.is_failing(),
+        &ctx.shared.metrics.retries,
     )
     .await
 }
 
 /// Runs `op` as `retry` allows: again after each transient error, until it succeeds, fails
-/// otherwise, the policy is spent or `give_up` says so. The error comes with the attempts
-/// made.
+/// otherwise, the policy is spent or `give_up` says so, counting each new attempt in
+/// `retried`. The error comes with the attempts made.
 pub(crate) async fn retrying<'a, T, E, F>(
     retry: &RetryPolicy,
     what: &'static str,
     mut op: impl FnMut() -> F,
     give_up: impl Fn() -> bool,
+    retried: &metrics::Counter,
 ) -> Result<T, (u32, Error)>
 where
     F: std::future::Future<Output = Result<T, E>> + 'a,
@@ -68,6 +71,7 @@ where
                     return Err((attempts, err));
                 }
                 tokio::time::sleep(retry.backoff(attempts, jitter_unit(attempts))).await;
+                retried.increment(1);
             }
             Err(err) => return Err((attempts, err)),
         }
