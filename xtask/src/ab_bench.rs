@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::cli_bench::{env_dir, median, sh, timed_with, write_trees};
+use super::cli_bench::{clear_runs, env_dir, median, sh, timed_with, write_trees};
 
 /// One setting compared: its name, which tree, the flags, and whether each run needs a
 /// fresh copy of the source (a cleanup deletes it).
@@ -125,14 +125,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         // The case's copies go before the next case (every run of every case does not fit
         // on every disk); their discards are made now, untimed (`fstrim`, where allowed), so
         // no run pays for another's deletes.
-        for dir in fs::read_dir(&work).map_err(|e| e.to_string())? {
-            let path = dir.map_err(|e| e.to_string())?.path();
-            if path != small && path != big {
-                fs::remove_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-        }
-        sh("sync")?;
-        let _ = sh(&format!("fstrim {} 2>/dev/null", work.display()));
+        clear_runs(&work, &[small.clone(), big.clone()])?;
         let (lo, hi) = ratios
             .iter()
             .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
@@ -176,7 +169,7 @@ fn build_base(root: &Path, target: &Path, commit: &str) -> Result<PathBuf, Strin
     fs::canonicalize(base_target.join("release/ferry")).map_err(|e| e.to_string())
 }
 
-fn git(root: &Path, args: &[&str]) -> Result<String, String> {
+pub(crate) fn git(root: &Path, args: &[&str]) -> Result<String, String> {
     let out = Command::new("git")
         .args(args)
         .current_dir(root)

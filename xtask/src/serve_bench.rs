@@ -19,7 +19,7 @@
 //! Every pair goes to `docs/bench/serve-<commit>.md` (a new file per run); the Markdown tables
 //! for `docs/benchmarks.md` go to stdout.
 
-mod tools;
+pub(crate) mod tools;
 
 use std::cell::Cell;
 use std::fmt::Write as _;
@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use self::tools::{Bench, Gateway, Sample, output, quiet_pair, start_direct};
 use crate::cli_bench::{env_dir, median, sh, write_file};
+use crate::record::summarize;
 
 /// The credentials of the `s3_server` example, given to `ferry serve` too.
 const ACCESS_KEY: &str = "ferry-test-access-key";
@@ -111,15 +112,6 @@ fn parse(args: &[String]) -> Result<Settings, String> {
         eprintln!("xtask: fewer than 5 pairs: a trial, not a result (SPEC §8)");
     }
     Ok(settings)
-}
-
-/// The median of `ratios` and their spread (lowest–highest).
-fn summarize(ratios: &[f64]) -> (f64, f64, f64) {
-    let (lo, hi) = ratios
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
-    let mut sorted = ratios.to_vec();
-    (median(&mut sorted), lo, hi)
 }
 
 fn median_of(samples: &[Sample], metric: impl Fn(&Sample) -> f64) -> f64 {
