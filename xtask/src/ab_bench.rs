@@ -10,7 +10,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::cli_bench::{clear_runs, env_dir, median, sh, timed_with, write_trees};
+use super::cli_bench::{clear_runs, env_dir, sh, target_dir, timed_with, write_trees};
+use super::record::summarize;
 
 /// One setting compared: its name, which tree, the flags, and whether each run needs a
 /// fresh copy of the source (a cleanup deletes it).
@@ -56,10 +57,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         None => 5,
     };
     let root = env_dir()?.join("..");
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => root.join("target"),
-    };
+    let target = target_dir()?;
     let base_commit = git(&root, &["rev-parse", "--short", base_rev])?;
     let new_commit = git(&root, &["rev-parse", "--short", "HEAD"])?;
     let dirty = !git(&root, &["status", "--porcelain", "--untracked-files=no"])?.is_empty();
@@ -126,10 +124,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         // on every disk); their discards are made now, untimed (`fstrim`, where allowed), so
         // no run pays for another's deletes.
         clear_runs(&work, &[small.clone(), big.clone()])?;
-        let (lo, hi) = ratios
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
-        let mid = median(&mut ratios);
+        let (mid, lo, hi) = summarize(&ratios);
         let _ = writeln!(
             report,
             "| {} | {} | {mid:.2}× | {lo:.2}–{hi:.2} |",

@@ -122,10 +122,7 @@ fn median_of(samples: &[Sample], metric: impl Fn(&Sample) -> f64) -> f64 {
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let settings = parse(args)?;
     let root = env_dir()?.join("..");
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => root.join("target"),
-    };
+    let target = crate::cli_bench::target_dir()?;
     crate::cargo(&["build", "--release", "-p", "ferry-cli"], &[])?;
     crate::cargo(
         &[
