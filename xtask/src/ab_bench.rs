@@ -72,7 +72,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let work = target.join("ab-bench");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-    let (small, big) = write_trees(&work)?;
+    let (small, big) = write_trees(&work, true, true)?;
     let mut n = 0u32;
     let mut report = String::new();
     let machine = machine();

@@ -47,13 +47,11 @@ pub(crate) fn run(name: &str, options: Options) -> Result<(), String> {
         &[name][..]
     };
     let (ferry, work) = setup()?;
-    let small = write_small(&work)?;
-    let big = if names.contains(&"cli-1g") {
-        write_big(&work)?
-    } else {
-        work.join("big")
-    };
-    sh("sync")?;
+    let (small, big) = write_trees(
+        &work,
+        names.iter().any(|n| *n != "cli-1g"),
+        names.contains(&"cli-1g"),
+    )?;
     for name in names {
         let mut bench = Bench {
             ferry: ferry.clone(),
@@ -109,6 +107,27 @@ impl Bench {
         clear_runs(&self.work, &self.keep)
     }
 
+    /// The case's pairs, each run timed into a fresh destination ([`Bench::fresh`]) with the
+    /// command `command` gives for its side; the pair's copies cleared after it.
+    fn pairs(
+        &mut self,
+        case: &record::Case,
+        options: Options,
+        command: impl Fn(&Bench, Side, &(PathBuf, PathBuf)) -> String,
+    ) -> Result<Vec<record::Pair>, String> {
+        let this = std::cell::RefCell::new(self);
+        record::run_pairs(
+            case,
+            options.pairs,
+            |side| {
+                let mut bench = this.borrow_mut();
+                let to = bench.fresh()?;
+                timed(&command(&bench, side, &to)).map(Run::from)
+            },
+            || this.borrow().clear(),
+        )
+    }
+
     /// 10k × 64 KiB, checksum verify, vs `rclone copy --checksum`.
     fn migrate_10k(&mut self, small: &Path, options: Options) -> Result<(), String> {
         let case = record::case("cli-10k")?;
@@ -126,21 +145,10 @@ impl Bench {
             beside: None,
         };
         let start = record::start()?;
-        let this = std::cell::RefCell::new(self);
-        let pairs = record::run_pairs(
-            case,
-            options.pairs,
-            |side| {
-                let mut bench = this.borrow_mut();
-                let to = bench.fresh()?;
-                let cmd = match side {
-                    Side::A => bench.migrate(small, &to, "--verify checksum"),
-                    _ => rclone(&to),
-                };
-                timed(&cmd).map(Run::from)
-            },
-            || this.borrow().clear(),
-        )?;
+        let pairs = self.pairs(case, options, |bench, side, to| match side {
+            Side::A => bench.migrate(small, to, "--verify checksum"),
+            _ => rclone(to),
+        })?;
         record::finish(case, options, start, commands, pairs, Vec::new())
     }
 
@@ -164,22 +172,11 @@ impl Bench {
             beside: Some(cp(&example)),
         };
         let start = record::start()?;
-        let this = std::cell::RefCell::new(&mut *self);
-        let pairs = record::run_pairs(
-            case,
-            options.pairs,
-            |side| {
-                let mut bench = this.borrow_mut();
-                let to = bench.fresh()?;
-                let cmd = match side {
-                    Side::A => bench.migrate(big, &to, "--verify checksum"),
-                    Side::B => cp_sync(&to),
-                    Side::Beside => cp(&to),
-                };
-                timed(&cmd).map(Run::from)
-            },
-            || this.borrow().clear(),
-        )?;
+        let pairs = self.pairs(case, options, |bench, side, to| match side {
+            Side::A => bench.migrate(big, to, "--verify checksum"),
+            Side::B => cp_sync(to),
+            Side::Beside => cp(to),
+        })?;
         // The rate limit: 1 GiB at 50 MiB/s (one large file, so the disk is not the limit).
         let to = self.fresh()?;
         let (t_rate, _) = timed(&self.migrate(big, &to, "--rate 50MiB"))?;
@@ -258,17 +255,29 @@ pub(crate) fn clear_runs(work: &Path, keep: &[PathBuf]) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes the bench data under `work`: `small/` (10k × 64 KiB files in 100 directories) and
-/// `big/one.bin` (1 GiB), then syncs. Returns the two directories.
-pub(crate) fn write_trees(work: &Path) -> Result<(PathBuf, PathBuf), String> {
-    let small = write_small(work)?;
-    let big = write_big(work)?;
+/// Writes the bench data under `work`, the parts asked for: `small/` (10k × 64 KiB files in
+/// 100 directories) and `big/one.bin` (1 GiB), then syncs. Returns the two directories.
+pub(crate) fn write_trees(
+    work: &Path,
+    with_small: bool,
+    with_big: bool,
+) -> Result<(PathBuf, PathBuf), String> {
+    let small = if with_small {
+        write_small(work)?
+    } else {
+        work.join("small")
+    };
+    let big = if with_big {
+        write_big(work)?
+    } else {
+        work.join("big")
+    };
     sh("sync")?;
     Ok((small, big))
 }
 
 /// Writes `big/one.bin` (1 GiB) under `work`.
-pub(crate) fn write_big(work: &Path) -> Result<PathBuf, String> {
+fn write_big(work: &Path) -> Result<PathBuf, String> {
     let big = work.join("big");
     eprintln!("xtask: writing one 1 GiB file under {}", work.display());
     write_file(&big.join("one.bin"), BIG_SIZE, 7)?;
@@ -276,7 +285,7 @@ pub(crate) fn write_big(work: &Path) -> Result<PathBuf, String> {
 }
 
 /// Writes `small/` under `work`: 10k × 64 KiB files in 100 directories.
-pub(crate) fn write_small(work: &Path) -> Result<PathBuf, String> {
+fn write_small(work: &Path) -> Result<PathBuf, String> {
     let small = work.join("small");
     eprintln!(
         "xtask: writing {SMALL_FILES} × 64 KiB files under {}",

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use crate::cli_bench::{ensure_rclone, sh, target_dir, timed_with, write_big, write_small};
+use crate::cli_bench::{ensure_rclone, sh, target_dir, timed_with, write_trees};
 use crate::record::{self, Commands, Options, Run, Side};
 
 /// The cases `bench s3` runs, in order.
@@ -71,13 +71,11 @@ pub(crate) fn run(name: &str, options: Options) -> Result<(), String> {
     let server_bin = target.join("release/examples/s3_server");
     let work = target.join("s3-bench");
     let _ = fs::remove_dir_all(&work);
-    let small = write_small(&work)?;
-    let big = if names.iter().any(|n| n.ends_with("-1g")) {
-        write_big(&work)?
-    } else {
-        work.join("big")
-    };
-    sh("sync")?;
+    let (small, big) = write_trees(
+        &work,
+        names.iter().any(|n| n.ends_with("-10k")),
+        names.iter().any(|n| n.ends_with("-1g")),
+    )?;
     let server = start_server(&server_bin)?;
     let key = |name: &str| {
         server
