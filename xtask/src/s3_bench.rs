@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use crate::cli_bench::{ensure_rclone, sh, target_dir, timed_with, write_trees};
@@ -15,8 +15,7 @@ use crate::record::{self, Commands, Options, Run, Side};
 /// The cases `bench s3` runs, in order.
 const S3_CASES: &[&str] = &["s3-10k", "s3-1g", "s3s3-10k", "s3s3-1g"];
 
-/// The server process; its input is held open, and closing it stops the server, which
-/// removes its directory.
+/// The server process; its input is held open, and closing it stops the server.
 struct Server {
     child: Child,
     env: Vec<(String, String)>,
@@ -29,8 +28,11 @@ impl Drop for Server {
     }
 }
 
-fn start_server(binary: &PathBuf) -> Result<Server, String> {
+/// Serves `root` (created), buckets `src` and `dst` its subdirectories.
+fn start_server(binary: &PathBuf, root: &Path) -> Result<Server, String> {
     let mut child = Command::new(binary)
+        .arg("--root")
+        .arg(root)
         .args(["src", "dst"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -76,7 +78,9 @@ pub(crate) fn run(name: &str, options: Options) -> Result<(), String> {
         names.iter().any(|n| n.ends_with("-10k")),
         names.iter().any(|n| n.ends_with("-1g")),
     )?;
-    let server = start_server(&server_bin)?;
+    let root = work.join("s3-root");
+    fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let server = start_server(&server_bin, &root)?;
     let key = |name: &str| {
         server
             .env
@@ -168,14 +172,12 @@ pub(crate) fn run(name: &str, options: Options) -> Result<(), String> {
                 };
                 Ok(Run::from(run))
             },
-            // The pair's copies are deleted before the next pair, untimed.
+            // The pair's copies are deleted before the next pair, untimed, from the served
+            // directory (the server keeps no state of its own for them).
             || {
                 for n in runs.get() - 1..=runs.get() {
-                    timed_with(
-                        &format!("rclone purge t:dst/{name}-{n}"),
-                        &rclone_env,
-                        &unset,
-                    )?;
+                    let copy = root.join(format!("dst/{name}-{n}"));
+                    fs::remove_dir_all(&copy).map_err(|e| format!("{}: {e}", copy.display()))?;
                 }
                 sh("sync")
             },
