@@ -317,8 +317,12 @@ pub(crate) struct Record {
     /// The command that made this run.
     pub(crate) command: String,
     pub(crate) commit: String,
-    /// Uncommitted changes to tracked files when it ran.
+    /// Uncommitted changes, when it started, to tracked files that can change what is measured
+    /// (any but Markdown and result files: see [`measured`]).
     pub(crate) dirty: bool,
+    /// Every tracked file with uncommitted changes when it started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) changed: Vec<String>,
     /// UTC, `YYYY-MM-DDTHH:MM:SSZ`, when the first pair started.
     pub(crate) started: String,
     pub(crate) machine: Machine,
@@ -344,7 +348,7 @@ pub(crate) struct Start {
     started: String,
     load_before: String,
     commit: String,
-    dirty: bool,
+    changed: Vec<String>,
 }
 
 fn load_average() -> String {
@@ -359,8 +363,17 @@ pub(crate) fn start() -> Result<Start, String> {
         started: output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"], &root),
         load_before: load_average(),
         commit: git(&root, &["rev-parse", "--short", "HEAD"])?,
-        dirty: !git(&root, &["status", "--porcelain", "--untracked-files=no"])?.is_empty(),
+        changed: git(&root, &["status", "--porcelain", "--untracked-files=no"])?
+            .lines()
+            .map(|l| l.get(3..).unwrap_or(l).to_owned())
+            .collect(),
     })
+}
+
+/// Whether an uncommitted change to `path` can change what a run measures: not for the
+/// Markdown files and result files that the runs before it regenerate.
+fn measured(path: &str) -> bool {
+    !(path.ends_with(".md") || path.starts_with("docs/bench/"))
 }
 
 /// The commands a case ran: A's, B's, and the one beside them.
@@ -393,7 +406,8 @@ pub(crate) fn finish(
             if options.dry { " --dry" } else { "" }
         ),
         commit: start.commit,
-        dirty: start.dirty,
+        dirty: start.changed.iter().any(|path| measured(path)),
+        changed: start.changed,
         started: start.started,
         machine: Machine {
             nproc: output("nproc", &[], &root),
@@ -728,6 +742,14 @@ mod tests {
     }
 
     #[test]
+    fn only_changes_outside_markdown_and_results_make_a_run_dirty() {
+        assert!(!measured("docs/benchmarks.md"));
+        assert!(!measured("docs/bench/cli-10k-abc-20261204T140000Z.json"));
+        assert!(measured("crates/store/src/dir.rs"));
+        assert!(measured("Cargo.lock"));
+    }
+
+    #[test]
     fn fewer_than_five_pairs_is_refused_unless_dry() {
         let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(parse_options(&args(&["--pairs", "4"])).is_err());
@@ -772,6 +794,7 @@ mod tests {
             command: String::new(),
             commit: "abc".to_owned(),
             dirty: false,
+            changed: Vec::new(),
             started: "2026-12-04T14:00:00Z".to_owned(),
             machine: Machine {
                 nproc: "2".to_owned(),
