@@ -622,6 +622,16 @@ fn run_table(case: &Case, runs: &[Record]) -> String {
             if r.met { "met ✔" } else { "not met ✘" },
         );
     }
+    for r in runs {
+        for note in &r.notes {
+            let _ = writeln!(
+                out,
+                "\n{} `{}`: {note}.",
+                r.started.replace('T', " ").trim_end_matches('Z'),
+                r.commit
+            );
+        }
+    }
     let all: Vec<&Record> = runs.iter().collect();
     let _ = writeln!(
         out,
