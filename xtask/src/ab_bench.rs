@@ -10,7 +10,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::cli_bench::{env_dir, median, sh, timed_with, write_trees};
+use super::cli_bench::{clear_runs, env_dir, sh, target_dir, timed_with, write_trees};
+use super::record::summarize;
 
 /// One setting compared: its name, which tree, the flags, and whether each run needs a
 /// fresh copy of the source (a cleanup deletes it).
@@ -56,10 +57,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         None => 5,
     };
     let root = env_dir()?.join("..");
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => root.join("target"),
-    };
+    let target = target_dir()?;
     let base_commit = git(&root, &["rev-parse", "--short", base_rev])?;
     let new_commit = git(&root, &["rev-parse", "--short", "HEAD"])?;
     let dirty = !git(&root, &["status", "--porcelain", "--untracked-files=no"])?.is_empty();
@@ -74,7 +72,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let work = target.join("ab-bench");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-    let (small, big) = write_trees(&work)?;
+    let (small, big) = write_trees(&work, true, true)?;
     let mut n = 0u32;
     let mut report = String::new();
     let machine = machine();
@@ -125,18 +123,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         // The case's copies go before the next case (every run of every case does not fit
         // on every disk); their discards are made now, untimed (`fstrim`, where allowed), so
         // no run pays for another's deletes.
-        for dir in fs::read_dir(&work).map_err(|e| e.to_string())? {
-            let path = dir.map_err(|e| e.to_string())?.path();
-            if path != small && path != big {
-                fs::remove_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-        }
-        sh("sync")?;
-        let _ = sh(&format!("fstrim {} 2>/dev/null", work.display()));
-        let (lo, hi) = ratios
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
-        let mid = median(&mut ratios);
+        clear_runs(&work, &[small.clone(), big.clone()])?;
+        let (mid, lo, hi) = summarize(&ratios);
         let _ = writeln!(
             report,
             "| {} | {} | {mid:.2}× | {lo:.2}–{hi:.2} |",
@@ -176,7 +164,7 @@ fn build_base(root: &Path, target: &Path, commit: &str) -> Result<PathBuf, Strin
     fs::canonicalize(base_target.join("release/ferry")).map_err(|e| e.to_string())
 }
 
-fn git(root: &Path, args: &[&str]) -> Result<String, String> {
+pub(crate) fn git(root: &Path, args: &[&str]) -> Result<String, String> {
     let out = Command::new("git")
         .args(args)
         .current_dir(root)

@@ -1,4 +1,6 @@
-//! `cargo xtask bench cli`: the `ferry` binary against its peers, in the same run.
+//! `cargo xtask bench cli-10k | cli-1g | check` (`cli`: the three): the `ferry` binary
+//! against its peers, in alternating pairs, each run recorded under `docs/bench/` (see
+//! [`crate::record`]).
 
 use std::fs;
 use std::io::Write;
@@ -6,19 +8,28 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-const RUNS: usize = 4;
+use crate::record::{self, Commands, Options, Run, Side};
+
 const SMALL_FILES: usize = 10_000;
 const SMALL_SIZE: usize = 64 << 10;
 const BIG_SIZE: usize = 1 << 30;
+
+/// The cases `bench cli` runs, in order.
+pub(crate) const CLI_CASES: &[&str] = &["cli-10k", "cli-1g", "check"];
+
+/// The target directory: `CARGO_TARGET_DIR`, or the workspace's `target/`.
+pub(crate) fn target_dir() -> Result<PathBuf, String> {
+    Ok(match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => env_dir()?.join("../target"),
+    })
+}
 
 /// The release `ferry` binary, built, and an empty work directory under the target dir.
 fn setup() -> Result<(PathBuf, PathBuf), String> {
     ensure_rclone()?;
     super::cargo(&["build", "--release", "-p", "ferry-cli"], &[])?;
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => env_dir()?.join("../target"),
-    };
+    let target = target_dir()?;
     let ferry = target.join("release/ferry");
     let ferry = fs::canonicalize(&ferry).map_err(|e| format!("{}: {e}", ferry.display()))?;
     let work = target.join("cli-bench");
@@ -27,209 +38,250 @@ fn setup() -> Result<(PathBuf, PathBuf), String> {
     Ok((ferry, work))
 }
 
-/// `cargo xtask bench cli`: every case below, then [`check`]'s.
-pub(crate) fn run() -> Result<(), String> {
+/// `cargo xtask bench NAME [--pairs N] [--dry]` for the cases of this file (`cli`: each of
+/// [`CLI_CASES`]).
+pub(crate) fn run(name: &str, options: Options) -> Result<(), String> {
+    let names = if name == "cli" {
+        CLI_CASES
+    } else {
+        &[name][..]
+    };
     let (ferry, work) = setup()?;
-    let (small, big) = write_trees(&work)?;
+    let (small, big) = write_trees(
+        &work,
+        names.iter().any(|n| *n != "cli-1g"),
+        names.contains(&"cli-1g"),
+    )?;
+    for name in names {
+        let mut bench = Bench {
+            ferry: ferry.clone(),
+            work: work.clone(),
+            keep: vec![small.clone(), big.clone()],
+            runs: 0,
+        };
+        match *name {
+            "cli-10k" => bench.migrate_10k(&small, options)?,
+            "cli-1g" => bench.migrate_1g(&big, options)?,
+            "check" => bench.check(&small, options)?,
+            other => return Err(format!("no cli bench case `{other}`")),
+        }
+    }
+    let _ = fs::remove_dir_all(&work);
+    Ok(())
+}
 
-    // Every timed run writes into a fresh destination and state directory, and nothing is
-    // deleted until the end: on this machine's ext4 (mounted with `discard`) a deletion's
-    // discards land in a later journal commit, so the next run to fsync would pay for the
-    // previous run's deletes (rclone never fsyncs; ferry and `sync -f` do).
-    let mut runs = 0u32;
-    let mut fresh = || -> Result<(PathBuf, PathBuf), String> {
-        runs += 1;
+/// The binary, the work directory and what in it outlives a pair.
+struct Bench {
+    ferry: PathBuf,
+    work: PathBuf,
+    keep: Vec<PathBuf>,
+    runs: u32,
+}
+
+impl Bench {
+    /// A fresh destination and state directory for the next timed run, after a `sync`.
+    /// Every timed run writes into fresh ones: on ext4 mounted with `discard`, a deletion's
+    /// discards land in a later journal commit, so a run that fsyncs (ferry, `sync -f`) after
+    /// a delete would pay for it while rclone, which never fsyncs, would not.
+    fn fresh(&mut self) -> Result<(PathBuf, PathBuf), String> {
+        self.runs += 1;
         sh("sync")?;
         Ok((
-            work.join(format!("dst-{runs}")),
-            work.join(format!("state-{runs}")),
+            self.work.join(format!("dst-{}", self.runs)),
+            self.work.join(format!("state-{}", self.runs)),
         ))
-    };
-    let ferry_cmd = |src: &Path, (dst, state): &(PathBuf, PathBuf), extra: &str| {
+    }
+
+    fn migrate(&self, src: &Path, (dst, state): &(PathBuf, PathBuf), extra: &str) -> String {
         format!(
             "{} --state {} migrate {} {} -q {extra}",
-            ferry.display(),
+            self.ferry.display(),
             state.display(),
             src.display(),
             dst.display()
         )
-    };
-    let rclone_cmd = |(dst, _): &(PathBuf, PathBuf)| {
-        format!(
-            "rclone copy --checksum --transfers 16 {} {}",
-            small.display(),
-            dst.display()
-        )
-    };
-    let cp_cmd = |(dst, _): &(PathBuf, PathBuf)| {
-        format!(
-            "mkdir -p {d} && cp {}/one.bin {d}/one.bin",
-            big.display(),
-            d = dst.display()
-        )
-    };
-    let cp_sync_cmd =
-        |to: &(PathBuf, PathBuf)| format!("{} && sync -f {}/one.bin", cp_cmd(to), to.0.display());
-
-    // 10k × 64 KiB, checksum verify, vs rclone copy --checksum.
-    let (mut t_ferry, mut t_rclone) = (Vec::new(), Vec::new());
-    // The order alternates: on this VM the second of two back-to-back runs is often the
-    // slower one (its page-cache pages are freshly handed out by the host).
-    for run in 0..RUNS {
-        if run.is_multiple_of(2) {
-            t_rclone.push(timed(&rclone_cmd(&fresh()?))?.0);
-            t_ferry.push(timed(&ferry_cmd(&small, &fresh()?, "--verify checksum"))?.0);
-        } else {
-            t_ferry.push(timed(&ferry_cmd(&small, &fresh()?, "--verify checksum"))?.0);
-            t_rclone.push(timed(&rclone_cmd(&fresh()?))?.0);
-        }
     }
-    // One 1 GiB file vs cp + sync -f (durable) and plain cp.
-    let (mut t_big, mut rss_big, mut t_cp, mut t_cp_sync) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..RUNS {
-        t_cp.push(timed(&cp_cmd(&fresh()?))?.0);
-        t_cp_sync.push(timed(&cp_sync_cmd(&fresh()?))?.0);
-        let (t, rss) = timed(&ferry_cmd(&big, &fresh()?, "--verify checksum"))?;
-        t_big.push(t);
-        rss_big.push(rss);
+
+    /// After each pair: its copies deleted, their discards made now, untimed.
+    fn clear(&self) -> Result<(), String> {
+        clear_runs(&self.work, &self.keep)
     }
-    // The rate limit: 1 GiB at 50 MiB/s (one large file, so the disk is not the limit).
-    let rate_cmd = ferry_cmd(&big, &fresh()?, "--rate 50MiB");
-    let (t_rate, _) = timed(&rate_cmd)?;
-    let achieved = BIG_SIZE as f64 / t_rate / (1 << 20) as f64;
-    let example = fresh()?;
 
-    let (f, r) = (median(&mut t_ferry), median(&mut t_rclone));
-    let (b, c, cs) = (
-        median(&mut t_big),
-        median(&mut t_cp),
-        median(&mut t_cp_sync),
-    );
-    let rss = rss_big.iter().copied().max().unwrap_or(0);
-    let gib = BIG_SIZE as f64 / (1 << 20) as f64;
-    let mut out = String::new();
-    out.push_str("| what | ferry | peer | ratio | target |\n|---|---|---|---|---|\n");
-    out.push_str(&format!(
-        "| 10k × 64 KiB, checksum verify | {f:.2} s | rclone copy --checksum --transfers 16: {r:.2} s | {:.2}× rclone's time | ≤ 1× |\n",
-        f / r
-    ));
-    out.push_str(&format!(
-        "| 1 GiB file, checksum verify | {b:.2} s ({:.0} MiB/s), peak RSS {} MiB | cp + sync -f: {cs:.2} s ({:.0} MiB/s); plain cp: {c:.2} s ({:.0} MiB/s) | {:.2}× the durable cp's throughput | ≥ 1×, RSS ≤ 64 MiB |\n",
-        gib / b,
-        rss / 1024,
-        gib / cs,
-        gib / c,
-        cs / b
-    ));
-    out.push_str(&format!(
-        "| --rate 50MiB, one 1 GiB file | {t_rate:.2} s: {achieved:.2} MiB/s | — | {:+.2}% off | within 2% |\n",
-        (achieved / 50.0 - 1.0) * 100.0
-    ));
-    out.push_str(&format!(
-        "\nMedians of {RUNS} runs (all: ferry {t_ferry:.2?}, rclone {t_rclone:.2?}, ferry 1 GiB {t_big:.2?}, cp {t_cp:.2?}, cp+sync {t_cp_sync:.2?}); each run into a fresh destination.\nCommands: `{}`, `{}`, `{}`, `{}`, `{rate_cmd}`.\n",
-        ferry_cmd(&small, &example, "--verify checksum"),
-        rclone_cmd(&example),
-        ferry_cmd(&big, &example, "--verify checksum"),
-        cp_sync_cmd(&example),
-    ));
-    println!("{out}");
-    check_case(&ferry, &work, &small)?;
-    let _ = fs::remove_dir_all(&work);
-    Ok(())
-}
+    /// The case's pairs, each run timed into a fresh destination ([`Bench::fresh`]) with the
+    /// command `command` gives for its side; the pair's copies cleared after it.
+    fn pairs(
+        &mut self,
+        case: &record::Case,
+        options: Options,
+        command: impl Fn(&Bench, Side, &(PathBuf, PathBuf)) -> String,
+    ) -> Result<Vec<record::Pair>, String> {
+        let this = std::cell::RefCell::new(self);
+        record::run_pairs(
+            case,
+            options.pairs,
+            |side| {
+                let mut bench = this.borrow_mut();
+                let to = bench.fresh()?;
+                timed(&command(&bench, side, &to)).map(Run::from)
+            },
+            || this.borrow().clear(),
+        )
+    }
 
-/// `cargo xtask bench cli check`: only the check case.
-pub(crate) fn check() -> Result<(), String> {
-    let (ferry, work) = setup()?;
-    let small = write_small(&work)?;
-    sh("sync")?;
-    check_case(&ferry, &work, &small)?;
-    let _ = fs::remove_dir_all(&work);
-    Ok(())
-}
+    /// 10k × 64 KiB, checksum verify, vs `rclone copy --checksum`.
+    fn migrate_10k(&mut self, small: &Path, options: Options) -> Result<(), String> {
+        let case = record::case("cli-10k")?;
+        let rclone = |(dst, _): &(PathBuf, PathBuf)| {
+            format!(
+                "rclone copy --checksum --transfers 16 {} {}",
+                small.display(),
+                dst.display()
+            )
+        };
+        let example = (PathBuf::from("DST"), PathBuf::from("STATE"));
+        let commands = Commands {
+            a: self.migrate(small, &example, "--verify checksum"),
+            b: rclone(&example),
+            beside: None,
+        };
+        let start = record::start()?;
+        let pairs = self.pairs(case, options, |bench, side, to| match side {
+            Side::A => bench.migrate(small, to, "--verify checksum"),
+            _ => rclone(to),
+        })?;
+        record::finish(case, options, start, commands, pairs, Vec::new())
+    }
 
-/// Alternating pairs of the check case.
-const CHECK_PAIRS: usize = 6;
+    /// One 1 GiB file vs `cp` + `sync -f` (durable), plain `cp` beside them; then one run
+    /// with `--rate 50MiB` (a note).
+    fn migrate_1g(&mut self, big: &Path, options: Options) -> Result<(), String> {
+        let case = record::case("cli-1g")?;
+        let cp = |(dst, _): &(PathBuf, PathBuf)| {
+            format!(
+                "mkdir -p {d} && cp {}/one.bin {d}/one.bin",
+                big.display(),
+                d = dst.display()
+            )
+        };
+        let cp_sync =
+            |to: &(PathBuf, PathBuf)| format!("{} && sync -f {}/one.bin", cp(to), to.0.display());
+        let example = (PathBuf::from("DST"), PathBuf::from("STATE"));
+        let commands = Commands {
+            a: self.migrate(big, &example, "--verify checksum"),
+            b: cp_sync(&example),
+            beside: Some(cp(&example)),
+        };
+        let start = record::start()?;
+        let pairs = self.pairs(case, options, |bench, side, to| match side {
+            Side::A => bench.migrate(big, to, "--verify checksum"),
+            Side::B => cp_sync(to),
+            Side::Beside => cp(to),
+        })?;
+        // The rate limit: 1 GiB at 50 MiB/s (one large file, so the disk is not the limit).
+        let to = self.fresh()?;
+        let (t_rate, _) = timed(&self.migrate(big, &to, "--rate 50MiB"))?;
+        self.clear()?;
+        let achieved = BIG_SIZE as f64 / t_rate / f64::from(1u32 << 20);
+        let notes = vec![format!(
+            "`--rate 50MiB`, one 1 GiB file, one run after the pairs: {t_rate:.2} s, {achieved:.2} MiB/s ({:+.2}% off; target within 2%)",
+            (achieved / 50.0 - 1.0) * 100.0
+        )];
+        record::finish(case, options, start, commands, pairs, notes)
+    }
 
-/// `ferry check` vs `rclone check --checksum` of `small` against an identical copy of it, in
-/// [`CHECK_PAIRS`] alternating pairs (A B, B A, …); prints each pair's times and ratio, and
-/// the median ratio with its range. Both read both trees from the page cache (the copy was
-/// just written, and the first run of each pair warms it for the second).
-fn check_case(ferry: &Path, work: &Path, small: &Path) -> Result<(), String> {
-    let copy = work.join("small-copy");
-    sh(&format!("cp -r {} {}", small.display(), copy.display()))?;
-    sh("sync")?;
-    let mut runs = 0u32;
-    let mut ferry_cmd = || {
-        runs += 1;
-        format!(
-            "{} --state {} check {} {} -q",
-            ferry.display(),
-            work.join(format!("check-state-{runs}")).display(),
+    /// `ferry check` vs `rclone check --checksum` of `small` against an identical copy of
+    /// it. Both read both trees from the page cache (the copy was just written, one untimed
+    /// run of each comes first, and the first run of each pair warms it for the second).
+    fn check(&mut self, small: &Path, options: Options) -> Result<(), String> {
+        let case = record::case("check")?;
+        let copy = self.work.join("small-copy");
+        sh(&format!("cp -r {} {}", small.display(), copy.display()))?;
+        sh("sync")?;
+        self.keep.push(copy.clone());
+        let ferry = |state: &Path| {
+            format!(
+                "{} --state {} check {} {} -q",
+                self.ferry.display(),
+                state.display(),
+                small.display(),
+                copy.display()
+            )
+        };
+        let rclone = format!(
+            "rclone check --checksum --checkers 16 -q {} {}",
             small.display(),
             copy.display()
-        )
-    };
-    let rclone_cmd = format!(
-        "rclone check --checksum --checkers 16 -q {} {}",
-        small.display(),
-        copy.display()
-    );
-    // A first run of each, untimed, so that both trees are in the page cache for every pair.
-    timed(&ferry_cmd())?;
-    timed(&rclone_cmd)?;
-    let mut pairs = Vec::new();
-    for pair in 0..CHECK_PAIRS {
-        let (f, r) = if pair.is_multiple_of(2) {
-            let f = timed(&ferry_cmd())?;
-            (f, timed(&rclone_cmd)?)
-        } else {
-            let r = timed(&rclone_cmd)?;
-            (timed(&ferry_cmd())?, r)
+        );
+        let commands = Commands {
+            a: ferry(Path::new("STATE")),
+            b: rclone.clone(),
+            beside: None,
         };
-        pairs.push((f, r));
-    }
-    let mut ratios: Vec<f64> = pairs.iter().map(|((f, _), (r, _))| f / r).collect();
-    let mut out = String::from(
-        "| pair | order | ferry check | rclone check --checksum | ferry / rclone |\n|---|---|---|---|---|\n",
-    );
-    for (i, ((f, f_rss), (r, r_rss))) in pairs.iter().enumerate() {
-        let order = if i % 2 == 0 {
-            "ferry, rclone"
-        } else {
-            "rclone, ferry"
+        let mut runs = 0;
+        let mut state = || {
+            runs += 1;
+            self.work.join(format!("check-state-{runs}"))
         };
-        out.push_str(&format!(
-            "| {} | {order} | {f:.2} s ({} MiB) | {r:.2} s ({} MiB) | {:.2}× |\n",
-            i + 1,
-            f_rss / 1024,
-            r_rss / 1024,
-            f / r
-        ));
+        timed(&ferry(&state()))?;
+        timed(&rclone)?;
+        let start = record::start()?;
+        let pairs = record::run_pairs(
+            case,
+            options.pairs,
+            |side| {
+                let cmd = match side {
+                    Side::A => ferry(&state()),
+                    _ => rclone.clone(),
+                };
+                timed(&cmd).map(Run::from)
+            },
+            || Ok(()),
+        )?;
+        record::finish(case, options, start, commands, pairs, Vec::new())
     }
-    let (lo, hi) = (
-        ratios.iter().copied().fold(f64::INFINITY, f64::min),
-        ratios.iter().copied().fold(0.0, f64::max),
-    );
-    out.push_str(&format!(
-        "\n10k × 64 KiB, identical trees: median of {CHECK_PAIRS} per-pair ratios **{:.2}×** rclone's time ({lo:.2}–{hi:.2}×), target ≤ 1×. Peak RSS in parentheses.\nCommands: `{}`, `{rclone_cmd}`.\n",
-        median(&mut ratios),
-        ferry_cmd(),
-    ));
-    println!("{out}");
+}
+
+/// Deletes everything in `work` but `keep`, then syncs and discards (`fstrim`, where
+/// allowed), untimed, so that no timed run pays for another's deletes.
+pub(crate) fn clear_runs(work: &Path, keep: &[PathBuf]) -> Result<(), String> {
+    for dir in fs::read_dir(work).map_err(|e| e.to_string())? {
+        let path = dir.map_err(|e| e.to_string())?.path();
+        if !keep.contains(&path) {
+            fs::remove_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    sh("sync")?;
+    let _ = sh(&format!("fstrim {} 2>/dev/null", work.display()));
     Ok(())
 }
 
-/// Writes the bench data under `work`: `small/` (10k × 64 KiB files in 100 directories) and
-/// `big/one.bin` (1 GiB), then syncs. Returns the two directories.
-pub(crate) fn write_trees(work: &Path) -> Result<(PathBuf, PathBuf), String> {
-    let big = work.join("big");
-    eprintln!("xtask: writing one 1 GiB file under {}", work.display());
-    let small = write_small(work)?;
-    write_file(&big.join("one.bin"), BIG_SIZE, 7)?;
+/// Writes the bench data under `work`, the parts asked for: `small/` (10k × 64 KiB files in
+/// 100 directories) and `big/one.bin` (1 GiB), then syncs. Returns the two directories.
+pub(crate) fn write_trees(
+    work: &Path,
+    with_small: bool,
+    with_big: bool,
+) -> Result<(PathBuf, PathBuf), String> {
+    let small = if with_small {
+        write_small(work)?
+    } else {
+        work.join("small")
+    };
+    let big = if with_big {
+        write_big(work)?
+    } else {
+        work.join("big")
+    };
     sh("sync")?;
     Ok((small, big))
+}
+
+/// Writes `big/one.bin` (1 GiB) under `work`.
+fn write_big(work: &Path) -> Result<PathBuf, String> {
+    let big = work.join("big");
+    eprintln!("xtask: writing one 1 GiB file under {}", work.display());
+    write_file(&big.join("one.bin"), BIG_SIZE, 7)?;
+    Ok(big)
 }
 
 /// Writes `small/` under `work`: 10k × 64 KiB files in 100 directories.

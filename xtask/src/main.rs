@@ -9,17 +9,21 @@
 //!   passes locally, `.ci/run` passes.
 //! - `bench [ARGS…]`: the criterion benches of every crate; extra arguments go to criterion
 //!   (for example `cargo xtask bench -- acquire`).
-//! - `bench cli`: the `ferry` command against its peers in the same run (SPEC §8): `ferry
-//!   migrate` of 10k × 64 KiB files vs `rclone copy --checksum` (rclone is installed from
-//!   Debian's packages when missing), one 1 GiB file vs `cp` + `sync -f` (plain `cp` beside
-//!   it) with ferry's peak RSS, and the rate achieved with `--rate 50MiB`. Medians of 4 runs,
-//!   alternating the order; prints a Markdown table for `docs/benchmarks.md`. Then the check
-//!   case, which `bench cli check` runs alone: `ferry check` vs `rclone check --checksum` of
-//!   10k × 64 KiB files against an identical copy, in 6 alternating pairs, median of the
-//!   per-pair ratios.
-//! - `bench s3`: `ferry migrate` vs `rclone copy --checksum` to the same S3 server on loopback
-//!   (`ferry-object-store`'s `s3_server` example): dir → S3 and S3 → S3, 10k × 64 KiB files
-//!   and one 1 GiB object; prints a Markdown table for `docs/benchmarks.md`.
+//! - `bench CASE [--pairs N] [--dry]`: an end-to-end comparison of SPEC §8 in N (default
+//!   and minimum 5) alternating pairs (A B, B A, …), recorded in
+//!   `docs/bench/CASE-COMMIT-DATETIME.json` (machine, load average, commit, every pair, the
+//!   median and spread of the per-pair ratios), then `bench tables`. `--dry` (any N) prints
+//!   and writes nothing under `docs/`. CASE: `cli-10k` (`ferry migrate` of 10k × 64 KiB vs
+//!   `rclone copy --checksum`; rclone is installed from Debian's packages when missing),
+//!   `cli-1g` (one 1 GiB file vs `cp` + `sync -f`, plain `cp` beside it, then one run with
+//!   `--rate 50MiB`), `check` (`ferry check` vs `rclone check --checksum`), `s3-10k`,
+//!   `s3-1g`, `s3s3-10k`, `s3s3-1g` (vs `rclone copy` to the same S3 server on loopback,
+//!   `ferry-object-store`'s `s3_server` example), `engine` (the engine vs its plain loop, one
+//!   criterion run of `engine_mem` per pair); `cli` runs the first three, `s3` the four S3
+//!   cases.
+//! - `bench tables`: regenerates the tables between `<!-- generated: NAME begin -->` and
+//!   `<!-- generated: NAME end -->` in `docs/benchmarks.md` and the crate READMEs from every
+//!   result file under `docs/bench/`.
 //! - `bench serve [--pairs N] [--seconds S] [--concurrency C]`: `ferry serve` against the
 //!   direct S3 server (`ferry-object-store`'s `s3_server` example serving the same
 //!   directory), GET and PUT of 4 KiB and 1 MiB objects measured by its `s3_load` example, in
@@ -47,6 +51,8 @@
 
 mod ab_bench;
 mod cli_bench;
+mod engine_bench;
+mod record;
 mod s3_bench;
 mod serve_bench;
 
@@ -62,7 +68,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             eprintln!(
-                "usage: cargo xtask <ci | bench [cli [check] | s3 | serve [--pairs N] [--seconds S] [--concurrency C] | ab REV [PAIRS] | -- CRITERION ARGS] | crash [-n CYCLES] [--seed SEED] | fuzz [SECONDS]>"
+                "usage: cargo xtask <ci | bench [cli | cli-10k | cli-1g | check | s3 | s3-10k | s3-1g | s3s3-10k | s3s3-1g | engine [--pairs N] [--dry] | tables | serve [--pairs N] [--seconds S] [--concurrency C] | ab REV [PAIRS] | -- CRITERION ARGS] | crash [-n CYCLES] [--seed SEED] | fuzz [SECONDS]>"
             );
             return ExitCode::from(2);
         }
@@ -125,12 +131,18 @@ fn ci() -> Result<(), String> {
 }
 
 fn bench(extra: &[String]) -> Result<(), String> {
+    let rest = extra.get(1..).unwrap_or_default();
     match extra.first().map(String::as_str) {
-        Some("cli") if extra.get(1).is_some_and(|a| a == "check") => return cli_bench::check(),
-        Some("cli") => return cli_bench::run(),
-        Some("s3") => return s3_bench::run(),
-        Some("serve") => return serve_bench::run(&extra[1..]),
-        Some("ab") => return ab_bench::run(&extra[1..]),
+        Some("tables") => return record::tables(),
+        Some(name @ ("cli" | "cli-10k" | "cli-1g" | "check")) => {
+            return cli_bench::run(name, record::parse_options(rest)?);
+        }
+        Some(name @ ("s3" | "s3-10k" | "s3-1g" | "s3s3-10k" | "s3s3-1g")) => {
+            return s3_bench::run(name, record::parse_options(rest)?);
+        }
+        Some("engine") => return engine_bench::run(record::parse_options(rest)?),
+        Some("serve") => return serve_bench::run(rest),
+        Some("ab") => return ab_bench::run(rest),
         _ => {}
     }
     let mut args = vec!["bench", "--workspace"];

@@ -1,19 +1,21 @@
-//! `cargo xtask bench s3`: `ferry migrate` against `rclone copy` to the same S3 server on
-//! loopback (the tests' `s3s-fs` server, `ferry-object-store`'s `s3_server` example), in the
-//! same run: dir → S3 and S3 → S3, 10k × 64 KiB files and one 1 GiB object.
+//! `cargo xtask bench s3-10k | s3-1g | s3s3-10k | s3s3-1g` (`s3`: the four): `ferry migrate`
+//! against `rclone copy` to the same S3 server on loopback (the tests' `s3s-fs` server,
+//! `ferry-object-store`'s `s3_server` example), in alternating pairs, each run recorded under
+//! `docs/bench/` (see [`crate::record`]): dir → S3 and S3 → S3, 10k × 64 KiB files and one
+//! 1 GiB object.
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use crate::cli_bench::{ensure_rclone, env_dir, median, timed_with, write_trees};
+use crate::cli_bench::{ensure_rclone, sh, target_dir, timed_with, write_trees};
+use crate::record::{self, Commands, Options, Run, Side};
 
-/// Timed runs of each dir → S3 case (alternating which tool goes first); S3 → S3 runs once.
-const RUNS: usize = 3;
+/// The cases `bench s3` runs, in order.
+const S3_CASES: &[&str] = &["s3-10k", "s3-1g", "s3s3-10k", "s3s3-1g"];
 
-/// The server process; its input is held open, and closing it stops the server, which
-/// removes its directory.
+/// The server process; its input is held open, and closing it stops the server.
 struct Server {
     child: Child,
     env: Vec<(String, String)>,
@@ -26,8 +28,11 @@ impl Drop for Server {
     }
 }
 
-fn start_server(binary: &PathBuf) -> Result<Server, String> {
+/// Serves `root` (created), buckets `src` and `dst` its subdirectories.
+fn start_server(binary: &PathBuf, root: &Path) -> Result<Server, String> {
     let mut child = Command::new(binary)
+        .arg("--root")
+        .arg(root)
         .args(["src", "dst"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -46,7 +51,8 @@ fn start_server(binary: &PathBuf) -> Result<Server, String> {
     Ok(Server { child, env })
 }
 
-pub(crate) fn run() -> Result<(), String> {
+pub(crate) fn run(name: &str, options: Options) -> Result<(), String> {
+    let names = if name == "s3" { S3_CASES } else { &[name][..] };
     ensure_rclone()?;
     crate::cargo(&["build", "--release", "-p", "ferry-cli"], &[])?;
     crate::cargo(
@@ -62,22 +68,19 @@ pub(crate) fn run() -> Result<(), String> {
         ],
         &[],
     )?;
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => env_dir()?.join("../target"),
-    };
+    let target = target_dir()?;
     let ferry = fs::canonicalize(target.join("release/ferry")).map_err(|e| e.to_string())?;
     let server_bin = target.join("release/examples/s3_server");
     let work = target.join("s3-bench");
     let _ = fs::remove_dir_all(&work);
-    let (small, big) = write_trees(&work)?;
-    let server = start_server(&server_bin)?;
-    let endpoint = server
-        .env
-        .iter()
-        .find(|(k, _)| k == "AWS_ENDPOINT")
-        .map(|(_, v)| v.clone())
-        .ok_or("no endpoint")?;
+    let (small, big) = write_trees(
+        &work,
+        names.iter().any(|n| n.ends_with("-10k")),
+        names.iter().any(|n| n.ends_with("-1g")),
+    )?;
+    let root = work.join("s3-root");
+    fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let server = start_server(&server_bin, &root)?;
     let key = |name: &str| {
         server
             .env
@@ -91,7 +94,7 @@ pub(crate) fn run() -> Result<(), String> {
     let rclone_env: Vec<(String, String)> = [
         ("RCLONE_CONFIG_T_TYPE", "s3".to_owned()),
         ("RCLONE_CONFIG_T_PROVIDER", "Other".to_owned()),
-        ("RCLONE_CONFIG_T_ENDPOINT", endpoint),
+        ("RCLONE_CONFIG_T_ENDPOINT", key("AWS_ENDPOINT")),
         ("RCLONE_CONFIG_T_ACCESS_KEY_ID", key("AWS_ACCESS_KEY_ID")),
         (
             "RCLONE_CONFIG_T_SECRET_ACCESS_KEY",
@@ -103,83 +106,85 @@ pub(crate) fn run() -> Result<(), String> {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let mut ferry_env = server.env.clone();
-    let state = work.join("state");
-    ferry_env.push(("FERRY_STATE".to_owned(), state.display().to_string()));
     let unset = ["AWS_CA_BUNDLE"];
-    let ferry_run = |src: &str, dst: &str| {
-        let cmd = format!(
-            "{} migrate {src} {dst} -q --verify checksum",
+    let ferry_cmd = |src: &str, dst: &str, state: &str| {
+        format!(
+            "{} --state {state} migrate {src} {dst} -q --verify checksum",
             ferry.display()
-        );
-        timed_with(&cmd, &ferry_env, &unset)
+        )
     };
-    let rclone_run = |src: &str, dst: &str| {
-        let cmd = format!("rclone copy --checksum --transfers 16 {src} {dst}");
-        timed_with(&cmd, &rclone_env, &unset)
-    };
-    let (small_s, big_s) = (small.display().to_string(), big.display().to_string());
-
-    let mut rows = Vec::new();
-    for (what, local, name) in [
-        ("10k × 64 KiB", &small_s, "small"),
-        ("one 1 GiB object", &big_s, "big"),
-    ] {
-        eprintln!("xtask: {what}, dir → S3, {RUNS} runs each");
-        let (mut f, mut r, mut rss) = (Vec::new(), Vec::new(), Vec::new());
-        for run in 0..RUNS {
-            let ferry_dst = format!("s3://src/{name}-ferry-{run}");
-            let rclone_dst = format!("t:src/{name}-rclone-{run}");
-            let (ferry, rclone) = if run % 2 == 0 {
-                let rc = rclone_run(local, &rclone_dst)?;
-                (ferry_run(local, &ferry_dst)?, rc)
-            } else {
-                let fe = ferry_run(local, &ferry_dst)?;
-                (fe, rclone_run(local, &rclone_dst)?)
-            };
-            f.push(ferry.0);
-            rss.push(ferry.1 as f64);
-            r.push(rclone.0);
-        }
-        let all = format!("ferry {f:.2?}, rclone {r:.2?}");
-        let (fm, rm, rssm) = (median(&mut f), median(&mut r), median(&mut rss));
-        rows.push(format!(
-            "| {what}, dir → S3 | {fm:.2} s, peak RSS {:.0} MiB | {rm:.2} s | {:.2}× | {all} |",
-            rssm / 1024.0,
-            fm / rm
-        ));
-        eprintln!("xtask: {what}, S3 → S3, 1 run each");
-        let ferry = ferry_run(
-            &format!("s3://src/{name}-ferry-0"),
-            &format!("s3://dst/{name}-ferry"),
+    let rclone_cmd =
+        |src: &str, dst: &str| format!("rclone copy --checksum --transfers 16 {src} {dst}");
+    for name in names {
+        let case = record::case(name)?;
+        let (tree, size) = if name.ends_with("-10k") {
+            (&small, "small")
+        } else {
+            (&big, "big")
+        };
+        let local = tree.display().to_string();
+        // S3 → S3 reads what rclone uploaded once, untimed, under `src/SIZE-seed`.
+        let (ferry_src, rclone_src) = if name.starts_with("s3s3") {
+            timed_with(
+                &rclone_cmd(&local, &format!("t:src/{size}-seed")),
+                &rclone_env,
+                &unset,
+            )?;
+            (
+                format!("s3://src/{size}-seed"),
+                format!("t:src/{size}-seed"),
+            )
+        } else {
+            (local.clone(), local.clone())
+        };
+        let commands = Commands {
+            a: ferry_cmd(&ferry_src, "s3://dst/PREFIX", "STATE"),
+            b: rclone_cmd(&rclone_src, "t:dst/PREFIX"),
+            beside: None,
+        };
+        let runs = std::cell::Cell::new(0u32);
+        let start = record::start()?;
+        let pairs = record::run_pairs(
+            case,
+            options.pairs,
+            |side| {
+                runs.set(runs.get() + 1);
+                let n = runs.get();
+                sh("sync")?;
+                let run = match side {
+                    Side::A => {
+                        let state = work.join(format!("state-{name}-{n}"));
+                        timed_with(
+                            &ferry_cmd(
+                                &ferry_src,
+                                &format!("s3://dst/{name}-{n}"),
+                                &state.display().to_string(),
+                            ),
+                            &server.env,
+                            &unset,
+                        )?
+                    }
+                    _ => timed_with(
+                        &rclone_cmd(&rclone_src, &format!("t:dst/{name}-{n}")),
+                        &rclone_env,
+                        &unset,
+                    )?,
+                };
+                Ok(Run::from(run))
+            },
+            // The pair's copies are deleted before the next pair, untimed, from the served
+            // directory (the server keeps no state of its own for them).
+            || {
+                for n in runs.get() - 1..=runs.get() {
+                    let copy = root.join(format!("dst/{name}-{n}"));
+                    fs::remove_dir_all(&copy).map_err(|e| format!("{}: {e}", copy.display()))?;
+                }
+                sh("sync")
+            },
         )?;
-        let rclone = rclone_run(
-            &format!("t:src/{name}-rclone-0"),
-            &format!("t:dst/{name}-rclone"),
-        )?;
-        rows.push(format!(
-            "| {what}, S3 → S3 | {:.2} s, peak RSS {:.0} MiB | {:.2} s | {:.2}× | one run each |",
-            ferry.0,
-            ferry.1 as f64 / 1024.0,
-            rclone.0,
-            ferry.0 / rclone.0
-        ));
+        record::finish(case, options, start, commands, pairs, Vec::new())?;
     }
     drop(server);
-    println!(
-        "| what | ferry (checksum verify) | rclone copy --checksum --transfers 16 | ferry / rclone | all runs |"
-    );
-    println!("|---|---|---|---|---|");
-    for row in rows {
-        println!("{row}");
-    }
-    println!(
-        "\nMedians of {RUNS} runs for dir → S3 (alternating which tool goes first). Server: \
-         ferry-object-store's `s3_server` example (s3s-fs, one thread) on 127.0.0.1, buckets \
-         `src` and `dst`; ferry: `ferry migrate SRC s3://… -q --verify checksum` with the \
-         server's AWS_* variables; rclone: remote `t:` from RCLONE_CONFIG_T_* (type s3, \
-         provider Other, path style)."
-    );
     let _ = fs::remove_dir_all(&work);
     Ok(())
 }

@@ -19,7 +19,7 @@
 //! Every pair goes to `docs/bench/serve-<commit>.md` (a new file per run); the Markdown tables
 //! for `docs/benchmarks.md` go to stdout.
 
-mod tools;
+pub(crate) mod tools;
 
 use std::cell::Cell;
 use std::fmt::Write as _;
@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use self::tools::{Bench, Gateway, Sample, output, quiet_pair, start_direct};
 use crate::cli_bench::{env_dir, median, sh, write_file};
+use crate::record::summarize;
 
 /// The credentials of the `s3_server` example, given to `ferry serve` too.
 const ACCESS_KEY: &str = "ferry-test-access-key";
@@ -113,15 +114,6 @@ fn parse(args: &[String]) -> Result<Settings, String> {
     Ok(settings)
 }
 
-/// The median of `ratios` and their spread (lowest–highest).
-fn summarize(ratios: &[f64]) -> (f64, f64, f64) {
-    let (lo, hi) = ratios
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
-    let mut sorted = ratios.to_vec();
-    (median(&mut sorted), lo, hi)
-}
-
 fn median_of(samples: &[Sample], metric: impl Fn(&Sample) -> f64) -> f64 {
     let mut values: Vec<f64> = samples.iter().map(metric).collect();
     median(&mut values)
@@ -130,10 +122,7 @@ fn median_of(samples: &[Sample], metric: impl Fn(&Sample) -> f64) -> f64 {
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let settings = parse(args)?;
     let root = env_dir()?.join("..");
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => root.join("target"),
-    };
+    let target = crate::cli_bench::target_dir()?;
     crate::cargo(&["build", "--release", "-p", "ferry-cli"], &[])?;
     crate::cargo(
         &[

@@ -433,7 +433,7 @@ fn text_field(json: &str, name: &str) -> Option<String> {
     Some(rest[..rest.find('"')?].to_owned())
 }
 
-pub(super) fn output(cmd: &str, args: &[&str], dir: &Path) -> String {
+pub(crate) fn output(cmd: &str, args: &[&str], dir: &Path) -> String {
     Command::new(cmd)
         .args(args)
         .current_dir(dir)
