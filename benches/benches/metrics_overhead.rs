@@ -21,20 +21,18 @@
 #![allow(clippy::expect_used, clippy::print_stdout, missing_docs)]
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ferry_checkpoint::MemoryStore;
-use ferry_engine::Engine;
 use ferry_forwarding::{Config, Table};
-use ferry_store::MemStore;
-use ferry_types::{
-    CleanupPolicy, JobId, JobStatus, MigrationPlan, NodeId, ObjectKey, ObjectSelection, VerifyMode,
-};
+use ferry_types::{NodeId, ObjectKey};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+mod common;
+
+use common::run_job;
 
 /// The buckets `ferry --metrics-addr` sets.
 const BUCKETS: [f64; 16] = [
@@ -167,42 +165,6 @@ fn route_read(c: &mut Criterion, switch: &Switch, handle: &PrometheusHandle) {
     }
 }
 
-fn run_job(
-    runtime: &tokio::runtime::Runtime,
-    keys: &[ObjectKey],
-    body: &[u8],
-    round: u64,
-) -> Duration {
-    let (a, b) = (
-        NodeId::new("a").expect("valid"),
-        NodeId::new("b").expect("valid"),
-    );
-    let source = MemStore::new();
-    for key in keys {
-        source.insert(key.clone(), body.to_vec());
-    }
-    runtime.block_on(async {
-        let engine = Engine::builder()
-            .node(a, Arc::new(source))
-            .node(b, Arc::new(MemStore::new()))
-            .checkpoint_store(Arc::new(MemoryStore::new()))
-            .forwarding(Table::default())
-            .build()
-            .expect("engine");
-        let plan = MigrationPlan::new(a, b, ObjectSelection::all())
-            .with_id(JobId::new(format!("bench-{round}")).expect("valid"))
-            .with_verify(VerifyMode::Checksum)
-            .with_cleanup(CleanupPolicy::AfterVerify);
-        let start = Instant::now();
-        let handle = engine.start(plan).await.expect("start");
-        let snapshot = handle.wait().await.expect("job");
-        let took = start.elapsed();
-        assert_eq!(snapshot.status, JobStatus::Completed);
-        assert_eq!(snapshot.done_objects, keys.len() as u64);
-        took
-    })
-}
-
 fn engine_mem(c: &mut Criterion, switch: &Switch, handle: &PrometheusHandle) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -210,10 +172,7 @@ fn engine_mem(c: &mut Criterion, switch: &Switch, handle: &PrometheusHandle) {
         .build()
         .expect("runtime");
     let objects = 100_000;
-    let keys: Vec<ObjectKey> = (0..objects)
-        .map(|i| ObjectKey::new(format!("obj/{i:06}")).expect("valid"))
-        .collect();
-    let body = vec![7u8; 4 << 10];
+    let keys = common::keys(objects);
     let mut round = 0;
     let mut group = c.benchmark_group("metrics_overhead/engine_memstore/4KiB_x_100k");
     group.sample_size(10);
@@ -226,7 +185,7 @@ fn engine_mem(c: &mut Criterion, switch: &Switch, handle: &PrometheusHandle) {
                 for _ in 0..iters {
                     round += 1;
                     switch.on.store(on, Ordering::SeqCst);
-                    took += run_job(&runtime, &keys, &body, round);
+                    took += run_job(&runtime, &keys, 4 << 10, round);
                     switch.on.store(false, Ordering::SeqCst);
                     // The exporter's upkeep and a scrape, off the clock.
                     handle.run_upkeep();
@@ -306,15 +265,12 @@ fn paired_ratios(pairs: usize, switch: &Switch, handle: &PrometheusHandle) {
         .enable_all()
         .build()
         .expect("runtime");
-    let keys: Vec<ObjectKey> = (0..100_000)
-        .map(|i| ObjectKey::new(format!("obj/{i:06}")).expect("valid"))
-        .collect();
-    let body = vec![7u8; 4 << 10];
+    let keys = common::keys(100_000);
     let mut round = 1_000_000;
     let ratios = paired(pairs, |on| {
         round += 1;
         switch.on.store(on, Ordering::SeqCst);
-        let took = run_job(&runtime, &keys, &body, round);
+        let took = run_job(&runtime, &keys, 4 << 10, round);
         switch.on.store(false, Ordering::SeqCst);
         handle.run_upkeep();
         took
