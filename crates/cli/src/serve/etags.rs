@@ -17,20 +17,16 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use ferry::store::{ObjectMeta, Version};
 use ferry::types::ObjectKey;
 use serde::{Deserialize, Serialize};
 
-use super::gateway::Side;
+use super::gateway::{Side, hex, lock};
 
 /// ETags remembered at most; past it the memory is cleared (each is recomputed on demand).
 const ETAG_CAP: usize = 1 << 20;
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// An object's ETag, remembered for one version of it.
 type Remembered = (Version, Arc<str>);
@@ -79,6 +75,24 @@ enum Line {
     Forget {
         forget: String,
     },
+}
+
+impl Line {
+    fn record(key: &ObjectKey, tagged: &Tagged) -> Line {
+        Line::Record {
+            key: key.as_str().to_owned(),
+            size: tagged.size,
+            blake3: hex(&tagged.blake3),
+            etag: tagged.etag.to_string(),
+        }
+    }
+
+    /// The line as written: JSON and a newline.
+    fn bytes(&self) -> std::io::Result<Vec<u8>> {
+        let mut text = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        text.push(b'\n');
+        Ok(text)
+    }
 }
 
 /// The ETags of objects completed from multipart uploads, kept durably in one file.
@@ -132,12 +146,7 @@ impl MultipartTags {
         let key = key.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
-            let line = Line::Record {
-                key: key.as_str().to_owned(),
-                size: tagged.size,
-                blake3: super::gateway::hex(&tagged.blake3),
-                etag: tagged.etag.to_string(),
-            };
+            let line = Line::record(&key, &tagged);
             let file = {
                 let mut journal = lock(&inner);
                 append(&mut journal.file, &line)?;
@@ -169,9 +178,7 @@ impl MultipartTags {
 }
 
 fn append(file: &mut File, line: &Line) -> std::io::Result<()> {
-    let mut text = serde_json::to_vec(line).map_err(std::io::Error::other)?;
-    text.push(b'\n');
-    file.write_all(&text)
+    file.write_all(&line.bytes()?)
 }
 
 fn bad(path: &Path, number: usize, why: impl std::fmt::Display) -> std::io::Error {
@@ -234,15 +241,7 @@ fn compact(path: &Path, records: &HashMap<ObjectKey, Tagged>) -> std::io::Result
     keys.sort();
     let mut text = Vec::new();
     for key in keys {
-        let t = &records[key];
-        let line = Line::Record {
-            key: key.as_str().to_owned(),
-            size: t.size,
-            blake3: super::gateway::hex(&t.blake3),
-            etag: t.etag.to_string(),
-        };
-        text.extend(serde_json::to_vec(&line).map_err(std::io::Error::other)?);
-        text.push(b'\n');
+        text.extend(Line::record(key, &records[key]).bytes()?);
     }
     file.write_all(&text)?;
     file.sync_all()?;
