@@ -25,7 +25,7 @@ use rustix::io::Errno;
 
 use crate::{
     BoxFuture, BoxStream, DEFAULT_CHUNK_SIZE, DeleteIf, Error, MetaStream, Object, ObjectMeta, Op,
-    Result, Store, Version,
+    PartTag, Result, Store, UploadId, Version,
 };
 
 /// The name prefix of the temp files a put writes before renaming them into place. Files
@@ -534,6 +534,8 @@ fn file_chunks(
     })
 }
 
+mod upload;
+
 fn split_last<'a, 'b>(segs: &'b [&'a str]) -> (&'a str, &'b [&'a str]) {
     match segs.split_last() {
         Some((name, dirs)) => (name, dirs),
@@ -686,7 +688,9 @@ async fn next_chunk(body: &mut BoxStream<'_, Result<Bytes>>) -> Result<Option<By
 fn remove_temp_files(dir: &OwnedFd, rel: &Path) -> Result<()> {
     let entries = read_dir_entries(dir).map_err(|e| Error::io(Op::Open, rel, e))?;
     for (name, ty) in entries {
-        if name.starts_with(TEMP_PREFIX.as_bytes()) && ty == FileType::RegularFile {
+        // An upload's file is kept: a resumed copy continues it (`abort_upload` removes it).
+        let upload = name.starts_with(upload::UPLOAD_PREFIX.as_bytes());
+        if name.starts_with(TEMP_PREFIX.as_bytes()) && !upload && ty == FileType::RegularFile {
             match rustix::fs::unlinkat(dir, name.as_slice(), AtFlags::empty()) {
                 Ok(()) | Err(Errno::NOENT) => {}
                 Err(e) => return Err(Error::io(Op::Open, rel.join(OsStr::from_bytes(&name)), e)),
@@ -1100,6 +1104,38 @@ impl Store for DirStore {
         body: BoxStream<'a, Result<Bytes>>,
     ) -> BoxFuture<'a, Result<ObjectMeta>> {
         Box::pin(self.put_inner(key, body))
+    }
+
+    fn create_upload<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Option<UploadId>>> {
+        Box::pin(async move { self.create_upload_inner(key).await.map(Some) })
+    }
+
+    fn put_part<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+        _part: u32,
+        offset: u64,
+        body: BoxStream<'a, Result<Bytes>>,
+    ) -> BoxFuture<'a, Result<PartTag>> {
+        Box::pin(self.put_part_inner(key, upload, offset, body))
+    }
+
+    fn complete_upload<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+        parts: &'a [PartTag],
+    ) -> BoxFuture<'a, Result<ObjectMeta>> {
+        Box::pin(self.complete_upload_inner(key, upload, parts))
+    }
+
+    fn abort_upload<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.abort_upload_inner(key, upload))
     }
 
     fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<bool>> {

@@ -122,6 +122,15 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// An upload in parts is gone (aborted, completed, or cleaned up by the store), or a
+    /// part no longer matches its tag: its parts must be sent again under a new upload.
+    #[error("upload {upload:?} of {:?} not found", key.as_str())]
+    UploadNotFound {
+        /// The object the upload was for.
+        key: ObjectKey,
+        /// The store's id of the upload.
+        upload: String,
+    },
     /// A failure that will not go away when retried.
     #[error("permanent failure in {op}{}", fmt_key(key.as_ref()))]
     Permanent {
@@ -168,6 +177,8 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::NotFound { .. } => ErrorKind::NotFound,
+            // Absent, as a missing object is: not retried as it is, started over.
+            Error::UploadNotFound { .. } => ErrorKind::NotFound,
             Error::Transient { .. } | Error::Truncated { .. } | Error::Busy { .. } => {
                 ErrorKind::Transient
             }

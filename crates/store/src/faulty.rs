@@ -10,8 +10,8 @@ use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 
 use crate::{
-    BoxFuture, BoxStream, ByteStream, Error, MetaStream, Object, ObjectMeta, Op, Result, Store,
-    body_from_bytes,
+    BoxFuture, BoxStream, ByteStream, Error, MetaStream, Object, ObjectMeta, Op, PartTag, Result,
+    Store, UploadId, body_from_bytes,
 };
 
 /// The cause of an injected error: `source` of the [`Error::Transient`] or
@@ -402,6 +402,56 @@ impl<S: Store> Store for FaultyStore<S> {
             }
             Ok(meta)
         })
+    }
+
+    fn create_upload<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Option<UploadId>>> {
+        Box::pin(async move {
+            self.before(Op::Put, Some(key)).await?;
+            self.inner.create_upload(key).await
+        })
+    }
+
+    fn put_part<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+        part: u32,
+        offset: u64,
+        body: BoxStream<'a, Result<Bytes>>,
+    ) -> BoxFuture<'a, Result<PartTag>> {
+        Box::pin(async move {
+            self.before(Op::Put, Some(key)).await?;
+            self.inner.put_part(key, upload, part, offset, body).await
+        })
+    }
+
+    fn complete_upload<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+        parts: &'a [PartTag],
+    ) -> BoxFuture<'a, Result<ObjectMeta>> {
+        Box::pin(async move {
+            self.before(Op::Put, Some(key)).await?;
+            let prior = {
+                let mut undo = self.undo.lock().await;
+                self.remember(&mut undo, key).await?;
+                undo.get(key).cloned()
+            };
+            let meta = self.inner.complete_upload(key, upload, parts).await?;
+            if let Some(prior) = prior {
+                self.undo.lock().await.entry(key.clone()).or_insert(prior);
+            }
+            Ok(meta)
+        })
+    }
+
+    fn abort_upload<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+    ) -> BoxFuture<'a, Result<()>> {
+        self.inner.abort_upload(key, upload)
     }
 
     fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<bool>> {

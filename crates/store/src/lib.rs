@@ -73,6 +73,7 @@ mod error;
 mod faulty;
 mod mem;
 mod meta;
+mod upload;
 
 #[cfg(unix)]
 pub use self::dir::{DirStore, SyncStrategy, TEMP_PREFIX};
@@ -81,6 +82,7 @@ pub use self::error::{BoxError, Error, ErrorKind, Op, Result};
 pub use self::faulty::{Fault, FaultyStore, InjectedFault, Trigger};
 pub use self::mem::MemStore;
 pub use self::meta::{Checksum, DeleteIf, ObjectMeta, Version};
+pub use self::upload::{PartTag, UploadId};
 
 /// The default chunk size of bodies the built-in stores produce: 1 MiB (SPEC I7).
 pub const DEFAULT_CHUNK_SIZE: usize = 1 << 20;
@@ -297,6 +299,79 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         })
     }
 
+    /// Starts an upload of `key` in parts that outlive this process (see [`UploadId`]), or
+    /// answers `None` when the store takes none (the default): then objects are copied with
+    /// [`put`](Store::put) alone. Nothing is visible under `key` until
+    /// [`complete_upload`](Store::complete_upload).
+    ///
+    /// # Errors
+    /// As [`put`](Store::put).
+    ///
+    /// # Cancel safety
+    /// An upload started by a dropped call may be left behind, unnamed to the caller.
+    fn create_upload<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Option<UploadId>>> {
+        let _ = key;
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Stores `body` as part `part` (numbered from 1) of `upload`: the bytes at `offset` of
+    /// the object. Every part but the last has the same size. The part is durable when this
+    /// returns, so its tag may be recorded at once; sending a part again replaces it.
+    ///
+    /// # Errors
+    /// [`Error::UploadNotFound`] when the upload is gone (aborted, completed, or removed by
+    /// the store's own cleanup): start another one. Otherwise as [`put`](Store::put).
+    ///
+    /// # Cancel safety
+    /// A dropped call may or may not have stored the part.
+    fn put_part<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+        part: u32,
+        offset: u64,
+        body: BoxStream<'a, Result<Bytes>>,
+    ) -> BoxFuture<'a, Result<PartTag>> {
+        let _ = (upload, part, offset, body);
+        Box::pin(std::future::ready(Err(no_uploads(key))))
+    }
+
+    /// Makes the parts tagged `parts` (parts 1, 2, …, in order) the content of `key`,
+    /// atomically for readers as [`put`](Store::put) is, and returns the new object's
+    /// metadata. Durable after the next [`sync`](Store::sync). The upload is gone after it.
+    ///
+    /// # Errors
+    /// [`Error::UploadNotFound`] when the upload is gone or a part does not match its tag;
+    /// otherwise as [`put`](Store::put).
+    ///
+    /// # Cancel safety
+    /// A dropped call may or may not have completed the upload.
+    fn complete_upload<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+        parts: &'a [PartTag],
+    ) -> BoxFuture<'a, Result<ObjectMeta>> {
+        let _ = (upload, parts);
+        Box::pin(std::future::ready(Err(no_uploads(key))))
+    }
+
+    /// Abandons `upload` and frees what its parts hold. An upload already gone is fine.
+    ///
+    /// # Errors
+    /// As [`delete`](Store::delete).
+    ///
+    /// # Cancel safety
+    /// A dropped call may or may not have aborted the upload; calling it again is fine.
+    fn abort_upload<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+    ) -> BoxFuture<'a, Result<()>> {
+        let _ = (key, upload);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// The objects whose keys start with `prefix` and come after `start_after` (when given),
     /// in key order (byte order of the keys), produced lazily: the whole listing is never
     /// held in memory at once. Objects put or deleted while the listing runs may or may not
@@ -317,6 +392,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Cancel safe: a dropped sync guarantees nothing, and a later one covers the same
     /// operations.
     fn sync(&self) -> BoxFuture<'_, Result<()>>;
+}
+
+/// The error of the upload methods of a store that takes no uploads in parts.
+fn no_uploads(key: &ObjectKey) -> Error {
+    Error::Permanent {
+        op: Op::Put,
+        key: Some(key.clone()),
+        source: "this store takes no uploads in parts".into(),
+    }
 }
 
 /// The bytes `start..end` of `body` (a whole object's), without copying: chunks before the

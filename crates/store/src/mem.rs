@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 use crate::{
     BoxFuture, BoxStream, Checksum, DEFAULT_CHUNK_SIZE, Error, MetaStream, Object, ObjectMeta,
-    Result, Store, Version, body_from_bytes,
+    PartTag, Result, Store, UploadId, Version, body_from_bytes,
 };
 
 /// How many entries a listing takes from the map per lock.
@@ -42,6 +42,9 @@ pub struct MemStore {
 struct State {
     objects: BTreeMap<ObjectKey, Stored>,
     next_version: u64,
+    /// Uploads in parts, by id: the key and the parts received, by number.
+    uploads: BTreeMap<String, (ObjectKey, BTreeMap<u32, Bytes>)>,
+    next_upload: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +95,11 @@ impl MemStore {
         self
     }
 
+    /// The number of uploads in parts started and neither completed nor aborted.
+    pub fn uploads(&self) -> usize {
+        self.inner.lock().uploads.len()
+    }
+
     /// The number of objects.
     pub fn len(&self) -> usize {
         self.inner.lock().objects.len()
@@ -126,6 +134,18 @@ impl MemStore {
         let meta = meta(&key, &stored);
         state.objects.insert(key, stored);
         meta
+    }
+}
+
+/// A part's tag: its length and BLAKE3, so a part that changed since is noticed.
+fn part_tag(data: &[u8]) -> PartTag {
+    PartTag::new(format!("{}-{}", data.len(), blake3::hash(data).to_hex()))
+}
+
+fn upload_gone(key: &ObjectKey, upload: &UploadId) -> Error {
+    Error::UploadNotFound {
+        key: key.clone(),
+        upload: upload.as_str().to_owned(),
     }
 }
 
@@ -175,6 +195,79 @@ impl Store for MemStore {
             let data = first.unwrap_or_else(|| buf.freeze());
             Ok(self.insert(key.clone(), data))
         })
+    }
+
+    fn create_upload<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Option<UploadId>>> {
+        let mut state = self.inner.lock();
+        state.next_upload += 1;
+        let id = format!("mem-upload-{}", state.next_upload);
+        state
+            .uploads
+            .insert(id.clone(), (key.clone(), BTreeMap::new()));
+        Box::pin(std::future::ready(Ok(Some(UploadId::new(id)))))
+    }
+
+    fn put_part<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+        part: u32,
+        _offset: u64,
+        mut body: BoxStream<'a, Result<Bytes>>,
+    ) -> BoxFuture<'a, Result<PartTag>> {
+        Box::pin(async move {
+            let mut buf = BytesMut::new();
+            while let Some(chunk) = body.next().await {
+                buf.extend_from_slice(&chunk?);
+            }
+            let data = buf.freeze();
+            let tag = part_tag(&data);
+            let mut state = self.inner.lock();
+            match state.uploads.get_mut(upload.as_str()) {
+                Some((owner, parts)) if owner == key => {
+                    parts.insert(part, data);
+                    Ok(tag)
+                }
+                _ => Err(upload_gone(key, upload)),
+            }
+        })
+    }
+
+    fn complete_upload<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+        parts: &'a [PartTag],
+    ) -> BoxFuture<'a, Result<ObjectMeta>> {
+        let result = (|| {
+            let mut state = self.inner.lock();
+            let Some((owner, received)) = state.uploads.get(upload.as_str()) else {
+                return Err(upload_gone(key, upload));
+            };
+            if owner != key {
+                return Err(upload_gone(key, upload));
+            }
+            let mut data = BytesMut::new();
+            for (number, tag) in (1u32..).zip(parts) {
+                match received.get(&number) {
+                    Some(part) if part_tag(part) == *tag => data.extend_from_slice(part),
+                    _ => return Err(upload_gone(key, upload)),
+                }
+            }
+            state.uploads.remove(upload.as_str());
+            drop(state);
+            Ok(self.insert(key.clone(), data.freeze()))
+        })();
+        Box::pin(std::future::ready(result))
+    }
+
+    fn abort_upload<'a>(
+        &'a self,
+        _key: &'a ObjectKey,
+        upload: &'a UploadId,
+    ) -> BoxFuture<'a, Result<()>> {
+        self.inner.lock().uploads.remove(upload.as_str());
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<bool>> {

@@ -17,7 +17,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ferry_store::{
-    BoxFuture, BoxStream, Bytes, DeleteIf, MetaStream, Object, ObjectMeta, Store, Stream, Version,
+    BoxFuture, BoxStream, Bytes, DeleteIf, MetaStream, Object, ObjectMeta, PartTag, Store, Stream,
+    UploadId, Version,
 };
 use ferry_throttle::Throttle;
 use ferry_throttle::adaptive::{AdaptiveThrottle, Config, Observation, Outcome};
@@ -95,6 +96,42 @@ fn outcome<T>(result: &ferry_store::Result<T>) -> Outcome {
     }
 }
 
+impl Observed {
+    /// Runs `send` (a put, or a part of an upload) with `body` metered, and reports its time
+    /// per chunk without the time the store spent waiting for the body (the throttle's).
+    fn sending<'a, T: Send + 'a>(
+        &'a self,
+        body: BoxStream<'a, ferry_store::Result<Bytes>>,
+        send: impl FnOnce(
+            BoxStream<'a, ferry_store::Result<Bytes>>,
+        ) -> BoxFuture<'a, ferry_store::Result<T>>
+        + Send
+        + 'a,
+    ) -> BoxFuture<'a, ferry_store::Result<T>> {
+        Box::pin(async move {
+            let counts = Arc::new(BodyCounts::default());
+            let body = Box::pin(Metered {
+                inner: body,
+                counts: Arc::clone(&counts),
+                governor: Arc::clone(&self.governor),
+                since: None,
+            });
+            let started = Instant::now();
+            let result = send(body).await;
+            let waited = Duration::from_nanos(counts.waited_nanos.load(Ordering::Relaxed));
+            let own = started.elapsed().saturating_sub(waited);
+            let chunks = counts
+                .bytes
+                .load(Ordering::Relaxed)
+                .div_ceil(self.chunk)
+                .max(1);
+            let per_chunk = own / u32::try_from(chunks).unwrap_or(u32::MAX);
+            self.report(started, per_chunk, outcome(&result));
+            result
+        })
+    }
+}
+
 impl Store for Observed {
     fn head<'a>(
         &'a self,
@@ -124,27 +161,47 @@ impl Store for Observed {
         if !self.governor.is_enabled() {
             return self.inner.put(key, body);
         }
-        Box::pin(async move {
-            let counts = Arc::new(BodyCounts::default());
-            let body = Box::pin(Metered {
-                inner: body,
-                counts: Arc::clone(&counts),
-                governor: Arc::clone(&self.governor),
-                since: None,
-            });
-            let started = Instant::now();
-            let result = self.inner.put(key, body).await;
-            let waited = Duration::from_nanos(counts.waited_nanos.load(Ordering::Relaxed));
-            let own = started.elapsed().saturating_sub(waited);
-            let chunks = counts
-                .bytes
-                .load(Ordering::Relaxed)
-                .div_ceil(self.chunk)
-                .max(1);
-            let per_chunk = own / u32::try_from(chunks).unwrap_or(u32::MAX);
-            self.report(started, per_chunk, outcome(&result));
-            result
+        self.sending(body, move |body| self.inner.put(key, body))
+    }
+
+    fn create_upload<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+    ) -> BoxFuture<'a, ferry_store::Result<Option<UploadId>>> {
+        Box::pin(self.timed(self.inner.create_upload(key)))
+    }
+
+    fn put_part<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+        part: u32,
+        offset: u64,
+        body: BoxStream<'a, ferry_store::Result<Bytes>>,
+    ) -> BoxFuture<'a, ferry_store::Result<PartTag>> {
+        if !self.governor.is_enabled() {
+            return self.inner.put_part(key, upload, part, offset, body);
+        }
+        self.sending(body, move |body| {
+            self.inner.put_part(key, upload, part, offset, body)
         })
+    }
+
+    fn complete_upload<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+        parts: &'a [PartTag],
+    ) -> BoxFuture<'a, ferry_store::Result<ObjectMeta>> {
+        Box::pin(self.timed(self.inner.complete_upload(key, upload, parts)))
+    }
+
+    fn abort_upload<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+    ) -> BoxFuture<'a, ferry_store::Result<()>> {
+        Box::pin(self.timed(self.inner.abort_upload(key, upload)))
     }
 
     fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, ferry_store::Result<bool>> {

@@ -11,7 +11,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ferry_store::{DeleteIf, MetaStream, Object, ObjectMeta, Result, Store, Version};
+use ferry_store::{
+    DeleteIf, MetaStream, Object, ObjectMeta, PartTag, Result, Store, UploadId, Version,
+};
 use ferry_types::{NodeId, ObjectKey};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
@@ -104,6 +106,44 @@ impl Store for Metered {
         body: BoxStream<'a, Result<Bytes>>,
     ) -> BoxFuture<'a, Result<ObjectMeta>> {
         Box::pin(self.put.time(self.inner.put(key, body)))
+    }
+
+    fn create_upload<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Option<UploadId>>> {
+        Box::pin(self.put.time(self.inner.create_upload(key)))
+    }
+
+    fn put_part<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+        part: u32,
+        offset: u64,
+        body: BoxStream<'a, Result<Bytes>>,
+    ) -> BoxFuture<'a, Result<PartTag>> {
+        Box::pin(
+            self.put
+                .time(self.inner.put_part(key, upload, part, offset, body)),
+        )
+    }
+
+    fn complete_upload<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+        parts: &'a [PartTag],
+    ) -> BoxFuture<'a, Result<ObjectMeta>> {
+        Box::pin(
+            self.put
+                .time(self.inner.complete_upload(key, upload, parts)),
+        )
+    }
+
+    fn abort_upload<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.delete.time(self.inner.abort_upload(key, upload)))
     }
 
     fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<bool>> {

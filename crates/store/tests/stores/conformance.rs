@@ -92,3 +92,80 @@ async fn faulty_dir_store_without_faults_conforms() {
     let store = DirStore::open(dir.path()).await.unwrap();
     suite(Arc::new(FaultyStore::new(store)), BUILT_IN).await;
 }
+
+/// An upload in parts outlives the store's process (here: a second `open`, which removes the
+/// temp files of puts but keeps uploads), holds what its parts wrote, and continues; an id
+/// that this store never made (a path, another prefix) is "not found", never a path.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dir_store_upload_survives_reopen_and_refuses_foreign_ids() {
+    use ferry_store::{DirStore, UploadId, body_from_bytes};
+    let dir = tempfile::tempdir().unwrap();
+    let k = key("a/b/huge.bin");
+    let first = DirStore::open(dir.path()).await.unwrap();
+    let upload = first.create_upload(&k).await.unwrap().unwrap();
+    let one = first
+        .put_part(
+            &k,
+            &upload,
+            1,
+            0,
+            body_from_bytes(Bytes::from(vec![1u8; 3000]), 1024),
+        )
+        .await
+        .unwrap();
+    // A part written and never recorded by the run that stopped.
+    first
+        .put_part(
+            &k,
+            &upload,
+            2,
+            3000,
+            body_from_bytes(Bytes::from(vec![7u8; 500]), 1024),
+        )
+        .await
+        .unwrap();
+    drop(first);
+
+    let second = DirStore::open(dir.path()).await.unwrap();
+    let two = second
+        .put_part(
+            &k,
+            &upload,
+            2,
+            3000,
+            body_from_bytes(Bytes::from(vec![2u8; 100]), 1024),
+        )
+        .await
+        .unwrap();
+    let meta = second
+        .complete_upload(&k, &upload, &[one, two])
+        .await
+        .unwrap();
+    assert_eq!(
+        meta.size, 3100,
+        "the longer part written before the crash was cut"
+    );
+    let data = std::fs::read(dir.path().join("a/b/huge.bin")).unwrap();
+    assert_eq!(&data[..3000], &[1u8; 3000][..]);
+    assert_eq!(&data[3000..], &[2u8; 100][..]);
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("a/b")).unwrap().collect();
+    assert_eq!(left.len(), 1, "the upload's file was renamed into place");
+
+    for foreign in [
+        "../../etc/passwd",
+        ".ferry-tmp-up-../x",
+        "huge.bin",
+        ".ferry-tmp-1234",
+    ] {
+        let id = UploadId::new(foreign);
+        let body = body_from_bytes(Bytes::from_static(b"x"), 1);
+        let err = second.put_part(&k, &id, 1, 0, body).await.unwrap_err();
+        assert!(err.is_not_found(), "{foreign}: {err}");
+        second.abort_upload(&k, &id).await.unwrap();
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join("a/b/huge.bin")).unwrap(),
+        data
+    );
+}

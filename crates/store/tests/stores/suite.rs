@@ -118,6 +118,7 @@ pub(crate) async fn suite(store: Arc<dyn Store>, expect: Expect) {
     concurrent_reader_never_sees_partial_object(Arc::clone(&store)).await;
     i7_streams_64_mib_in_bounded_chunks(&*store, expect).await;
     reported_checksum_is_the_contents(&*store).await;
+    uploads_in_parts_show_nothing_until_completed(&*store).await;
 }
 
 pub(crate) fn key(s: &str) -> ObjectKey {
@@ -660,4 +661,79 @@ pub(crate) async fn reported_checksum_is_the_contents(store: &dyn Store) {
         }
     }
     store.delete(&k).await.unwrap();
+}
+
+/// An upload in parts (for a store that takes them): nothing is visible until it completes,
+/// a part sent again replaces the first, the completed object is the parts in order, and an
+/// upload completed or aborted is gone (`UploadNotFound`, a not-found error).
+pub(crate) async fn uploads_in_parts_show_nothing_until_completed(store: &dyn Store) {
+    let k = key("uploads/big.bin");
+    let Some(upload) = store.create_upload(&k).await.unwrap() else {
+        return; // the store takes no uploads in parts: `put` alone
+    };
+    // Parts of 5 MiB, the least S3 takes for any part but the last.
+    let size = 5 * MIB;
+    let part =
+        |n: u8, len: usize| Bytes::from((0..len).map(|i| n ^ (i % 251) as u8).collect::<Vec<u8>>());
+    let parts = [part(1, size), part(2, size), part(3, 1000)];
+    let mut tags = Vec::new();
+    for (i, data) in parts.iter().enumerate() {
+        let number = i as u32 + 1;
+        let body = body_from_bytes(data.clone(), MIB);
+        tags.push(
+            store
+                .put_part(&k, &upload, number, (i * size) as u64, body)
+                .await
+                .unwrap(),
+        );
+    }
+    // Part 2 again, different bytes first, then the right ones: the last one sent counts.
+    let wrong = body_from_bytes(part(9, size), MIB);
+    store
+        .put_part(&k, &upload, 2, size as u64, wrong)
+        .await
+        .unwrap();
+    let body = body_from_bytes(parts[1].clone(), MIB);
+    tags[1] = store
+        .put_part(&k, &upload, 2, size as u64, body)
+        .await
+        .unwrap();
+    assert!(
+        store.head(&k).await.unwrap().is_none(),
+        "visible before completed"
+    );
+    assert!(
+        keys(store, "uploads/", None).await.is_empty(),
+        "an upload's parts are listed"
+    );
+    let meta = store.complete_upload(&k, &upload, &tags).await.unwrap();
+    let whole: Vec<u8> = parts.concat();
+    assert_eq!(meta.size, whole.len() as u64);
+    assert_eq!(
+        read(store, "uploads/big.bin").await.as_deref(),
+        Some(&whole[..])
+    );
+    assert_eq!(keys(store, "uploads/", None).await, ["uploads/big.bin"]);
+    let again = body_from_bytes(parts[2].clone(), MIB);
+    let err = store
+        .put_part(&k, &upload, 3, 2 * size as u64, again)
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "a part of a completed upload: {err}");
+
+    // Aborted: gone, and aborting again is fine.
+    let other = store.create_upload(&k).await.unwrap().unwrap();
+    let body = body_from_bytes(parts[0].clone(), MIB);
+    store.put_part(&k, &other, 1, 0, body).await.unwrap();
+    store.abort_upload(&k, &other).await.unwrap();
+    store.abort_upload(&k, &other).await.unwrap();
+    let body = body_from_bytes(parts[0].clone(), MIB);
+    let err = store.put_part(&k, &other, 1, 0, body).await.unwrap_err();
+    assert!(err.is_not_found(), "a part of an aborted upload: {err}");
+    assert_eq!(
+        read(store, "uploads/big.bin").await.as_deref(),
+        Some(&whole[..]),
+        "an abort touched the object"
+    );
+    assert!(store.delete(&k).await.unwrap());
 }
