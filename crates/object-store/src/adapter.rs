@@ -11,7 +11,7 @@ use ferry_store::{
     BoxFuture, BoxStream, ByteStream, DEFAULT_CHUNK_SIZE, MetaStream, Object, Store,
 };
 use ferry_store::{Error, ErrorKind, Op, Result};
-use ferry_store::{ObjectMeta, Version};
+use ferry_store::{ObjectMeta, PartTag, UploadId, Version};
 use ferry_types::ObjectKey;
 use futures_util::{StreamExt, stream};
 use object_store::path::Path;
@@ -20,6 +20,10 @@ use object_store::{
 };
 
 use crate::url::{Backend, parse};
+
+mod parts;
+
+use self::parts::Multipart;
 
 /// The default part size of multipart uploads: 5 MiB, S3's minimum for every part but the
 /// last. With it, an S3 object can be at most 10,000 parts × 5 MiB ≈ 48.8 GiB.
@@ -85,6 +89,8 @@ pub struct ObjectStoreAdapter {
     chunk_size: usize,
     part_size: usize,
     upload_concurrency: usize,
+    /// The backend's multipart API, for uploads in parts that outlive the process.
+    multipart: Option<Multipart>,
 }
 
 impl ObjectStoreAdapter {
@@ -108,6 +114,7 @@ impl ObjectStoreAdapter {
         let (store, listing, local) = open_url(url)?;
         let mut adapter = ObjectStoreAdapter::new(store, listing);
         adapter.reserve_upload_names = local;
+        adapter.multipart = multipart_of(url)?;
         Ok(adapter)
     }
 
@@ -121,7 +128,22 @@ impl ObjectStoreAdapter {
             chunk_size: DEFAULT_CHUNK_SIZE,
             part_size: DEFAULT_PART_SIZE,
             upload_concurrency: DEFAULT_UPLOAD_CONCURRENCY,
+            multipart: None,
         }
+    }
+
+    /// This adapter, taking uploads in parts that outlive the process
+    /// ([`Store::create_upload`]) through `store`'s multipart API: `store` must be the
+    /// backend of this adapter's store, without the prefix, which `prefix` gives (object
+    /// paths are `prefix/key`). [`from_url`](ObjectStoreAdapter::from_url) sets it for S3,
+    /// GCS and Azure.
+    pub fn with_multipart(
+        mut self,
+        store: Arc<dyn object_store::multipart::MultipartStore>,
+        prefix: Option<Path>,
+    ) -> ObjectStoreAdapter {
+        self.multipart = Some(Multipart { store, prefix });
+        self
     }
 
     /// This adapter, with bodies from `get` in chunks of at most `chunk_size` bytes (at
@@ -766,6 +788,38 @@ impl Store for ObjectStoreAdapter {
         Box::pin(self.put_inner(key, body))
     }
 
+    fn create_upload<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Option<UploadId>>> {
+        Box::pin(self.create_upload_inner(key))
+    }
+
+    fn put_part<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+        part: u32,
+        _offset: u64,
+        body: BoxStream<'a, Result<Bytes>>,
+    ) -> BoxFuture<'a, Result<PartTag>> {
+        Box::pin(self.put_part_inner(key, upload, part, body))
+    }
+
+    fn complete_upload<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+        parts: &'a [PartTag],
+    ) -> BoxFuture<'a, Result<ObjectMeta>> {
+        Box::pin(self.complete_upload_inner(key, upload, parts))
+    }
+
+    fn abort_upload<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        upload: &'a UploadId,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.abort_upload_inner(key, upload))
+    }
+
     fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             // A failing head is the delete's failure, and named so.
@@ -792,6 +846,44 @@ impl Store for ObjectStoreAdapter {
         // Object stores acknowledge a put once it is durable; `file://` stores fsync each put.
         Box::pin(std::future::ready(Ok(())))
     }
+}
+
+/// The multipart API of the backend a URL names, with its prefix (`None` for local
+/// directories: object_store's `LocalFileSystem` has none). Builds a second client of the
+/// same backend, which shares nothing with the first but its configuration.
+fn multipart_of(url: &str) -> crate::Result<Option<Multipart>> {
+    let parsed = parse(url)?;
+    let build = |source: object_store::Error| crate::Error::Build {
+        url: url.to_owned(),
+        source: Box::new(source),
+    };
+    let _ = &build;
+    let store: Arc<dyn object_store::multipart::MultipartStore> = match parsed.backend {
+        #[cfg(feature = "aws")]
+        Backend::S3 { bucket } => Arc::new(
+            object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(build)?,
+        ),
+        #[cfg(feature = "gcp")]
+        Backend::Gcs { bucket } => Arc::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(build)?,
+        ),
+        #[cfg(feature = "azure")]
+        Backend::Azure { container } => Arc::new(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_container_name(container)
+                .build()
+                .map_err(build)?,
+        ),
+        _ => return Ok(None),
+    };
+    let prefix = (!parsed.prefix.is_empty()).then(|| Path::from_iter(parsed.prefix.split('/')));
+    Ok(Some(Multipart { store, prefix }))
 }
 
 /// The store a URL names (its prefix applied), how it lists, and whether it is a local

@@ -195,13 +195,15 @@ impl S3Server {
         access_key: &str,
         secret_key: &str,
     ) -> object_store::Result<ObjectStoreAdapter> {
-        let s3: Arc<dyn ObjectStore> = Arc::new(self.s3(bucket, access_key, secret_key).build()?);
+        let client = Arc::new(self.s3(bucket, access_key, secret_key).build()?);
+        let s3: Arc<dyn ObjectStore> = Arc::clone(&client) as Arc<dyn ObjectStore>;
         let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
             s3
         } else {
             Arc::new(PrefixStore::new(s3, prefix))
         };
-        Ok(ObjectStoreAdapter::new(store, Listing::Sorted))
+        let prefix = (!prefix.is_empty()).then(|| object_store::path::Path::from(prefix));
+        Ok(ObjectStoreAdapter::new(store, Listing::Sorted).with_multipart(client, prefix))
     }
 }
 
