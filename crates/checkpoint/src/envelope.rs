@@ -51,7 +51,9 @@ pub const MAGIC: [u8; 4] = *b"FCKP";
 ///   [`adaptive`](ferry_types::PlanOptions::adaptive) rate, their new last field (before the
 ///   plan's kind). Older payloads decode through the version 7 layout of the plan, with a
 ///   fixed rate.
-pub const FORMAT_VERSION: u16 = 8;
+/// - 9: [`Progress`](crate::Progress) gains `uploads`, its new last field (the record's
+///   last bytes). Older payloads decode with an empty map (one zero byte appended).
+pub const FORMAT_VERSION: u16 = 9;
 /// The size of the header in front of the payload.
 pub const HEADER_LEN: usize = 16;
 /// The record kind of a [`JobRecord`].
@@ -229,7 +231,16 @@ pub(crate) fn decode_leased(bytes: &[u8]) -> Result<(Option<LeaseHolder>, JobRec
 }
 
 fn decode_record(version: u16, payload: &[u8]) -> Result<JobRecord, DecodeError> {
-    if version >= 8 {
+    if version >= 9 {
+        return decode_exactly::<JobRecord>(payload);
+    }
+    // The progress, last in the record, lacks the uploads of version 9: an empty map is one
+    // zero byte.
+    let mut owned = Vec::with_capacity(payload.len() + 1);
+    owned.extend_from_slice(payload);
+    owned.push(0);
+    let payload = &owned[..];
+    if version == 8 {
         return decode_exactly::<JobRecord>(payload);
     }
     if version == 7 {
@@ -492,6 +503,7 @@ mod v4 {
         flips: BTreeMap<ObjectKey, FlipRecord>,
         copying: BTreeSet<ObjectKey>,
         preexisting: BTreeSet<ObjectKey>,
+        uploads: BTreeMap<ObjectKey, crate::UploadRecord>,
     }
 
     #[derive(Deserialize)]
@@ -523,6 +535,7 @@ mod v4 {
                 flips: p.flips,
                 copying: p.copying,
                 preexisting: p.preexisting,
+                uploads: p.uploads,
             }
         }
     }
@@ -717,9 +730,24 @@ pub(crate) mod tests {
         with_version(bytes, 6)
     }
 
+    /// `bytes`, the encoding of `record` (no upload under way), as format 8 wrote it: without
+    /// the progress's last field, the empty uploads' one zero byte.
+    fn without_uploads(mut bytes: Vec<u8>, record: &JobRecord) -> Vec<u8> {
+        assert!(record.progress.uploads.is_empty());
+        assert_eq!(bytes.pop(), Some(0), "the uploads");
+        let len = u32::try_from(bytes.len() - HEADER_LEN).unwrap();
+        bytes[8..12].copy_from_slice(&len.to_le_bytes());
+        with_version(bytes, 8)
+    }
+
+    /// `record` as format 8 encoded it.
+    fn v8(record: &JobRecord) -> Vec<u8> {
+        without_uploads(encode(record).unwrap(), record)
+    }
+
     /// `record` as format 7 encoded it.
     fn v7(record: &JobRecord) -> Vec<u8> {
-        without_adaptive(encode(record).unwrap(), record, 0)
+        without_adaptive(v8(record), record, 0)
     }
 
     /// `record` as format 6 encoded it.
@@ -753,9 +781,32 @@ pub(crate) mod tests {
         });
         let lease_len = postcard::to_allocvec(&lease).unwrap().len();
         let leased = encode_leased(&lease, &record.as_ref()).unwrap();
+        let leased = without_uploads(leased, &record);
         let leased = without_adaptive(leased, &record, lease_len);
         let leased = without_changes_and_kind(leased, &record, lease_len);
         assert_eq!(decode_leased(&leased).unwrap(), (lease, record));
+    }
+
+    #[test]
+    fn a_version_8_record_decodes_with_no_uploads_and_uploads_round_trip_in_version_9() {
+        let mut record = sample("v8-job", 2);
+        let bytes = v8(&record);
+        assert_eq!(decode(&bytes).unwrap(), record);
+        // The same bytes labelled version 9 miss the uploads: corrupt, not guessed.
+        assert!(matches!(
+            decode(&with_version(bytes, 9)),
+            Err(DecodeError::Corrupt(CorruptReason::Payload(_)))
+        ));
+        record.progress.uploads.insert(
+            ObjectKey::new("videos/huge.mkv").unwrap(),
+            crate::UploadRecord {
+                upload: "2~abc".into(),
+                version: "\"9b2cf535f27731c974343645a3985328\"".into(),
+                part_size: 16 << 20,
+                parts: vec!["\"e1\"".into(), "\"e2\"".into()],
+            },
+        );
+        assert_eq!(decode(&encode(&record).unwrap()).unwrap(), record);
     }
 
     #[test]
@@ -780,6 +831,7 @@ pub(crate) mod tests {
         });
         let lease_len = postcard::to_allocvec(&lease).unwrap().len();
         let leased = encode_leased(&lease, &record.as_ref()).unwrap();
+        let leased = without_uploads(leased, &record);
         let leased = without_adaptive(leased, &record, lease_len);
         assert_eq!(decode_leased(&leased).unwrap(), (lease, record));
     }
@@ -874,6 +926,7 @@ pub(crate) mod tests {
         });
         let lease_len = postcard::to_allocvec(&lease).unwrap().len();
         let leased = encode_leased(&lease, &record.as_ref()).unwrap();
+        let leased = without_uploads(leased, &record);
         let leased = without_adaptive(leased, &record, lease_len);
         let leased = without_changes_and_kind(leased, &record, lease_len);
         let leased = without_burst(leased, &record, lease_len);
@@ -1051,6 +1104,11 @@ pub(crate) mod tests {
             flips in proptest::collection::btree_map("[a-z]{1,8}", (any::<[u8; 32]>(), any::<bool>()), 0..8),
             copying in proptest::collection::btree_set("[a-z]{1,8}", 0..8),
             preexisting in proptest::collection::btree_set("[a-z]{1,8}", 0..8),
+            uploads in proptest::collection::btree_map(
+                "[a-z]{1,8}",
+                (".{0,20}", ".{0,12}", any::<u64>(), proptest::collection::vec(".{0,10}", 0..4)),
+                0..4,
+            ),
         ) {
             let mut record = sample("prop", 0);
             record.epoch = counters.0;
@@ -1075,6 +1133,13 @@ pub(crate) mod tests {
                     .collect(),
                 copying: copying.into_iter().map(|k| ObjectKey::new(k).unwrap()).collect(),
                 preexisting: preexisting.into_iter().map(|k| ObjectKey::new(k).unwrap()).collect(),
+                uploads: uploads
+                    .into_iter()
+                    .map(|(k, (upload, version, part_size, parts))| {
+                        let record = crate::UploadRecord { upload, version, part_size, parts };
+                        (ObjectKey::new(k).unwrap(), record)
+                    })
+                    .collect(),
             };
             let bytes = encode(&record).unwrap();
             prop_assert_eq!(peek_head(&bytes[..HEAD_PREFIX_LEN.min(bytes.len())]), Some((record.epoch, record.generation)));

@@ -85,7 +85,7 @@ pub use crate::leased::{
 pub use crate::memory::MemoryStore;
 pub use crate::record::{
     Acquired, Failure, FlipRecord, JobRecord, Lease, LeaseHolder, Loaded, Progress, ProgressUpdate,
-    Warning,
+    UploadRecord, Warning,
 };
 #[cfg(feature = "redb")]
 pub use crate::redb_store::RedbStore;

@@ -95,6 +95,26 @@ pub struct Progress {
     /// them: their content is not the job's (SPEC I3). Empty unless the target already held
     /// data in the selection. Added in format version 4; empty in older records.
     pub preexisting: BTreeSet<ObjectKey>,
+    /// Uploads in parts under way: objects large enough to be copied part by part, with the
+    /// target store's upload and the parts it holds, so that a resumed run sends only the
+    /// parts missing (SPEC I4 inside one object). An entry goes when its object is done or
+    /// its upload is aborted; a cancelled or forgotten job aborts those it still has. Added
+    /// in format version 9; empty in older records.
+    pub uploads: BTreeMap<ObjectKey, UploadRecord>,
+}
+
+/// One entry of [`Progress::uploads`]: an upload in parts of one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    /// The target store's id of the upload.
+    pub upload: String,
+    /// The version of the source the parts were read from: a source that changed since
+    /// makes the parts worthless.
+    pub version: String,
+    /// The size of every part but the last.
+    pub part_size: u64,
+    /// The target store's tags of the parts it holds: parts 1, 2, … in order.
+    pub parts: Vec<String>,
 }
 
 /// One entry of [`Progress::flips`].
@@ -188,6 +208,32 @@ pub enum ProgressUpdate {
         /// The object.
         key: ObjectKey,
     },
+    /// An upload in parts of the object began (replaces an earlier one of the same key).
+    UploadStarted {
+        /// The object.
+        key: ObjectKey,
+        /// The target store's id of the upload.
+        upload: String,
+        /// The source version read.
+        version: String,
+        /// The size of every part but the last.
+        part_size: u64,
+    },
+    /// Part `part` (from 1) of the object's upload is stored on the target with `tag`.
+    /// Ignored unless it is the part after the last one recorded.
+    UploadPart {
+        /// The object.
+        key: ObjectKey,
+        /// The part's number.
+        part: u32,
+        /// The target store's tag of it.
+        tag: String,
+    },
+    /// The object's upload is over: completed or aborted.
+    UploadEnded {
+        /// The object.
+        key: ObjectKey,
+    },
 }
 
 impl ProgressUpdate {
@@ -223,6 +269,7 @@ impl Progress {
         self.failed.remove(&key);
         self.flips.remove(&key);
         self.copying.remove(&key);
+        self.uploads.remove(&key);
         self.done_objects += 1;
         self.done_bytes += bytes;
         if self.watermark.as_ref().is_none_or(|w| &key > w) {
@@ -309,6 +356,30 @@ impl Progress {
             }
             ProgressUpdate::CopyDropped { key } => {
                 self.copying.remove(&key);
+            }
+            ProgressUpdate::UploadStarted {
+                key,
+                upload,
+                version,
+                part_size,
+            } => {
+                let record = UploadRecord {
+                    upload,
+                    version,
+                    part_size,
+                    parts: Vec::new(),
+                };
+                self.uploads.insert(key, record);
+            }
+            ProgressUpdate::UploadPart { key, part, tag } => {
+                if let Some(record) = self.uploads.get_mut(&key)
+                    && record.parts.len() + 1 == part as usize
+                {
+                    record.parts.push(tag);
+                }
+            }
+            ProgressUpdate::UploadEnded { key } => {
+                self.uploads.remove(&key);
             }
         }
     }
