@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_types::{CheckpointInterval, JobId, JobStatus, PlanOptions};
+use ferry_types::{CheckpointInterval, JobId, JobStatus, ObjectKey, PlanOptions};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::CheckpointStore;
 use crate::error::{Error, Result};
-use crate::record::{Lease, Progress, ProgressUpdate};
+use crate::record::{Lease, Progress, ProgressUpdate, UploadRecord};
 
 /// What the last successful save of a [`Checkpointer`] wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -230,6 +230,12 @@ impl Checkpointer {
             state.unsaved += 1;
         }
         finishes && state.unsaved == objects
+    }
+
+    /// The upload in parts of `key` recorded so far (in memory: saved or about to be), if
+    /// any.
+    pub fn upload(&self, key: &ObjectKey) -> Option<UploadRecord> {
+        self.shared.state.lock().progress.uploads.get(key).cloned()
     }
 
     /// Sets the status saved with the next save (call [`flush`](Checkpointer::flush) to save

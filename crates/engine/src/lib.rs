@@ -178,5 +178,7 @@ mod engine;
 mod error;
 
 pub use crate::engine::metrics;
-pub use crate::engine::{CancelReport, CommitHook, Engine, EngineBuilder, JobHandle, ObjectEvent};
+pub use crate::engine::{
+    CancelReport, CommitHook, Engine, EngineBuilder, JobHandle, ObjectEvent, Parts,
+};
 pub use crate::error::{BoxError, Error, ErrorKind, Op, Result};

@@ -79,6 +79,30 @@ pub(crate) struct EngineInner {
     pub(crate) hook: Option<Hook>,
     /// The jobs running in this engine, by id.
     pub(crate) live: Mutex<HashMap<JobId, Arc<job::JobShared>>>,
+    /// Which objects are copied in parts.
+    pub(crate) parts: Parts,
+}
+
+/// Which objects are copied in parts that a crash does not lose ([`EngineBuilder::parts`]):
+/// those larger than `above` bytes, to targets that take uploads in parts
+/// (`Store::create_upload`: directories and S3, GCS, Azure). The checkpoint records each
+/// part as it is stored, so a resumed job sends only the parts missing, then verifies the
+/// whole object. Parts are `size` bytes (more for objects that would need over 10,000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    /// Objects larger than this go in parts (default 1 GiB; `u64::MAX`: none).
+    pub above: u64,
+    /// The size of a part (default 16 MiB; S3 takes no part under 5 MiB but the last).
+    pub size: u64,
+}
+
+impl Default for Parts {
+    fn default() -> Self {
+        Parts {
+            above: 1 << 30,
+            size: 16 << 20,
+        }
+    }
 }
 
 /// Builds an [`Engine`]: [`Engine::builder`].
@@ -89,6 +113,7 @@ pub struct EngineBuilder {
     table: Option<Table>,
     global: Option<Throttle>,
     hook: Option<Hook>,
+    parts: Parts,
 }
 
 impl EngineBuilder {
@@ -118,6 +143,14 @@ impl EngineBuilder {
     #[must_use]
     pub fn global_throttle(mut self, throttle: Throttle) -> Self {
         self.global = Some(throttle);
+        self
+    }
+
+    /// Which objects are copied in parts that a crash does not lose (default
+    /// [`Parts::default`]: over 1 GiB, in parts of 16 MiB).
+    #[must_use]
+    pub fn parts(mut self, parts: Parts) -> Self {
+        self.parts = parts;
         self
     }
 
@@ -162,6 +195,7 @@ impl EngineBuilder {
                 global: self.global.unwrap_or_else(Throttle::unlimited),
                 hook: self.hook,
                 live: Mutex::new(HashMap::new()),
+                parts: self.parts,
             }),
         })
     }

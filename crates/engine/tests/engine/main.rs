@@ -18,6 +18,7 @@ mod lifecycle;
 mod memory;
 mod model;
 mod overlap;
+mod parts;
 mod progress;
 mod range;
 mod resume;

@@ -41,6 +41,10 @@ pub(super) async fn rolled_back(ctx: &JobCtx, key: ObjectKey, wrote: bool) -> Ou
         // A job stopping on an error may have lost its lease to another process moving the
         // same keys: it touches no store then, and its intents stay for the next run.
         false
+    } else if let Some(record) = ctx.checkpointer.upload(&key) {
+        // An upload in parts under way: nothing is on the target under the key yet.
+        super::parts::abort(ctx, &key, &record).await;
+        !wrote || ctx.target.delete(&key).await.is_ok()
     } else if !wrote {
         true
     } else {

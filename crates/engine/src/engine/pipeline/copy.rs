@@ -85,6 +85,14 @@ pub(super) async fn copy_once(
         Err(err) if err.is_not_found() => return Ok(CopyResult::Vanished),
         Err(err) => return Err(err.into()),
     };
+    let object = if object.meta.size > ctx.engine.parts.above {
+        match super::parts::copy_in_parts(ctx, key, track, observed, object).await? {
+            super::parts::InParts::Done(result) => return Ok(result),
+            super::parts::InParts::NotTaken(object) => object,
+        }
+    } else {
+        object
+    };
     let version = object.meta.version.clone();
     let source_said = reported_blake3(&object.meta);
     let ahead = object.meta.size > ctx.plan.options.chunk_size.as_u64();
@@ -100,38 +108,8 @@ pub(super) async fn copy_once(
     // for the throttle: writers wait for as long as it runs, so it runs at full speed and
     // its bytes are paid to the throttle once the fence is lifted.
     let fenced = observed.is_none();
-    let throttled =
-        futures_util::stream::unfold((body, &state), move |(mut body, state)| async move {
-            let boundary = if fenced {
-                shared.cancel_point()
-            } else {
-                shared.chunk_boundary().await
-            };
-            if let Err(err) = boundary {
-                *stopped.lock() = Some(err);
-                let err = ferry_store::Error::Permanent {
-                    op: ferry_store::Op::Put,
-                    key: None,
-                    source: "the copy was stopped by its job".into(),
-                };
-                return Some((Err(err), (body, state)));
-            }
-            let chunk: Bytes = match body.next().await? {
-                Ok(chunk) => chunk,
-                Err(err) => return Some((Err(err), (body, state))),
-            };
-            if !fenced {
-                shared.throttle.acquire(chunk.len() as u64).await;
-            }
-            {
-                let mut guard = state.lock();
-                guard.0.update(&chunk);
-                guard.1 += chunk.len() as u64;
-            }
-            shared.copied_bytes(chunk.len() as u64);
-            Some((Ok(chunk), (body, state)))
-        });
-    let put = ctx.target.put(key, Box::pin(throttled)).await;
+    let throttled = throttled(shared, body, &state, stopped, fenced);
+    let put = ctx.target.put(key, throttled).await;
     drop(streaming);
     if let Some(err) = stopped.lock().take() {
         return Err(err);
@@ -142,10 +120,51 @@ pub(super) async fn copy_once(
         let guard = state.lock();
         (guard.0.finalize(), guard.1)
     };
+    let streamed = Streamed { bytes, hash };
+    let verify = ctx.plan.options.verify;
+    verified(
+        ctx,
+        key,
+        track,
+        observed,
+        version,
+        streamed,
+        verify,
+        (target_said, source_said),
+    )
+    .await
+}
+
+/// What a copy streamed to the target: its length and BLAKE3.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Streamed {
+    pub(super) bytes: u64,
+    pub(super) hash: blake3::Hash,
+}
+
+/// The size and BLAKE3 the target reported for the copy and the source for the version read,
+/// when they did.
+pub(super) type Said = (Option<(u64, blake3::Hash)>, Option<(u64, blake3::Hash)>);
+
+/// VERIFY of a copy of `key` (from the source's `version`) that streamed `streamed`, per
+/// `verify`: the target must hold what was streamed, and what was streamed must be what the
+/// source holds.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn verified(
+    ctx: &JobCtx,
+    key: &ObjectKey,
+    track: &Tracker<'_>,
+    observed: Option<u64>,
+    version: Version,
+    streamed: Streamed,
+    verify: VerifyMode,
+    (target_said, source_said): Said,
+) -> Result<CopyResult> {
+    let Streamed { bytes, hash } = streamed;
     let streamed = |said: Option<(u64, blake3::Hash)>| said == Some((bytes, hash));
-    match ctx.plan.options.verify {
+    match verify {
         VerifyMode::None | VerifyMode::Size => {
-            if ctx.plan.options.verify == VerifyMode::Size {
+            if verify == VerifyMode::Size {
                 let size = ctx.target.head(key).await?.map(|m| m.size);
                 if size != Some(bytes) {
                     return Err(Error::VerifyMismatch {
@@ -202,11 +221,57 @@ pub(super) async fn copy_once(
     }))
 }
 
+/// `body` as a copy sends it: each chunk waits at the job's chunk boundary (pause, cancel)
+/// and for the throttle (unless `fenced`: writers wait on the copy, which then runs at full
+/// speed), then is hashed and counted in `state`. When the job stops the copy, the body ends
+/// with a store error and the job's reason is left in `stopped`.
+pub(super) fn throttled<'s>(
+    shared: &'s JobShared,
+    body: ByteStream,
+    state: &'s Mutex<(blake3::Hasher, u64)>,
+    stopped: &'s Mutex<Option<Error>>,
+    fenced: bool,
+) -> futures_util::stream::BoxStream<'s, ferry_store::Result<Bytes>> {
+    Box::pin(futures_util::stream::unfold(
+        (body, state),
+        move |(mut body, state)| async move {
+            let boundary = if fenced {
+                shared.cancel_point()
+            } else {
+                shared.chunk_boundary().await
+            };
+            if let Err(err) = boundary {
+                *stopped.lock() = Some(err);
+                let err = ferry_store::Error::Permanent {
+                    op: ferry_store::Op::Put,
+                    key: None,
+                    source: "the copy was stopped by its job".into(),
+                };
+                return Some((Err(err), (body, state)));
+            }
+            let chunk: Bytes = match body.next().await? {
+                Ok(chunk) => chunk,
+                Err(err) => return Some((Err(err), (body, state))),
+            };
+            if !fenced {
+                shared.throttle.acquire(chunk.len() as u64).await;
+            }
+            {
+                let mut guard = state.lock();
+                guard.0.update(&chunk);
+                guard.1 += chunk.len() as u64;
+            }
+            shared.copied_bytes(chunk.len() as u64);
+            Some((Ok(chunk), (body, state)))
+        },
+    ))
+}
+
 /// The source no longer matches what the copy streamed from it (`version`): written through
 /// the table when the key's generation moved since `observed`; else changed outside the table
 /// when its version moved (or it is gone); else the source read differently twice with the
 /// same version, which no write explains: a verify error (retried; never deleted on it).
-async fn source_differs(
+pub(super) async fn source_differs(
     ctx: &JobCtx,
     key: &ObjectKey,
     observed: Option<u64>,

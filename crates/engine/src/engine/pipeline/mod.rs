@@ -40,6 +40,7 @@ mod drive;
 mod flip;
 mod listing;
 mod object;
+mod parts;
 mod recovery;
 mod retry;
 mod verify;
