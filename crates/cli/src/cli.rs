@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ferry::types::{AdaptiveRate, CleanupPolicy, Rate, RateSetting, VerifyMode};
+use ferry::types::{AdaptiveRate, ByteSize, CleanupPolicy, Rate, RateSetting, VerifyMode};
 
 use crate::location::Location;
 
@@ -26,6 +26,28 @@ pub(crate) struct Cli {
     /// the URL of a bucket all workers reach: s3://bucket/ferry-state.
     #[arg(long, global = true, env = "FERRY_STATE", value_name = "DIR|URL")]
     pub(crate) state: Option<PathBuf>,
+
+    /// Objects larger than this are copied in parts that a crash or a stop does not lose: a
+    /// resumed job sends only the parts not yet stored (to directories and S3, GCS, Azure).
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_PARTS_ABOVE",
+        value_name = "SIZE",
+        default_value = "1GiB"
+    )]
+    pub(crate) parts_above: ByteSize,
+
+    /// The size of those parts (at least 5MiB for S3 but in tests; more when an object would
+    /// need over 10,000).
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_PART_SIZE",
+        value_name = "SIZE",
+        default_value = "16MiB"
+    )]
+    pub(crate) part_size: ByteSize,
 
     #[command(subcommand)]
     pub(crate) command: Command,

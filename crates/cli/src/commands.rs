@@ -472,7 +472,12 @@ async fn cancel(state: &State, args: IdArg) -> Result<u8> {
         .await
         .map_err(|e| explain_engine(ferry::engine::Error::Checkpoint(e), &id, state))?;
     let lease = acquired.lease;
-    let progress = acquired.record.progress;
+    let mut progress = acquired.record.progress;
+    // Uploads in parts the job left unfinished are abandoned with it (SPEC I8).
+    let not_aborted = abort_uploads(&meta, &progress).await;
+    progress
+        .uploads
+        .retain(|key, _| not_aborted.iter().any(|k| k == key));
     let save = async || -> Result<(), CkError> {
         if status == JobStatus::Failed {
             // Failed → Cancelled is not a move of the lifecycle; Failed → Running is.
@@ -507,6 +512,41 @@ async fn cancel(state: &State, args: IdArg) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
+/// Aborts the uploads in parts `progress` records on the job's destination; returns the
+/// keys whose upload could not be aborted (each named in a warning on stderr).
+async fn abort_uploads(
+    meta: &JobMeta,
+    progress: &ferry::checkpoint::Progress,
+) -> Vec<ferry::types::ObjectKey> {
+    if progress.uploads.is_empty() {
+        return Vec::new();
+    }
+    let target = match run::open_store("destination", &meta.target).await {
+        Ok(target) => target,
+        Err(err) => {
+            eprintln!(
+                "ferry: warning: {} unfinished uploads in parts left on {}: {err:#}",
+                progress.uploads.len(),
+                meta.target
+            );
+            return progress.uploads.keys().cloned().collect();
+        }
+    };
+    let mut failed = Vec::new();
+    for (key, record) in &progress.uploads {
+        let upload = ferry::store::UploadId::new(record.upload.clone());
+        if let Err(err) = target.abort_upload(key, &upload).await {
+            eprintln!(
+                "ferry: warning: the unfinished upload of {} on {} could not be aborted: {err}",
+                key.as_str(),
+                meta.target
+            );
+            failed.push(key.clone());
+        }
+    }
+    failed
+}
+
 async fn forget(state: &State, args: IdArg) -> Result<u8> {
     let id = State::job_id(&args.id)?;
     if control::send(&state.socket_path(&id), &control::Command::Status)
@@ -528,6 +568,12 @@ async fn forget(state: &State, args: IdArg) -> Result<u8> {
         Err(err) => return Err(err),
     };
     let mut removed = false;
+    // The uploads in parts the job left unfinished go with it (SPEC I8).
+    if let (Some(kind), Ok(meta)) = (kind, state.load_meta(&id))
+        && let Ok(Some(loaded)) = state.checkpoints(kind)?.load(&id).await
+    {
+        abort_uploads(&meta, &loaded.record.progress).await;
+    }
     for kind in kind.map_or_else(|| vec![crate::cli::CheckpointKind::File], |k| vec![k]) {
         let store = state.checkpoints(kind)?;
         removed |= store

@@ -53,6 +53,10 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(cli.verbose, cli.quiet_logs());
+    run::set_parts(ferry::engine::Parts {
+        above: cli.parts_above.as_u64(),
+        size: cli.part_size.as_u64().max(1),
+    });
     raise_malloc_thresholds();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -91,6 +91,19 @@ pub(crate) async fn open_store(side: &'static str, location: &Location) -> Resul
     }
 }
 
+/// Which objects the engines of this process copy in parts (`--parts-above`, `--part-size`).
+static PARTS: std::sync::OnceLock<ferry::engine::Parts> = std::sync::OnceLock::new();
+
+/// Sets what [`parts`] answers, once, from the command line.
+pub(crate) fn set_parts(parts: ferry::engine::Parts) {
+    let _ = PARTS.set(parts);
+}
+
+/// Which objects the engines of this process copy in parts.
+pub(crate) fn parts() -> ferry::engine::Parts {
+    PARTS.get().copied().unwrap_or_default()
+}
+
 /// An engine over a job's two stores, as the nodes of [`nodes`], and a checkpoint store.
 pub(crate) fn engine_over(
     source: Arc<dyn Store>,
@@ -102,6 +115,7 @@ pub(crate) fn engine_over(
         .node(src, source)
         .node(dst, target)
         .checkpoint_store(checkpoints)
+        .parts(parts())
         .build()?;
     crate::exporter::watch_table(engine.forwarding());
     Ok(engine)

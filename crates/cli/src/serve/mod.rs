@@ -152,6 +152,7 @@ pub(crate) async fn serve(state: &State, args: ServeArgs) -> Result<u8> {
         .node(dst, Arc::clone(&target))
         .checkpoint_store(Arc::clone(&checkpoints))
         .forwarding(table.clone())
+        .parts(run::parts())
         // The request path counts its reads: none that routed to SRC before the flip is
         // still running when the SRC copy is deleted (SPEC I2).
         .commit_hook(move |key, _| {

@@ -23,6 +23,7 @@ use serde_json::Value;
 mod auto;
 mod check;
 mod metrics;
+mod parts;
 mod serve;
 
 /// A scratch directory with a state directory, and the `ferry` command bound to it.

@@ -85,7 +85,12 @@ pub(super) async fn copy_once(
         Err(err) if err.is_not_found() => return Ok(CopyResult::Vanished),
         Err(err) => return Err(err.into()),
     };
-    let object = if object.meta.size > ctx.engine.parts.above {
+    // In parts: objects over the engine's threshold, and any that an earlier run (perhaps
+    // with another threshold) began to upload in parts.
+    let size = object.meta.size;
+    let in_parts = size > ctx.engine.parts.above
+        || (size > ctx.plan.options.chunk_size.as_u64() && ctx.checkpointer.upload(key).is_some());
+    let object = if in_parts {
         match super::parts::copy_in_parts(ctx, key, track, observed, object).await? {
             super::parts::InParts::Done(result) => return Ok(result),
             super::parts::InParts::NotTaken(object) => object,
