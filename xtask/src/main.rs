@@ -37,7 +37,8 @@
 //!   as the issue that made it asks.
 //! - `crash [-n CYCLES] [--seed SEED]`: the crash tests, long: CYCLES (default 1000) SIGKILL
 //!   cycles of a checkpointing child process, then the simulated crash at every I/O step, then
-//!   CYCLES cases of the engine's model test (random traffic, pause, cancel, crash and
+//!   `ferry migrate` of a 2 GiB file SIGKILLed half way and resumed (to a directory and to S3),
+//!   then CYCLES cases of the engine's model test (random traffic, pause, cancel, crash and
 //!   recover, faults), then the crash loop (`tests/it/crash_loop.rs`): CYCLES SIGKILLs of an
 //!   engine process moving a tree of 3,000 files of 0 B to 32 MiB under client traffic, a last
 //!   run to the end, every invariant checked against the ledger, one summary line (SEED picks
@@ -184,6 +185,22 @@ fn crash(args: &[String]) -> Result<(), String> {
             "i5_",
         ],
         &[],
+    )?;
+    // Resume inside a huge object: `ferry migrate` of a 2 GiB file SIGKILLed half way, to a
+    // directory and to the in-process S3 server; CI runs it with 64 MiB.
+    cargo(
+        &[
+            "test",
+            "--release",
+            "-p",
+            "ferry-cli",
+            "--test",
+            "cli",
+            "parts::i4_",
+            "--",
+            "--nocapture",
+        ],
+        &[("FERRY_HUGE_MIB", "2048")],
     )?;
     // The engine's model: random plans, traffic, pause/cancel/crash and faults, checked
     // against a ledger; CI runs 64 cases, this runs CYCLES.
