@@ -98,7 +98,9 @@ impl Default for SyncStrategy {
 /// it when the name exists), so a crash leaves nothing behind and a put takes the directory's
 /// lock once; elsewhere (or [`DirStore::with_named_temp_files`]) it is `.ferry-tmp-…`,
 /// renamed over the final name. Temp files are never listed, and named ones a crash left
-/// behind are removed by [`DirStore::open`]. Nothing
+/// behind are removed by [`DirStore::open`], except the `.ferry-tmp-up-` files of uploads in
+/// parts ([`Store::create_upload`]: written part by part at their offsets, each part
+/// `fdatasync`ed, renamed into place by `complete_upload`), which a resumed copy continues. Nothing
 /// is fsynced by `put`; [`sync`](Store::sync) makes every put and delete before it durable, as
 /// [`SyncStrategy`] says. The first sync that fails poisons the store: every later sync
 /// fails with [`Error::SyncPoisoned`](crate::Error::SyncPoisoned), since the kernel reports a

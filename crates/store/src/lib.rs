@@ -14,6 +14,11 @@
 //! - `FaultyStore` (feature `testing`): wraps any store and injects errors, latency,
 //!   truncated or corrupted bodies and power cuts, for tests.
 //!
+//! A store may also take uploads in parts that outlive the process
+//! ([`Store::create_upload`], [`UploadId`], [`PartTag`]): the engine copies huge objects that
+//! way so that a crash costs one part, not the object. [`MemStore`] and [`DirStore`] do; the
+//! default answers "not taken", and objects go by [`Store::put`].
+//!
 //! This crate holds no job runner (that is `ferry-engine`) and no object-store client (that
 //! is `ferry-object-store`, a `Store` over S3, GCS and Azure): a storage system plugs its
 //! nodes into Ferry by implementing `Store`, with this crate alone.
