@@ -56,6 +56,7 @@ fn main() -> ExitCode {
     run::set_parts(ferry::engine::Parts {
         above: cli.parts_above.as_u64(),
         size: cli.part_size.as_u64().max(1),
+        ..ferry::engine::Parts::default()
     });
     raise_malloc_thresholds();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -26,7 +26,8 @@ fn huge_mib() -> u64 {
 
 /// Runs `ferry migrate` (built by `cmd`) of `src` into `dst`, SIGKILLs it once half the file
 /// is sent, resumes it, and checks what the resumed run sent. Returns the resume's `done`
-/// event.
+/// event. Prints the figures docs/design.md quotes (`--nocapture`).
+#[allow(clippy::print_stdout)]
 fn kill_half_way_and_resume(env: &Env, cmd: impl Fn() -> Command, dst: &str) -> Value {
     let size = huge_mib() * MIB;
     let src = env.path("src");

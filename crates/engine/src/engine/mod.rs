@@ -94,6 +94,10 @@ pub struct Parts {
     pub above: u64,
     /// The size of a part (default 16 MiB; S3 takes no part under 5 MiB but the last).
     pub size: u64,
+    /// How many parts of one object are being stored at once (default 2, at least 1): an
+    /// object store receives a part while the next one is read. Each holds up to a part in
+    /// memory in an object store's adapter.
+    pub in_flight: usize,
 }
 
 impl Default for Parts {
@@ -101,6 +105,7 @@ impl Default for Parts {
         Parts {
             above: 1 << 30,
             size: 16 << 20,
+            in_flight: 2,
         }
     }
 }

@@ -129,6 +129,7 @@ fn parts_engine(
         .parts(Parts {
             above: 4 * MIB,
             size: MIB,
+            ..Parts::default()
         })
         .build()
         .unwrap()

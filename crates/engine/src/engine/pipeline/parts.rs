@@ -6,15 +6,19 @@
 //! began with; a copy that continued an earlier one verifies the whole object by reading both
 //! sides again, whatever the job's verify mode.
 
+use bytes::Bytes;
 use ferry_checkpoint::{ProgressUpdate, UploadRecord};
-use ferry_store::{ByteStream, Object, PartTag, UploadId, Version};
+use ferry_store::{BoxStream, ByteStream, Object, PartTag, UploadId, Version};
 use ferry_types::{ObjectKey, ObjectState, VerifyMode};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
+use tokio::sync::oneshot;
 
 use super::super::job::Tracker;
 use super::JobCtx;
-use super::copy::{CopyResult, Streamed, Streaming, source_differs, throttled, verified};
+use super::copy::{
+    CopyResult, Streamed, Streaming, read_ahead, source_differs, throttled, verified,
+};
 use super::retry::error_chain;
 use super::verify::{digest, reported_blake3};
 use crate::error::{Error, Result};
@@ -109,9 +113,13 @@ pub(super) async fn copy_in_parts(
                 (upload, part_size, Vec::new())
             }
         };
-        // Each part opens its own range; the whole object's body is not read.
-        drop(object.take());
-        let sent = send_parts(ctx, key, observed, &version, size, &upload, part_size, tags).await;
+        let upload = Upload {
+            id: upload,
+            size,
+            part_size,
+        };
+        let sent = send_parts(ctx, key, observed, &version, object.take(), &upload, tags).await;
+        let upload = upload.id;
         let (tags, streamed) = match sent {
             Ok(Sent::All { tags, streamed }) => (tags, streamed),
             Ok(Sent::Changed) => {
@@ -216,54 +224,138 @@ enum Sent {
     Vanished,
 }
 
-/// Sends the parts after those in `tags`, recording each one's tag as it is stored.
+/// An upload in parts: its id, the object's size and the size of its parts.
+struct Upload {
+    id: UploadId,
+    size: u64,
+    part_size: u64,
+}
+
+impl Upload {
+    fn parts(&self) -> u32 {
+        u32::try_from(self.size.div_ceil(self.part_size).max(1)).unwrap_or(u32::MAX)
+    }
+
+    /// Where part `part` (from 1) starts, and its length.
+    fn part(&self, part: u32) -> (u64, u64) {
+        let start = u64::from(part - 1) * self.part_size;
+        (start, self.part_size.min(self.size - start))
+    }
+}
+
+/// Sends the parts after those in `tags`, recording each one's tag as it is stored, in order.
+///
+/// The source is read once from the first part missing (`object` when that is the first
+/// part, else a ranged read), in order, through the throttle and hashed as it goes; the
+/// stream is cut into parts, and the next part starts as soon as the one before has taken
+/// its last byte, with up to `Parts::in_flight` of them being stored at once (an object
+/// store sends a part while the next one is read).
 #[allow(clippy::too_many_arguments)]
 async fn send_parts(
     ctx: &JobCtx,
     key: &ObjectKey,
     observed: Option<u64>,
     version: &Version,
-    size: u64,
-    upload: &UploadId,
-    part_size: u64,
+    object: Option<Object>,
+    upload: &Upload,
     mut tags: Vec<PartTag>,
 ) -> Result<Sent> {
     let shared = &*ctx.shared;
-    let count = u32::try_from(size.div_ceil(part_size).max(1)).unwrap_or(u32::MAX);
-    let from_start = tags.is_empty();
+    let count = upload.parts();
+    let first = u32::try_from(tags.len()).unwrap_or(u32::MAX) + 1;
+    if first > count {
+        return Ok(Sent::All {
+            tags,
+            streamed: None,
+        });
+    }
+    let from = upload.part(first).0;
+    let piece = match object {
+        Some(object) if from == 0 => object,
+        _ => match ctx.source.get_range(key, from, upload.size).await {
+            Ok(piece) => piece,
+            Err(err) if err.is_not_found() => return Ok(Sent::Vanished),
+            Err(err) => return Err(err.into()),
+        },
+    };
+    if piece.meta.version != *version || piece.meta.size != upload.size {
+        return Ok(Sent::Changed);
+    }
     let state = Mutex::new((blake3::Hasher::new(), 0u64));
     let stopped: Mutex<Option<Error>> = Mutex::new(None);
     let _streaming = Streaming::enter(shared);
     let fenced = observed.is_none();
-    let first = u32::try_from(tags.len()).unwrap_or(u32::MAX) + 1;
-    for part in first..=count {
-        let start = u64::from(part - 1) * part_size;
-        let end = (start + part_size).min(size);
-        let piece = match ctx.source.get_range(key, start, end).await {
-            Ok(piece) => piece,
-            Err(err) if err.is_not_found() => return Ok(Sent::Vanished),
-            Err(err) => return Err(err.into()),
-        };
-        if piece.meta.version != *version {
-            return Ok(Sent::Changed);
+    let body = read_ahead(exactly(piece.body, key.clone(), upload.size - from));
+    let mut body = Some(Rest {
+        body: throttled(shared, body, &state, &stopped, fenced),
+        carry: None,
+    });
+    let in_flight = ctx.engine.parts.in_flight.max(1);
+    let mut sending = futures_util::stream::FuturesOrdered::new();
+    let mut handed_back: Option<oneshot::Receiver<Rest<'_>>> = None;
+    let mut next = first;
+    loop {
+        if next <= count
+            && sending.len() < in_flight
+            && let Some(rest) = body.take()
+        {
+            let (start, len) = upload.part(next);
+            let (back, returned) = oneshot::channel();
+            let part_body = cut(rest, len, back);
+            let part = next;
+            sending.push_back(async move {
+                let stored = ctx
+                    .target
+                    .put_part(key, &upload.id, part, start, part_body)
+                    .await;
+                (part, stored)
+            });
+            handed_back = Some(returned);
+            next += 1;
+            continue;
         }
-        let body = exactly(piece.body, key.clone(), end - start);
-        let body = throttled(shared, body, &state, &stopped, fenced);
-        let stored = ctx.target.put_part(key, upload, part, start, body).await;
-        if let Some(err) = stopped.lock().take() {
-            return Err(err);
+        if sending.is_empty() && handed_back.is_none() {
+            break;
         }
-        let tag = stored?;
-        ctx.checkpointer.record(ProgressUpdate::UploadPart {
-            key: key.clone(),
-            part,
-            tag: tag.as_str().to_owned(),
-        });
-        // Saved soon, not waited for: a crash re-sends the parts not saved yet (one or two).
-        ctx.checkpointer.save_soon()?;
-        tags.push(tag);
+        tokio::select! {
+            Some((part, stored)) = sending.next() => {
+                if let Some(err) = stopped.lock().take() {
+                    return Err(err);
+                }
+                let tag = stored?;
+                ctx.checkpointer.record(ProgressUpdate::UploadPart {
+                    key: key.clone(),
+                    part,
+                    tag: tag.as_str().to_owned(),
+                });
+                // Saved soon, not waited for: a crash re-sends the parts not saved yet.
+                ctx.checkpointer.save_soon()?;
+                tags.push(tag);
+            }
+            returned = async {
+                match handed_back.as_mut() {
+                    Some(returned) => returned.await.ok(),
+                    None => std::future::pending().await,
+                }
+            }, if handed_back.is_some() => {
+                handed_back = None;
+                // A part that did not take its whole length hands nothing back: its put
+                // fails, and says why.
+                body = returned;
+            }
+        }
     }
-    let streamed = from_start.then(|| {
+    if tags.len() != count as usize {
+        // A part took less than its length without failing: the source's stream ended
+        // early, which `exactly` reports; never complete an upload short of parts.
+        return Err(ferry_store::Error::Truncated {
+            key: key.clone(),
+            expected: upload.size,
+            got: u64::try_from(tags.len()).unwrap_or(u64::MAX) * upload.part_size,
+        }
+        .into());
+    }
+    let streamed = (first == 1).then(|| {
         let guard = state.lock();
         Streamed {
             bytes: guard.1,
@@ -271,6 +363,49 @@ async fn send_parts(
         }
     });
     Ok(Sent::All { tags, streamed })
+}
+
+/// The rest of the source's stream, and the bytes of a chunk that crossed into it.
+struct Rest<'s> {
+    body: BoxStream<'s, ferry_store::Result<Bytes>>,
+    carry: Option<Bytes>,
+}
+
+/// A part: the first `len` bytes of `rest` (a chunk that crosses its end is split); the rest
+/// is handed back through `back` once the part has taken its last byte.
+fn cut<'s>(
+    rest: Rest<'s>,
+    len: u64,
+    back: oneshot::Sender<Rest<'s>>,
+) -> BoxStream<'s, ferry_store::Result<Bytes>> {
+    Box::pin(futures_util::stream::unfold(
+        (Some(rest), len, Some(back)),
+        |(rest, left, back)| async move {
+            let mut rest = rest?;
+            if left == 0 {
+                if let Some(back) = back {
+                    let _ = back.send(rest);
+                }
+                return None;
+            }
+            let chunk = match rest.carry.take() {
+                Some(chunk) => chunk,
+                None => match rest.body.next().await {
+                    Some(Ok(chunk)) => chunk,
+                    // An error ends the part (and the copy); the end of the body before the
+                    // part's end too (the source's size is checked: it cannot happen).
+                    Some(Err(err)) => return Some((Err(err), (None, 0, None))),
+                    None => return None,
+                },
+            };
+            let mut chunk = chunk;
+            if chunk.len() as u64 > left {
+                rest.carry = Some(chunk.split_off(left as usize));
+            }
+            let left = left - chunk.len() as u64;
+            Some((Ok(chunk), (Some(rest), left, back)))
+        },
+    ))
 }
 
 /// `body`, which must deliver exactly `len` bytes: shorter or longer ends it with
