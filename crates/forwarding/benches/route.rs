@@ -214,8 +214,9 @@ impl Reads {
     /// switches, untimed, and put down as blocked if the reader blocked since the last look,
     /// else as preempted if it was. The loop around the reads does not block, so a block is
     /// in some read; one in a read within `SLOW_NS` is put on the next slow read, which
-    /// overstates the blocked ones rather than hiding any. A preemption takes a time slice
-    /// (milliseconds), so its read is a slow one.
+    /// overstates the blocked ones rather than hiding any. A preemption by another program
+    /// usually lasts a time slice (milliseconds), so its read is a slow one; on a machine with
+    /// more runnable threads than CPUs, the sweeper itself can preempt the reader too.
     fn time(table: &Table, keys: &[String], stop: &dyn Fn() -> bool, max: usize) -> Reads {
         let mut reads = Reads {
             all: Vec::with_capacity(max.min(8 << 20)),
