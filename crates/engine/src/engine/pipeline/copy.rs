@@ -39,6 +39,17 @@ pub(super) enum CopyResult {
     SourceChanged,
 }
 
+/// How a copy knows the BLAKE3 of what it streamed.
+// One per copy, where the hasher always lived; boxing it would cost an allocation per copy.
+#[allow(clippy::large_enum_variant)]
+enum StreamHash {
+    /// Hashed chunk by chunk as they pass.
+    Hashing(blake3::Hasher),
+    /// Not hashed: the source reported the BLAKE3 of the version read, and checksum verify
+    /// holds the target to it.
+    Said(blake3::Hash),
+}
+
 /// What one copy step ended with, when the object goes on.
 pub(super) enum Step {
     /// Copied and verified.
@@ -90,7 +101,17 @@ pub(super) async fn copy_once(
     let ahead = object.meta.size > ctx.plan.options.chunk_size.as_u64();
     let body = object.checked_body();
     let body = if ahead { read_ahead(body) } else { body };
-    let state = Mutex::new((blake3::Hasher::new(), 0u64));
+    // Under checksum verify, a source that reported the BLAKE3 of the version read is
+    // compared with the target's BLAKE3 directly: hashing the stream too would only prove
+    // the same thing twice (the target is checked against the source's word either way).
+    let stream_hash = match source_said {
+        Some((_, said)) if ctx.plan.options.verify == VerifyMode::Checksum => {
+            StreamHash::Said(said)
+        }
+        _ => StreamHash::Hashing(blake3::Hasher::new()),
+    };
+    let hash_stream = matches!(stream_hash, StreamHash::Hashing(_));
+    let state = Mutex::new((stream_hash, 0u64));
     // Why the body stopped short, when the job did (a cancel): the put sees a store error,
     // the copy returns this one.
     let stopped: Mutex<Option<Error>> = Mutex::new(None);
@@ -125,7 +146,9 @@ pub(super) async fn copy_once(
             }
             {
                 let mut guard = state.lock();
-                guard.0.update(&chunk);
+                if let StreamHash::Hashing(hasher) = &mut guard.0 {
+                    hasher.update(&chunk);
+                }
                 guard.1 += chunk.len() as u64;
             }
             shared.copied_bytes(chunk.len() as u64);
@@ -140,7 +163,13 @@ pub(super) async fn copy_once(
     track.to(ObjectState::Copied);
     let (hash, bytes) = {
         let guard = state.lock();
-        (guard.0.finalize(), guard.1)
+        let hash = match &guard.0 {
+            StreamHash::Hashing(hasher) => hasher.finalize(),
+            // What the source said it holds stands for what was streamed; the target is
+            // held to it below.
+            StreamHash::Said(said) => *said,
+        };
+        (hash, guard.1)
     };
     let streamed = |said: Option<(u64, blake3::Hash)>| said == Some((bytes, hash));
     match ctx.plan.options.verify {
@@ -187,6 +216,11 @@ pub(super) async fn copy_once(
                 });
             }
             if target_hash != hash {
+                if !hash_stream && target_said.is_some() {
+                    // The target hashed what it was given: the stream differed from what
+                    // the source said it holds, as a hashed stream would have shown.
+                    return source_differs(ctx, key, observed, &version).await;
+                }
                 return Err(Error::VerifyMismatch {
                     key: key.clone(),
                     what: "checksum",
