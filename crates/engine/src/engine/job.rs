@@ -112,6 +112,9 @@ pub(crate) struct JobShared {
     pub(crate) forwarded: AtomicU64,
     pub(crate) started: tokio::time::Instant,
     pub(crate) events: broadcast::Sender<ObjectEvent>,
+    /// Someone subscribed to `events` (it stays set): until then an event is not sent, and
+    /// the channel's lock (which `receiver_count` takes) is not taken for it.
+    listened: std::sync::atomic::AtomicBool,
     /// The job's metric handles (label `job`).
     pub(crate) metrics: JobMetrics,
     /// Objects recorded done before this run (restored from the checkpoint): not this
@@ -172,6 +175,7 @@ impl JobShared {
             forwarded: AtomicU64::new(0),
             started,
             events: broadcast::Sender::new(EVENTS_CAPACITY),
+            listened: std::sync::atomic::AtomicBool::new(false),
             metrics,
             done_before: progress.done_objects,
             bytes_before: progress.done_bytes,
@@ -234,13 +238,20 @@ impl JobShared {
     pub(crate) fn emit(&self, key: &ObjectKey, state: ObjectState) {
         tracing::debug!(key = %key.as_str(), state = ?state, "object transition");
         self.metrics.moved(&state);
-        if self.events.receiver_count() > 0 {
+        if self.listened.load(Ordering::SeqCst) && self.events.receiver_count() > 0 {
             let _ = self.events.send(ObjectEvent {
                 key: key.clone(),
                 state,
                 at: self.started.elapsed(),
             });
         }
+    }
+
+    /// A receiver of the job's events from now on.
+    pub(crate) fn subscribe_events(&self) -> broadcast::Receiver<ObjectEvent> {
+        // Set first: an event that found it unset was sent before the subscription.
+        self.listened.store(true, Ordering::SeqCst);
+        self.events.subscribe()
     }
 
     /// The job's state now, with the live counters (and, while it runs, its rates and ETA
@@ -456,7 +467,7 @@ impl JobHandle {
     /// [`RecvError::Lagged`](broadcast::error::RecvError::Lagged) with how many it lost, and
     /// it goes on from the oldest event still kept. The job never waits for receivers.
     pub fn events(&self) -> broadcast::Receiver<ObjectEvent> {
-        self.shared.events.subscribe()
+        self.shared.subscribe_events()
     }
 
     /// A receiver of snapshots, updated as objects finish and the status changes.

@@ -109,6 +109,9 @@ struct Row {
     /// reads nothing back; else stores that report none (like a directory), so it re-reads
     /// both sides and the faults of those reads are tried too.
     reported: bool,
+    /// Only the source reports its BLAKE3 (the target, like a directory, reports none):
+    /// checksum verify holds the target's re-read to the source's word.
+    source_reported: bool,
     expect: Expect,
     /// What cleanup `Never` gives instead of `expect`, where the two differ.
     never: Option<Expect>,
@@ -125,6 +128,7 @@ fn row(side: Side, op: Op, fault: Fault, when: When, expect: Expect) -> Row {
         ghost: false,
         disk_full: None,
         reported: false,
+        source_reported: false,
         expect,
         never: None,
     }
@@ -147,6 +151,10 @@ impl Row {
         self.reported = true;
         self
     }
+    fn source_reported(mut self) -> Row {
+        self.source_reported = true;
+        self
+    }
     /// Under cleanup `Never`, expect `expect` instead.
     fn never(mut self, expect: Expect) -> Row {
         self.never = Some(expect);
@@ -160,11 +168,14 @@ impl Row {
     }
 }
 
-/// The source holding `N` objects and an empty target, reporting checksums or not.
-fn stores(reported: bool) -> (MemStore, MemStore) {
+/// The source holding `N` objects and an empty target, reporting checksums or not (or only
+/// the source).
+fn stores(reported: bool, source_reported: bool) -> (MemStore, MemStore) {
     let (source, target) = (MemStore::with_chunk_size(16), MemStore::new());
     if reported {
         (fill(source, N), target)
+    } else if source_reported {
+        (fill(source, N), target.without_checksums())
     } else {
         (
             fill(source.without_checksums(), N),
@@ -292,7 +303,7 @@ async fn check_row(row: Row) {
 
 async fn check_case(row: &Row, cleanup: CleanupPolicy) {
     let label = format!("{row:?}, cleanup {cleanup:?}");
-    let (source, target) = stores(row.reported);
+    let (source, target) = stores(row.reported, row.source_reported);
     let (source, target) = (FaultyStore::new(source), FaultyStore::new(target));
     let faulty = match row.side {
         Side::Source => &source,
@@ -594,6 +605,12 @@ matrix! {
     source_get_corrupt_first_checksum_reported => row(S, Op::Get, CORRUPT, First, Completed).reported();
     source_get_corrupt_always_checksum_reported => row(S, Op::Get, CORRUPT, Always, errors(N, MAX_ATTEMPTS, FailureKind::Verify, "source checksum")).reported();
     source_get_transient_first_reported => row(S, Op::Get, TRANSIENT, First, Completed).reported();
+    // A source that reports its BLAKE3 and a target that reports none: the stream is not
+    // hashed, the target's re-read is held to the source's word. A corrupted read is caught
+    // there (the target holds other bytes) and copied again; one corrupted every time fails.
+    source_get_corrupt_first_checksum_source_reported => row(S, Op::Get, CORRUPT, First, Completed).source_reported();
+    source_get_corrupt_always_checksum_source_reported => row(S, Op::Get, CORRUPT, Always, errors(N, MAX_ATTEMPTS, FailureKind::Verify, "checksum")).source_reported();
+    target_get_corrupt_first_checksum_source_reported => row(T, Op::Get, CORRUPT, First, Completed).source_reported();
     target_put_transient_first_reported => row(T, Op::Put, TRANSIENT, First, Completed).reported();
 
     // ---- source list (the key stream) ----

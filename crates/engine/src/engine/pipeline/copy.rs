@@ -39,6 +39,17 @@ pub(super) enum CopyResult {
     SourceChanged,
 }
 
+/// How a copy knows the BLAKE3 of what it streamed.
+// One per copy, where the hasher always lived; boxing it would cost an allocation per copy.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum StreamHash {
+    /// Hashed chunk by chunk as they pass.
+    Hashing(blake3::Hasher),
+    /// Not hashed: the source reported the BLAKE3 of the version read, and checksum verify
+    /// holds the target to it.
+    Said(blake3::Hash),
+}
+
 /// What one copy step ended with, when the object goes on.
 pub(super) enum Step {
     /// Copied and verified.
@@ -103,7 +114,17 @@ pub(super) async fn copy_once(
     let ahead = object.meta.size > ctx.plan.options.chunk_size.as_u64();
     let body = object.checked_body();
     let body = if ahead { read_ahead(body) } else { body };
-    let state = Mutex::new((blake3::Hasher::new(), 0u64));
+    // Under checksum verify, a source that reported the BLAKE3 of the version read is
+    // compared with the target's BLAKE3 directly: hashing the stream too would only prove
+    // the same thing twice (the target is checked against the source's word either way).
+    let stream_hash = match source_said {
+        Some((_, said)) if ctx.plan.options.verify == VerifyMode::Checksum => {
+            StreamHash::Said(said)
+        }
+        _ => StreamHash::Hashing(blake3::Hasher::new()),
+    };
+    let hash_stream = matches!(stream_hash, StreamHash::Hashing(_));
+    let state = Mutex::new((stream_hash, 0u64));
     // Why the body stopped short, when the job did (a cancel): the put sees a store error,
     // the copy returns this one.
     let stopped: Mutex<Option<Error>> = Mutex::new(None);
@@ -121,11 +142,16 @@ pub(super) async fn copy_once(
     }
     let target_said = reported_blake3(&put?);
     track.to(ObjectState::Copied);
-    let (hash, bytes) = {
+    let streamed = {
         let guard = state.lock();
-        (guard.0.finalize(), guard.1)
+        Streamed {
+            bytes: guard.1,
+            // What the source said it holds stands for what was streamed when the stream
+            // was not hashed; the target is held to it.
+            hash: guard.0.finalize(),
+            hashed: hash_stream,
+        }
     };
-    let streamed = Streamed { bytes, hash };
     let verify = ctx.plan.options.verify;
     verified(
         ctx,
@@ -140,11 +166,23 @@ pub(super) async fn copy_once(
     .await
 }
 
+impl StreamHash {
+    /// The BLAKE3 of the stream: hashed, or as the source said.
+    pub(super) fn finalize(&self) -> blake3::Hash {
+        match self {
+            StreamHash::Hashing(hasher) => hasher.finalize(),
+            StreamHash::Said(said) => *said,
+        }
+    }
+}
+
 /// What a copy streamed to the target: its length and BLAKE3.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Streamed {
     pub(super) bytes: u64,
     pub(super) hash: blake3::Hash,
+    /// Whether `hash` was computed from the stream (else it is the source's word for it).
+    pub(super) hashed: bool,
 }
 
 /// The size and BLAKE3 the target reported for the copy and the source for the version read,
@@ -165,7 +203,11 @@ pub(super) async fn verified(
     verify: VerifyMode,
     (target_said, source_said): Said,
 ) -> Result<CopyResult> {
-    let Streamed { bytes, hash } = streamed;
+    let Streamed {
+        bytes,
+        hash,
+        hashed: hash_stream,
+    } = streamed;
     let streamed = |said: Option<(u64, blake3::Hash)>| said == Some((bytes, hash));
     match verify {
         VerifyMode::None | VerifyMode::Size => {
@@ -211,6 +253,11 @@ pub(super) async fn verified(
                 });
             }
             if target_hash != hash {
+                if !hash_stream && target_said.is_some() {
+                    // The target hashed what it was given: the stream differed from what
+                    // the source said it holds, as a hashed stream would have shown.
+                    return source_differs(ctx, key, observed, &version).await;
+                }
                 return Err(Error::VerifyMismatch {
                     key: key.clone(),
                     what: "checksum",
@@ -233,7 +280,7 @@ pub(super) async fn verified(
 pub(super) fn throttled<'s>(
     shared: &'s JobShared,
     body: ByteStream,
-    state: &'s Mutex<(blake3::Hasher, u64)>,
+    state: &'s Mutex<(StreamHash, u64)>,
     stopped: &'s Mutex<Option<Error>>,
     fenced: bool,
 ) -> futures_util::stream::BoxStream<'s, ferry_store::Result<Bytes>> {
@@ -263,7 +310,9 @@ pub(super) fn throttled<'s>(
             }
             {
                 let mut guard = state.lock();
-                guard.0.update(&chunk);
+                if let StreamHash::Hashing(hasher) = &mut guard.0 {
+                    hasher.update(&chunk);
+                }
                 guard.1 += chunk.len() as u64;
             }
             shared.copied_bytes(chunk.len() as u64);

@@ -53,8 +53,13 @@ pub(super) async fn process(ctx: &JobCtx, key: ObjectKey, tries: Tries) -> Outco
         }
     }
     // A key copied again after a refused flip or a change has its entry already.
+    // The generation a fresh registration reports is the key's generation before the copy
+    // opens the source (I3), as a read of it would be: the first copy uses it.
+    let mut registered_at = None;
     let registered = if tries.refused == 0 && tries.changes == 0 {
-        table.register_for(&key, source, target, job).map(|_| ())
+        table
+            .register_for(&key, source, target, job)
+            .map(|registration| registered_at = Some(registration.generation))
     } else {
         Ok(())
     };
@@ -107,7 +112,10 @@ pub(super) async fn process(ctx: &JobCtx, key: ObjectKey, tries: Tries) -> Outco
     let mut tries = tries;
     while tries.refused < max_flips {
         // The generation is read BEFORE the copy opens the source (I3).
-        let Some(observed) = table.generation(key.as_str()) else {
+        let observed = registered_at
+            .take()
+            .or_else(|| table.generation(key.as_str()));
+        let Some(observed) = observed else {
             let cause = Conflict::NotFound;
             return fail(tries.refused + 1, Error::FlipRefused { key, cause });
         };

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use super::super::job::Tracker;
 use super::JobCtx;
 use super::copy::{
-    CopyResult, Streamed, Streaming, read_ahead, source_differs, throttled, verified,
+    CopyResult, StreamHash, Streamed, Streaming, read_ahead, source_differs, throttled, verified,
 };
 use super::retry::error_chain;
 use super::verify::{digest, reported_blake3};
@@ -175,7 +175,11 @@ pub(super) async fn copy_in_parts(
                 let Some((bytes, hash)) = digest(&*ctx.source, key).await? else {
                     return Ok(InParts::Done(CopyResult::SourceChanged));
                 };
-                let streamed = Streamed { bytes, hash };
+                let streamed = Streamed {
+                    bytes,
+                    hash,
+                    hashed: true,
+                };
                 let said = (target_said, Some((bytes, hash)));
                 verified(
                     ctx,
@@ -281,7 +285,7 @@ async fn send_parts(
     if piece.meta.version != *version || piece.meta.size != upload.size {
         return Ok(Sent::Changed);
     }
-    let state = Mutex::new((blake3::Hasher::new(), 0u64));
+    let state = Mutex::new((StreamHash::Hashing(blake3::Hasher::new()), 0u64));
     let stopped: Mutex<Option<Error>> = Mutex::new(None);
     let _streaming = Streaming::enter(shared);
     let fenced = observed.is_none();
@@ -360,6 +364,7 @@ async fn send_parts(
         Streamed {
             bytes: guard.1,
             hash: guard.0.finalize(),
+            hashed: true,
         }
     });
     Ok(Sent::All { tags, streamed })
