@@ -164,6 +164,26 @@ async fn recorded_parts(store: &dyn CheckpointStore) -> usize {
         .unwrap_or(0)
 }
 
+/// Runs the job on an engine over `source`, `target` and checkpoints in `dir` until its saved
+/// checkpoint records `parts` parts, then crashes it and drops the engine (the process dies:
+/// its checkpoint store's lock goes with it). Returns the parts recorded at the crash.
+async fn crash_after_parts(
+    source: &MemStore,
+    target: &Counted,
+    dir: &std::path::Path,
+    parts: usize,
+) -> usize {
+    let first = parts_engine(source, target, Arc::new(FileStore::open(dir).unwrap()));
+    let handle = first.start(slow_plan()).await.unwrap();
+    let reader = FileStore::open(dir).unwrap();
+    while recorded_parts(&reader).await < parts {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    handle.crash_for_tests().await;
+    drop(first);
+    recorded_parts(&reader).await
+}
+
 /// I4 inside one object: a job crashed (no final save) with 6 of 10 parts recorded is taken
 /// up by a new engine at part 7: it sends at most the 4 parts missing and one part again,
 /// verifies the whole object, and leaves no upload behind. A run that ignored the record
@@ -177,16 +197,7 @@ async fn i4_a_crashed_copy_in_parts_resumes_at_the_first_part_not_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let checkpoints =
         || -> Arc<dyn CheckpointStore> { Arc::new(FileStore::open(dir.path()).unwrap()) };
-
-    let first = parts_engine(&source, &target, checkpoints());
-    let handle = first.start(slow_plan()).await.unwrap();
-    let reader = checkpoints();
-    while recorded_parts(&*reader).await < 6 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    handle.crash_for_tests().await;
-    drop(first); // the crashed process: its checkpoint store's lock goes with it
-    let recorded = recorded_parts(&*reader).await as u64;
+    let recorded = crash_after_parts(&source, &target, dir.path(), 6).await as u64;
     let sent_before = target.received.load(Ordering::Relaxed);
     assert!(sent_before < SIZE, "the first run finished: {sent_before}");
     assert!(target.inner.head(&huge()).await.unwrap().is_none());
@@ -211,7 +222,7 @@ async fn i4_a_crashed_copy_in_parts_resumes_at_the_first_part_not_recorded() {
         0,
         "I8: an upload left on the target"
     );
-    assert_eq!(recorded_parts(&*reader).await, 0);
+    assert_eq!(recorded_parts(&*checkpoints()).await, 0);
 }
 
 /// A source changed between the runs: the recorded parts are of another version, so the
@@ -222,20 +233,15 @@ async fn i1_parts_of_an_older_source_version_are_abandoned_not_completed() {
     source.insert(huge(), data(1));
     let target = Counted::new();
     let dir = tempfile::tempdir().unwrap();
-    let checkpoints =
-        || -> Arc<dyn CheckpointStore> { Arc::new(FileStore::open(dir.path()).unwrap()) };
-    let first = parts_engine(&source, &target, checkpoints());
-    let handle = first.start(slow_plan()).await.unwrap();
-    let reader = checkpoints();
-    while recorded_parts(&*reader).await < 3 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    handle.crash_for_tests().await;
-    drop(first);
+    crash_after_parts(&source, &target, dir.path(), 3).await;
 
     let changed = data(2);
     source.insert(huge(), changed.clone());
-    let second = parts_engine(&source, &target, checkpoints());
+    let second = parts_engine(
+        &source,
+        &target,
+        Arc::new(FileStore::open(dir.path()).unwrap()),
+    );
     let snapshot = second
         .start(slow_plan())
         .await
