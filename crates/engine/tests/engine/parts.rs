@@ -277,3 +277,41 @@ async fn i8_a_cancelled_copy_in_parts_aborts_its_upload() {
     let loaded = checkpoints.load(&id).await.unwrap().unwrap();
     assert!(loaded.record.progress.uploads.is_empty());
 }
+
+/// An upload the target no longer has (a lifecycle rule removed it while the job was
+/// stopped) is not an error of the object: its parts are sent again under a new upload.
+#[tokio::test(start_paused = true)]
+async fn an_upload_the_target_lost_while_stopped_is_started_again() {
+    let source = MemStore::with_chunk_size(256 << 10);
+    let content = data(4);
+    source.insert(huge(), content.clone());
+    let target = Counted::new();
+    let dir = tempfile::tempdir().unwrap();
+    crash_after_parts(&source, &target, dir.path(), 4).await;
+    let checkpoints = FileStore::open(dir.path()).unwrap();
+    let loaded = checkpoints
+        .load(&JobId::new("huge").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let upload = &loaded.record.progress.uploads[&huge()].upload;
+    target
+        .inner
+        .abort_upload(&huge(), &UploadId::new(upload.clone()))
+        .await
+        .unwrap();
+    assert_eq!(target.inner.uploads(), 0);
+
+    let second = parts_engine(&source, &target, Arc::new(checkpoints));
+    let snapshot = second
+        .start(slow_plan())
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(snapshot.status, JobStatus::Completed, "{snapshot:?}");
+    assert_eq!(snapshot.failed_objects, 0);
+    assert_eq!(target.inner.bytes(huge().as_str()).unwrap(), content);
+    assert_eq!(target.inner.uploads(), 0);
+}

@@ -151,9 +151,15 @@ pub(super) async fn copy_in_parts(
         let meta = match completed {
             Ok(meta) => meta,
             Err(err) if gone_store(&err) => {
-                // The parts are not what the record says: send them all again.
+                // The parts are not what the record says (or a run that stopped right after
+                // completing it left the record): abandoned, and all sent again, once.
                 if let Some(record) = ctx.checkpointer.upload(key) {
                     abort(ctx, key, &record).await;
+                }
+                if recorded.is_some() && !fresh {
+                    tracing::info!(key = %key.as_str(), error = %error_chain(&err), "the recorded upload cannot be completed: its parts are sent again");
+                    object = None;
+                    continue;
                 }
                 return Err(err.into());
             }
