@@ -24,8 +24,8 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
 use crate::{
-    BoxFuture, BoxStream, DEFAULT_CHUNK_SIZE, DeleteIf, Error, MetaStream, Object, ObjectMeta, Op,
-    Result, Store, Version,
+    BoxFuture, BoxStream, Checksum, DEFAULT_CHUNK_SIZE, DeleteIf, Error, MetaStream, Object,
+    ObjectMeta, Op, Result, Store, Version,
 };
 
 /// The name prefix of the temp files a put writes before renaming them into place. Files
@@ -106,7 +106,9 @@ impl Default for SyncStrategy {
 ///
 /// # Versions and checksums
 /// The version is the file's inode, size and modification time in nanoseconds: a put always
-/// makes a new inode. Checksums are not computed (`None`).
+/// makes a new inode. `put` reports the BLAKE3 of the bytes it wrote, hashed as it writes
+/// them (so a checksum verification need not read the new file back); `head`, `get` and
+/// `list` report none (`None`): the file may have been written in place since.
 ///
 /// # Listing
 /// `list` walks the tree depth first in key order (a directory `d` sorts as `d/`, so `a.txt`
@@ -429,6 +431,7 @@ impl Inner {
             armed: true,
             written: 0,
             kicked: 0,
+            hasher: blake3::Hasher::new(),
         };
         Ok((temp, created))
     }
@@ -595,6 +598,8 @@ struct TempFile {
     /// Bytes written, and how many of them were handed to the kernel's writeback.
     written: u64,
     kicked: u64,
+    /// BLAKE3 of the bytes written, in order.
+    hasher: blake3::Hasher,
 }
 
 /// How many written bytes of a large file wait before their writeback is started.
@@ -605,6 +610,7 @@ impl TempFile {
         self.file
             .write_all(chunk)
             .map_err(|e| Error::io(Op::Put, key.as_str(), e))?;
+        self.hasher.update(chunk);
         self.written += chunk.len() as u64;
         #[cfg(any(target_os = "linux", target_os = "android"))]
         if self.written - self.kicked >= WRITEBACK_STEP {
@@ -823,8 +829,8 @@ impl DirStore {
             Ok((temp, created, stat))
         })
         .await?;
-        let stat = match stat {
-            Some(stat) => stat,
+        let (stat, temp) = match stat {
+            Some(stat) => (stat, temp),
             None => {
                 // A chunk is written while the next one is pulled from the body (which the
                 // engine hashes as it goes): two chunks in memory, disk and CPU both busy.
@@ -840,7 +846,7 @@ impl DirStore {
                     next = following?;
                 }
                 let k = key.clone();
-                blocking(Op::Put, move || temp.finish(&k)).await?
+                blocking(Op::Put, move || Ok((temp.finish(&k)?, temp))).await?
             }
         };
         {
@@ -850,7 +856,13 @@ impl DirStore {
             dirty.dirs.insert(parent.to_owned());
             dirty.dirs.extend(created);
         }
-        Ok(meta_of(key.clone(), &stat))
+        let mut meta = meta_of(key.clone(), &stat);
+        // The hash of what this put wrote is the file's content only if nothing else wrote
+        // to the file meanwhile (a named temp file can be): its size says so.
+        if meta.size == temp.written {
+            meta.checksum = Some(Checksum::Blake3(*temp.hasher.finalize().as_bytes()));
+        }
+        Ok(meta)
     }
 
     async fn sync_inner(&self) -> Result<()> {
