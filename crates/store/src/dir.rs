@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::hash::{BuildHasher, Hasher};
-use std::io::{Read, Write};
+use std::io::Write;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 use std::num::NonZeroU64;
 use std::os::fd::{AsFd, OwnedFd};
@@ -477,16 +477,17 @@ impl Inner {
 /// than its size, which the checked body reports, instead of a silently cut copy.
 fn read_chunk(file: &mut File, key: &ObjectKey, chunk: usize, left: u64) -> Result<Vec<u8>> {
     let last = left <= chunk as u64;
-    let want = usize::try_from(left).map_or(chunk, |left| left.min(chunk));
-    let mut buf = vec![0u8; want + usize::from(last)];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
+    let want = usize::try_from(left).map_or(chunk, |left| left.min(chunk)) + usize::from(last);
+    // Read into the vector's spare capacity: no zeroing of a buffer the read overwrites
+    // anyway (4% of the CPU of a 1 GiB copy went to that memset).
+    let mut buf = Vec::with_capacity(want);
+    while buf.len() < want {
+        match rustix::io::read(&*file, rustix::buffer::spare_capacity(&mut buf)) {
             Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(_) => {}
+            Err(Errno::INTR) => {}
             // A file system that honours O_NONBLOCK on regular files: back to blocking reads.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(Errno::AGAIN) => {
                 let flags = rustix::fs::fcntl_getfl(&*file)
                     .map_err(|e| Error::io(Op::Get, key.as_str(), e))?;
                 rustix::fs::fcntl_setfl(&*file, flags - OFlags::NONBLOCK)
@@ -495,7 +496,6 @@ fn read_chunk(file: &mut File, key: &ObjectKey, chunk: usize, left: u64) -> Resu
             Err(e) => return Err(Error::io(Op::Get, key.as_str(), e)),
         }
     }
-    buf.truncate(filled);
     Ok(buf)
 }
 
