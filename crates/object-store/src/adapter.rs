@@ -10,8 +10,9 @@ use bytes::Bytes;
 use ferry_store::{
     BoxFuture, BoxStream, ByteStream, DEFAULT_CHUNK_SIZE, MetaStream, Object, Store,
 };
+use ferry_store::{Checksum, ObjectMeta, Version};
 use ferry_store::{Error, ErrorKind, Op, Result};
-use ferry_store::{ObjectMeta, PartTag, UploadId, Version};
+use ferry_store::{PartTag, UploadId};
 use ferry_types::ObjectKey;
 use futures_util::{StreamExt, stream};
 use object_store::path::Path;
@@ -19,6 +20,7 @@ use object_store::{
     GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart,
 };
 
+use crate::sent::Sent;
 use crate::url::{Backend, parse};
 
 mod parts;
@@ -58,7 +60,13 @@ pub enum Listing {
 /// - **Versions** are the backend's ETag (or its version id when it gives no ETag). On S3 the
 ///   ETag of a single-part upload is the MD5 of the content, so rewriting the same bytes keeps
 ///   the same version: the engine's version check (I1) then sees the same content, which is
-///   what it protects. Checksums are not reported (`None`).
+///   what it protects.
+/// - **Checksums**: `put` reports the BLAKE3 of what it sent when the server's ETag is the
+///   one S3 gives exactly those bytes (the MD5 of a single-part object, the MD5 of the parts'
+///   MD5s for a multipart one), which the adapter computes as it sends them: the server
+///   computed it over what it stored, so a checksum verification need not read the object
+///   back. Otherwise (an encrypting server, local files, memory), and from `head`, `get` and
+///   `list`, none (`None`).
 /// - **`get`** streams the body in chunks of at most the chunk size
 ///   ([`DEFAULT_CHUNK_SIZE`] unless set): larger chunks from the backend are split without
 ///   copying; a local file is read a chunk at a time on a blocking thread, from the file the
@@ -208,6 +216,8 @@ impl ObjectStoreAdapter {
     ) -> Result<ObjectMeta> {
         let path = self.path(key)?;
         let err = |e| op_error(Op::Put, Some(key), e);
+        // What is sent is hashed as it goes, for the ETag to confirm (see `sent.rs`).
+        let mut sent = Sent::new(self.part_size);
         // Up to one part: a single put.
         let mut first = Vec::new();
         let mut size = 0usize;
@@ -216,12 +226,15 @@ impl ObjectStoreAdapter {
                 None => {
                     let payload: PutPayload = first.into_iter().collect();
                     let done = self.store.put(&path, payload).await.map_err(err)?;
-                    return self.put_meta(key, &path, size as u64, done).await;
+                    return self
+                        .put_meta(key, &path, size as u64, done, sent, false)
+                        .await;
                 }
                 Some(chunk) => {
                     let chunk = chunk?;
                     if !chunk.is_empty() {
                         size += chunk.len();
+                        sent.update(&chunk);
                         first.push(chunk);
                     }
                 }
@@ -248,29 +261,38 @@ impl ObjectStoreAdapter {
                 }
                 Some(Ok(chunk)) => {
                     size += chunk.len() as u64;
+                    sent.update(&chunk);
                     writer.put(chunk);
                 }
             }
         }
         let done = writer.finish().await.map_err(err)?;
-        self.put_meta(key, &path, size, done).await
+        self.put_meta(key, &path, size, done, sent, true).await
     }
 
     /// The metadata of what a put stored, from its result (or a `head` when the backend gave
-    /// neither an ETag nor a version).
+    /// neither an ETag nor a version); with the BLAKE3 of what was `sent` when the ETag
+    /// confirms the server stored exactly that (`multipart`: sent in parts).
     async fn put_meta(
         &self,
         key: &ObjectKey,
         path: &Path,
         size: u64,
         done: object_store::PutResult,
+        sent: Sent,
+        multipart: bool,
     ) -> Result<ObjectMeta> {
-        if let Some(version) = done.e_tag.map(unquoted).or(done.version) {
+        let e_tag = done.e_tag.map(unquoted);
+        let checksum = e_tag
+            .as_deref()
+            .and_then(|e_tag| sent.confirmed_by(e_tag, multipart))
+            .map(|hash| Checksum::Blake3(*hash.as_bytes()));
+        if let Some(version) = e_tag.or(done.version) {
             return Ok(ObjectMeta {
                 key: key.clone(),
                 size,
                 version: Version::new(version),
-                checksum: None,
+                checksum,
                 // A PUT's answer carries no Last-Modified; the object was written just now.
                 modified: Some(std::time::SystemTime::now()),
             });

@@ -39,6 +39,7 @@
 mod adapter;
 mod error;
 mod records;
+mod sent;
 #[cfg(feature = "test-server")]
 pub mod test_server;
 mod url;

@@ -208,3 +208,44 @@ async fn s3_url_is_configured_from_the_environment() {
         b"through the environment"
     );
 }
+
+/// A put reports the BLAKE3 of what it sent when the server's ETag confirms it stored exactly
+/// that, single-part and multipart (three parts, the last short), so a checksum verify need
+/// not read the object back; `head` reports none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_the_etag_confirms_reports_the_blake3_of_what_was_sent() {
+    let server = S3Server::start(&["bucket"]).unwrap();
+    let store = server
+        .adapter("bucket", "")
+        .unwrap()
+        .with_part_size(5 << 20);
+    let data: Vec<u8> = (0..(11u32 << 20) + 17).map(|i| (i % 251) as u8).collect();
+    for len in [0, 3, 1 << 20, data.len()] {
+        let body =
+            ferry_store::body_from_bytes(bytes::Bytes::copy_from_slice(&data[..len]), 1 << 20);
+        let meta = store.put(&key("sum/x"), body).await.unwrap();
+        assert_eq!(
+            meta.checksum,
+            Some(ferry_store::Checksum::Blake3(
+                *blake3::hash(&data[..len]).as_bytes()
+            )),
+            "{len} bytes"
+        );
+        assert_eq!(
+            store.head(&key("sum/x")).await.unwrap().unwrap().checksum,
+            None
+        );
+        assert_eq!(read(&store, "sum/x").await.unwrap(), &data[..len]);
+    }
+}
+
+/// A local file's ETag is no MD5: nothing confirms what was sent, no checksum is reported.
+#[tokio::test]
+async fn a_put_to_local_files_reports_no_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let store = ObjectStoreAdapter::from_url(&url).unwrap();
+    let body = ferry_store::body_from_bytes(bytes::Bytes::from_static(b"data"), 2);
+    let meta = store.put(&key("a/b"), body).await.unwrap();
+    assert_eq!(meta.checksum, None);
+}

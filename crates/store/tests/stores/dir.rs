@@ -332,3 +332,30 @@ async fn a_put_in_progress_shows_no_temp_name_with_unnamed_temp_files_and_one_wi
         assert_eq!(tree(dir.path()), ["a", "a/b"], "named: {named}");
     }
 }
+
+#[tokio::test]
+async fn put_reports_the_blake3_of_what_it_wrote_and_head_reports_none() {
+    for named in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = DirStore::open(dir.path()).await.unwrap();
+        if named {
+            store = store.with_named_temp_files();
+        }
+        // One chunk (written in the same trip as the create), several, and none.
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        for (len, chunk) in [(5, 64), (data.len(), 4096), (0, 1)] {
+            let body = body_from_bytes(Bytes::copy_from_slice(&data[..len]), chunk);
+            let meta = store.put(&key("sum/a"), body).await.unwrap();
+            assert_eq!(meta.size, len as u64);
+            assert_eq!(
+                meta.checksum,
+                Some(ferry_store::Checksum::Blake3(
+                    *blake3::hash(&data[..len]).as_bytes()
+                )),
+                "{len} bytes, named temps: {named}"
+            );
+            let head = store.head(&key("sum/a")).await.unwrap().unwrap();
+            assert_eq!(head.checksum, None);
+        }
+    }
+}
