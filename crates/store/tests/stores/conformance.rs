@@ -151,6 +151,12 @@ async fn dir_store_upload_survives_reopen_and_refuses_foreign_ids() {
     assert_eq!(&data[3000..], &[2u8; 100][..]);
     let left: Vec<_> = std::fs::read_dir(dir.path().join("a/b")).unwrap().collect();
     assert_eq!(left.len(), 1, "the upload's file was renamed into place");
+    let late = body_from_bytes(Bytes::from_static(b"late"), 1024);
+    let err = second
+        .put_part(&k, &upload, 3, 3100, late)
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "a part of a completed upload: {err}");
 
     for foreign in [
         "../../etc/passwd",

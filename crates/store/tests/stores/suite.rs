@@ -685,8 +685,8 @@ pub(crate) async fn reported_checksum_is_the_contents(store: &dyn Store) {
 }
 
 /// An upload in parts (for a store that takes them): nothing is visible until it completes,
-/// a part sent again replaces the first, the completed object is the parts in order, and an
-/// upload completed or aborted is gone (a part sent to it fails for good).
+/// a part sent again replaces the first, the completed object is the parts in order, and
+/// nothing sent to an upload completed or aborted shows.
 pub(crate) async fn uploads_in_parts_show_nothing_until_completed(store: &dyn Store) {
     let k = key("uploads/big.bin");
     let Some(upload) = store.create_upload(&k).await.unwrap() else {
@@ -735,34 +735,39 @@ pub(crate) async fn uploads_in_parts_show_nothing_until_completed(store: &dyn St
         Some(&whole[..])
     );
     assert_eq!(keys(store, "uploads/", None).await, ["uploads/big.bin"]);
+    // A part sent to a completed upload fails for good (S3's `NoSuchUpload`; s3s-fs answers
+    // 403), or (Azure, whose blocks are staged per blob, uncommitted until a commit) is
+    // stored where nothing sees it: either way the object stays as completed.
     let again = body_from_bytes(parts[2].clone(), MIB);
-    let err = store
-        .put_part(&k, &upload, 3, 2 * size as u64, again)
-        .await
-        .unwrap_err();
-    // Not found (S3's `NoSuchUpload`); s3s-fs answers 403 instead. Never retried as it is.
-    assert_ne!(
-        err.kind(),
-        ErrorKind::Transient,
-        "a part of a completed upload: {err:?}"
+    if let Err(err) = store.put_part(&k, &upload, 3, 2 * size as u64, again).await {
+        assert_ne!(
+            err.kind(),
+            ErrorKind::Transient,
+            "a part of a completed upload: {err:?}"
+        );
+    }
+    assert_eq!(
+        read(store, "uploads/big.bin").await.as_deref(),
+        Some(&whole[..])
     );
 
-    // Aborted: gone, and aborting again is fine.
+    // Aborted: aborting again is fine (or, s3s-fs's 403, an error never retried), and the
+    // parts never show.
     let other = store.create_upload(&k).await.unwrap().unwrap();
     let body = body_from_bytes(parts[0].clone(), MIB);
     store.put_part(&k, &other, 1, 0, body).await.unwrap();
     store.abort_upload(&k, &other).await.unwrap();
-    // Again: fine, or (s3s-fs's 403 for an upload it no longer has) an error never retried.
     if let Err(err) = store.abort_upload(&k, &other).await {
         assert_ne!(err.kind(), ErrorKind::Transient, "a second abort: {err:?}");
     }
     let body = body_from_bytes(parts[0].clone(), MIB);
-    let err = store.put_part(&k, &other, 1, 0, body).await.unwrap_err();
-    assert_ne!(
-        err.kind(),
-        ErrorKind::Transient,
-        "a part of an aborted upload: {err:?}"
-    );
+    if let Err(err) = store.put_part(&k, &other, 1, 0, body).await {
+        assert_ne!(
+            err.kind(),
+            ErrorKind::Transient,
+            "a part of an aborted upload: {err:?}"
+        );
+    }
     assert_eq!(
         read(store, "uploads/big.bin").await.as_deref(),
         Some(&whole[..]),
