@@ -242,6 +242,16 @@ enum Walk {
 }
 
 impl Inner {
+    /// Records `key`'s file, its directory and the directories `created` for the next
+    /// barrier.
+    fn written(&self, key: &ObjectKey, created: Vec<String>) {
+        let mut dirty = self.dirty.lock();
+        dirty.files.insert(key.as_str().to_owned());
+        let parent = key.as_str().rsplit_once('/').map_or("", |(p, _)| p);
+        dirty.dirs.insert(parent.to_owned());
+        dirty.dirs.extend(created);
+    }
+
     /// Opens the directory `dirs` (segments below the root) without following any link.
     /// With `created`, missing directories are made and the directories whose entries
     /// changed are pushed to it.
@@ -551,12 +561,15 @@ fn split_last<'a, 'b>(segs: &'b [&'a str]) -> (&'a str, &'b [&'a str]) {
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn temp_name() -> String {
+    temp_name_after(TEMP_PREFIX)
+}
+
+/// A name no other temp file has: `prefix`, then the process id, a sequence number and a
+/// random number, in hex.
+fn temp_name_after(prefix: &str) -> String {
     let random = std::hash::RandomState::new().build_hasher().finish();
     let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{TEMP_PREFIX}{:x}-{seq:x}-{random:016x}",
-        std::process::id()
-    )
+    format!("{prefix}{:x}-{seq:x}-{random:016x}", std::process::id())
 }
 
 /// Whether `O_TMPFILE` files can be named through `/proc/self/fd`, probed once.
@@ -855,13 +868,7 @@ impl DirStore {
                 blocking(Op::Put, move || Ok((temp.finish(&k)?, temp))).await?
             }
         };
-        {
-            let mut dirty = self.inner.dirty.lock();
-            dirty.files.insert(key.as_str().to_owned());
-            let parent = key.as_str().rsplit_once('/').map_or("", |(p, _)| p);
-            dirty.dirs.insert(parent.to_owned());
-            dirty.dirs.extend(created);
-        }
+        self.inner.written(key, created);
         let mut meta = meta_of(key.clone(), &stat);
         // The hash of what this put wrote is the file's content only if nothing else wrote
         // to the file meanwhile (a named temp file can be): its size says so.

@@ -358,6 +358,31 @@ fn faulty_body(key: ObjectKey, body: ByteStream, faults: Vec<Fault>) -> ByteStre
     ))
 }
 
+impl<S: Store> FaultyStore<S> {
+    /// Runs `write`, which replaces `key` on the inner store (a put, a completed upload),
+    /// remembering what `key` held for a power cut.
+    async fn replacing(
+        &self,
+        key: &ObjectKey,
+        write: impl std::future::Future<Output = Result<ObjectMeta>>,
+    ) -> Result<ObjectMeta> {
+        // The lock is not held while the write runs: a body that waits (a paused copy) must
+        // not hold up a `sync`.
+        let prior = {
+            let mut undo = self.undo.lock().await;
+            self.remember(&mut undo, key).await?;
+            undo.get(key).cloned()
+        };
+        let meta = write.await?;
+        // A sync that ran while the write ran does not cover it: a power cut still takes the
+        // key back to what it held before.
+        if let Some(prior) = prior {
+            self.undo.lock().await.entry(key.clone()).or_insert(prior);
+        }
+        Ok(meta)
+    }
+}
+
 impl<S: Store> Store for FaultyStore<S> {
     fn head<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Option<ObjectMeta>>> {
         Box::pin(async move {
@@ -387,20 +412,7 @@ impl<S: Store> Store for FaultyStore<S> {
     ) -> BoxFuture<'a, Result<ObjectMeta>> {
         Box::pin(async move {
             self.before(Op::Put, Some(key)).await?;
-            // The lock is not held while the body streams: a body that waits (a paused
-            // copy) must not hold up a `sync`.
-            let prior = {
-                let mut undo = self.undo.lock().await;
-                self.remember(&mut undo, key).await?;
-                undo.get(key).cloned()
-            };
-            let meta = self.inner.put(key, body).await?;
-            // A sync that ran while the body streamed does not cover this put: a power cut
-            // still takes the key back to what it held before.
-            if let Some(prior) = prior {
-                self.undo.lock().await.entry(key.clone()).or_insert(prior);
-            }
-            Ok(meta)
+            self.replacing(key, self.inner.put(key, body)).await
         })
     }
 
@@ -433,16 +445,8 @@ impl<S: Store> Store for FaultyStore<S> {
     ) -> BoxFuture<'a, Result<ObjectMeta>> {
         Box::pin(async move {
             self.before(Op::Put, Some(key)).await?;
-            let prior = {
-                let mut undo = self.undo.lock().await;
-                self.remember(&mut undo, key).await?;
-                undo.get(key).cloned()
-            };
-            let meta = self.inner.complete_upload(key, upload, parts).await?;
-            if let Some(prior) = prior {
-                self.undo.lock().await.entry(key.clone()).or_insert(prior);
-            }
-            Ok(meta)
+            self.replacing(key, self.inner.complete_upload(key, upload, parts))
+                .await
         })
     }
 

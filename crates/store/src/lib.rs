@@ -125,13 +125,20 @@ impl Object {
     /// complete, shorter object. Give this to [`Store::put`] when copying, so a truncated
     /// transfer fails the put instead of storing a short object.
     pub fn checked_body(self) -> ByteStream {
-        Box::pin(CheckedBody {
-            key: self.meta.key,
-            expected: self.meta.size,
-            got: 0,
-            inner: Some(self.body),
-        })
+        checked(self.meta.key, self.meta.size, self.body)
     }
+}
+
+/// `body` (of `key`), checked to deliver exactly `expected` bytes: one that ends short of it
+/// or runs past it ends with [`Error::Truncated`]. [`Object::checked_body`] for a whole
+/// object; this for a range of one.
+pub fn checked(key: ObjectKey, expected: u64, body: ByteStream) -> ByteStream {
+    Box::pin(CheckedBody {
+        key,
+        expected,
+        got: 0,
+        inner: Some(body),
+    })
 }
 
 struct CheckedBody {

@@ -4,7 +4,6 @@
 //! continues); `abort_upload` removes one.
 
 use std::fs::File;
-use std::hash::{BuildHasher, Hasher};
 use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
@@ -12,7 +11,10 @@ use ferry_types::ObjectKey;
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
-use super::{DirStore, TEMP_PREFIX, Walk, blocking, meta_of, next_chunk, segments, split_last};
+use super::{
+    DirStore, TEMP_PREFIX, Walk, blocking, meta_of, next_chunk, segments, split_last,
+    temp_name_after,
+};
 use crate::{BoxStream, Error, ObjectMeta, Op, PartTag, Result, UploadId};
 
 /// The start of an upload's temp file name: a temp name (never listed, never a key) that
@@ -86,8 +88,7 @@ impl DirStore {
             let Walk::Dir(dir) = this.inner.walk(Op::Put, &k, dirs, Some(&mut created))? else {
                 return Err(Error::io(Op::Put, k.as_str(), Errno::NOENT));
             };
-            let random = std::hash::RandomState::new().build_hasher().finish();
-            let name = format!("{UPLOAD_PREFIX}{:x}-{random:016x}", std::process::id());
+            let name = temp_name_after(UPLOAD_PREFIX);
             let flags =
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             let io = |e| Error::io(Op::Put, k.as_str(), e);
@@ -174,12 +175,7 @@ impl DirStore {
             Ok(stat)
         })
         .await?;
-        {
-            let mut dirty = self.inner.dirty.lock();
-            dirty.files.insert(key.as_str().to_owned());
-            let parent = key.as_str().rsplit_once('/').map_or("", |(p, _)| p);
-            dirty.dirs.insert(parent.to_owned());
-        }
+        self.inner.written(key, Vec::new());
         Ok(meta_of(key.clone(), &stat))
     }
 

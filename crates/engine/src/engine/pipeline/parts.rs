@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use ferry_checkpoint::{ProgressUpdate, UploadRecord};
-use ferry_store::{BoxStream, ByteStream, Object, PartTag, UploadId, Version};
+use ferry_store::{BoxStream, Object, PartTag, UploadId, Version};
 use ferry_types::{ObjectKey, ObjectState, VerifyMode};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -295,7 +295,11 @@ async fn send_parts(
     let stopped: Mutex<Option<Error>> = Mutex::new(None);
     let _streaming = Streaming::enter(shared);
     let fenced = observed.is_none();
-    let body = read_ahead(exactly(piece.body, key.clone(), upload.size - from));
+    let body = read_ahead(ferry_store::checked(
+        key.clone(),
+        upload.size - from,
+        piece.body,
+    ));
     let mut body = Some(Rest {
         body: throttled(shared, body, &state, &stopped, fenced),
         carry: None,
@@ -417,49 +421,6 @@ fn cut<'s>(
             Some((Ok(chunk), (Some(rest), left, back)))
         },
     ))
-}
-
-/// `body`, which must deliver exactly `len` bytes: shorter or longer ends it with
-/// `Truncated` (a ranged read's answer is checked as a whole object's is).
-fn exactly(body: ByteStream, key: ObjectKey, len: u64) -> ByteStream {
-    let mut got = 0u64;
-    let mut done = false;
-    Box::pin(
-        body.map(Some)
-            .chain(futures_util::stream::once(async { None }))
-            .filter_map(move |item| {
-                let out = if done {
-                    None
-                } else {
-                    match item {
-                        Some(Ok(chunk)) => {
-                            got += chunk.len() as u64;
-                            if got > len {
-                                done = true;
-                                Some(Err(truncated(&key, len, got)))
-                            } else {
-                                Some(Ok(chunk))
-                            }
-                        }
-                        Some(Err(err)) => {
-                            done = true;
-                            Some(Err(err))
-                        }
-                        None if got == len => None,
-                        None => Some(Err(truncated(&key, len, got))),
-                    }
-                };
-                std::future::ready(out)
-            }),
-    )
-}
-
-fn truncated(key: &ObjectKey, expected: u64, got: u64) -> ferry_store::Error {
-    ferry_store::Error::Truncated {
-        key: key.clone(),
-        expected,
-        got,
-    }
 }
 
 #[cfg(test)]
