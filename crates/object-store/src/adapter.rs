@@ -119,10 +119,10 @@ impl ObjectStoreAdapter {
     /// configuration. Nothing is sent over the network here: bad credentials show on the
     /// first operation.
     pub fn from_url(url: &str) -> crate::Result<ObjectStoreAdapter> {
-        let (store, listing, local) = open_url(url)?;
-        let mut adapter = ObjectStoreAdapter::new(store, listing);
-        adapter.reserve_upload_names = local;
-        adapter.multipart = multipart_of(url)?;
+        let opened = open_url(url)?;
+        let mut adapter = ObjectStoreAdapter::new(opened.store, opened.listing);
+        adapter.reserve_upload_names = opened.local;
+        adapter.multipart = opened.multipart;
         Ok(adapter)
     }
 
@@ -870,55 +870,39 @@ impl Store for ObjectStoreAdapter {
     }
 }
 
-/// The multipart API of the backend a URL names, with its prefix (`None` for local
-/// directories: object_store's `LocalFileSystem` has none). Builds a second client of the
-/// same backend, which shares nothing with the first but its configuration.
-fn multipart_of(url: &str) -> crate::Result<Option<Multipart>> {
-    let parsed = parse(url)?;
-    let build = |source: object_store::Error| crate::Error::Build {
-        url: url.to_owned(),
-        source: Box::new(source),
-    };
-    let _ = &build;
-    let store: Arc<dyn object_store::multipart::MultipartStore> = match parsed.backend {
-        #[cfg(feature = "aws")]
-        Backend::S3 { bucket } => Arc::new(
-            object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()
-                .map_err(build)?,
-        ),
-        #[cfg(feature = "gcp")]
-        Backend::Gcs { bucket } => Arc::new(
-            object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_bucket_name(bucket)
-                .build()
-                .map_err(build)?,
-        ),
-        #[cfg(feature = "azure")]
-        Backend::Azure { container } => Arc::new(
-            object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_container_name(container)
-                .build()
-                .map_err(build)?,
-        ),
-        _ => return Ok(None),
-    };
-    let prefix = (!parsed.prefix.is_empty()).then(|| Path::from_iter(parsed.prefix.split('/')));
-    Ok(Some(Multipart { store, prefix }))
+/// What a URL names: the store (its prefix applied), how it lists, whether it is a local
+/// directory, and the backend's multipart API with the prefix (`None` for local directories
+/// and memory: object_store's `LocalFileSystem` has none, and `PrefixStore` none of its own).
+pub(crate) struct Opened {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) listing: Listing,
+    pub(crate) local: bool,
+    pub(crate) multipart: Option<Multipart>,
 }
 
-/// The store a URL names (its prefix applied), how it lists, and whether it is a local
-/// directory. See [`ObjectStoreAdapter::from_url`].
-pub(crate) fn open_url(url: &str) -> crate::Result<(Arc<dyn ObjectStore>, Listing, bool)> {
+/// Opens what a URL names. See [`ObjectStoreAdapter::from_url`].
+pub(crate) fn open_url(url: &str) -> crate::Result<Opened> {
     let parsed = parse(url)?;
     let build = |source: object_store::Error| crate::Error::Build {
         url: url.to_owned(),
         source: Box::new(source),
     };
-    let (store, listing, local): (Arc<dyn ObjectStore>, _, _) = match parsed.backend {
+    // A cloud backend's client serves as both the store and its multipart API.
+    fn cloud<T: ObjectStore + object_store::multipart::MultipartStore>(
+        client: T,
+    ) -> (
+        Arc<dyn ObjectStore>,
+        Option<Arc<dyn object_store::multipart::MultipartStore>>,
+    ) {
+        let client = Arc::new(client);
+        (Arc::clone(&client) as Arc<dyn ObjectStore>, Some(client))
+    }
+    let ((store, multipart), listing, local) = match parsed.backend {
         Backend::Memory => (
-            Arc::new(object_store::memory::InMemory::new()),
+            (
+                Arc::new(object_store::memory::InMemory::new()) as Arc<dyn ObjectStore>,
+                None,
+            ),
             Listing::Sorted,
             false,
         ),
@@ -930,7 +914,11 @@ pub(crate) fn open_url(url: &str) -> crate::Result<(Arc<dyn ObjectStore>, Listin
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                 .map_err(build)?
                 .with_fsync(true);
-            (Arc::new(fs), Listing::Walk, true)
+            (
+                (Arc::new(fs) as Arc<dyn ObjectStore>, None),
+                Listing::Walk,
+                true,
+            )
         }
         #[cfg(feature = "aws")]
         Backend::S3 { bucket } => {
@@ -938,7 +926,7 @@ pub(crate) fn open_url(url: &str) -> crate::Result<(Arc<dyn ObjectStore>, Listin
                 .with_bucket_name(bucket)
                 .build()
                 .map_err(build)?;
-            (Arc::new(s3), Listing::Sorted, false)
+            (cloud(s3), Listing::Sorted, false)
         }
         #[cfg(feature = "gcp")]
         Backend::Gcs { bucket } => {
@@ -946,7 +934,7 @@ pub(crate) fn open_url(url: &str) -> crate::Result<(Arc<dyn ObjectStore>, Listin
                 .with_bucket_name(bucket)
                 .build()
                 .map_err(build)?;
-            (Arc::new(gcs), Listing::Sorted, false)
+            (cloud(gcs), Listing::Sorted, false)
         }
         #[cfg(feature = "azure")]
         Backend::Azure { container } => {
@@ -954,7 +942,7 @@ pub(crate) fn open_url(url: &str) -> crate::Result<(Arc<dyn ObjectStore>, Listin
                 .with_container_name(container)
                 .build()
                 .map_err(build)?;
-            (Arc::new(az), Listing::Sorted, false)
+            (cloud(az), Listing::Sorted, false)
         }
         #[allow(unreachable_patterns)]
         _ => {
@@ -965,15 +953,20 @@ pub(crate) fn open_url(url: &str) -> crate::Result<(Arc<dyn ObjectStore>, Listin
             });
         }
     };
-    let store: Arc<dyn ObjectStore> = if parsed.prefix.is_empty() {
-        store
-    } else {
-        Arc::new(object_store::prefix::PrefixStore::new(
+    let prefix = (!parsed.prefix.is_empty()).then(|| Path::from_iter(parsed.prefix.split('/')));
+    let store: Arc<dyn ObjectStore> = match &prefix {
+        None => store,
+        Some(prefix) => Arc::new(object_store::prefix::PrefixStore::new(
             store,
-            Path::from_iter(parsed.prefix.split('/')),
-        ))
+            prefix.clone(),
+        )),
     };
-    Ok((store, listing, local))
+    Ok(Opened {
+        store,
+        listing,
+        local,
+        multipart: multipart.map(|store| Multipart { store, prefix }),
+    })
 }
 
 #[cfg(test)]

@@ -55,8 +55,7 @@ impl ObjectRecords {
     /// # Errors
     /// The errors of [`ObjectStoreAdapter::from_url`](crate::ObjectStoreAdapter::from_url).
     pub fn from_url(url: &str) -> crate::Result<ObjectRecords> {
-        let (store, _, _) = open_url(url)?;
-        Ok(ObjectRecords::new(store, url))
+        Ok(ObjectRecords::new(open_url(url)?.store, url))
     }
 
     /// The records in a store built by hand; `url` names it in messages.

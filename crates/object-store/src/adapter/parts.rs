@@ -17,7 +17,7 @@ use ferry_store::ErrorKind;
 /// The backend's multipart API, and the prefix the adapter's store puts before every path
 /// (object_store's `PrefixStore` has no multipart API of its own).
 #[derive(Clone)]
-pub(super) struct Multipart {
+pub(crate) struct Multipart {
     pub(super) store: Arc<dyn MultipartStore>,
     pub(super) prefix: Option<Path>,
 }
