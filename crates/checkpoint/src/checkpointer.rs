@@ -238,6 +238,11 @@ impl Checkpointer {
         self.shared.state.lock().progress.uploads.get(key).cloned()
     }
 
+    /// Whether an upload in parts of `key` is recorded (without copying its record).
+    pub fn has_upload(&self, key: &ObjectKey) -> bool {
+        self.shared.state.lock().progress.uploads.contains_key(key)
+    }
+
     /// Sets the status saved with the next save (call [`flush`](Checkpointer::flush) to save
     /// it now, e.g. at pause).
     pub fn set_status(&self, status: JobStatus) {

@@ -562,17 +562,18 @@ async fn forget(state: &State, args: IdArg) -> Result<u8> {
         ));
     }
     // The sidecar may be corrupt: forget must still work, with the file backend by default.
-    let kind = match state.load_meta(&id) {
-        Ok(meta) => Some(meta.checkpoint),
+    let meta = match state.load_meta(&id) {
+        Ok(meta) => Some(meta),
         Err(_) if state.has_meta(&id) => None,
         Err(err) => return Err(err),
     };
+    let kind = meta.as_ref().map(|meta| meta.checkpoint);
     let mut removed = false;
     // The uploads in parts the job left unfinished go with it (SPEC I8).
-    if let (Some(kind), Ok(meta)) = (kind, state.load_meta(&id))
+    if let (Some(kind), Some(meta)) = (kind, &meta)
         && let Ok(Some(loaded)) = state.checkpoints(kind)?.load(&id).await
     {
-        abort_uploads(&meta, &loaded.record.progress).await;
+        abort_uploads(meta, &loaded.record.progress).await;
     }
     for kind in kind.map_or_else(|| vec![crate::cli::CheckpointKind::File], |k| vec![k]) {
         let store = state.checkpoints(kind)?;

@@ -184,6 +184,17 @@ async fn crash_after_parts(
     recorded_parts(&reader).await
 }
 
+/// Runs the job on a new engine (a restarted process) to its end; its last snapshot.
+async fn run_to_end(
+    source: &MemStore,
+    target: &Counted,
+    checkpoints: Arc<dyn CheckpointStore>,
+) -> ferry_types::JobSnapshot {
+    let engine = parts_engine(source, target, checkpoints);
+    let handle = engine.start(slow_plan()).await.unwrap();
+    handle.wait().await.unwrap()
+}
+
 /// I4 inside one object: a job crashed (no final save) with 6 of 10 parts recorded is taken
 /// up by a new engine at part 7: it sends at most the 4 parts missing and one part again,
 /// verifies the whole object, and leaves no upload behind. A run that ignored the record
@@ -203,9 +214,7 @@ async fn i4_a_crashed_copy_in_parts_resumes_at_the_first_part_not_recorded() {
     assert!(target.inner.head(&huge()).await.unwrap().is_none());
     assert_eq!(target.inner.uploads(), 1);
 
-    let second = parts_engine(&source, &target, checkpoints());
-    let resumed = second.start(slow_plan()).await.unwrap();
-    let snapshot = resumed.wait().await.unwrap();
+    let snapshot = run_to_end(&source, &target, checkpoints()).await;
     assert_eq!(snapshot.status, JobStatus::Completed, "{snapshot:?}");
     let sent_again = target.received.load(Ordering::Relaxed) - sent_before;
     assert!(
@@ -237,18 +246,8 @@ async fn i1_parts_of_an_older_source_version_are_abandoned_not_completed() {
 
     let changed = data(2);
     source.insert(huge(), changed.clone());
-    let second = parts_engine(
-        &source,
-        &target,
-        Arc::new(FileStore::open(dir.path()).unwrap()),
-    );
-    let snapshot = second
-        .start(slow_plan())
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let checkpoints = Arc::new(FileStore::open(dir.path()).unwrap());
+    let snapshot = run_to_end(&source, &target, checkpoints).await;
     assert_eq!(snapshot.status, JobStatus::Completed, "{snapshot:?}");
     assert_eq!(target.inner.bytes(huge().as_str()).unwrap(), changed);
     assert_eq!(target.inner.uploads(), 0, "the old upload was not aborted");
@@ -302,14 +301,7 @@ async fn an_upload_the_target_lost_while_stopped_is_started_again() {
         .unwrap();
     assert_eq!(target.inner.uploads(), 0);
 
-    let second = parts_engine(&source, &target, Arc::new(checkpoints));
-    let snapshot = second
-        .start(slow_plan())
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let snapshot = run_to_end(&source, &target, Arc::new(checkpoints)).await;
     assert_eq!(snapshot.status, JobStatus::Completed, "{snapshot:?}");
     assert_eq!(snapshot.failed_objects, 0);
     assert_eq!(target.inner.bytes(huge().as_str()).unwrap(), content);

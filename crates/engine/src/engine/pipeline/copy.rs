@@ -100,7 +100,7 @@ pub(super) async fn copy_once(
     // with another threshold) began to upload in parts.
     let size = object.meta.size;
     let in_parts = size > ctx.engine.parts.above
-        || (size > ctx.plan.options.chunk_size.as_u64() && ctx.checkpointer.upload(key).is_some());
+        || (size > ctx.plan.options.chunk_size.as_u64() && ctx.checkpointer.has_upload(key));
     let object = if in_parts {
         match super::parts::copy_in_parts(ctx, key, track, observed, object).await? {
             super::parts::InParts::Done(result) => return Ok(result),
