@@ -665,13 +665,27 @@ fn end_after_error(body: ByteStream) -> ByteStream {
     }))
 }
 
-/// A backend's body, its errors mapped and its chunks split to at most `chunk` bytes (zero
-/// copy).
+/// A backend's body of `len` bytes, its errors mapped and its chunks split to at most `chunk`
+/// bytes (zero copy). It ends once `len` bytes came, without asking the backend for more: an
+/// error after the last byte (a connection dropped before the end of the body was read) would
+/// have object_store retry with a range that starts at the end, which servers refuse.
 fn backend_body(
     inner: BoxStream<'static, object_store::Result<Bytes>>,
+    len: u64,
     chunk: usize,
     key: ObjectKey,
 ) -> ByteStream {
+    let inner = stream::unfold((inner, len), |(mut inner, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let item = inner.next().await?;
+        let left = match &item {
+            Ok(bytes) => left.saturating_sub(bytes.len() as u64),
+            Err(_) => left,
+        };
+        Some((item, (inner, left)))
+    });
     let body = inner.flat_map(move |item| {
         let items: Vec<Result<Bytes>> = match item {
             Ok(mut bytes) => {
@@ -738,7 +752,8 @@ impl Store for ObjectStoreAdapter {
                     file_body(file, found.range, self.chunk_size, key.clone())
                 }
                 GetResultPayload::Stream(inner) => {
-                    backend_body(inner, self.chunk_size, key.clone())
+                    let len = found.range.end - found.range.start;
+                    backend_body(inner, len, self.chunk_size, key.clone())
                 }
             };
             Ok(Object { meta, body })
@@ -795,7 +810,8 @@ impl Store for ObjectStoreAdapter {
                     file_body(file, found.range, self.chunk_size, key.clone())
                 }
                 GetResultPayload::Stream(inner) => {
-                    backend_body(inner, self.chunk_size, key.clone())
+                    let len = found.range.end - found.range.start;
+                    backend_body(inner, len, self.chunk_size, key.clone())
                 }
             };
             Ok(Object { meta, body })
@@ -888,6 +904,7 @@ pub(crate) fn open_url(url: &str) -> crate::Result<Opened> {
         source: Box::new(source),
     };
     // A cloud backend's client serves as both the store and its multipart API.
+    #[cfg(feature = "cloud")]
     fn cloud<T: ObjectStore + object_store::multipart::MultipartStore>(
         client: T,
     ) -> (
@@ -923,6 +940,7 @@ pub(crate) fn open_url(url: &str) -> crate::Result<Opened> {
         #[cfg(feature = "aws")]
         Backend::S3 { bucket } => {
             let s3 = object_store::aws::AmazonS3Builder::from_env()
+                .with_http_connector(crate::StallTimeout::default())
                 .with_bucket_name(bucket)
                 .build()
                 .map_err(build)?;
@@ -931,6 +949,7 @@ pub(crate) fn open_url(url: &str) -> crate::Result<Opened> {
         #[cfg(feature = "gcp")]
         Backend::Gcs { bucket } => {
             let gcs = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_http_connector(crate::StallTimeout::default())
                 .with_bucket_name(bucket)
                 .build()
                 .map_err(build)?;
@@ -939,6 +958,7 @@ pub(crate) fn open_url(url: &str) -> crate::Result<Opened> {
         #[cfg(feature = "azure")]
         Backend::Azure { container } => {
             let az = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_http_connector(crate::StallTimeout::default())
                 .with_container_name(container)
                 .build()
                 .map_err(build)?;
@@ -1091,5 +1111,29 @@ mod tests {
         let local = ObjectStoreAdapter::from_url(dir.path().to_str().unwrap()).unwrap();
         assert!(local.path(&ObjectKey::new("x/y#12").unwrap()).is_err());
         assert!(local.path(&ObjectKey::new("x/y#a").unwrap()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_body_ends_at_its_length_without_asking_the_backend_for_more() {
+        let key = ObjectKey::new("k").unwrap();
+        // The connection drops after the last byte, before the end of the body was read.
+        let inner = || {
+            stream::iter(vec![
+                Ok(Bytes::from_static(b"0123456789")),
+                Ok(Bytes::from_static(b"abc")),
+                Err(object_store::Error::Generic {
+                    store: "S3",
+                    source: "connection reset".into(),
+                }),
+            ])
+        };
+        let whole: Vec<_> = backend_body(Box::pin(inner()), 13, 4, key.clone())
+            .collect()
+            .await;
+        assert_eq!(whole.len(), 4, "13 bytes in chunks of at most 4");
+        assert!(whole.iter().all(Result::is_ok), "{whole:?}");
+        // One byte short: the error is the reader's.
+        let short: Vec<_> = backend_body(Box::pin(inner()), 14, 4, key).collect().await;
+        assert!(short.last().unwrap().is_err());
     }
 }

@@ -40,6 +40,8 @@ mod adapter;
 mod error;
 mod records;
 mod sent;
+#[cfg(feature = "cloud")]
+mod stall;
 #[cfg(feature = "test-server")]
 pub mod test_server;
 mod url;
@@ -49,6 +51,8 @@ pub use crate::adapter::{
 };
 pub use crate::error::{Error, Result};
 pub use crate::records::ObjectRecords;
+#[cfg(feature = "cloud")]
+pub use crate::stall::{DEFAULT_STALL_LIMIT, StallTimeout};
 pub use crate::url::BucketUrl;
 /// The object_store version this crate is built on, for [`ObjectStoreAdapter::new`].
 pub use object_store;

@@ -173,6 +173,7 @@ impl S3Server {
             .with_bucket_name(bucket)
             .with_access_key_id(access_key)
             .with_secret_access_key(secret_key)
+            .with_http_connector(crate::StallTimeout::default())
     }
 
     /// The adapter over `s3://bucket/prefix` on this server (`prefix` may be empty), with the

@@ -291,7 +291,7 @@ async fn i3_a_write_through_the_flip_survives_a_crash_before_the_cleanup() {
         &table,
         checkpoints,
     );
-    let handle = engine.recover().await.unwrap().pop().unwrap();
+    let handle = recover_after_crash(&engine).await.pop().unwrap();
     assert_eq!(
         read(&table, &source, &target),
         (Route::Target(b()), Some(b"v2".to_vec())),

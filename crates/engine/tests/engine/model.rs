@@ -388,7 +388,7 @@ async fn run_case(case: Case, real: Option<Real>) -> Result<(), TestCaseError> {
                 *table = Table::default();
                 let checkpoints: Arc<dyn CheckpointStore> = Arc::new(reopen(dir.path()).await);
                 let engine = build_engine(&world, &source, &target, &table, checkpoints);
-                let mut handles = recover(&engine).await;
+                let mut handles = recover_after_crash(&engine).await;
                 drop(table);
                 match handles.pop() {
                     Some(handle) => {
@@ -542,23 +542,6 @@ async fn failed_set(dir: &std::path::Path) -> std::collections::HashSet<ObjectKe
 /// Opens the checkpoint directory again.
 async fn reopen(dir: &std::path::Path) -> FileStore {
     FileStore::open(dir).unwrap()
-}
-
-/// `recover`, as a restarted process runs it. A save of the crashed run may still be
-/// finishing on a blocking thread of this (test) process, holding the job's OS lock until it
-/// does: `Locked` is retried until that save ends (a real restart never sees it: the kernel
-/// released the lock with the process).
-async fn recover(engine: &Engine) -> Vec<ferry_engine::JobHandle> {
-    for _ in 0..1_000_000 {
-        match engine.recover().await {
-            Ok(handles) => return handles,
-            Err(ferry_engine::Error::Checkpoint(ferry_checkpoint::Error::Locked { .. })) => {
-                tokio::task::yield_now().await;
-            }
-            Err(err) => panic!("recover: {err}"),
-        }
-    }
-    panic!("the crashed run's save never ended");
 }
 
 proptest! {

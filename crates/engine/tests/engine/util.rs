@@ -115,3 +115,20 @@ pub(crate) fn slow_last_read(n: usize) -> ferry_store::FaultyStore<MemStore> {
     );
     source
 }
+
+/// `recover`, as a restarted process runs it. A save of the crashed run may still be
+/// finishing on a blocking thread of this (test) process, holding the job's OS lock until it
+/// does: `Locked` is retried until that save ends (a real restart never sees it: the kernel
+/// released the lock with the process).
+pub(crate) async fn recover_after_crash(engine: &Engine) -> Vec<ferry_engine::JobHandle> {
+    for _ in 0..1_000_000 {
+        match engine.recover().await {
+            Ok(handles) => return handles,
+            Err(ferry_engine::Error::Checkpoint(ferry_checkpoint::Error::Locked { .. })) => {
+                tokio::task::yield_now().await;
+            }
+            Err(err) => panic!("recover: {err}"),
+        }
+    }
+    panic!("the crashed run's save never ended");
+}
