@@ -6,7 +6,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::record::{self, Commands, Options, Run, Side};
 
@@ -25,6 +26,43 @@ pub(crate) fn target_dir() -> Result<PathBuf, String> {
     })
 }
 
+/// When the harness last deleted files (an old work directory, a pair's copies).
+static LAST_DELETE: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// How long ext4 keeps a deleted inode from being reused when its inode table block is clean.
+const INODE_RECENCY: Duration = Duration::from_secs(61);
+
+/// Notes that the harness just deleted files (see [`settle_deletes`]).
+pub(crate) fn deleted_now() {
+    if let Ok(mut last) = LAST_DELETE.lock() {
+        *last = Some(Instant::now());
+    }
+}
+
+/// Waits, once before a case's timed runs, until the inodes the harness deleted are old
+/// enough not to cost the runs anything. ext4 without a journal (this project's machines: no
+/// jbd2) skips, when it allocates an inode, every free inode deleted in the last 60 s (300 s
+/// while its inode table block is dirty), looking each one's block up: after a clear of 20k
+/// files, the next run's creates spent about a third of their samples in `recently_deleted`
+/// and `find_get_block_common`, in profiles of ferry and of rclone alike, so the run of each
+/// pair that came first after a clear paid for it (the ratios of the pairs that ran ferry
+/// first were 1.1–2.7×, of those that ran rclone first 0.7–1.0×).
+fn settle_deletes() -> Result<(), String> {
+    sh("sync")?;
+    let last = LAST_DELETE.lock().ok().and_then(|last| *last);
+    if let Some(at) = last {
+        let left = INODE_RECENCY.saturating_sub(at.elapsed());
+        if !left.is_zero() {
+            eprintln!(
+                "xtask: waiting {} s for the inodes the harness deleted to age (ext4 skips inodes deleted in the last minute)",
+                left.as_secs()
+            );
+            std::thread::sleep(left);
+        }
+    }
+    Ok(())
+}
+
 /// The release `ferry` binary, built, and an empty work directory under the target dir.
 fn setup() -> Result<(PathBuf, PathBuf), String> {
     ensure_rclone()?;
@@ -33,7 +71,9 @@ fn setup() -> Result<(PathBuf, PathBuf), String> {
     let ferry = target.join("release/ferry");
     let ferry = fs::canonicalize(&ferry).map_err(|e| format!("{}: {e}", ferry.display()))?;
     let work = target.join("cli-bench");
-    let _ = fs::remove_dir_all(&work);
+    if fs::remove_dir_all(&work).is_ok() {
+        deleted_now();
+    }
     fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
     Ok((ferry, work))
 }
@@ -68,6 +108,13 @@ pub(crate) fn run(name: &str, options: Options) -> Result<(), String> {
     }
     let _ = fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// When a case deletes the copies its runs made.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Clear {
+    AfterEachPair,
+    AtTheEnd,
 }
 
 /// The binary, the work directory and what in it outlives a pair.
@@ -108,15 +155,21 @@ impl Bench {
     }
 
     /// The case's pairs, each run timed into a fresh destination ([`Bench::fresh`]) with the
-    /// command `command` gives for its side; the pair's copies cleared after it.
+    /// command `command` gives for its side, after the harness's own deletes have aged
+    /// ([`settle_deletes`]). With `Clear::AfterEachPair` a pair's copies are deleted after it
+    /// (large files: few inodes, much disk); with `Clear::AtTheEnd` every copy is kept until
+    /// the last pair (many small files: no run allocates inodes next to thousands deleted a
+    /// moment before).
     fn pairs(
         &mut self,
         case: &record::Case,
         options: Options,
+        clear: Clear,
         command: impl Fn(&Bench, Side, &(PathBuf, PathBuf)) -> String,
     ) -> Result<Vec<record::Pair>, String> {
+        settle_deletes()?;
         let this = std::cell::RefCell::new(self);
-        record::run_pairs(
+        let pairs = record::run_pairs(
             case,
             options.pairs,
             |side| {
@@ -124,8 +177,15 @@ impl Bench {
                 let to = bench.fresh()?;
                 timed(&command(&bench, side, &to)).map(Run::from)
             },
-            || this.borrow().clear(),
-        )
+            || match clear {
+                Clear::AfterEachPair => this.borrow().clear(),
+                Clear::AtTheEnd => Ok(()),
+            },
+        )?;
+        if clear == Clear::AtTheEnd {
+            this.borrow().clear()?;
+        }
+        Ok(pairs)
     }
 
     /// 10k × 64 KiB, checksum verify, vs `rclone copy --checksum`.
@@ -145,10 +205,15 @@ impl Bench {
             beside: None,
         };
         let start = record::start()?;
-        let pairs = self.pairs(case, options, |bench, side, to| match side {
-            Side::A => bench.migrate(small, to, "--verify checksum"),
-            _ => rclone(to),
-        })?;
+        let pairs = self.pairs(
+            case,
+            options,
+            Clear::AtTheEnd,
+            |bench, side, to| match side {
+                Side::A => bench.migrate(small, to, "--verify checksum"),
+                _ => rclone(to),
+            },
+        )?;
         record::finish(case, options, start, commands, pairs, Vec::new())
     }
 
@@ -172,11 +237,16 @@ impl Bench {
             beside: Some(cp(&example)),
         };
         let start = record::start()?;
-        let pairs = self.pairs(case, options, |bench, side, to| match side {
-            Side::A => bench.migrate(big, to, "--verify checksum"),
-            Side::B => cp_sync(to),
-            Side::Beside => cp(to),
-        })?;
+        let pairs = self.pairs(
+            case,
+            options,
+            Clear::AfterEachPair,
+            |bench, side, to| match side {
+                Side::A => bench.migrate(big, to, "--verify checksum"),
+                Side::B => cp_sync(to),
+                Side::Beside => cp(to),
+            },
+        )?;
         // The rate limit: 1 GiB at 50 MiB/s (one large file, so the disk is not the limit).
         let to = self.fresh()?;
         let (t_rate, _) = timed(&self.migrate(big, &to, "--rate 50MiB"))?;
@@ -248,6 +318,7 @@ pub(crate) fn clear_runs(work: &Path, keep: &[PathBuf]) -> Result<(), String> {
         let path = dir.map_err(|e| e.to_string())?.path();
         if !keep.contains(&path) {
             fs::remove_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            deleted_now();
         }
     }
     sh("sync")?;
