@@ -69,6 +69,22 @@ pub(crate) const BUCKET_HINT: &str = "check the bucket name and the credentials:
 /// The store at `location`: a directory store, or an object-store adapter configured from
 /// the environment.
 pub(crate) async fn open_store(side: &'static str, location: &Location) -> Result<Arc<dyn Store>> {
+    open_with(side, location, false).await
+}
+
+/// The destination of a job that copies (`migrate`, `resume`, `worker`): as
+/// [`open_store`], a directory written past the page cache (`DirStore::with_direct_writes`):
+/// the copies cost no copy into page-cache pages and evict nothing the machine's readers use.
+/// `ferry serve` keeps the page cache: its clients write there too and read back.
+pub(crate) async fn open_destination(location: &Location) -> Result<Arc<dyn Store>> {
+    open_with("destination", location, true).await
+}
+
+async fn open_with(
+    side: &'static str,
+    location: &Location,
+    direct_writes: bool,
+) -> Result<Arc<dyn Store>> {
     match location {
         Location::Local(path) => {
             let store = DirStore::open(path).await.explain(|| {
@@ -77,7 +93,7 @@ pub(crate) async fn open_store(side: &'static str, location: &Location) -> Resul
                     format!("check that the {side} exists and is readable"),
                 )
             })?;
-            Ok(Arc::new(store))
+            Ok(Arc::new(store.with_direct_writes(direct_writes)))
         }
         Location::Bucket(url) => {
             let store = ObjectStoreAdapter::from_url(url).explain(|| {
@@ -192,7 +208,7 @@ impl<'a> RunCtx<'a> {
         signals: Signals,
     ) -> Result<RunCtx<'a>> {
         let source = open_store("source", &meta.source).await?;
-        let target = open_store("destination", &meta.target).await?;
+        let target = open_destination(&meta.target).await?;
         let checkpoints = state.checkpoints(meta.checkpoint)?;
         let engine = engine_over(source, target, Arc::clone(&checkpoints))?;
         Ok(RunCtx {

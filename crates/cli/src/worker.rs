@@ -390,7 +390,7 @@ pub(crate) async fn worker(state: Option<&Path>, args: WorkerArgs) -> Result<u8>
 /// An engine over the job's two stores, with the shared range records as its checkpoints.
 async fn build_engine(shared: &Shared, job: &SharedJob) -> Result<Engine> {
     let source = run::open_store("source", &job.source).await?;
-    let target = run::open_store("destination", &job.target).await?;
+    let target = run::open_destination(&job.target).await?;
     run::engine_over(
         source,
         target,
