@@ -49,6 +49,12 @@ pub(crate) struct Cli {
     )]
     pub(crate) part_size: ByteSize,
 
+    /// Write a directory DST through the page cache, as most programs do, instead of past it
+    /// (O_DIRECT, the default where the file system takes it): for destinations where
+    /// uncached writes are slow, such as NFS mounts.
+    #[arg(long, global = true, env = "FERRY_CACHED_WRITES")]
+    pub(crate) cached_writes: bool,
+
     #[command(subcommand)]
     pub(crate) command: Command,
 }

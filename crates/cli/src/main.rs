@@ -58,6 +58,7 @@ fn main() -> ExitCode {
         size: cli.part_size.as_u64().max(1),
         ..ferry::engine::Parts::default()
     });
+    run::set_direct_writes(!cli.cached_writes);
     raise_malloc_thresholds();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

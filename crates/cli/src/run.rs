@@ -72,12 +72,23 @@ pub(crate) async fn open_store(side: &'static str, location: &Location) -> Resul
     open_with(side, location, false).await
 }
 
+/// Whether a job that copies writes a directory DST past the page cache (`--cached-writes`
+/// turns it off).
+static DIRECT_WRITES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Sets what [`open_destination`] does, from the command line.
+pub(crate) fn set_direct_writes(direct: bool) {
+    DIRECT_WRITES.store(direct, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The destination of a job that copies (`migrate`, `resume`, `worker`): as
-/// [`open_store`], a directory written past the page cache (`DirStore::with_direct_writes`):
-/// the copies cost no copy into page-cache pages and evict nothing the machine's readers use.
-/// `ferry serve` keeps the page cache: its clients write there too and read back.
+/// [`open_store`], a directory written past the page cache (`DirStore::with_direct_writes`)
+/// unless `--cached-writes` says otherwise: the copies cost no copy into page-cache pages and
+/// evict nothing the machine's readers use. `ferry serve` keeps the page cache: its clients
+/// write there too and read back.
 pub(crate) async fn open_destination(location: &Location) -> Result<Arc<dyn Store>> {
-    open_with("destination", location, true).await
+    let direct = DIRECT_WRITES.load(std::sync::atomic::Ordering::Relaxed);
+    open_with("destination", location, direct).await
 }
 
 async fn open_with(
