@@ -10,7 +10,7 @@
 //! - `bench [ARGS…]`: the criterion benches of every crate; extra arguments go to criterion
 //!   (for example `cargo xtask bench -- acquire`).
 //! - `bench CASE [--pairs N] [--dry]`: an end-to-end comparison of SPEC §8 in N (default
-//!   and minimum 5) alternating pairs (A B, B A, …), recorded in
+//!   6, so each side goes first as often; minimum 5) alternating pairs (A B, B A, …), recorded in
 //!   `docs/bench/CASE-COMMIT-DATETIME.json` (machine, load average, commit, every pair, the
 //!   median and spread of the per-pair ratios), then `bench tables`. `--dry` (any N) prints
 //!   and writes nothing under `docs/`. CASE: `cli-10k` (`ferry migrate` of 10k × 64 KiB vs

@@ -11,8 +11,8 @@
 //! `O_DIRECT` wants the memory, the file offset and the length of each write aligned to the
 //! device's block: the body is gathered into an aligned buffer and written 256 KiB at a time;
 //! the last block is padded with zeros and the file cut to its length before it is linked
-//! in place. A file system that refuses `O_DIRECT` (when it is set, or on a write: `EINVAL`)
-//! gets plain writes from that byte on, and the store stops asking for it.
+//! in place. A file system that refuses `O_DIRECT` (when it is set, or on a write: `EINVAL`,
+//! `EOPNOTSUPP`) gets plain writes from that byte on, and the store stops asking for it.
 
 use std::fs::File;
 
@@ -120,8 +120,8 @@ impl Gather {
                 Ok(n) => done += n,
                 Err(Errno::INTR) => {}
                 // A short write leaves the rest unaligned; some file systems refuse
-                // `O_DIRECT` only on a write.
-                Err(Errno::INVAL) if !refused => {
+                // `O_DIRECT` only on a write (`EINVAL`, or `EOPNOTSUPP` from a few).
+                Err(Errno::INVAL | Errno::OPNOTSUPP) if !refused => {
                     disable(file)?;
                     refused = true;
                 }
