@@ -775,7 +775,9 @@ mod tests {
                 dry: true
             })
         );
-        assert_eq!(parse_options(&args(&[])).unwrap().pairs, 5);
+        assert_eq!(parse_options(&args(&["--pairs", "5"])).unwrap().pairs, 5);
+        // By default an even number: each side goes first as often.
+        assert_eq!(parse_options(&args(&[])).unwrap().pairs % 2, 0);
     }
 
     #[test]
