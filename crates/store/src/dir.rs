@@ -98,12 +98,12 @@ impl Default for SyncStrategy {
 /// lock once; elsewhere (or [`DirStore::with_named_temp_files`]) it is `.ferry-tmp-…`,
 /// renamed over the final name. With [`DirStore::with_direct_writes`] the temp file is
 /// written past the page cache (`O_DIRECT`) where the file system takes it. Temp files are
-/// never listed, and named ones a crash left
-/// behind are removed by [`DirStore::open`], except the `.ferry-tmp-up-` files of uploads in
-/// parts ([`Store::create_upload`]: written part by part at their offsets, each part
-/// `fdatasync`ed, renamed into place by `complete_upload`), which a resumed copy continues. Nothing
-/// is fsynced by `put`; [`sync`](Store::sync) makes every put and delete before it durable, as
-/// [`SyncStrategy`] says. The first sync that fails poisons the store: every later sync
+/// never listed, and named ones a crash left behind are removed by [`DirStore::open`],
+/// except the `.ferry-tmp-up-` files of uploads in parts ([`Store::create_upload`]: written
+/// part by part at their offsets, each part `fdatasync`ed, renamed into place by
+/// `complete_upload`), which a resumed copy continues. Nothing is fsynced by `put`;
+/// [`sync`](Store::sync) makes every put and delete before it durable, as [`SyncStrategy`]
+/// says. The first sync that fails poisons the store: every later sync
 /// fails with [`Error::SyncPoisoned`](crate::Error::SyncPoisoned), since the kernel reports a
 /// write-back error only once. Deleting the last object of a directory leaves the directory.
 ///
@@ -681,9 +681,6 @@ impl TempFile {
         Ok(())
     }
 
-    /// Puts the temp file in place under the target's name, atomically for readers: renames
-    /// a named one over the target; links an unnamed one to the target's name, or, when the
-    /// target exists, to a temp name that is then renamed over it.
     /// Writes the gathered bytes (with `O_DIRECT`), which all precede the chunk being taken.
     fn flush(&mut self, key: &ObjectKey) -> Result<()> {
         let Some(gather) = &mut self.gather else {
@@ -700,6 +697,9 @@ impl TempFile {
         Ok(())
     }
 
+    /// Puts the temp file in place under the target's name, atomically for readers: renames
+    /// a named one over the target; links an unnamed one to the target's name, or, when the
+    /// target exists, to a temp name that is then renamed over it.
     fn finish(&mut self, key: &ObjectKey) -> Result<Stat> {
         let io = |e| Error::io(Op::Put, key.as_str(), e);
         if self
