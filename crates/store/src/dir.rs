@@ -462,7 +462,6 @@ impl Inner {
             kicked: 0,
             hasher: blake3::Hasher::new(),
             gather,
-            on_disk: 0,
             refused: false,
         };
         Ok((temp, created))
@@ -638,10 +637,9 @@ struct TempFile {
     kicked: u64,
     /// BLAKE3 of the bytes written, in order.
     hasher: blake3::Hasher,
-    /// With `O_DIRECT`: the bytes not yet written.
+    /// With `O_DIRECT`: the last bytes taken, not yet in the file (which holds `written`
+    /// less these).
     gather: Option<direct::Gather>,
-    /// Bytes in the file (with `O_DIRECT`, `written` less those gathered).
-    on_disk: u64,
     /// The file system refused `O_DIRECT` on a write (the store stops asking for it).
     refused: bool,
 }
@@ -655,20 +653,19 @@ impl TempFile {
         let mut rest = chunk;
         while let Some(gather) = &mut self.gather {
             if rest.is_empty() {
-                self.written += chunk.len() as u64;
                 return Ok(());
             }
             let taken = gather.take(rest);
             rest = &rest[taken..];
+            self.written += taken as u64;
             if gather.is_full() {
                 self.flush(key)?;
             }
         }
         // Plain writes, after the bytes before them.
-        std::os::unix::fs::FileExt::write_all_at(&self.file, rest, self.on_disk)
+        std::os::unix::fs::FileExt::write_all_at(&self.file, rest, self.written)
             .map_err(|e| Error::io(Op::Put, key.as_str(), e))?;
-        self.on_disk += rest.len() as u64;
-        self.written += chunk.len() as u64;
+        self.written += rest.len() as u64;
         #[cfg(any(target_os = "linux", target_os = "android"))]
         if self.written - self.kicked >= WRITEBACK_STEP {
             // Start writing this range to disk now (Linux: `DONTNEED` on dirty pages starts
@@ -686,10 +683,10 @@ impl TempFile {
         let Some(gather) = &mut self.gather else {
             return Ok(());
         };
-        let (gathered, refused) = gather
-            .write_at(&self.file, self.on_disk)
+        let offset = self.written - gather.filled() as u64;
+        let refused = gather
+            .write_at(&self.file, offset)
             .map_err(|e| Error::io(Op::Put, key.as_str(), e))?;
-        self.on_disk += gathered as u64;
         if refused {
             self.refused = true;
             self.gather = None;

@@ -101,13 +101,9 @@ impl Gather {
     }
 
     /// Writes what was gathered at `offset` (the last block padded with zeros) and empties
-    /// the buffer. Returns the bytes gathered (without the padding), and whether `O_DIRECT`
-    /// was refused and turned off on the way (the write was then completed without it).
-    pub(super) fn write_at(
-        &mut self,
-        file: &File,
-        offset: u64,
-    ) -> rustix::io::Result<(usize, bool)> {
+    /// the buffer. Returns whether `O_DIRECT` was refused and turned off on the way (the write
+    /// was then completed without it).
+    pub(super) fn write_at(&mut self, file: &File, offset: u64) -> rustix::io::Result<bool> {
         let len = self.filled;
         let padded = len.next_multiple_of(ALIGN);
         let region = &mut self.buf[self.start..self.start + padded];
@@ -129,7 +125,7 @@ impl Gather {
             }
         }
         self.filled = 0;
-        Ok((len, refused))
+        Ok(refused)
     }
 }
 
@@ -162,9 +158,10 @@ mod tests {
             .open(dir.path().join("f"))
             .unwrap();
         let direct = enable(&file);
-        assert_eq!(gather.write_at(&file, 0).unwrap().0, BUFFER);
+        gather.write_at(&file, 0).unwrap();
+        assert_eq!(gather.filled(), 0, "written and emptied");
         assert_eq!(gather.take(&data[BUFFER..]), 10);
-        assert_eq!(gather.write_at(&file, BUFFER as u64).unwrap().0, 10);
+        gather.write_at(&file, BUFFER as u64).unwrap();
         // What was written is the data and a padded block (cut by `TempFile::finish`).
         assert_eq!(file.metadata().unwrap().len(), (BUFFER + ALIGN) as u64);
         file.set_len(data.len() as u64).unwrap();
@@ -195,8 +192,8 @@ mod tests {
         }
         let mut gather = Gather::new();
         assert_eq!(gather.take(b"after a hundred bytes"), 21);
-        let (written, refused) = gather.write_at(&file, 100).unwrap();
-        assert_eq!(written, 21);
+        let refused = gather.write_at(&file, 100).unwrap();
+        assert_eq!(gather.filled(), 0, "written and emptied");
         assert!(refused, "an unaligned O_DIRECT write is refused");
         let flags = rustix::fs::fcntl_getfl(&file).unwrap();
         assert!(!flags.contains(OFlags::DIRECT), "O_DIRECT turned off");
