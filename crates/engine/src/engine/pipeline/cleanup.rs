@@ -43,7 +43,7 @@ pub(super) async fn rolled_back(ctx: &JobCtx, key: ObjectKey, wrote: bool) -> Ou
         false
     } else if let Some(record) = ctx.checkpointer.upload(&key) {
         // An upload in parts under way: nothing is on the target under the key yet.
-        super::parts::abort(ctx, &key, &record).await;
+        Box::pin(super::parts::abort(ctx, &key, &record)).await;
         !wrote || ctx.target.delete(&key).await.is_ok()
     } else if !wrote {
         true

@@ -40,11 +40,10 @@ pub(super) enum CopyResult {
 }
 
 /// How a copy knows the BLAKE3 of what it streamed.
-// One per copy, where the hasher always lived; boxing it would cost an allocation per copy.
-#[allow(clippy::large_enum_variant)]
 pub(super) enum StreamHash {
-    /// Hashed chunk by chunk as they pass.
-    Hashing(blake3::Hasher),
+    /// Hashed chunk by chunk as they pass. (Boxed: a hasher is about 1.9 KB, and it would
+    /// make every copy's future that much larger, moved at each spawn, hashing or not.)
+    Hashing(Box<blake3::Hasher>),
     /// Not hashed: the source reported the BLAKE3 of the version read, and checksum verify
     /// holds the target to it.
     Said(blake3::Hash),
@@ -102,7 +101,11 @@ pub(super) async fn copy_once(
     let in_parts = size > ctx.engine.parts.above
         || (size > ctx.plan.options.chunk_size.as_u64() && ctx.checkpointer.has_upload(key));
     let object = if in_parts {
-        match super::parts::copy_in_parts(ctx, key, track, observed, object).await? {
+        match Box::pin(super::parts::copy_in_parts(
+            ctx, key, track, observed, object,
+        ))
+        .await?
+        {
             super::parts::InParts::Done(result) => return Ok(result),
             super::parts::InParts::NotTaken(object) => object,
         }
@@ -121,7 +124,7 @@ pub(super) async fn copy_once(
         Some((_, said)) if ctx.plan.options.verify == VerifyMode::Checksum => {
             StreamHash::Said(said)
         }
-        _ => StreamHash::Hashing(blake3::Hasher::new()),
+        _ => StreamHash::Hashing(Box::new(blake3::Hasher::new())),
     };
     let hash_stream = matches!(stream_hash, StreamHash::Hashing(_));
     let state = Mutex::new((stream_hash, 0u64));
@@ -227,7 +230,7 @@ pub(super) async fn verified(
             if source_said.is_some() || deletes {
                 let on_source = digest_unless_said(&*ctx.source, key, source_said).await?;
                 if !streamed(on_source) {
-                    return source_differs(ctx, key, observed, &version).await;
+                    return Box::pin(source_differs(ctx, key, observed, &version)).await;
                 }
             }
         }
@@ -238,9 +241,13 @@ pub(super) async fn verified(
             // deleted (I1). Both are re-read at once, except where the store reported the
             // BLAKE3 of what it holds (`ObjectMeta::checksum`: the source with the version
             // read, the target with the put): its word stands in for a second read.
-            let (on_target, on_source) = digests(ctx, key, bytes, target_said, source_said).await;
+            let (on_target, on_source) = match (target_said, source_said) {
+                (Some(target), Some(source)) => (Ok(Some(target)), Ok(Some(source))),
+                // Boxed: re-reads take room in the task's future, which every copy moves.
+                _ => Box::pin(digests(ctx, key, bytes, target_said, source_said)).await,
+            };
             if !streamed(on_source?) {
-                return source_differs(ctx, key, observed, &version).await;
+                return Box::pin(source_differs(ctx, key, observed, &version)).await;
             }
             let (read, target_hash) = on_target?.ok_or_else(|| Error::VerifyMismatch {
                 key: key.clone(),
@@ -256,7 +263,7 @@ pub(super) async fn verified(
                 if !hash_stream && target_said.is_some() {
                     // The target hashed what it was given: the stream differed from what
                     // the source said it holds, as a hashed stream would have shown.
-                    return source_differs(ctx, key, observed, &version).await;
+                    return Box::pin(source_differs(ctx, key, observed, &version)).await;
                 }
                 return Err(Error::VerifyMismatch {
                     key: key.clone(),
@@ -369,7 +376,7 @@ pub(super) async fn copy_step(
             // Absent on both sides, never resurrected (I3). (A key an earlier run moved
             // and cleaned is journaled and does not come here.)
             return Err(
-                match with_retry(ctx, "delete", || ctx.target.delete(key)).await {
+                match Box::pin(with_retry(ctx, "delete", || ctx.target.delete(key))).await {
                     Ok(_) => Outcome::Skipped { key: key.clone() },
                     Err((attempts, err)) => fail(attempts, err),
                 },
@@ -378,14 +385,14 @@ pub(super) async fn copy_step(
         Err((attempts, err)) => {
             if ctx.shared.is_cancelled() {
                 track.to(ObjectState::Pending);
-                return Err(rolled_back(ctx, key.clone(), track.wrote()).await);
+                return Err(Box::pin(rolled_back(ctx, key.clone(), track.wrote())).await);
             }
             return Err(fail(attempts, err));
         }
     };
     if ctx.shared.is_cancelled() {
         track.to(ObjectState::Pending);
-        return Err(rolled_back(ctx, key.clone(), true).await);
+        return Err(Box::pin(rolled_back(ctx, key.clone(), true)).await);
     }
     Ok(Step::Copied(copied))
 }

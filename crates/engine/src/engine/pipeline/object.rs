@@ -44,7 +44,7 @@ pub(super) async fn process(ctx: &JobCtx, key: ObjectKey, tries: Tries) -> Outco
     if ctx.failed_before.get(&key) == Some(&FailureKind::SourceChanged) {
         // Retried after its source changed past its flip: moved again from the start, once
         // the flip is rolled back (only if the target still holds the flipped copy).
-        if let Err(error) = unflip(ctx, &key).await {
+        if let Err(error) = Box::pin(unflip(ctx, &key)).await {
             return Outcome::Failed {
                 key,
                 attempts: 1,
@@ -84,26 +84,9 @@ pub(super) async fn process(ctx: &JobCtx, key: ObjectKey, tries: Tries) -> Outco
                     && info.owner.as_ref() == Some(job)
                     && info.target == target =>
             {
-                ctx.shared.forwarded.fetch_add(1, Ordering::Relaxed);
-                let journaled = ctx.committed.get(&key).copied();
-                // On failure the entry stays: the target serves the key (I2).
-                let failed = |error| Outcome::Failed {
-                    key: key.clone(),
-                    attempts: 1,
-                    error,
-                };
-                let bytes = match ctx.target.head(&key).await {
-                    Ok(Some(meta)) => meta.size,
-                    // Deleted through the table after its journaled flip: nothing to move.
-                    Ok(None) if journaled.is_some() => 0,
-                    Ok(None) => {
-                        return failed(ferry_store::Error::NotFound { key: key.clone() }.into());
-                    }
-                    Err(err) => return failed(err.into()),
-                };
-                track.to(ObjectState::Forwarded);
-                let copied = journaled.map_or(CopiedFrom::Unknown, CopiedFrom::Digest);
-                return cleanup(ctx, key.clone(), copied, bytes).await;
+                // Boxed, as the other paths most objects never take: a task's future is as
+                // large as its largest path, and moved whole when it is spawned.
+                return Box::pin(cleanup_forwarded(ctx, key, track)).await;
             }
             _ => return fail(1, err.into()),
         }
@@ -139,9 +122,44 @@ pub(super) async fn process(ctx: &JobCtx, key: ObjectKey, tries: Tries) -> Outco
             Err(outcome) => return outcome,
         }
     }
+    Box::pin(hot_key(ctx, key, track, &fail, tries)).await
+}
+
+/// The cleanup of a key flipped by a run of this job that stopped before recording it done:
+/// the target holds the object and serves it; only the cleanup is left.
+async fn cleanup_forwarded(ctx: &JobCtx, key: ObjectKey, track: &Tracker<'_>) -> Outcome {
+    ctx.shared.forwarded.fetch_add(1, Ordering::Relaxed);
+    let journaled = ctx.committed.get(&key).copied();
+    // On failure the entry stays: the target serves the key (I2).
+    let failed = |error| Outcome::Failed {
+        key: key.clone(),
+        attempts: 1,
+        error,
+    };
+    let bytes = match ctx.target.head(&key).await {
+        Ok(Some(meta)) => meta.size,
+        // Deleted through the table after its journaled flip: nothing to move.
+        Ok(None) if journaled.is_some() => 0,
+        Ok(None) => {
+            return failed(ferry_store::Error::NotFound { key: key.clone() }.into());
+        }
+        Err(err) => return failed(err.into()),
+    };
+    track.to(ObjectState::Forwarded);
+    let copied = journaled.map_or(CopiedFrom::Unknown, CopiedFrom::Digest);
+    cleanup(ctx, key, copied, bytes).await
+}
+
+/// A hot key: its flips were refused `max_flip_attempts` times. Fences its writers and flips
+/// it here; never fenced while paused, never for longer than `fence_timeout`.
+async fn hot_key(
+    ctx: &JobCtx,
+    key: ObjectKey,
+    track: &Tracker<'_>,
+    fail: &impl Fn(u32, Error) -> Outcome,
+    mut tries: Tries,
+) -> Outcome {
     let mut refused = tries.refused;
-    // A hot key: its flips were refused `max_flip_attempts` times. Fence its writers and
-    // flip it here; never fenced while paused, never for longer than `fence_timeout`.
     if ctx.shared.chunk_boundary().await.is_err() {
         // Cancelled (the only error of a chunk boundary) before the fence.
         track.to(ObjectState::Pending);
@@ -150,7 +168,7 @@ pub(super) async fn process(ctx: &JobCtx, key: ObjectKey, tries: Tries) -> Outco
     let fence_timeout = ctx.plan.options.fence_timeout;
     let fenced = tokio::time::timeout(
         fence_timeout,
-        fenced_flip(ctx, &key, track, &fail, &mut refused, &mut tries.changes),
+        fenced_flip(ctx, &key, track, fail, &mut refused, &mut tries.changes),
     )
     .await;
     let copied = match fenced {

@@ -291,7 +291,7 @@ async fn send_parts(
     if piece.meta.version != *version || piece.meta.size != upload.size {
         return Ok(Sent::Changed);
     }
-    let state = Mutex::new((StreamHash::Hashing(blake3::Hasher::new()), 0u64));
+    let state = Mutex::new((StreamHash::Hashing(Box::new(blake3::Hasher::new())), 0u64));
     let stopped: Mutex<Option<Error>> = Mutex::new(None);
     let _streaming = Streaming::enter(shared);
     let fenced = observed.is_none();

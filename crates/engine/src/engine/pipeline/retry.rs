@@ -70,7 +70,11 @@ where
                 if give_up() {
                     return Err((attempts, err));
                 }
-                tokio::time::sleep(retry.backoff(attempts, jitter_unit(attempts))).await;
+                // Boxed: a timer takes room in every caller's future, retrying or not.
+                Box::pin(tokio::time::sleep(
+                    retry.backoff(attempts, jitter_unit(attempts)),
+                ))
+                .await;
                 retried.increment(1);
             }
             Err(err) => return Err((attempts, err)),
