@@ -23,4 +23,5 @@ mod progress;
 mod range;
 mod resume;
 mod retry;
+mod small;
 mod util;

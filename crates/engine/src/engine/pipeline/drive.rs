@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 
 use super::cleanup::cleanup;
 use super::commit::{Committed, commit_synced};
-use super::listing::{KeyStream, key_stream, listed_range, sized_range};
+use super::listing::{KeyStream, Listed, key_stream, listed_range, sized_range};
 use super::object::process;
 use super::retry::{error_chain, jitter_unit, sync_with_retry};
 use super::{JobCtx, Outcome, Tries};
@@ -44,7 +44,7 @@ pub(super) async fn drive(
     // The last key the stream gave, and the listing's transient failures in a row.
     let mut last_key: Option<ObjectKey> = None;
     let mut list_attempts = 0u32;
-    let mut set: JoinSet<Outcome> = JoinSet::new();
+    let mut set: JoinSet<Ended> = JoinSet::new();
     let mut commits = Commits {
         ctx,
         checkpointer,
@@ -56,7 +56,10 @@ pub(super) async fn drive(
     let mut exhausted = false;
     // Keys listed and not yet dispatched, with the sequence number of their copy intent;
     // whether the current pass's listing ended.
-    let mut ahead: std::collections::VecDeque<(ObjectKey, u64)> = Default::default();
+    let mut ahead: std::collections::VecDeque<(Listed, u64)> = Default::default();
+    // Objects that fit in one chunk run several to a task (`batch` keys at most).
+    let batch = batch_len(concurrency);
+    let small = ctx.plan.options.chunk_size.as_u64();
     // Twice the watermark's window: a save is asked for when a quarter of it is left
     // covered. (Every save writes the intents: a longer lookahead makes each save dearer; a
     // lookahead of 8,000 keys halved the MemStore → MemStore throughput, 512 cost ~20%.)
@@ -122,10 +125,10 @@ pub(super) async fn drive(
             && ahead.len() + listed.len() < lookahead
         {
             match keys.next().await {
-                Some(Ok(key)) => {
+                Some(Ok(next)) => {
                     list_attempts = 0;
-                    last_key = Some(key.clone());
-                    listed.push(key);
+                    last_key = Some(next.key.clone());
+                    listed.push(next);
                 }
                 Some(Err(err))
                     if err.is_transient()
@@ -148,12 +151,11 @@ pub(super) async fn drive(
             }
         }
         if !listed.is_empty() {
-            let seq = checkpointer.record_many(
-                listed
-                    .iter()
-                    .map(|key| ProgressUpdate::CopyIntent { key: key.clone() }),
-            );
-            ahead.extend(listed.into_iter().map(|key| (key, seq)));
+            let seq =
+                checkpointer.record_many(listed.iter().map(|next| ProgressUpdate::CopyIntent {
+                    key: next.key.clone(),
+                }));
+            ahead.extend(listed.into_iter().map(|next| (next, seq)));
         }
         let durable = saved_rx.borrow_and_update().records;
         let mut ready = ahead.partition_point(|(_, seq)| *seq <= durable);
@@ -167,21 +169,33 @@ pub(super) async fn drive(
             shared.stop_failing();
             continue;
         }
+        // Keys of objects known to fit in one chunk, gathered for one task.
+        let mut small_keys = Vec::new();
         while ready > 0
             && !paused
             && !stopping
-            && set.len() < concurrency + waiting
+            && commits.order.flying.len() + small_keys.len() < concurrency + waiting
             && !commits.order.lagging(window)
         {
-            let Some((key, _)) = ahead.pop_front() else {
+            let Some((next, _)) = ahead.pop_front() else {
                 break;
             };
             ready -= 1;
             dispatched += 1;
+            let key = next.key;
             failed_again += u64::from(ctx.failed_before.contains_key(&key));
             commits.order.dispatched.push_back(key.clone());
-            spawn_process(ctx, &mut set, &mut commits.order, key, Tries::default());
+            if next.size.is_some_and(|size| size <= small) && batch > 1 {
+                small_keys.push(key);
+                if small_keys.len() == batch {
+                    let keys = std::mem::take(&mut small_keys);
+                    spawn_batch(ctx, &mut set, &mut commits.order, keys);
+                }
+            } else {
+                spawn_process(ctx, &mut set, &mut commits.order, key, Tries::default());
+            }
         }
+        spawn_batch(ctx, &mut set, &mut commits.order, small_keys);
         if listing_over && ahead.is_empty() && !exhausted && !passes.listed {
             if passes.relist {
                 // This pass is listed to its end; the next one starts once it settles.
@@ -239,11 +253,13 @@ pub(super) async fn drive(
                     .chain(std::iter::from_fn(|| set.try_join_next()))
                     .take(concurrency);
                 for result in ended {
-                    shared.leave_flight();
                     match result {
-                        Ok(outcome) => {
-                            commits.order.flying.remove(outcome.key());
-                            commits.pending.push(outcome);
+                        Ok(ended) => {
+                            for outcome in ended.into_outcomes() {
+                                shared.leave_flight();
+                                commits.order.flying.remove(outcome.key());
+                                commits.pending.push(outcome);
+                            }
                         }
                         Err(_) => {
                             // A per-object task panicked: stop the job; its key stays
@@ -271,8 +287,8 @@ pub(super) async fn drive(
         }
     }
     // Keys listed but never dispatched (a cancel or an error stopped the job): no copy.
-    for (key, _) in ahead {
-        checkpointer.record(ProgressUpdate::CopyDropped { key });
+    for (next, _) in ahead {
+        checkpointer.record(ProgressUpdate::CopyDropped { key: next.key });
     }
     checkpointer.flush().await?;
     match fatal {
@@ -289,8 +305,8 @@ pub(super) async fn drive(
 /// job had. Ends with [`Error::ShutDown`].
 pub(super) async fn shut_down(
     commits: &mut Commits<'_>,
-    set: &mut JoinSet<Outcome>,
-    ahead: std::collections::VecDeque<(ObjectKey, u64)>,
+    set: &mut JoinSet<Ended>,
+    ahead: std::collections::VecDeque<(Listed, u64)>,
     was_paused: bool,
 ) -> Result<()> {
     let ctx = commits.ctx;
@@ -308,8 +324,9 @@ pub(super) async fn shut_down(
             table.remove_owned(key.as_str(), &shared.id);
         }
     }
-    for (key, _) in ahead {
-        ctx.checkpointer.record(ProgressUpdate::CopyDropped { key });
+    for (next, _) in ahead {
+        ctx.checkpointer
+            .record(ProgressUpdate::CopyDropped { key: next.key });
     }
     let status = if was_paused {
         JobStatus::Paused
@@ -415,7 +432,7 @@ impl Passes {
 /// Starts the pipeline of `key` on the job's task set.
 fn spawn_process(
     ctx: &Arc<JobCtx>,
-    set: &mut JoinSet<Outcome>,
+    set: &mut JoinSet<Ended>,
     order: &mut Order,
     key: ObjectKey,
     tries: Tries,
@@ -425,11 +442,70 @@ fn spawn_process(
     });
 }
 
+/// Objects that fit in one chunk are run this many to a task at most: one spawn and one join
+/// for several objects, whose own work (a few store calls from memory, for a fast store) may
+/// cost less than a task's. Each object of a task still runs as its own future (a slow one
+/// does not hold the others back), but the task ends with its last one: an object that fits
+/// in one chunk keeps its neighbours' slots for about one chunk's time at most.
+const MAX_BATCH: usize = 8;
+
+/// How many small objects one task runs: at most [`MAX_BATCH`] and half the job's
+/// concurrency, so that at least two tasks share the objects in flight (the runtime's
+/// workers share out tasks, not the objects within one).
+pub(super) fn batch_len(concurrency: usize) -> usize {
+    (concurrency / 2).clamp(1, MAX_BATCH)
+}
+
+/// What one task of the job's task set ended with: the outcome of its object, or of each of
+/// its objects.
+pub(super) enum Ended {
+    One(Outcome),
+    Batch(Vec<Outcome>),
+}
+
+impl Ended {
+    fn into_outcomes(self) -> impl Iterator<Item = Outcome> {
+        let (one, batch) = match self {
+            Ended::One(outcome) => (Some(outcome), Vec::new()),
+            Ended::Batch(outcomes) => (None, outcomes),
+        };
+        one.into_iter().chain(batch)
+    }
+}
+
+/// Starts the pipelines of `keys` (objects that fit in one chunk) on one task of the job's
+/// task set, each as its own future; one key gets a task of its own.
+fn spawn_batch(
+    ctx: &Arc<JobCtx>,
+    set: &mut JoinSet<Ended>,
+    order: &mut Order,
+    mut keys: Vec<ObjectKey>,
+) {
+    if keys.len() <= 1 {
+        if let Some(key) = keys.pop() {
+            spawn_process(ctx, set, order, key, Tries::default());
+        }
+        return;
+    }
+    for key in &keys {
+        order.flying.insert(key.clone());
+        ctx.shared.enter_flight();
+    }
+    let ctx = Arc::clone(ctx);
+    set.spawn(async move {
+        let objects = keys.into_iter().map(|key| {
+            let span = tracing::debug_span!("object", key = %key.as_str());
+            tracing::Instrument::instrument(process(&ctx, key, Tries::default()), span)
+        });
+        Ended::Batch(futures_util::future::join_all(objects).await)
+    });
+}
+
 /// Starts `task` (the pipeline of `key`, or its wait for the grace period) on the job's task
 /// set: the key counts as in flight until the drive loop takes its outcome.
 fn spawn_object<F>(
     ctx: &Arc<JobCtx>,
-    set: &mut JoinSet<Outcome>,
+    set: &mut JoinSet<Ended>,
     order: &mut Order,
     key: ObjectKey,
     task: impl FnOnce(Arc<JobCtx>, ObjectKey) -> F,
@@ -439,8 +515,9 @@ fn spawn_object<F>(
     order.flying.insert(key.clone());
     ctx.shared.enter_flight();
     let span = tracing::debug_span!("object", key = %key.as_str());
+    let task = task(Arc::clone(ctx), key);
     set.spawn(tracing::Instrument::instrument(
-        task(Arc::clone(ctx), key),
+        async move { Ended::One(task.await) },
         span,
     ));
 }
@@ -506,7 +583,7 @@ impl Commits<'_> {
     pub(super) fn ended(
         &mut self,
         ended: std::result::Result<Result<Committed>, tokio::task::JoinError>,
-        set: &mut JoinSet<Outcome>,
+        set: &mut JoinSet<Ended>,
     ) -> Result<()> {
         self.apply(ended, set)?;
         let due = std::mem::take(&mut self.tick_missed)
@@ -519,7 +596,7 @@ impl Commits<'_> {
 
     /// Commits everything finished: the batch under way, then `pending`, in that order (the
     /// watermark moves in dispatch order).
-    pub(super) async fn all(&mut self, set: &mut JoinSet<Outcome>) -> Result<()> {
+    pub(super) async fn all(&mut self, set: &mut JoinSet<Ended>) -> Result<()> {
         if let Some(ended) = self.running.join_next().await {
             self.apply(ended, set)?;
         }
@@ -535,7 +612,7 @@ impl Commits<'_> {
     fn apply(
         &mut self,
         ended: std::result::Result<Result<Committed>, tokio::task::JoinError>,
-        set: &mut JoinSet<Outcome>,
+        set: &mut JoinSet<Ended>,
     ) -> Result<()> {
         let ctx = self.ctx;
         let committed = ended.map_err(|_| Error::RunnerGone {

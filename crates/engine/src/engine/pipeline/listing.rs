@@ -18,11 +18,11 @@ pub(super) fn key_stream(
     ctx: &JobCtx,
     progress: &Progress,
     after: Option<&ObjectKey>,
-) -> BoxStream<'static, Result<ObjectKey>> {
+) -> KeyStream {
     if let Some(failed) = &ctx.retry_keys {
         // Failed keys may lie under the watermark: they are not filtered by `is_done`.
         return Box::pin(futures_util::stream::iter(
-            failed.clone().into_iter().map(Ok),
+            failed.clone().into_iter().map(size_unknown),
         ));
     }
     let progress = Arc::new(progress.clone());
@@ -31,12 +31,27 @@ pub(super) fn key_stream(
             let mut keys = keys.clone();
             keys.sort();
             keys.dedup();
-            Box::pin(futures_util::stream::iter(keys.into_iter().map(Ok)))
+            Box::pin(futures_util::stream::iter(
+                keys.into_iter().map(size_unknown),
+            ))
         }
         ObjectSelection::Prefix(prefix) => listed_keys(ctx, &progress, &unbounded(prefix), after),
         ObjectSelection::Range(range) => listed_keys(ctx, &progress, range, after),
     };
-    Box::pin(stream.try_filter(move |key| std::future::ready(!progress.is_done(key))))
+    Box::pin(stream.try_filter(move |listed| std::future::ready(!progress.is_done(&listed.key))))
+}
+
+/// A key to move, in a job's key order.
+#[derive(Debug)]
+pub(super) struct Listed {
+    pub(super) key: ObjectKey,
+    /// Its size, when a listing of the source gave it.
+    pub(super) size: Option<u64>,
+}
+
+/// `key`, its size unknown (explicit keys, and keys a crashed run left journaled).
+fn size_unknown(key: ObjectKey) -> Result<Listed> {
+    Ok(Listed { key, size: None })
 }
 
 /// The range a listed selection covers (a prefix: every key of it); `None` for explicit keys.
@@ -80,12 +95,12 @@ pub(super) fn listed_keys(
     let mut extra: Vec<&ObjectKey> = ctx.committed.keys().chain(copying.iter()).collect();
     extra.sort();
     extra.dedup();
-    let flipped: Vec<Result<ObjectKey>> = extra
+    let flipped: Vec<Result<Listed>> = extra
         .into_iter()
         .filter(|key| range.contains(key))
         .filter(|key| after.is_none_or(|after| *key > after))
         .cloned()
-        .map(Ok)
+        .map(size_unknown)
         .collect();
     merge_keys(source, Box::pin(futures_util::stream::iter(flipped)))
 }
@@ -121,7 +136,10 @@ pub(super) fn sized_range(
                     .listed_bytes
                     .fetch_add(meta.size, std::sync::atomic::Ordering::Relaxed);
             }
-            std::future::ready(Ok(keep.then_some(meta.key)))
+            std::future::ready(Ok(keep.then_some(Listed {
+                key: meta.key,
+                size: Some(meta.size),
+            })))
         }),
     )
 }
@@ -133,7 +151,7 @@ pub(super) fn list_range(
     store: &dyn Store,
     range: &KeyRange,
     after: Option<&ObjectKey>,
-) -> KeyStream {
+) -> BoxStream<'static, Result<ObjectKey>> {
     Box::pin(list_metas(store, range, after).map_ok(|meta| meta.key))
 }
 
@@ -156,13 +174,14 @@ pub(crate) fn list_metas(
     }
 }
 
-pub(super) type KeyStream = BoxStream<'static, Result<ObjectKey>>;
+pub(super) type KeyStream = BoxStream<'static, Result<Listed>>;
 
-/// The union of two key-ordered streams, in key order, each key once. An error ends it.
+/// The union of two key-ordered streams, in key order, each key once (with the size `a`
+/// gave, when both have it). An error ends it.
 pub(super) fn merge_keys(a: KeyStream, b: KeyStream) -> KeyStream {
     let a = a.fuse();
     let b = b.fuse();
-    let state = (a, b, None::<ObjectKey>, None::<ObjectKey>, false);
+    let state = (a, b, None::<Listed>, None::<Listed>, false);
     Box::pin(futures_util::stream::unfold(
         state,
         |(mut a, mut b, mut pa, mut pb, failed)| async move {
@@ -187,7 +206,7 @@ pub(super) fn merge_keys(a: KeyStream, b: KeyStream) -> KeyStream {
                 (None, None) => return None,
                 (Some(x), None) => x,
                 (None, Some(y)) => y,
-                (Some(x), Some(y)) => match x.cmp(&y) {
+                (Some(x), Some(y)) => match x.key.cmp(&y.key) {
                     std::cmp::Ordering::Less => {
                         pb = Some(y);
                         x

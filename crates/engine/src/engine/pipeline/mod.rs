@@ -5,7 +5,9 @@
 //! `ObjectState::can_move_to`, and the events every run reports are checked against it (the
 //! model tests). Inside the runner, an object's task ([`object::process`]) returns an
 //! [`Outcome`] (where the object stands when its task ends) to the drive loop
-//! ([`drive::drive`]), which hands it to the next commit ([`commit`]). Every flip, whichever
+//! ([`drive::drive`]), which hands it to the next commit ([`commit`]). Objects the listing
+//! says fit in one chunk run several to a task (each its own future; the job's concurrency
+//! counts objects, not tasks), larger ones and explicit keys one to a task. Every flip, whichever
 //! path makes it (the batch, a fenced hot key, recovery), goes through [`flip::flip`].
 //!
 //! | from → to | what happens | module |
