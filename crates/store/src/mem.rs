@@ -11,8 +11,8 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 
 use crate::{
-    BoxFuture, BoxStream, Checksum, DEFAULT_CHUNK_SIZE, Error, MetaStream, Object, ObjectMeta,
-    PartTag, Result, Store, UploadId, Version, body_from_bytes,
+    BoxFuture, BoxStream, Checksum, DEFAULT_CHUNK_SIZE, DeleteIf, Error, MetaStream, Object,
+    ObjectMeta, PartTag, Result, Store, UploadId, Version, body_from_bytes,
 };
 
 /// How many entries a listing takes from the map per lock.
@@ -273,6 +273,25 @@ impl Store for MemStore {
     fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<bool>> {
         let removed = self.inner.lock().objects.remove(key).is_some();
         Box::pin(std::future::ready(Ok(removed)))
+    }
+
+    fn delete_if<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        version: &'a Version,
+    ) -> BoxFuture<'a, Result<DeleteIf>> {
+        // Compared and removed under one lock: no write can come between the two.
+        let mut inner = self.inner.lock();
+        let found = match inner.objects.get(key) {
+            None => DeleteIf::Absent,
+            Some(stored) if stored.version != *version => DeleteIf::Changed(meta(key, stored)),
+            Some(_) => {
+                inner.objects.remove(key);
+                DeleteIf::Deleted
+            }
+        };
+        drop(inner);
+        Box::pin(std::future::ready(Ok(found)))
     }
 
     fn list(&self, prefix: &str, start_after: Option<&ObjectKey>) -> MetaStream {
