@@ -289,6 +289,42 @@ async fn i1_large_objects_verified_by_two_tasks_catch_a_corrupted_read() {
     assert!(target.calls(Op::Get) >= 2, "the target was re-read");
 }
 
+/// The source's second read of a large object runs beside its copy: a byte corrupted on that
+/// read (the copy's stream intact) fails the attempt's verify like any mismatch, nothing is
+/// deleted on it, and the next attempt moves the object whole (I1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i1_a_corrupted_second_read_beside_the_copy_fails_only_that_attempt() {
+    const SIZE: usize = 9 << 20;
+    let data: Vec<u8> = (0..SIZE).map(|i| (i % 249) as u8).collect();
+    let big = ObjectKey::new("big/two").unwrap();
+    let source = MemStore::new().without_checksums();
+    source.insert(big.clone(), data.clone());
+    let faulty_source = FaultyStore::new(source.clone());
+    // Read 1 is the copy's, read 2 the second read started beside it.
+    faulty_source.inject(Op::Get, Trigger::Call(2), Fault::CorruptGet { at: 3 << 20 });
+    let target = MemStore::new();
+    let table = Table::default();
+    let engine = engine(
+        Arc::new(faulty_source.clone()),
+        Arc::new(target.clone()),
+        &table,
+        mem_checkpoints(),
+    );
+    let plan = plan("big-second-read", ObjectSelection::all())
+        .with_verify(VerifyMode::Checksum)
+        .with_cleanup(CleanupPolicy::AfterVerify);
+    let snap = engine.start(plan).await.unwrap().wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed);
+    assert_eq!(snap.failed_objects, 0);
+    assert_eq!(target.bytes("big/two").unwrap(), data);
+    assert!(source.is_empty(), "the source went after a verified copy");
+    // The corrupted read failed the first attempt: the object was read again after it.
+    assert!(
+        faulty_source.calls(Op::Get) >= 4,
+        "copied and re-read twice"
+    );
+}
+
 /// Regression (found by the crash loop): a key written through the table during every copy,
 /// on stores that report no checksum (so verify re-reads the source). The re-read finds the
 /// new content; that is a write, not a verify error: the copy runs again and counts as a

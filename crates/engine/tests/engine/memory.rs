@@ -226,9 +226,12 @@ async fn bounded_memory(objects: usize, chunks: usize, concurrency: usize) {
     }
     assert!(source.objects.lock().is_empty(), "sources cleaned up");
     assert_eq!(alive.now.load(Ordering::SeqCst), 0, "every chunk dropped");
+    // Per copy: the chunk read ahead, the one in hand and the one the put holds; and, for
+    // an object of 8 MiB or more from a source that reports no checksum, its second read
+    // beside the copy (verify, I1): the chunk it reads ahead and the one it hashes.
     let peak = alive.peak.load(Ordering::SeqCst);
     assert!(
-        peak <= concurrency * 3,
+        peak <= concurrency * 5,
         "at most a few chunks per copy alive at once (I7): {peak} with concurrency {concurrency}"
     );
 }
