@@ -481,6 +481,10 @@ impl<S: Store> Store for FaultyStore<S> {
         )
     }
 
+    fn put_reports_blake3(&self) -> bool {
+        self.inner.put_reports_blake3()
+    }
+
     fn sync(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.before(Op::Sync, None).await?;

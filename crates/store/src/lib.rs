@@ -404,6 +404,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Cancel safe: a dropped sync guarantees nothing, and a later one covers the same
     /// operations.
     fn sync(&self) -> BoxFuture<'_, Result<()>>;
+
+    /// Whether [`put`](Store::put) reports the BLAKE3 of the bytes it stored
+    /// ([`ObjectMeta::checksum`]): then a copy need not hash what it streams to the store
+    /// too, the store's word stands for it. `false` unless a store says so; a store that says
+    /// so and then reports none only costs the caller a read of what it stored.
+    fn put_reports_blake3(&self) -> bool {
+        false
+    }
 }
 
 /// The error of the upload methods of a store that takes no uploads in parts.

@@ -275,6 +275,10 @@ impl Store for MemStore {
         Box::pin(std::future::ready(Ok(removed)))
     }
 
+    fn put_reports_blake3(&self) -> bool {
+        self.checksums
+    }
+
     fn delete_if<'a>(
         &'a self,
         key: &'a ObjectKey,

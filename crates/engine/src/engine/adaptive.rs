@@ -220,6 +220,10 @@ impl Store for Observed {
         self.inner.list(prefix, start_after)
     }
 
+    fn put_reports_blake3(&self) -> bool {
+        self.inner.put_reports_blake3()
+    }
+
     fn sync(&self) -> BoxFuture<'_, ferry_store::Result<()>> {
         Box::pin(async move {
             let started = Instant::now();

@@ -174,4 +174,8 @@ impl Store for Metered {
     fn sync(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.sync.time(self.inner.sync()))
     }
+
+    fn put_reports_blake3(&self) -> bool {
+        self.inner.put_reports_blake3()
+    }
 }

@@ -289,40 +289,53 @@ async fn i1_large_objects_verified_by_two_tasks_catch_a_corrupted_read() {
     assert!(target.calls(Op::Get) >= 2, "the target was re-read");
 }
 
-/// The source's second read of a large object runs beside its copy: a byte corrupted on that
-/// read (the copy's stream intact) fails the attempt's verify like any mismatch, nothing is
-/// deleted on it, and the next attempt moves the object whole (I1).
+/// The source's second read of a large object runs beside its copy, and a target that
+/// reports the BLAKE3 of what it stored is held to that read (the stream is not hashed
+/// then). A byte corrupted on either read of the source fails that attempt's verify like any
+/// mismatch, nothing is deleted on it, and the next attempt moves the object whole (I1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn i1_a_corrupted_second_read_beside_the_copy_fails_only_that_attempt() {
-    const SIZE: usize = 9 << 20;
-    let data: Vec<u8> = (0..SIZE).map(|i| (i % 249) as u8).collect();
-    let big = ObjectKey::new("big/two").unwrap();
-    let source = MemStore::new().without_checksums();
-    source.insert(big.clone(), data.clone());
-    let faulty_source = FaultyStore::new(source.clone());
+async fn i1_a_corrupted_read_of_a_large_object_fails_only_that_attempt() {
     // Read 1 is the copy's, read 2 the second read started beside it.
-    faulty_source.inject(Op::Get, Trigger::Call(2), Fault::CorruptGet { at: 3 << 20 });
-    let target = MemStore::new();
-    let table = Table::default();
-    let engine = engine(
-        Arc::new(faulty_source.clone()),
-        Arc::new(target.clone()),
-        &table,
-        mem_checkpoints(),
-    );
-    let plan = plan("big-second-read", ObjectSelection::all())
-        .with_verify(VerifyMode::Checksum)
-        .with_cleanup(CleanupPolicy::AfterVerify);
-    let snap = engine.start(plan).await.unwrap().wait().await.unwrap();
-    assert_eq!(snap.status, JobStatus::Completed);
-    assert_eq!(snap.failed_objects, 0);
-    assert_eq!(target.bytes("big/two").unwrap(), data);
-    assert!(source.is_empty(), "the source went after a verified copy");
-    // The corrupted read failed the first attempt: the object was read again after it.
-    assert!(
-        faulty_source.calls(Op::Get) >= 4,
-        "copied and re-read twice"
-    );
+    for (call, target) in [
+        (1, MemStore::new()),
+        (2, MemStore::new()),
+        (2, MemStore::new().without_checksums()),
+    ] {
+        const SIZE: usize = 9 << 20;
+        let data: Vec<u8> = (0..SIZE).map(|i| (i % 249) as u8).collect();
+        let big = ObjectKey::new("big/two").unwrap();
+        let source = MemStore::new().without_checksums();
+        source.insert(big.clone(), data.clone());
+        let faulty_source = FaultyStore::new(source.clone());
+        faulty_source.inject(
+            Op::Get,
+            Trigger::Call(call),
+            Fault::CorruptGet { at: 3 << 20 },
+        );
+        let table = Table::default();
+        let engine = engine(
+            Arc::new(faulty_source.clone()),
+            Arc::new(target.clone()),
+            &table,
+            mem_checkpoints(),
+        );
+        let plan = plan("big-second-read", ObjectSelection::all())
+            .with_verify(VerifyMode::Checksum)
+            .with_cleanup(CleanupPolicy::AfterVerify);
+        let snap = engine.start(plan).await.unwrap().wait().await.unwrap();
+        assert_eq!(snap.status, JobStatus::Completed, "read {call} corrupted");
+        assert_eq!(snap.failed_objects, 0);
+        assert!(
+            target.bytes("big/two").unwrap() == data,
+            "read {call}: whole"
+        );
+        assert!(source.is_empty(), "the source went after a verified copy");
+        // The corrupted read failed the first attempt: the object was read again after it.
+        assert!(
+            faulty_source.calls(Op::Get) >= 4,
+            "read {call}: copied twice"
+        );
+    }
 }
 
 /// Regression (found by the crash loop): a key written through the table during every copy,
