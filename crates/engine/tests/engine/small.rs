@@ -78,6 +78,18 @@ impl Store for Held {
     }
 }
 
+/// An engine moving `source` to a new `MemStore` (returned beside it).
+fn held_engine(source: &Arc<Held>) -> (ferry_engine::Engine, MemStore) {
+    let target = MemStore::new();
+    let engine = engine(
+        Arc::clone(source) as Arc<dyn Store>,
+        Arc::new(target.clone()),
+        &Table::default(),
+        mem_checkpoints(),
+    );
+    (engine, target)
+}
+
 /// Waits (on the paused clock, which moves only when every task is idle) until `done`, an
 /// hour of that clock at most.
 async fn until(mut done: impl FnMut() -> bool) {
@@ -94,14 +106,7 @@ async fn until(mut done: impl FnMut() -> bool) {
 async fn small_objects_share_tasks_but_never_exceed_the_concurrency() {
     const N: usize = 40;
     let source = Arc::new(Held::new(filled(N), HashSet::new(), true));
-    let target = MemStore::new();
-    let table = Table::default();
-    let engine = engine(
-        source.clone(),
-        Arc::new(target.clone()),
-        &table,
-        mem_checkpoints(),
-    );
+    let (engine, target) = held_engine(&source);
     // Every object fits in one chunk; four at once: two tasks of two.
     let plan = plan("small", ObjectSelection::prefix("obj/"))
         .with_chunk_size(ByteSize::kib(64))
@@ -143,14 +148,7 @@ async fn a_large_object_held_up_holds_none_of_the_small_ones() {
     }
     let held = HashSet::from([key(1)]);
     let source = Arc::new(Held::new(inner, held, false));
-    let target = MemStore::new();
-    let table = Table::default();
-    let engine = engine(
-        source.clone(),
-        Arc::new(target.clone()),
-        &table,
-        mem_checkpoints(),
-    );
+    let (engine, target) = held_engine(&source);
     let plan = plan("large", ObjectSelection::prefix("obj/"))
         .with_chunk_size(ByteSize::b(16))
         .with_concurrency(NonZeroUsize::new(4).unwrap())
