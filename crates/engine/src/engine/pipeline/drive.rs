@@ -445,8 +445,9 @@ fn spawn_process(
 /// Objects that fit in one chunk are run this many to a task at most: one spawn and one join
 /// for several objects, whose own work (a few store calls from memory, for a fast store) may
 /// cost less than a task's. Each object of a task still runs as its own future (a slow one
-/// does not hold the others back), but the task ends with its last one: an object that fits
-/// in one chunk keeps its neighbours' slots for about one chunk's time at most.
+/// does not hold the others' progress back), but the task ends with its last one, so the
+/// slots of the others stay taken until then: for about one chunk's time, longer when that
+/// object's copy is retried after a transient error. Larger objects get a task each.
 const MAX_BATCH: usize = 8;
 
 /// How many small objects one task runs: at most [`MAX_BATCH`] and half the job's
