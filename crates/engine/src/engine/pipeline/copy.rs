@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use ferry_types::{CleanupPolicy, ObjectKey, ObjectState, VerifyMode};
+use ferry_types::{ObjectKey, ObjectState, VerifyMode};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 
@@ -15,7 +15,9 @@ use ferry_store::{ByteStream, Version};
 
 use super::cleanup::rolled_back;
 use super::retry::with_retry;
-use super::verify::{PARALLEL_VERIFY_BYTES, digest, digest_unless_said, digests, reported_blake3};
+use super::verify::{
+    PARALLEL_VERIFY_BYTES, digest, digest_unless_said, digests, reads_source_again, reported_blake3,
+};
 use super::{JobCtx, Outcome};
 
 /// What one copy read and wrote.
@@ -125,12 +127,11 @@ pub(super) async fn copy_once(
     // memory for it, I7; a 1 GiB file dir → dir 0.78 s → 0.70 s).
     let reread = (source_said.is_none()
         && object.meta.size >= PARALLEL_VERIFY_BYTES
-        && (ctx.plan.options.verify == VerifyMode::Checksum
-            || ctx.plan.options.cleanup != CleanupPolicy::Never))
-        .then(|| {
-            let (source, key) = (Arc::clone(&ctx.source), key.clone());
-            AbortOnDrop(tokio::spawn(async move { digest(&*source, &key).await }))
-        });
+        && reads_source_again(&ctx.plan.options))
+    .then(|| {
+        let (source, key) = (Arc::clone(&ctx.source), key.clone());
+        AbortOnDrop(tokio::spawn(async move { digest(&*source, &key).await }))
+    });
     let ahead = object.meta.size > ctx.plan.options.chunk_size.as_u64();
     let body = object.checked_body();
     let body = if ahead { read_ahead(body) } else { body };
@@ -272,8 +273,7 @@ pub(super) async fn verified(
             // What was streamed is checked against the source itself wherever the store
             // reported its checksum (free), and always before a cleanup may delete it: a
             // source is never deleted on the word of the one read that made the copy (I1).
-            let deletes = ctx.plan.options.cleanup != CleanupPolicy::Never;
-            if source_said.is_some() || deletes {
+            if source_said.is_some() || reads_source_again(&ctx.plan.options) {
                 let on_source = digest_unless_said(&*ctx.source, key, source_said).await?;
                 if !streamed(on_source) {
                     return Box::pin(source_differs(ctx, key, observed, &version)).await;

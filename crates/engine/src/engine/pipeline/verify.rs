@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ferry_types::ObjectKey;
+use ferry_types::{CleanupPolicy, ObjectKey, PlanOptions, VerifyMode};
 use futures_util::StreamExt;
 
 use crate::error::{Error, Result};
@@ -33,7 +33,15 @@ pub(super) const PARALLEL_VERIFY_BYTES: u64 = 8 << 20;
 
 pub(super) type Digest = Result<Option<(u64, blake3::Hash)>>;
 
-/// [`digest_unless_said`] of the target and the source of `key` (of `bytes` bytes), at once.
+/// Whether the verify of a copy made under `options` reads again a source that reported no
+/// checksum: always under checksum verify, and before any cleanup may delete it (I1: never
+/// on the word of the one read that made the copy).
+pub(super) fn reads_source_again(options: &PlanOptions) -> bool {
+    options.verify == VerifyMode::Checksum || options.cleanup != CleanupPolicy::Never
+}
+
+/// [`digest_unless_said`] of the target and the source of `key` (of `bytes` bytes), at once:
+/// the caller has not the word of both for them.
 pub(super) async fn digests(
     ctx: &JobCtx,
     key: &ObjectKey,
@@ -41,7 +49,7 @@ pub(super) async fn digests(
     target_said: Option<(u64, blake3::Hash)>,
     source_said: Option<(u64, blake3::Hash)>,
 ) -> (Digest, Digest) {
-    if bytes < PARALLEL_VERIFY_BYTES || (target_said.is_some() && source_said.is_some()) {
+    if bytes < PARALLEL_VERIFY_BYTES {
         return tokio::join!(
             digest_unless_said(&*ctx.target, key, target_said),
             digest_unless_said(&*ctx.source, key, source_said)
