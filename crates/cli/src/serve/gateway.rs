@@ -6,8 +6,9 @@
 //! takes a counted [`ReadGuard`](ferry::forwarding::ReadGuard) and the job's commit hook drains
 //! them before a source is deleted. What the table does not know it answers from the stores:
 //! a key the table routes to SRC that SRC does not hold is read from DST (a key moved and
-//! cleaned up before the entry expired or the process restarted), and a delete routed to SRC
-//! deletes on both sides.
+//! cleaned up before the entry expired or the process restarted) unless the job is copying it
+//! now, and a delete routed to SRC deletes on both sides. A listing shows each key as a read
+//! of it would find it.
 //!
 //! Once the job has completed, the gateway *settles*: a key the table routes to SRC is
 //! written to DST and its SRC copy deleted, and [`Gateway::drain_source`] moves whatever a
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
-use ferry::forwarding::{Route, Table};
+use ferry::forwarding::{EntryState, Route, Table};
 use ferry::store::{
     BoxStream, ByteStream, DeleteIf, Error as StoreError, ErrorKind, ObjectMeta, Op, Store,
 };
@@ -251,14 +252,28 @@ impl Gateway {
                 Err(e) if e.kind() == ErrorKind::NotFound => (Side::Src, op(&*self.src).await?),
                 other => (Side::Dst, other?),
             },
+            // (Not while the job copies the key: what DST holds then is not served, SRC is.)
             Route::Source => match op(&*self.src).await {
-                Err(e) if e.kind() == ErrorKind::NotFound => (Side::Dst, op(&*self.dst).await?),
+                Err(e) if e.kind() == ErrorKind::NotFound && !self.moving(key.as_str()) => {
+                    (Side::Dst, op(&*self.dst).await?)
+                }
                 other => (Side::Src, other?),
             },
         };
         let etag = self.etag(side, meta(&found)).await?;
         drop(guard);
         Ok((found, etag))
+    }
+
+    /// Whether the job is copying `key` (registered, not flipped). DST may then hold a copy
+    /// that is not the key's content: the job's copy of a key deleted meanwhile lands on DST
+    /// before the job finds the key gone and removes it.
+    fn moving(&self, key: &str) -> bool {
+        matches!(self.table.route_read(key), Route::Source)
+            && matches!(
+                self.table.get(key).map(|entry| entry.state),
+                Some(EntryState::Copying | EntryState::Fenced)
+            )
     }
 
     /// Opens `key` for reading where the table routes it ([`Gateway::read_routed`]).
@@ -480,6 +495,19 @@ impl Gateway {
                     return Ok(page);
                 }
                 cursor = Some(key.to_owned());
+                // Listed on a side reads do not take it from: a SRC copy the job flipped away
+                // from and has not cleaned up yet (a delete since went to DST only), or a DST
+                // copy of a key still moving. As reads see it now, if at all.
+                let elsewhere = match side {
+                    Side::Src => matches!(self.table.route_read(key), Route::Target(_)),
+                    Side::Dst => self.moving(key),
+                };
+                if elsewhere {
+                    if let Some((meta, etag)) = self.head(&meta.key).await? {
+                        page.objects.push(Listed { meta, etag });
+                    }
+                    continue;
+                }
                 match self.etag(side, &meta).await {
                     Ok(etag) => page.objects.push(Listed { meta, etag }),
                     // Moved (or deleted) since the batch was listed: as it is now, if at all.
@@ -802,4 +830,106 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
             let _ = write!(s, "{b:02x}");
             s
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry::store::{MemStore, body_from_bytes};
+    use ferry::types::NodeId;
+
+    use super::*;
+
+    struct Setup {
+        gateway: Gateway,
+        src: MemStore,
+        dst: MemStore,
+        table: Table,
+        _records: tempfile::TempDir,
+    }
+
+    fn setup() -> Setup {
+        let (src, dst, table) = (MemStore::new(), MemStore::new(), Table::default());
+        let records = tempfile::tempdir().unwrap();
+        let multipart = MultipartTags::open(records.path().join("multipart-etags")).unwrap();
+        let gateway = Gateway::new(
+            Arc::new(src.clone()),
+            Arc::new(dst.clone()),
+            table.clone(),
+            multipart,
+        );
+        Setup {
+            gateway,
+            src,
+            dst,
+            table,
+            _records: records,
+        }
+    }
+
+    async fn put(store: &MemStore, key: &ObjectKey, data: &'static [u8]) {
+        store
+            .put(key, body_from_bytes(Bytes::from_static(data), 4))
+            .await
+            .unwrap();
+    }
+
+    async fn listed(gateway: &Gateway) -> Vec<String> {
+        let page = gateway.list("", None, None, 1000).await.unwrap();
+        (page.objects.iter())
+            .map(|o| o.meta.key.as_str().to_owned())
+            .collect()
+    }
+
+    fn register(table: &Table, key: &ObjectKey) {
+        let (a, b) = (NodeId::new("src").unwrap(), NodeId::new("dst").unwrap());
+        table.register(key, a, b).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_key_deleted_between_its_flip_and_cleanup_is_neither_read_nor_listed() {
+        let s = setup();
+        let key = ObjectKey::new("k").unwrap();
+        put(&s.src, &key, b"moved").await;
+        put(&s.dst, &key, b"moved").await;
+        register(&s.table, &key);
+        let observed = s.table.generation("k").unwrap();
+        s.table.try_flip("k", observed).unwrap();
+        // The job's cleanup of SRC has not run yet; the delete goes where the key lives.
+        assert!(s.gateway.delete(&key).await.unwrap());
+        assert!(
+            s.src.bytes("k").is_some(),
+            "the job's cleanup owns the SRC copy"
+        );
+        assert!(s.gateway.head(&key).await.unwrap().is_none());
+        assert_eq!(listed(&s.gateway).await, Vec::<String>::new());
+        // Written again: listed once, from DST.
+        put(&s.dst, &key, b"again").await;
+        let page = s.gateway.list("", None, None, 1000).await.unwrap();
+        assert_eq!(page.objects.len(), 1);
+        assert_eq!(page.objects[0].meta.size, 5);
+        assert_eq!(
+            s.dst.head(&key).await.unwrap().unwrap(),
+            page.objects[0].meta
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dst_copy_of_a_key_still_moving_is_not_served_once_the_source_is_gone() {
+        let s = setup();
+        let key = ObjectKey::new("k").unwrap();
+        register(&s.table, &key);
+        // The job's copy landed on DST after a delete had removed the key from both sides.
+        put(&s.dst, &key, b"deleted").await;
+        assert!(s.gateway.head(&key).await.unwrap().is_none());
+        let err = s.gateway.open(&key).await.err().expect("not found");
+        assert!(
+            matches!(&err, GatewayError::Store(e) if e.kind() == ErrorKind::NotFound),
+            "{err}"
+        );
+        assert_eq!(listed(&s.gateway).await, Vec::<String>::new());
+        // Once no job moves it, DST's copy is the key's (moved and cleaned up, its entry gone).
+        s.table.remove("k");
+        assert!(s.gateway.head(&key).await.unwrap().is_some());
+        assert_eq!(listed(&s.gateway).await, vec!["k".to_owned()]);
+    }
 }

@@ -126,6 +126,100 @@ async fn i3_source_deleted_mid_job_is_skipped_and_absent_on_both_sides() {
     assert_eq!(table.route_read(victim.as_str()), Route::Source);
 }
 
+/// A target that, once the copy of `victim` has landed on it, deletes `victim` from `source`
+/// through a write ticket (a program deleting the key while the job copies it), and records
+/// at each delete of `victim` whether the table still had the key's entry.
+#[derive(Debug)]
+struct DeletedBehindTheCopy {
+    inner: MemStore,
+    source: MemStore,
+    table: Table,
+    victim: ObjectKey,
+    entry_at_delete: std::sync::Mutex<Vec<bool>>,
+}
+
+impl Store for DeletedBehindTheCopy {
+    fn head<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+    ) -> ferry_store::BoxFuture<'a, ferry_store::Result<Option<ferry_store::ObjectMeta>>> {
+        self.inner.head(key)
+    }
+
+    fn get<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+    ) -> ferry_store::BoxFuture<'a, ferry_store::Result<ferry_store::Object>> {
+        self.inner.get(key)
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        body: ferry_store::BoxStream<'a, ferry_store::Result<Bytes>>,
+    ) -> ferry_store::BoxFuture<'a, ferry_store::Result<ferry_store::ObjectMeta>> {
+        Box::pin(async move {
+            let meta = self.inner.put(key, body).await?;
+            if *key == self.victim {
+                let ticket = self.table.begin_write(key.as_str()).await.unwrap();
+                assert_eq!(ticket.route(), Route::Source);
+                self.source.delete(key).await?;
+            }
+            Ok(meta)
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+    ) -> ferry_store::BoxFuture<'a, ferry_store::Result<bool>> {
+        if *key == self.victim {
+            let live = self.table.get(key.as_str()).is_some();
+            self.entry_at_delete.lock().unwrap().push(live);
+        }
+        self.inner.delete(key)
+    }
+
+    fn list(&self, prefix: &str, start_after: Option<&ObjectKey>) -> ferry_store::MetaStream {
+        self.inner.list(prefix, start_after)
+    }
+
+    fn sync(&self) -> ferry_store::BoxFuture<'_, ferry_store::Result<()>> {
+        self.inner.sync()
+    }
+}
+
+#[tokio::test]
+async fn i3_a_copy_of_a_key_deleted_during_it_goes_before_the_key_s_entry() {
+    let source = filled(10);
+    let table = Table::default();
+    let target = Arc::new(DeletedBehindTheCopy {
+        inner: MemStore::new(),
+        source: source.clone(),
+        table: table.clone(),
+        victim: key(3),
+        entry_at_delete: std::sync::Mutex::new(Vec::new()),
+    });
+    let engine = engine(
+        Arc::new(source.clone()),
+        Arc::clone(&target) as Arc<dyn Store>,
+        &table,
+        mem_checkpoints(),
+    );
+    let plan = plan("behind", ObjectSelection::all()).with_cleanup(CleanupPolicy::AfterVerify);
+    let snap = engine.start(plan).await.unwrap().wait().await.unwrap();
+    assert_eq!(snap.status, JobStatus::Completed);
+    assert_eq!((snap.skipped_objects, snap.failed_objects), (1, 0));
+    assert!(
+        target.inner.bytes(key(3).as_str()).is_none(),
+        "never resurrected"
+    );
+    assert_eq!(table.route_read(key(3).as_str()), Route::Source);
+    // While the copy was on the target, the entry kept reads that fall back to the target
+    // (for keys moved and cleaned up) away from it.
+    assert_eq!(*target.entry_at_delete.lock().unwrap(), vec![true]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn i3_no_acknowledged_write_is_lost_while_keys_move() {
     const N: usize = 40;

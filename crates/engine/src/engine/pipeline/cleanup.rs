@@ -36,7 +36,6 @@ impl Drop for GraceWait<'_> {
 /// (`wrote`), so that nothing the job copied outlives it unaccounted (SPEC I8). A copy that
 /// cannot be removed keeps its copy intent in the record.
 pub(super) async fn rolled_back(ctx: &JobCtx, key: ObjectKey, wrote: bool) -> Outcome {
-    ctx.engine.table.remove_owned(key.as_str(), &ctx.shared.id);
     let removed = if ctx.shared.is_failing() {
         // A job stopping on an error may have lost its lease to another process moving the
         // same keys: it touches no store then, and its intents stay for the next run.
@@ -56,6 +55,9 @@ pub(super) async fn rolled_back(ctx: &JobCtx, key: ObjectKey, wrote: bool) -> Ou
             }
         }
     };
+    // The entry goes after the copy: an embedder whose reads fall back to the target when
+    // the source lacks a key (one moved and cleaned up) must not find this copy meanwhile.
+    ctx.engine.table.remove_owned(key.as_str(), &ctx.shared.id);
     if removed {
         ctx.checkpointer
             .record(ProgressUpdate::CopyDropped { key: key.clone() });

@@ -418,15 +418,16 @@ pub(super) async fn copy_step(
             return Ok(Step::Changed);
         }
         Ok(CopyResult::Vanished) => {
-            table.remove_owned(key.as_str(), &ctx.shared.id);
             // Absent on both sides, never resurrected (I3). (A key an earlier run moved
-            // and cleaned is journaled and does not come here.)
-            return Err(
-                match Box::pin(with_retry(ctx, "delete", || ctx.target.delete(key))).await {
-                    Ok(_) => Outcome::Skipped { key: key.clone() },
-                    Err((attempts, err)) => fail(attempts, err),
-                },
-            );
+            // and cleaned is journaled and does not come here.) The copy goes before the
+            // entry: an embedder whose reads fall back to the target when the source lacks
+            // a key (one moved and cleaned up) must not find this copy meanwhile.
+            let deleted = Box::pin(with_retry(ctx, "delete", || ctx.target.delete(key))).await;
+            table.remove_owned(key.as_str(), &ctx.shared.id);
+            return Err(match deleted {
+                Ok(_) => Outcome::Skipped { key: key.clone() },
+                Err((attempts, err)) => fail(attempts, err),
+            });
         }
         Err((attempts, err)) => {
             if ctx.shared.is_cancelled() {
