@@ -28,9 +28,8 @@ if [ -z "${FERRY_BIN:-}" ]; then
     cargo build --quiet -p ferry-cli
 fi
 ferry=$(realpath "${FERRY_BIN:-$target/debug/ferry}")
-if [ ! -x "$target/debug/examples/s3_server" ]; then
-    cargo build --quiet -p ferry-object-store --features test-server --example s3_server
-fi
+# (Always: cargo only rebuilds what changed, and a stale server would test old code.)
+cargo build --quiet -p ferry-object-store --features test-server --example s3_server
 s3_server=$(realpath "$target/debug/examples/s3_server")
 bin=$(scripts/s3-clients.sh | tail -n 1)
 py="$bin/python"
