@@ -145,6 +145,9 @@ struct Inner {
     poisoned: AtomicBool,
     /// The file system refused `O_DIRECT`: puts no longer ask for it.
     no_direct: AtomicBool,
+    /// `O_DIRECT` buffers being written beside the puts that filled them ([`Writes`]),
+    /// store-wide: [`WRITES_IN_FLIGHT`] at most.
+    writing: Arc<tokio::sync::Semaphore>,
 }
 
 /// Paths relative to the root (`""` is the root) written or touched since the last barrier.
@@ -441,7 +444,7 @@ impl Inner {
                 (fd, Some(name))
             }
         };
-        let file = File::from(fd);
+        let file = Arc::new(File::from(fd));
         let gather = if direct && !self.no_direct.load(Ordering::Relaxed) {
             if direct::enable(&file) {
                 Some(direct::Gather::new())
@@ -626,7 +629,8 @@ fn unnamed_temp(dir: &OwnedFd) -> Option<OwnedFd> {
 /// (the put failed or was dropped).
 struct TempFile {
     dir: OwnedFd,
-    file: File,
+    /// (Shared with the `O_DIRECT` writes under way: [`Writes`].)
+    file: Arc<File>,
     /// Its name in `dir`; `None` for an unnamed (`O_TMPFILE`) file.
     name: Option<String>,
     /// The final name, in `dir`.
@@ -647,23 +651,109 @@ struct TempFile {
 /// How many written bytes of a large file wait before their writeback is started.
 const WRITEBACK_STEP: u64 = 8 << 20;
 
+/// `O_DIRECT` buffers (1 MiB each) a store writes at once beside the puts that filled them.
+/// What the put's own thread no longer waits for is the device: it hashes and gathers the
+/// next buffer while one is written. More writes at once gained nothing on this project's
+/// VMs (1 GiB in 1 MiB `O_DIRECT` writes, 1, 2 and 4 at once: 0.38–0.42, 0.43, 0.35–0.51 s);
+/// two let the next write start as soon as one ends.
+const WRITES_IN_FLIGHT: usize = 2;
+
+/// The `O_DIRECT` writes of one put under way, each on a blocking thread, in the order they
+/// were started: the put's thread goes on hashing and gathering the next bytes meanwhile.
+/// Dropped with writes under way (the put failed or was dropped), those end on their own,
+/// into the temp file the put removes.
+struct Writes {
+    file: Arc<File>,
+    key: ObjectKey,
+    permits: Arc<tokio::sync::Semaphore>,
+    flying: std::collections::VecDeque<tokio::task::JoinHandle<rustix::io::Result<bool>>>,
+    /// A write found `O_DIRECT` refused (and made itself without it).
+    refused: bool,
+}
+
+impl Writes {
+    fn new(inner: &Inner, temp: &TempFile, key: &ObjectKey) -> Writes {
+        Writes {
+            file: Arc::clone(&temp.file),
+            key: key.clone(),
+            permits: Arc::clone(&inner.writing),
+            flying: std::collections::VecDeque::new(),
+            refused: false,
+        }
+    }
+
+    /// Starts writing `full`, waiting for the oldest write of this put when the store has
+    /// [`WRITES_IN_FLIGHT`] under way.
+    async fn push(&mut self, full: Vec<direct::Pending>) -> Result<()> {
+        for pending in full {
+            let permit = loop {
+                match Arc::clone(&self.permits).try_acquire_owned() {
+                    Ok(permit) => break permit,
+                    // This put's oldest write frees a permit; with none of its own under
+                    // way, another put's does.
+                    Err(_) if !self.flying.is_empty() => self.wait_oldest().await?,
+                    Err(_) => {
+                        break Arc::clone(&self.permits)
+                            .acquire_owned()
+                            .await
+                            .expect("the semaphore is never closed");
+                    }
+                }
+            };
+            let file = Arc::clone(&self.file);
+            self.flying.push_back(tokio::task::spawn_blocking(move || {
+                let written = pending.write(&file);
+                drop(permit);
+                written
+            }));
+        }
+        Ok(())
+    }
+
+    async fn wait_oldest(&mut self) -> Result<()> {
+        let Some(write) = self.flying.pop_front() else {
+            return Ok(());
+        };
+        let written = write.await.map_err(|join| Error::Permanent {
+            op: Op::Put,
+            key: Some(self.key.clone()),
+            source: Box::new(join),
+        })?;
+        self.refused |= written.map_err(|e| Error::io(Op::Put, self.key.as_str(), e))?;
+        Ok(())
+    }
+
+    /// Waits for every write; returns whether one found `O_DIRECT` refused.
+    async fn finish(mut self) -> Result<bool> {
+        while !self.flying.is_empty() {
+            self.wait_oldest().await?;
+        }
+        Ok(self.refused)
+    }
+}
+
 impl TempFile {
-    fn write(&mut self, key: &ObjectKey, chunk: &[u8]) -> Result<()> {
+    /// Takes `chunk`: hashes it, and writes it, or with `O_DIRECT` gathers it; returns the
+    /// buffers it filled, to be written ([`Writes`], or [`TempFile::write_now`]) before
+    /// [`TempFile::finish`].
+    fn write(&mut self, key: &ObjectKey, chunk: &[u8]) -> Result<Vec<direct::Pending>> {
         self.hasher.update(chunk);
+        let mut full = Vec::new();
         let mut rest = chunk;
         while let Some(gather) = &mut self.gather {
             if rest.is_empty() {
-                return Ok(());
+                return Ok(full);
             }
             let taken = gather.take(rest);
             rest = &rest[taken..];
             self.written += taken as u64;
             if gather.is_full() {
-                self.flush(key)?;
+                let offset = self.written - gather.filled() as u64;
+                full.push(std::mem::replace(gather, direct::Gather::new()).pending(offset));
             }
         }
         // Plain writes, after the bytes before them.
-        std::os::unix::fs::FileExt::write_all_at(&self.file, rest, self.written)
+        std::os::unix::fs::FileExt::write_all_at(&*self.file, rest, self.written)
             .map_err(|e| Error::io(Op::Put, key.as_str(), e))?;
         self.written += rest.len() as u64;
         #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -674,6 +764,16 @@ impl TempFile {
             let len = NonZeroU64::new(self.written - self.kicked);
             let _ = rustix::fs::fadvise(&self.file, self.kicked, len, Advice::DontNeed);
             self.kicked = self.written;
+        }
+        Ok(full)
+    }
+
+    /// Writes `full` (buffers [`TempFile::write`] filled) on this thread.
+    fn write_now(&mut self, key: &ObjectKey, full: Vec<direct::Pending>) -> Result<()> {
+        for pending in full {
+            self.refused |= pending
+                .write(&self.file)
+                .map_err(|e| Error::io(Op::Put, key.as_str(), e))?;
         }
         Ok(())
     }
@@ -844,6 +944,7 @@ impl DirStore {
                 sync_lock: tokio::sync::Mutex::new(()),
                 poisoned: AtomicBool::new(false),
                 no_direct: AtomicBool::new(false),
+                writing: Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT)),
             })
         })
         .await?;
@@ -914,32 +1015,44 @@ impl DirStore {
         let k = key.clone();
         let whole = second.is_none();
         let (unnamed, direct) = (self.unnamed_temps, self.direct_writes);
-        let (mut temp, created, stat) = blocking(Op::Put, move || {
+        let (mut temp, created, stat, full) = blocking(Op::Put, move || {
             let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
             let (mut temp, created) = inner.create_temp(&k, &segs, unnamed, direct)?;
-            if let Some(chunk) = first {
-                temp.write(&k, &chunk)?;
-            }
-            let stat = if whole { Some(temp.finish(&k)?) } else { None };
-            Ok((temp, created, stat))
+            let mut full = match first {
+                Some(chunk) => temp.write(&k, &chunk)?,
+                None => Vec::new(),
+            };
+            let stat = if whole {
+                temp.write_now(&k, std::mem::take(&mut full))?;
+                Some(temp.finish(&k)?)
+            } else {
+                None
+            };
+            Ok((temp, created, stat, full))
         })
         .await?;
         let (stat, temp) = match stat {
             Some(stat) => (stat, temp),
             None => {
-                // A chunk is written while the next one is pulled from the body (which the
-                // engine hashes as it goes): two chunks in memory, disk and CPU both busy.
+                // A chunk is taken (hashed, gathered) while the next one is pulled from the
+                // body, and the buffers it filled are written by other threads meanwhile:
+                // the disk, the hash and the source all busy at once.
+                let mut writes = Writes::new(&self.inner, &temp, key);
+                writes.push(full).await?;
                 let mut next = second;
                 while let Some(chunk) = next {
                     let k = key.clone();
-                    let write = blocking(Op::Put, move || {
-                        temp.write(&k, &chunk)?;
-                        Ok(temp)
+                    let take = blocking(Op::Put, move || {
+                        let full = temp.write(&k, &chunk)?;
+                        Ok((temp, full))
                     });
-                    let (written, following) = tokio::join!(write, next_chunk(&mut body));
-                    temp = written?;
+                    let (taken, following) = tokio::join!(take, next_chunk(&mut body));
+                    let full;
+                    (temp, full) = taken?;
+                    writes.push(full).await?;
                     next = following?;
                 }
+                temp.refused |= writes.finish().await?;
                 let k = key.clone();
                 blocking(Op::Put, move || Ok((temp.finish(&k)?, temp))).await?
             }
@@ -1324,6 +1437,59 @@ mod tests {
             assert!(matches!(err, Error::InvalidKey { .. }), "{bad}: {err}");
         }
         assert!(ok(&"x".repeat(256)).is_err());
+    }
+
+    /// Large puts at once: each buffer written beside its put (several under way, shared
+    /// between the puts) lands at its own offset. The bytes never repeat within an object,
+    /// so a buffer written at another's offset shows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn direct_writes_beside_the_puts_land_each_buffer_at_its_offset() {
+        use direct::BUFFER;
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::open(dir.path())
+            .await
+            .unwrap()
+            .with_direct_writes(true);
+        let byte = |i: usize, put: usize| {
+            ((i as u64 ^ (put as u64) << 40).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
+        };
+        let sizes = [
+            9 * BUFFER + 4097,
+            6 * BUFFER,
+            3 * BUFFER + 1,
+            12 * BUFFER - 5,
+        ];
+        let puts = sizes.iter().enumerate().map(|(put, &size)| {
+            let store = store.clone();
+            let data: Vec<u8> = (0..size).map(|i| byte(i, put)).collect();
+            async move {
+                let key = ObjectKey::new(format!("big/{put}")).unwrap();
+                let meta = store
+                    .put(&key, crate::body_from_bytes(data.clone().into(), 1 << 20))
+                    .await
+                    .unwrap();
+                (key, data, meta)
+            }
+        });
+        for (key, data, meta) in futures_util::future::join_all(puts).await {
+            assert_eq!(meta.size, data.len() as u64);
+            assert_eq!(
+                meta.checksum,
+                Some(Checksum::Blake3(*blake3::hash(&data).as_bytes()))
+            );
+            let read = std::fs::read(dir.path().join(key.as_str())).unwrap();
+            assert!(read == data, "{}: read back differs", key.as_str());
+        }
+        assert_eq!(
+            store.inner.writing.available_permits(),
+            WRITES_IN_FLIGHT,
+            "every write's permit returned"
+        );
+        if store.inner.no_direct.load(Ordering::Relaxed) {
+            println!(
+                "skipped the O_DIRECT path: this file system refuses it (plain writes checked)"
+            );
+        }
     }
 
     /// With `O_DIRECT`, objects of every size around the alignment and the buffer read back

@@ -103,6 +103,15 @@ impl Gather {
         self.filled == BUFFER
     }
 
+    /// The bytes gathered, to be written at `offset` by [`Pending::write`] (on another
+    /// thread, while this put gathers the next ones into a new buffer).
+    pub(super) fn pending(self, offset: u64) -> Pending {
+        Pending {
+            gather: self,
+            offset,
+        }
+    }
+
     /// Writes what was gathered at `offset` (the last block padded with zeros) and empties
     /// the buffer. Returns whether `O_DIRECT` was refused and turned off on the way (the write
     /// was then completed without it).
@@ -129,6 +138,19 @@ impl Gather {
         }
         self.filled = 0;
         Ok(refused)
+    }
+}
+
+/// A full buffer of a put, and where in the file it goes.
+pub(super) struct Pending {
+    gather: Gather,
+    offset: u64,
+}
+
+impl Pending {
+    /// Writes the buffer ([`Gather::write_at`]); its memory goes back to the pool.
+    pub(super) fn write(mut self, file: &File) -> rustix::io::Result<bool> {
+        self.gather.write_at(file, self.offset)
     }
 }
 
