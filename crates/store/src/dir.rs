@@ -693,10 +693,14 @@ impl Writes {
                     // way, another put's does.
                     Err(_) if !self.flying.is_empty() => self.wait_oldest().await?,
                     Err(_) => {
-                        break Arc::clone(&self.permits)
-                            .acquire_owned()
-                            .await
-                            .expect("the semaphore is never closed");
+                        // (The semaphore is never closed.)
+                        break Arc::clone(&self.permits).acquire_owned().await.map_err(
+                            |closed| Error::Permanent {
+                                op: Op::Put,
+                                key: Some(self.key.clone()),
+                                source: Box::new(closed),
+                            },
+                        )?;
                     }
                 }
             };
