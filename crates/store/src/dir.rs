@@ -513,8 +513,13 @@ fn read_chunk(file: &mut File, key: &ObjectKey, chunk: usize, left: u64) -> Resu
     let last = left <= chunk as u64;
     let want = usize::try_from(left).map_or(chunk, |left| left.min(chunk)) + usize::from(last);
     // Read into the vector's spare capacity: no zeroing of a buffer the read overwrites
-    // anyway (4% of the CPU of a 1 GiB copy went to that memset).
-    let mut buf = Vec::with_capacity(want);
+    // anyway (4% of the CPU of a 1 GiB copy went to that memset). Large reads take kept
+    // buffers, all of one size (`kept`).
+    let mut buf = if chunk >= kept::MIN && want >= kept::MIN {
+        kept::buffer(chunk + 1)
+    } else {
+        Vec::with_capacity(want)
+    };
     while buf.len() < want {
         match rustix::io::read(&*file, rustix::buffer::spare_capacity(&mut buf)) {
             Ok(0) => break,
@@ -563,7 +568,7 @@ fn file_chunks(
                 Ok((_, buf)) if buf.is_empty() => None,
                 Ok((file, buf)) => {
                     let left = left.saturating_sub(buf.len() as u64);
-                    Some((Ok(Bytes::from(buf)), (Some(file), left)))
+                    Some((Ok(kept::bytes(buf)), (Some(file), left)))
                 }
                 Err(e) => Some((Err(e), (None, 0))),
             }
@@ -572,6 +577,7 @@ fn file_chunks(
 }
 
 mod direct;
+mod kept;
 mod upload;
 
 fn split_last<'a, 'b>(segs: &'b [&'a str]) -> (&'a str, &'b [&'a str]) {
@@ -1280,7 +1286,7 @@ impl Store for DirStore {
             .await?;
             let left = meta.size.saturating_sub(first.len() as u64);
             let rest = file_chunks(file, key.clone(), chunk, left, false);
-            let first = (!first.is_empty()).then(|| Ok(Bytes::from(first)));
+            let first = (!first.is_empty()).then(|| Ok(kept::bytes(first)));
             let body = futures_util::stream::iter(first).chain(rest);
             Ok(Object {
                 meta,
