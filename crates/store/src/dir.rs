@@ -512,21 +512,22 @@ impl Inner {
 fn read_chunk(file: &mut File, key: &ObjectKey, chunk: usize, left: u64) -> Result<Vec<u8>> {
     let last = left <= chunk as u64;
     let want = usize::try_from(left).map_or(chunk, |left| left.min(chunk)) + usize::from(last);
-    // Read into the vector's spare capacity: no zeroing of a buffer the read overwrites
-    // anyway (4% of the CPU of a 1 GiB copy went to that memset). Large reads take kept
-    // buffers, all of one size (`kept`).
+    // Read into the vector's spare capacity, `want` bytes at most (a kept buffer has room
+    // for more): no zeroing of a buffer the read overwrites anyway (4% of the CPU of a 1 GiB
+    // copy went to that memset). Large reads take kept buffers, all of one size (`kept`).
     let mut buf = if chunk >= kept::MIN && want >= kept::MIN {
         kept::buffer(chunk + 1)
     } else {
         Vec::with_capacity(want)
     };
     while buf.len() < want {
-        match rustix::io::read(&*file, rustix::buffer::spare_capacity(&mut buf)) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(Errno::INTR) => {}
-            // A file system that honours O_NONBLOCK on regular files: back to blocking reads.
-            Err(Errno::AGAIN) => {
+        let limit = (want - buf.len()) as u64;
+        match std::io::Read::read_to_end(&mut std::io::Read::take(&*file, limit), &mut buf) {
+            // At `want` bytes, or at the end of the file.
+            Ok(_) => break,
+            // A file system that honours O_NONBLOCK on regular files: back to blocking reads
+            // (what was read stays in `buf`).
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 let flags = rustix::fs::fcntl_getfl(&*file)
                     .map_err(|e| Error::io(Op::Get, key.as_str(), e))?;
                 rustix::fs::fcntl_setfl(&*file, flags - OFlags::NONBLOCK)
