@@ -7,7 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_engine::{Error, Op};
 use ferry_forwarding::{Route, Table};
-use ferry_store::{Fault, FaultyStore, MemStore, Store, Trigger, body_from_bytes};
+use ferry_store::{
+    BoxFuture, BoxStream, Fault, FaultyStore, MemStore, MetaStream, Object, ObjectMeta, Store,
+    Trigger, body_from_bytes,
+};
 use ferry_types::{CleanupPolicy, JobStatus, ObjectKey, ObjectSelection, RetryPolicy, VerifyMode};
 
 use crate::util::*;
@@ -142,22 +145,19 @@ impl Store for DeletedBehindTheCopy {
     fn head<'a>(
         &'a self,
         key: &'a ObjectKey,
-    ) -> ferry_store::BoxFuture<'a, ferry_store::Result<Option<ferry_store::ObjectMeta>>> {
+    ) -> BoxFuture<'a, ferry_store::Result<Option<ObjectMeta>>> {
         self.inner.head(key)
     }
 
-    fn get<'a>(
-        &'a self,
-        key: &'a ObjectKey,
-    ) -> ferry_store::BoxFuture<'a, ferry_store::Result<ferry_store::Object>> {
+    fn get<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, ferry_store::Result<Object>> {
         self.inner.get(key)
     }
 
     fn put<'a>(
         &'a self,
         key: &'a ObjectKey,
-        body: ferry_store::BoxStream<'a, ferry_store::Result<Bytes>>,
-    ) -> ferry_store::BoxFuture<'a, ferry_store::Result<ferry_store::ObjectMeta>> {
+        body: BoxStream<'a, ferry_store::Result<Bytes>>,
+    ) -> BoxFuture<'a, ferry_store::Result<ObjectMeta>> {
         Box::pin(async move {
             let meta = self.inner.put(key, body).await?;
             if *key == self.victim {
@@ -169,10 +169,7 @@ impl Store for DeletedBehindTheCopy {
         })
     }
 
-    fn delete<'a>(
-        &'a self,
-        key: &'a ObjectKey,
-    ) -> ferry_store::BoxFuture<'a, ferry_store::Result<bool>> {
+    fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, ferry_store::Result<bool>> {
         if *key == self.victim {
             let live = self.table.get(key.as_str()).is_some();
             self.entry_at_delete.lock().unwrap().push(live);
@@ -180,11 +177,11 @@ impl Store for DeletedBehindTheCopy {
         self.inner.delete(key)
     }
 
-    fn list(&self, prefix: &str, start_after: Option<&ObjectKey>) -> ferry_store::MetaStream {
+    fn list(&self, prefix: &str, start_after: Option<&ObjectKey>) -> MetaStream {
         self.inner.list(prefix, start_after)
     }
 
-    fn sync(&self) -> ferry_store::BoxFuture<'_, ferry_store::Result<()>> {
+    fn sync(&self) -> BoxFuture<'_, ferry_store::Result<()>> {
         self.inner.sync()
     }
 }

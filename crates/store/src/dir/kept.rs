@@ -17,47 +17,63 @@ pub(super) const MIN: usize = 256 << 10;
 /// Buffers kept at most (16 chunks: 16 MiB at the default chunk size).
 const KEPT: usize = 16;
 
-static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+/// The buffers kept, for every `DirStore` of the process.
+static POOL: Pool = Pool(Mutex::new(Vec::new()));
+
+struct Pool(Mutex<Vec<Vec<u8>>>);
+
+impl Pool {
+    fn buffer(&self, capacity: usize) -> Vec<u8> {
+        if capacity >= MIN {
+            let mut kept = self.0.lock();
+            while let Some(mut buf) = kept.pop() {
+                // (A smaller one, from a store with smaller chunks, is freed.)
+                if buf.capacity() >= capacity {
+                    buf.clear();
+                    return buf;
+                }
+            }
+        }
+        Vec::with_capacity(capacity)
+    }
+
+    fn bytes(&'static self, buf: Vec<u8>) -> Bytes {
+        if buf.capacity() >= MIN {
+            Bytes::from_owner(Kept { buf, pool: self })
+        } else {
+            Bytes::from(buf)
+        }
+    }
+}
 
 /// An empty vector with room for `capacity` bytes: a kept one when `capacity` is at least
 /// [`MIN`] and one that large is kept.
 pub(super) fn buffer(capacity: usize) -> Vec<u8> {
-    if capacity >= MIN {
-        let mut pool = POOL.lock();
-        while let Some(mut buf) = pool.pop() {
-            // (A smaller one, from a store with smaller chunks, is freed.)
-            if buf.capacity() >= capacity {
-                buf.clear();
-                return buf;
-            }
-        }
-    }
-    Vec::with_capacity(capacity)
+    POOL.buffer(capacity)
 }
 
 /// `buf` as [`Bytes`]; one of at least [`MIN`] bytes of capacity goes back to the pool when
 /// the last `Bytes` of it is dropped.
 pub(super) fn bytes(buf: Vec<u8>) -> Bytes {
-    if buf.capacity() >= MIN {
-        Bytes::from_owner(Kept(buf))
-    } else {
-        Bytes::from(buf)
-    }
+    POOL.bytes(buf)
 }
 
-struct Kept(Vec<u8>);
+struct Kept {
+    buf: Vec<u8>,
+    pool: &'static Pool,
+}
 
 impl AsRef<[u8]> for Kept {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.buf
     }
 }
 
 impl Drop for Kept {
     fn drop(&mut self) {
-        let mut pool = POOL.lock();
-        if pool.len() < KEPT {
-            pool.push(std::mem::take(&mut self.0));
+        let mut kept = self.pool.0.lock();
+        if kept.len() < KEPT {
+            kept.push(std::mem::take(&mut self.buf));
         }
     }
 }
@@ -68,28 +84,26 @@ mod tests {
 
     #[test]
     fn a_large_buffer_comes_back_once_its_last_bytes_are_dropped() {
-        let mut buf = buffer(MIN + 1);
+        // A pool of its own: other tests read through the process's pool meanwhile.
+        static OWN: Pool = Pool(Mutex::new(Vec::new()));
+        let mut buf = OWN.buffer(MIN + 1);
         buf.extend_from_slice(b"first read");
         let ptr = buf.as_ptr();
-        let first = bytes(buf);
+        let first = OWN.bytes(buf);
         let slice = first.slice(0..5);
         drop(first);
         assert_eq!(&slice[..], b"first", "a slice keeps the buffer alive");
+        assert!(OWN.0.lock().is_empty(), "not back while a slice holds it");
         drop(slice);
-        // Back in the pool (other tests' buffers may be there too: look for this one).
-        let mut taken = Vec::new();
-        let found = loop {
-            let buf = buffer(MIN + 1);
-            assert!(buf.is_empty(), "a kept buffer comes back empty");
-            if buf.as_ptr() == ptr {
-                break true;
-            }
-            if buf.capacity() < MIN || taken.len() > KEPT {
-                break false;
-            }
-            taken.push(buf);
-        };
-        assert!(found, "the buffer was kept");
-        assert_eq!(&bytes(b"small".to_vec())[..], b"small");
+        let again = OWN.buffer(MIN + 1);
+        assert_eq!(again.as_ptr(), ptr, "the buffer was kept");
+        assert!(again.is_empty(), "a kept buffer comes back empty");
+        // Smaller reads and buffers are not kept.
+        assert_eq!(&OWN.bytes(b"small".to_vec())[..], b"small");
+        assert!(OWN.0.lock().is_empty());
+        for _ in 0..KEPT + 3 {
+            drop(OWN.bytes(Vec::with_capacity(MIN)));
+        }
+        assert_eq!(OWN.0.lock().len(), KEPT, "{KEPT} kept at most");
     }
 }
