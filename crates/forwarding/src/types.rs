@@ -32,6 +32,14 @@ pub enum EntryState {
     Forwarded,
 }
 
+impl EntryState {
+    /// Whether the key is moving (`Copying` or `Fenced`): not flipped yet, so what its target
+    /// holds is not the key's content.
+    pub fn is_moving(self) -> bool {
+        matches!(self, EntryState::Copying | EntryState::Fenced)
+    }
+}
+
 /// Why [`Table::try_flip`] refused to flip a key. A refused flip is an expected outcome, not
 /// an error: the engine copies the key again (or fences it) and retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
-use ferry::forwarding::{EntryState, Route, Table};
+use ferry::forwarding::{Route, Table};
 use ferry::store::{
     BoxStream, ByteStream, DeleteIf, Error as StoreError, ErrorKind, ObjectMeta, Op, Store,
 };
@@ -270,10 +270,10 @@ impl Gateway {
     /// before the job finds the key gone and removes it.
     fn moving(&self, key: &str) -> bool {
         matches!(self.table.route_read(key), Route::Source)
-            && matches!(
-                self.table.get(key).map(|entry| entry.state),
-                Some(EntryState::Copying | EntryState::Fenced)
-            )
+            && self
+                .table
+                .get(key)
+                .is_some_and(|entry| entry.state.is_moving())
     }
 
     /// Opens `key` for reading where the table routes it ([`Gateway::read_routed`]).

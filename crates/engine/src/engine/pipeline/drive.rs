@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use ferry_checkpoint::{Checkpointer, Progress, ProgressUpdate};
-use ferry_forwarding::EntryState;
 use ferry_types::{CleanupPolicy, JobStatus, ObjectKey, ObjectSelection};
 use futures_util::StreamExt;
 use tokio::task::JoinSet;
@@ -319,7 +318,7 @@ pub(super) async fn shut_down(
     for key in commits.order.flying.drain() {
         let moving = table
             .get(key.as_str())
-            .is_some_and(|info| matches!(info.state, EntryState::Copying | EntryState::Fenced));
+            .is_some_and(|info| info.state.is_moving());
         if moving {
             table.remove_owned(key.as_str(), &shared.id);
         }

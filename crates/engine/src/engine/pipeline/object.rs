@@ -67,7 +67,7 @@ pub(super) async fn process(ctx: &JobCtx, key: ObjectKey, tries: Tries) -> Outco
         match table.get(key.as_str()) {
             // Left by a run of this job that stopped mid-copy: start the move afresh.
             Some(info)
-                if matches!(info.state, EntryState::Copying | EntryState::Fenced)
+                if info.state.is_moving()
                     && info.owner.as_ref() == Some(job)
                     && info.copy_from == source
                     && info.target == target =>
