@@ -16,9 +16,10 @@
 
 use std::fs::File;
 
-use parking_lot::Mutex;
 use rustix::fs::OFlags;
 use rustix::io::Errno;
+
+use super::kept::Pool;
 
 /// The alignment of memory, offsets and lengths: 4 KiB covers the logical block size of
 /// the devices and file systems Ferry meets (512 B or 4 KiB).
@@ -33,9 +34,7 @@ pub(super) const BUFFER: usize = 1 << 20;
 /// Buffers kept for the next puts: new memory costs a fault per page at first touch (on a VM
 /// the host's too), a kept buffer none. 16 × (1 MiB + 4 KiB) at most, whatever the
 /// concurrency (the default concurrency's worth).
-const KEPT: usize = 16;
-
-static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+static POOL: Pool = Pool::new();
 
 /// Asks for `O_DIRECT` on `file`; false when the file system refuses it.
 pub(super) fn enable(file: &File) -> bool {
@@ -76,7 +75,9 @@ pub(super) struct Gather {
 
 impl Gather {
     pub(super) fn new() -> Gather {
-        let buf = POOL.lock().pop().unwrap_or_else(|| vec![0; BUFFER + ALIGN]);
+        let buf = POOL
+            .take(BUFFER + ALIGN)
+            .unwrap_or_else(|| vec![0; BUFFER + ALIGN]);
         let start = buf.as_ptr().align_offset(ALIGN);
         Gather {
             buf,
@@ -156,10 +157,7 @@ impl Pending {
 
 impl Drop for Gather {
     fn drop(&mut self) {
-        let mut pool = POOL.lock();
-        if pool.len() < KEPT {
-            pool.push(std::mem::take(&mut self.buf));
-        }
+        POOL.keep(std::mem::take(&mut self.buf));
     }
 }
 

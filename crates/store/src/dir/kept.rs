@@ -1,10 +1,11 @@
-//! Read buffers of large chunks, kept for the next reads instead of freed.
+//! Buffers kept for the next reads and puts instead of freed: a [`Pool`] each for the
+//! `O_DIRECT` puts' aligned buffers (`direct`) and for the reads of large chunks (here).
 //!
-//! Why: a large file is read a chunk at a time, on the blocking pool, and each chunk is freed
-//! by whichever thread drops it last. glibc keeps a freed block in the arena of the thread
-//! that allocated it (one arena per thread, up to eight per core), and `ferry` raises the
-//! thresholds under which glibc gives memory back (see its `main`): every thread's arena then
-//! holds a few chunks that no one reuses. A 1 GiB copy's peak RSS went from 45 to 65 MiB when
+//! Why for reads: a large file is read a chunk at a time, on the blocking pool, and each
+//! chunk is freed by whichever thread drops it last. glibc keeps a freed block in the arena
+//! of the thread that allocated it (one arena per thread, up to eight per core), and `ferry`
+//! raises the thresholds under which glibc gives memory back (see its `main`): every
+//! thread's arena then holds a few chunks that no one reuses. A 1 GiB copy's peak RSS went from 45 to 65 MiB when
 //! its `O_DIRECT` writes moved to threads of their own (23 MiB with one arena), and 22 MiB
 //! with kept buffers: a kept buffer is not freed, the next read takes it, whatever its thread.
 
@@ -14,25 +15,46 @@ use parking_lot::Mutex;
 /// Reads of at least this many bytes use kept buffers.
 pub(super) const MIN: usize = 256 << 10;
 
-/// Buffers kept at most (16 chunks: 16 MiB at the default chunk size).
+/// Buffers a pool keeps at most (16 chunks: 16 MiB at the default chunk size).
 const KEPT: usize = 16;
 
-/// The buffers kept, for every `DirStore` of the process.
-static POOL: Pool = Pool(Mutex::new(Vec::new()));
+/// The read buffers kept, for every `DirStore` of the process.
+static POOL: Pool = Pool::new();
 
-struct Pool(Mutex<Vec<Vec<u8>>>);
+/// Buffers kept for reuse, [`KEPT`] at most.
+pub(super) struct Pool(Mutex<Vec<Vec<u8>>>);
 
 impl Pool {
-    fn buffer(&self, capacity: usize) -> Vec<u8> {
-        if capacity >= MIN {
-            let mut kept = self.0.lock();
-            while let Some(mut buf) = kept.pop() {
-                // (A smaller one, from a store with smaller chunks, is freed.)
-                if buf.capacity() >= capacity {
-                    buf.clear();
-                    return buf;
-                }
+    pub(super) const fn new() -> Pool {
+        Pool(Mutex::new(Vec::new()))
+    }
+
+    /// A kept buffer with room for `capacity` bytes, as it was kept (its length and bytes);
+    /// smaller ones met on the way are freed.
+    pub(super) fn take(&self, capacity: usize) -> Option<Vec<u8>> {
+        let mut kept = self.0.lock();
+        while let Some(buf) = kept.pop() {
+            if buf.capacity() >= capacity {
+                return Some(buf);
             }
+        }
+        None
+    }
+
+    /// Keeps `buf` for a later [`Pool::take`], unless [`KEPT`] are kept already.
+    pub(super) fn keep(&self, buf: Vec<u8>) {
+        let mut kept = self.0.lock();
+        if kept.len() < KEPT {
+            kept.push(buf);
+        }
+    }
+
+    fn buffer(&self, capacity: usize) -> Vec<u8> {
+        if capacity >= MIN
+            && let Some(mut buf) = self.take(capacity)
+        {
+            buf.clear();
+            return buf;
         }
         Vec::with_capacity(capacity)
     }
@@ -71,10 +93,7 @@ impl AsRef<[u8]> for Kept {
 
 impl Drop for Kept {
     fn drop(&mut self) {
-        let mut kept = self.pool.0.lock();
-        if kept.len() < KEPT {
-            kept.push(std::mem::take(&mut self.buf));
-        }
+        self.pool.keep(std::mem::take(&mut self.buf));
     }
 }
 
@@ -85,7 +104,7 @@ mod tests {
     #[test]
     fn a_large_buffer_comes_back_once_its_last_bytes_are_dropped() {
         // A pool of its own: other tests read through the process's pool meanwhile.
-        static OWN: Pool = Pool(Mutex::new(Vec::new()));
+        static OWN: Pool = Pool::new();
         let mut buf = OWN.buffer(MIN + 1);
         buf.extend_from_slice(b"first read");
         let ptr = buf.as_ptr();
