@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
 
+use super::super::job::JobShared;
 use super::cleanup::cleanup;
 use super::commit::{Committed, commit_synced};
 use super::listing::{KeyStream, Listed, key_stream, listed_range, sized_range};
@@ -255,8 +256,7 @@ pub(super) async fn drive(
                     match result {
                         Ok(ended) => {
                             for outcome in ended.into_outcomes() {
-                                shared.leave_flight();
-                                commits.order.flying.remove(outcome.key());
+                                commits.order.land(shared, outcome.key());
                                 commits.pending.push(outcome);
                             }
                         }
@@ -488,8 +488,7 @@ fn spawn_batch(
         return;
     }
     for key in &keys {
-        order.flying.insert(key.clone());
-        ctx.shared.enter_flight();
+        order.take_off(&ctx.shared, key);
     }
     let ctx = Arc::clone(ctx);
     set.spawn(async move {
@@ -512,8 +511,7 @@ fn spawn_object<F>(
 ) where
     F: std::future::Future<Output = Outcome> + Send + 'static,
 {
-    order.flying.insert(key.clone());
-    ctx.shared.enter_flight();
+    order.take_off(&ctx.shared, &key);
     let span = tracing::debug_span!("object", key = %key.as_str());
     let task = task(Arc::clone(ctx), key);
     set.spawn(tracing::Instrument::instrument(
@@ -540,6 +538,19 @@ pub(super) struct Commits<'a> {
 }
 
 impl Order {
+    /// `key`'s task is on the task set: the key counts as in flight (here and in the job's
+    /// gauge) until [`Order::land`].
+    fn take_off(&mut self, shared: &JobShared, key: &ObjectKey) {
+        self.flying.insert(key.clone());
+        shared.enter_flight();
+    }
+
+    /// The drive loop took `key`'s outcome: no longer in flight.
+    fn land(&mut self, shared: &JobShared, key: &ObjectKey) {
+        self.flying.remove(key);
+        shared.leave_flight();
+    }
+
     /// Whether dispatch must wait: `window` keys or more are past the watermark and the
     /// oldest of them is still on the task set, so the keys finishing after it would pile up
     /// in the record's done set above the watermark. (When the oldest has finished, the
