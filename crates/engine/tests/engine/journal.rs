@@ -306,3 +306,66 @@ async fn i3_a_write_through_the_flip_survives_a_crash_before_the_cleanup() {
     );
     assert!(source.is_empty());
 }
+
+/// A resume settles each journaled flip with its own store calls, each retried after a
+/// transient error: with every other read of the target failing, a journal of many keys is
+/// settled all the same (retrying the whole settling instead, no pass got past its second
+/// key).
+#[tokio::test(start_paused = true)]
+async fn recover_retries_each_call_of_a_long_journal_not_the_whole_journal() {
+    let keys: Vec<ObjectKey> = (0..6)
+        .map(|i| ObjectKey::new(format!("obj/{i}")).unwrap())
+        .collect();
+    let (source, target) = (MemStore::new(), MemStore::new());
+    for key in &keys {
+        source.insert(key.clone(), "v1");
+        target.insert(key.clone(), "v1");
+    }
+    let faulty = ferry_store::FaultyStore::new(target.clone());
+    for call in (2..200).step_by(2) {
+        faulty.inject(
+            ferry_store::Op::Get,
+            ferry_store::Trigger::Call(call),
+            ferry_store::Fault::Transient,
+        );
+    }
+    let checkpoints: Arc<dyn CheckpointStore> = Arc::new(MemoryStore::new());
+    let job = JobId::new("long-journal").unwrap();
+    let plan = plan("long-journal", ObjectSelection::Keys(keys.clone()))
+        .with_cleanup(CleanupPolicy::AfterVerify);
+    checkpoints.create(&job, &plan).await.unwrap();
+    let acquired = checkpoints.acquire(&job).await.unwrap();
+    let mut progress = acquired.record.progress;
+    for key in &keys {
+        progress.apply(ProgressUpdate::FlipIntent {
+            key: key.clone(),
+            digest: digest(b"v1"),
+        });
+    }
+    checkpoints
+        .save(&acquired.lease, JobStatus::Paused, progress)
+        .await
+        .unwrap();
+    checkpoints.release(&acquired.lease).await.unwrap();
+    let table = Table::default();
+    let engine = engine(
+        Arc::new(source.clone()),
+        Arc::new(faulty),
+        &table,
+        Arc::clone(&checkpoints),
+    );
+    let handles = match engine.recover().await {
+        Ok(handles) => handles,
+        Err(err) => panic!("recover: {err}"),
+    };
+    assert_eq!(handles.len(), 1);
+    // Both sides hold the copy: every intent settles as flipped.
+    for key in &keys {
+        assert!(
+            matches!(table.route_read(key.as_str()), Route::Target(_)),
+            "{key:?}"
+        );
+    }
+    let record = checkpoints.load(&job).await.unwrap().unwrap().record;
+    assert!(record.progress.flips.values().all(|f| f.committed));
+}

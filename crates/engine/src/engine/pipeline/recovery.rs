@@ -12,7 +12,22 @@ use ferry_store::{BoxStream, Store};
 
 use super::flip::{Flip, flip};
 use super::listing::{list_range, listed_range};
+use super::retry::retrying;
 use super::verify::digest;
+
+/// `op`, run again after each transient error as the plan's retry policy allows: each store
+/// call of a resume on its own, so that a journal of many keys is not settled only when all
+/// its calls succeed in one pass. (Before the job's metrics exist: not counted.)
+async fn retried<'a, T, E, F>(plan: &MigrationPlan, op: impl FnMut() -> F) -> Result<T>
+where
+    F: std::future::Future<Output = Result<T, E>> + 'a,
+    E: Into<Error>,
+{
+    let uncounted = metrics::Counter::noop();
+    retrying(&plan.options.retry, "resume", op, || false, &uncounted)
+        .await
+        .map_err(|(_, err)| err)
+}
 
 /// On resume, before the runner starts: settles the record's flip journal (SPEC I2, I3).
 ///
@@ -48,13 +63,13 @@ pub(crate) async fn resolve_flips(
             let copy = |found: Option<(u64, blake3::Hash)>| {
                 found.map(|(_, hash)| *hash.as_bytes() == flip.digest)
             };
-            match copy(digest(target, key).await?) {
+            match copy(retried(plan, || digest(target, key)).await?) {
                 // Changed or deleted through the flip.
                 Some(false) | None => true,
-                Some(true) => match copy(digest(source, key).await?) {
+                Some(true) => match copy(retried(plan, || digest(source, key)).await?) {
                     Some(same) => same,
                     None => {
-                        target.delete(key).await?;
+                        retried(plan, || target.delete(key)).await?;
                         false
                     }
                 },
