@@ -532,8 +532,8 @@ mod v4 {
                         (key, failure)
                     })
                     .collect(),
-                flips: p.flips,
-                copying: p.copying,
+                flips: p.flips.into_iter().collect(),
+                copying: p.copying.into_iter().collect(),
                 preexisting: p.preexisting,
                 uploads: p.uploads,
             }

@@ -1,6 +1,6 @@
 //! What a checkpoint stores per job: the record, its progress, leases and load results.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -82,14 +82,16 @@ pub struct Progress {
     /// recorded done yet, with the digest of the copy the flip points reads at. An entry is
     /// written (and made durable) before the flip it announces, so after a crash the engine
     /// knows which keys may have been served from the target (SPEC I2, I3). Added in format
-    /// version 2; empty in records of version 1.
-    pub flips: BTreeMap<ObjectKey, FlipRecord>,
+    /// version 2; empty in records of version 1. A hash map (every object moved goes in and
+    /// out of it, and each save copies it): no order is kept, and none is encoded.
+    pub flips: HashMap<ObjectKey, FlipRecord>,
     /// Copy intents: objects whose copy may have begun writing the target and whose end is
     /// not recorded yet (a small set: at most the objects dispatched ahead of the saves). An
     /// intent is durable before its copy begins, so after a crash the engine knows every
     /// copy the stopped run may have left on the target (SPEC I8), and takes each up again.
-    /// Added in format version 3; empty in older records.
-    pub copying: BTreeSet<ObjectKey>,
+    /// Added in format version 3; empty in older records. A hash set, as
+    /// [`flips`](Progress::flips) is a hash map.
+    pub copying: HashSet<ObjectKey>,
     /// Keys of the job's selection the target held before the job began, and that the job
     /// has not copied over since (a copy intent takes a key out). A resume forwards none of
     /// them: their content is not the job's (SPEC I3). Empty unless the target already held

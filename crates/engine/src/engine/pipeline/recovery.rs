@@ -1,7 +1,7 @@
 //! What a resumed job does before its runner starts: settle the flip journal against the stores,
 //! and forward again the keys the stopped run had moved (I2, I3).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ferry_checkpoint::{FlipRecord, Progress, ProgressUpdate};
 use ferry_types::{MigrationPlan, ObjectKey, ObjectSelection};
@@ -52,10 +52,14 @@ pub(crate) async fn resolve_flips(
     plan: &MigrationPlan,
     source: &dyn Store,
     target: &dyn Store,
-    journal: &BTreeMap<ObjectKey, FlipRecord>,
+    journal: &HashMap<ObjectKey, FlipRecord>,
 ) -> Result<(Vec<ProgressUpdate>, BTreeMap<ObjectKey, [u8; 32]>)> {
     let mut updates = Vec::new();
     let mut committed = BTreeMap::new();
+    // In key order, as the journal was before it was a hash map (each key is settled on
+    // its own: the order only makes runs repeatable).
+    let mut journal: Vec<_> = journal.iter().collect();
+    journal.sort_unstable_by(|a, b| a.0.cmp(b.0));
     for (key, flip) in journal {
         let to_target = if flip.committed {
             true
