@@ -250,7 +250,7 @@ impl CheckpointStore for Checkpoints {
         &'a self,
         lease: &'a Lease,
         status: JobStatus,
-        progress: Progress,
+        progress: Arc<Progress>,
     ) -> BoxFuture<'a, ferry::checkpoint::Result<u64>> {
         self.killer.on_save();
         self.inner.save(lease, status, progress)

@@ -112,7 +112,7 @@ fn bench_save(c: &mut Criterion) {
             b.iter_batched(
                 || p.clone(),
                 |progress| {
-                    rt.block_on(store.save(&lease, JobStatus::Running, progress))
+                    rt.block_on(store.save(&lease, JobStatus::Running, progress.into()))
                         .unwrap()
                 },
                 BatchSize::SmallInput,
@@ -128,7 +128,7 @@ fn bench_save(c: &mut Criterion) {
             b.iter_batched(
                 || p.clone(),
                 |progress| {
-                    rt.block_on(fsync_store.save(&fsync_lease, JobStatus::Running, progress))
+                    rt.block_on(fsync_store.save(&fsync_lease, JobStatus::Running, progress.into()))
                         .unwrap()
                 },
                 BatchSize::SmallInput,
@@ -169,7 +169,7 @@ fn bench_save(c: &mut Criterion) {
                 b.iter_batched(
                     || p.clone(),
                     |progress| {
-                        rt.block_on(store.save(&lease, JobStatus::Running, progress))
+                        rt.block_on(store.save(&lease, JobStatus::Running, progress.into()))
                             .unwrap()
                     },
                     BatchSize::SmallInput,
@@ -186,7 +186,7 @@ fn bench_save(c: &mut Criterion) {
                 b.iter_batched(
                     || p.clone(),
                     |progress| {
-                        rt.block_on(store.save(&lease, JobStatus::Running, progress))
+                        rt.block_on(store.save(&lease, JobStatus::Running, progress.into()))
                             .unwrap()
                     },
                     BatchSize::SmallInput,

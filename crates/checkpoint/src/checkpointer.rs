@@ -66,7 +66,10 @@ struct Shared {
 
 #[derive(Debug)]
 struct State {
-    progress: Progress,
+    /// Shared with the save under way, if any: a change copies it only while that save
+    /// still holds it (each save used to copy the whole record: 3% of a MemStore → MemStore
+    /// job's time).
+    progress: Arc<Progress>,
     status: JobStatus,
     /// Objects finished since the last save began.
     unsaved: u64,
@@ -101,7 +104,7 @@ impl Checkpointer {
     ) -> Checkpointer {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                progress,
+                progress: Arc::new(progress),
                 status,
                 unsaved: 0,
                 dirty_since: None,
@@ -224,7 +227,7 @@ impl Checkpointer {
     /// interval's count of objects.
     fn apply_locked(state: &mut State, update: ProgressUpdate, objects: u64) -> bool {
         let finishes = update.finishes_object();
-        state.progress.apply(update);
+        Arc::make_mut(&mut state.progress).apply(update);
         state.records += 1;
         if finishes {
             state.unsaved += 1;
@@ -273,7 +276,7 @@ impl Checkpointer {
 
     /// The progress as recorded so far (saved or not).
     pub fn progress(&self) -> Progress {
-        self.shared.state.lock().progress.clone()
+        Progress::clone(&self.shared.state.lock().progress)
     }
 
     /// The lease the saves carry.
@@ -369,7 +372,12 @@ async fn run(
             state.dirty_since = None;
             state.urgent = false;
             let options = state.options.take();
-            (state.status, state.progress.clone(), state.records, options)
+            (
+                state.status,
+                Arc::clone(&state.progress),
+                state.records,
+                options,
+            )
         };
         let (objects, bytes) = (progress.done_objects, progress.done_bytes);
         let saved_now = match &options {

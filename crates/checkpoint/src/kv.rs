@@ -281,7 +281,7 @@ impl<K: Kv> KvStore<K> {
         &self,
         lease: &Lease,
         status: JobStatus,
-        progress: Progress,
+        progress: Arc<Progress>,
         options: Option<PlanOptions>,
     ) -> Result<u64> {
         self.check_held(lease)?;
@@ -360,7 +360,7 @@ impl<K: Kv> CheckpointStore for KvStore<K> {
         &'a self,
         lease: &'a Lease,
         status: JobStatus,
-        progress: Progress,
+        progress: Arc<Progress>,
     ) -> BoxFuture<'a, Result<u64>> {
         Box::pin(KvStore::save(self, lease, status, progress, None))
     }
@@ -369,7 +369,7 @@ impl<K: Kv> CheckpointStore for KvStore<K> {
         &'a self,
         lease: &'a Lease,
         status: JobStatus,
-        progress: Progress,
+        progress: Arc<Progress>,
         options: &'a PlanOptions,
     ) -> BoxFuture<'a, Result<u64>> {
         Box::pin(KvStore::save(

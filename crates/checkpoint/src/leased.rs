@@ -541,13 +541,13 @@ impl Inner {
         &self,
         lease: &Lease,
         status: JobStatus,
-        progress: Progress,
+        progress: Arc<Progress>,
         options: Option<&PlanOptions>,
     ) -> Result<u64> {
         self.update_held(lease, |record, _| {
             check_transition(&lease.job, record.status, status)?;
             record.status = status;
-            record.progress = progress.clone();
+            record.progress = Progress::clone(&progress);
             if let Some(options) = options {
                 record.plan.options = options.clone();
             }
@@ -767,7 +767,7 @@ impl CheckpointStore for LeasedStore {
         &'a self,
         lease: &'a Lease,
         status: JobStatus,
-        progress: Progress,
+        progress: Arc<Progress>,
     ) -> BoxFuture<'a, Result<u64>> {
         Box::pin(self.inner.save(lease, status, progress, None))
     }
@@ -776,7 +776,7 @@ impl CheckpointStore for LeasedStore {
         &'a self,
         lease: &'a Lease,
         status: JobStatus,
-        progress: Progress,
+        progress: Arc<Progress>,
         options: &'a PlanOptions,
     ) -> BoxFuture<'a, Result<u64>> {
         Box::pin(self.inner.save(lease, status, progress, Some(options)))

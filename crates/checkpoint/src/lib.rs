@@ -72,6 +72,7 @@ mod sled_store;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use ferry_types::{JobId, JobStatus, MigrationPlan, PlanOptions};
 
@@ -174,7 +175,9 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<()>>;
 
     /// Saves the job's status and progress, durably before the future completes, and
-    /// returns the record's new generation.
+    /// returns the record's new generation. The progress is shared, not copied: a
+    /// [`Checkpointer`] hands over the one it keeps, and copies it only if a change comes
+    /// while the save still holds it (`Arc::make_mut`).
     ///
     /// # Errors
     /// [`Error::StaleEpoch`] when `lease` is older than the job's epoch (I6),
@@ -184,7 +187,7 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
         &'a self,
         lease: &'a Lease,
         status: JobStatus,
-        progress: Progress,
+        progress: Arc<Progress>,
     ) -> BoxFuture<'a, Result<u64>>;
 
     /// Saves as [`save`](CheckpointStore::save) does, and replaces the stored plan's options
@@ -202,7 +205,7 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
         &'a self,
         lease: &'a Lease,
         status: JobStatus,
-        progress: Progress,
+        progress: Arc<Progress>,
         options: &'a PlanOptions,
     ) -> BoxFuture<'a, Result<u64>> {
         let _ = options;
@@ -265,7 +268,7 @@ macro_rules! delegate_store {
                 &'a self,
                 lease: &'a $crate::Lease,
                 status: ::ferry_types::JobStatus,
-                progress: $crate::Progress,
+                progress: ::std::sync::Arc<$crate::Progress>,
             ) -> $crate::BoxFuture<'a, $crate::Result<u64>> {
                 self.inner.save(lease, status, progress)
             }
@@ -274,7 +277,7 @@ macro_rules! delegate_store {
                 &'a self,
                 lease: &'a $crate::Lease,
                 status: ::ferry_types::JobStatus,
-                progress: $crate::Progress,
+                progress: ::std::sync::Arc<$crate::Progress>,
                 options: &'a ::ferry_types::PlanOptions,
             ) -> $crate::BoxFuture<'a, $crate::Result<u64>> {
                 self.inner

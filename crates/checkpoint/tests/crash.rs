@@ -59,7 +59,7 @@ fn child_process() -> Result<()> {
                 loop {
                     n += 1;
                     store
-                        .save(&acquired.lease, JobStatus::Running, progress(n))
+                        .save(&acquired.lease, JobStatus::Running, progress(n).into())
                         .await?;
                     writeln!(out, "saved {n}")?;
                     out.flush()?;

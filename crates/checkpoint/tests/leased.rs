@@ -56,7 +56,8 @@ async fn i6_a_live_lease_refuses_a_second_worker_and_a_run_out_one_is_taken_over
     let b = worker(&records, "worker b", &clock);
     a.create(&job(), &plan()).await?;
     let old = a.acquire(&job()).await?.lease;
-    a.save(&old, JobStatus::Running, progress(10)).await?;
+    a.save(&old, JobStatus::Running, progress(10).into())
+        .await?;
 
     now.fetch_add(29_000, Ordering::SeqCst);
     match b.acquire(&job()).await {
@@ -84,7 +85,7 @@ async fn i6_a_live_lease_refuses_a_second_worker_and_a_run_out_one_is_taken_over
     );
 
     // Worker a comes back: each of its writes is refused, and leaves no trace.
-    match a.save(&old, JobStatus::Running, progress(99)).await {
+    match a.save(&old, JobStatus::Running, progress(99).into()).await {
         Err(Error::StaleEpoch {
             epoch: 1,
             current: 2,
@@ -94,7 +95,7 @@ async fn i6_a_live_lease_refuses_a_second_worker_and_a_run_out_one_is_taken_over
     }
     // And stays refused as stale: the lease is lost, not merely unknown.
     for refused in [
-        a.save(&old, JobStatus::Running, progress(98))
+        a.save(&old, JobStatus::Running, progress(98).into())
             .await
             .map(|_| ()),
         a.renew(&old).await,
@@ -111,7 +112,7 @@ async fn i6_a_live_lease_refuses_a_second_worker_and_a_run_out_one_is_taken_over
     let holder = holder.expect("held");
     assert_eq!(holder.holder, "worker b");
 
-    b.save(&taken.lease, JobStatus::Running, progress(20))
+    b.save(&taken.lease, JobStatus::Running, progress(20).into())
         .await?;
     assert_eq!(
         a.load(&job()).await?.expect("exists").record.progress,
@@ -130,7 +131,8 @@ async fn i6_a_save_extends_the_lease() -> Result<()> {
     let lease = a.acquire(&job()).await?.lease;
     for n in 0..4 {
         now.fetch_add(20_000, Ordering::SeqCst);
-        a.save(&lease, JobStatus::Running, progress(n)).await?;
+        a.save(&lease, JobStatus::Running, progress(n).into())
+            .await?;
     }
     // 80 s after the acquire, but 0 s after the last save.
     assert!(matches!(b.acquire(&job()).await, Err(Error::Locked { .. })));
@@ -356,7 +358,8 @@ async fn i6_a_holder_cut_off_past_its_lease_stops_by_itself_even_when_the_store_
     records.cut.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(26)).await;
     records.cut.store(false, Ordering::SeqCst);
-    a.save(&lease, JobStatus::Running, progress(1)).await?;
+    a.save(&lease, JobStatus::Running, progress(1).into())
+        .await?;
 
     // Cut off again, for longer: past nine tenths of a lease since that save, the holder
     // refuses its own writes, even with the store back and nobody having taken over.
@@ -364,7 +367,7 @@ async fn i6_a_holder_cut_off_past_its_lease_stops_by_itself_even_when_the_store_
     tokio::time::sleep(Duration::from_secs(28)).await;
     records.cut.store(false, Ordering::SeqCst);
     for refused in [
-        a.save(&lease, JobStatus::Running, progress(2))
+        a.save(&lease, JobStatus::Running, progress(2).into())
             .await
             .map(|_| ()),
         a.renew(&lease).await,

@@ -478,15 +478,20 @@ async fn cancel(state: &State, args: IdArg) -> Result<u8> {
     progress
         .uploads
         .retain(|key, _| not_aborted.iter().any(|k| k == key));
+    let progress = std::sync::Arc::new(progress);
     let save = async || -> Result<(), CkError> {
         if status == JobStatus::Failed {
             // Failed → Cancelled is not a move of the lifecycle; Failed → Running is.
             checkpoints
-                .save(&lease, JobStatus::Running, progress.clone())
+                .save(&lease, JobStatus::Running, std::sync::Arc::clone(&progress))
                 .await?;
         }
         checkpoints
-            .save(&lease, JobStatus::Cancelled, progress.clone())
+            .save(
+                &lease,
+                JobStatus::Cancelled,
+                std::sync::Arc::clone(&progress),
+            )
             .await?;
         Ok(())
     };

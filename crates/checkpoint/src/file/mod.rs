@@ -772,7 +772,7 @@ impl CheckpointStore for FileStore {
         &'a self,
         lease: &'a Lease,
         status: JobStatus,
-        progress: Progress,
+        progress: Arc<Progress>,
     ) -> BoxFuture<'a, Result<u64>> {
         let l = lease.clone();
         Box::pin(self.blocking(&lease.job, move |inner| {
@@ -784,7 +784,7 @@ impl CheckpointStore for FileStore {
         &'a self,
         lease: &'a Lease,
         status: JobStatus,
-        progress: Progress,
+        progress: Arc<Progress>,
         options: &'a PlanOptions,
     ) -> BoxFuture<'a, Result<u64>> {
         let (l, options) = (lease.clone(), options.clone());

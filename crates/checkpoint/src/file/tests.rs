@@ -55,11 +55,11 @@ async fn two_generations(store: &FileStore, job: &JobId) -> Lease {
     store.create(job, &plan()).await.unwrap();
     let lease = store.acquire(job).await.unwrap().lease;
     store
-        .save(&lease, JobStatus::Running, progress(1))
+        .save(&lease, JobStatus::Running, progress(1).into())
         .await
         .unwrap();
     store
-        .save(&lease, JobStatus::Running, progress(2))
+        .save(&lease, JobStatus::Running, progress(2).into())
         .await
         .unwrap();
     lease
@@ -213,7 +213,9 @@ async fn i6_save_refused_when_another_writer_moved_the_epoch_on_disk() {
     let new = second.acquire(&job).await.unwrap().lease;
     assert_eq!(new.epoch(), 2);
     assert!(matches!(
-        first.save(&old, JobStatus::Running, progress(9)).await,
+        first
+            .save(&old, JobStatus::Running, progress(9).into())
+            .await,
         Err(Error::StaleEpoch {
             epoch: 1,
             current: 2,
@@ -225,7 +227,7 @@ async fn i6_save_refused_when_another_writer_moved_the_epoch_on_disk() {
         Err(Error::StaleEpoch { .. })
     ));
     second
-        .save(&new, JobStatus::Running, progress(3))
+        .save(&new, JobStatus::Running, progress(3).into())
         .await
         .unwrap();
     assert_eq!(
@@ -367,7 +369,7 @@ async fn save_sequence(store: &FileStore, job: &JobId) -> (Vec<State>, Option<St
             epoch: 1,
         };
         if store
-            .save(&lease, JobStatus::Running, progress(n))
+            .save(&lease, JobStatus::Running, progress(n).into())
             .await
             .is_err()
         {

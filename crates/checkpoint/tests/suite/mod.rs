@@ -56,7 +56,7 @@ pub(crate) mod checks {
         assert_eq!(acquired.lease.epoch(), 1);
         assert_eq!(acquired.record.epoch, 1);
         let g = store
-            .save(&acquired.lease, JobStatus::Running, progress(7, "a"))
+            .save(&acquired.lease, JobStatus::Running, progress(7, "a").into())
             .await?;
         assert!(g > acquired.record.generation);
         let loaded = store.load(&job).await?.expect("saved").record;
@@ -136,16 +136,21 @@ pub(crate) mod checks {
         store.create(&job, &plan()).await?;
         let old = store.acquire(&job).await?.lease;
         store
-            .save(&old, JobStatus::Running, progress(1, "a"))
+            .save(&old, JobStatus::Running, progress(1, "a").into())
             .await?;
         store.release(&old).await?;
         // Released: not an owner any more.
         assert!(matches!(
-            store.save(&old, JobStatus::Running, progress(2, "a")).await,
+            store
+                .save(&old, JobStatus::Running, progress(2, "a").into())
+                .await,
             Err(Error::NotOwner { .. })
         ));
         let new = store.acquire(&job).await?.lease;
-        match store.save(&old, JobStatus::Running, progress(3, "a")).await {
+        match store
+            .save(&old, JobStatus::Running, progress(3, "a").into())
+            .await
+        {
             Err(Error::StaleEpoch {
                 epoch: 1,
                 current: 2,
@@ -164,7 +169,7 @@ pub(crate) mod checks {
             progress(1, "a")
         );
         store
-            .save(&new, JobStatus::Running, progress(4, "a"))
+            .save(&new, JobStatus::Running, progress(4, "a").into())
             .await?;
         assert_eq!(
             store.load(&job).await?.expect("exists").record.progress,
@@ -194,7 +199,7 @@ pub(crate) mod checks {
         let lease = store.acquire(&job).await?.lease;
         assert!(matches!(
             store
-                .save(&lease, JobStatus::Completed, Progress::default())
+                .save(&lease, JobStatus::Completed, Progress::default().into())
                 .await,
             Err(Error::InvalidTransition {
                 from: JobStatus::Pending,
@@ -210,7 +215,9 @@ pub(crate) mod checks {
             JobStatus::Completing,
             JobStatus::Completed,
         ] {
-            store.save(&lease, status, Progress::default()).await?;
+            store
+                .save(&lease, status, Progress::default().into())
+                .await?;
         }
         assert_eq!(
             store.load(&job).await?.expect("exists").record.status,
@@ -233,7 +240,9 @@ pub(crate) mod checks {
                 let mut saved = Vec::new();
                 for n in 0..20 {
                     let p = progress(n, tag);
-                    let g = store.save(&lease, JobStatus::Running, p.clone()).await?;
+                    let g = store
+                        .save(&lease, JobStatus::Running, p.clone().into())
+                        .await?;
                     saved.push((g, p));
                 }
                 anyhow::Ok(saved)
@@ -275,7 +284,9 @@ pub(crate) mod checks {
                 },
             );
         }
-        store.save(&lease, JobStatus::Running, p.clone()).await?;
+        store
+            .save(&lease, JobStatus::Running, p.clone().into())
+            .await?;
         let loaded = store.load(&job).await?.expect("exists").record;
         assert_eq!(loaded.progress.failed.len(), 100_001);
         assert_eq!(loaded.progress, p);
@@ -291,7 +302,12 @@ pub(crate) mod checks {
         let mut options = created.plan.options.clone();
         options.rate = "64KiB/s".parse()?;
         let g = store
-            .save_with_options(&lease, JobStatus::Running, progress(3, "a"), &options)
+            .save_with_options(
+                &lease,
+                JobStatus::Running,
+                progress(3, "a").into(),
+                &options,
+            )
             .await?;
         let loaded = store.load(&job).await?.expect("saved").record;
         assert_eq!(loaded.generation, g);
@@ -308,7 +324,7 @@ pub(crate) mod checks {
         assert_eq!(rest(&loaded.plan), rest(&created.plan));
         // A plain save keeps the options saved last.
         store
-            .save(&lease, JobStatus::Paused, progress(4, "a"))
+            .save(&lease, JobStatus::Paused, progress(4, "a").into())
             .await?;
         let loaded = store.load(&job).await?.expect("saved").record;
         assert_eq!(loaded.plan.options, options);
@@ -329,12 +345,17 @@ pub(crate) mod checks {
         assert_eq!(loaded.plan.options.burst, Some(burst));
         let lease = store.acquire(&job).await?.lease;
         store
-            .save(&lease, JobStatus::Running, progress(1, "a"))
+            .save(&lease, JobStatus::Running, progress(1, "a").into())
             .await?;
         let mut options = created.plan.options.clone();
         options.rate = "64KiB/s".parse()?;
         store
-            .save_with_options(&lease, JobStatus::Running, progress(2, "a"), &options)
+            .save_with_options(
+                &lease,
+                JobStatus::Running,
+                progress(2, "a").into(),
+                &options,
+            )
             .await?;
         store.release(&lease).await?;
         let acquired = store.acquire(&job).await?;

@@ -753,7 +753,7 @@ impl CheckpointStore for FailingSaves {
         &'a self,
         lease: &'a Lease,
         status: JobStatus,
-        progress: Progress,
+        progress: Arc<Progress>,
     ) -> CkFuture<'a, ferry_checkpoint::Result<u64>> {
         let n = self.saves.fetch_add(1, Ordering::SeqCst) + 1;
         let at = self.at.load(Ordering::SeqCst);

@@ -173,7 +173,7 @@ async fn i2_i3_recovery_settles_every_journal_state() {
             progress.apply(ProgressUpdate::FlipCommitted { key: k() });
         }
         checkpoints
-            .save(&acquired.lease, JobStatus::Paused, progress)
+            .save(&acquired.lease, JobStatus::Paused, progress.into())
             .await
             .unwrap();
         checkpoints.release(&acquired.lease).await.unwrap();
@@ -343,7 +343,7 @@ async fn recover_retries_each_call_of_a_long_journal_not_the_whole_journal() {
         });
     }
     checkpoints
-        .save(&acquired.lease, JobStatus::Paused, progress)
+        .save(&acquired.lease, JobStatus::Paused, progress.into())
         .await
         .unwrap();
     checkpoints.release(&acquired.lease).await.unwrap();

@@ -221,7 +221,7 @@ async fn i4_a_range_job_records_a_key_its_crashed_run_flipped_and_cleaned() {
     });
     progress.apply(ProgressUpdate::FlipCommitted { key: key(8) });
     checkpoints
-        .save(&acquired.lease, JobStatus::Running, progress)
+        .save(&acquired.lease, JobStatus::Running, progress.into())
         .await
         .unwrap();
     checkpoints.release(&acquired.lease).await.unwrap();

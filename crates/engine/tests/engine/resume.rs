@@ -341,7 +341,7 @@ async fn i3_resume_does_not_forward_a_failed_key_to_its_stale_copy() {
     progress.mark_done(key(1), 8);
     progress.advance_watermark(key(1));
     checkpoints
-        .save(&lease, JobStatus::Running, progress)
+        .save(&lease, JobStatus::Running, progress.into())
         .await
         .unwrap();
     checkpoints.release(&lease).await.unwrap();
@@ -434,7 +434,7 @@ impl CheckpointStore for StaleLoad {
         &'a self,
         lease: &'a ferry_checkpoint::Lease,
         status: JobStatus,
-        progress: ferry_checkpoint::Progress,
+        progress: Arc<ferry_checkpoint::Progress>,
     ) -> ferry_checkpoint::BoxFuture<'a, ferry_checkpoint::Result<u64>> {
         self.inner.save(lease, status, progress)
     }

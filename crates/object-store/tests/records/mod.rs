@@ -100,7 +100,7 @@ pub(crate) async fn i6_the_stale_worker_is_fenced(records: Arc<ObjectRecords>) {
         .save(
             &stale,
             ferry_types::JobStatus::Running,
-            ferry_checkpoint::Progress::default(),
+            ferry_checkpoint::Progress::default().into(),
         )
         .await;
     assert!(
@@ -117,7 +117,7 @@ pub(crate) async fn i6_the_stale_worker_is_fenced(records: Arc<ObjectRecords>) {
     b.save(
         &fresh,
         ferry_types::JobStatus::Running,
-        ferry_checkpoint::Progress::default(),
+        ferry_checkpoint::Progress::default().into(),
     )
     .await
     .unwrap();
