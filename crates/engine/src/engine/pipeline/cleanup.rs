@@ -143,8 +143,13 @@ pub(super) async fn finish_cleanup(
     }
     match &copied {
         CopiedFrom::Version(version) => delete_copied(ctx, key, version, bytes).await,
-        CopiedFrom::Digest(expected) => delete_matching(ctx, key, Some(expected), bytes).await,
-        CopiedFrom::Unknown => delete_matching(ctx, key, None, bytes).await,
+        // Boxed: a copy made by an earlier run is rare, and the source's digest (its hasher
+        // and stream) would otherwise take room in every cleanup's future, which the
+        // commit's concurrent cleanups copy onto the heap one by one.
+        CopiedFrom::Digest(expected) => {
+            Box::pin(delete_matching(ctx, key, Some(expected), bytes)).await
+        }
+        CopiedFrom::Unknown => Box::pin(delete_matching(ctx, key, None, bytes)).await,
     }
 }
 
