@@ -516,7 +516,7 @@ mod v4 {
         fn from(p: Progress) -> crate::Progress {
             crate::Progress {
                 watermark: p.watermark,
-                done_above: p.done_above,
+                done_above: p.done_above.into_iter().collect(),
                 done_objects: p.done_objects,
                 done_bytes: p.done_bytes,
                 skipped_objects: p.skipped_objects,
@@ -614,8 +614,6 @@ pub(crate) const HEAD_PREFIX_LEN: usize = HEADER_LEN + 20;
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::collections::BTreeSet;
-
     use ferry_types::{ByteSize, JobStatus, MigrationPlan, NodeId, ObjectKey, ObjectSelection};
     use proptest::prelude::*;
 
@@ -632,7 +630,9 @@ pub(crate) mod tests {
         .with_id(id.clone());
         let mut progress = Progress {
             watermark: Some(ObjectKey::new("photos/0100").unwrap()),
-            done_above: BTreeSet::from([ObjectKey::new("photos/0102").unwrap()]),
+            done_above: [ObjectKey::new("photos/0102").unwrap()]
+                .into_iter()
+                .collect(),
             done_objects: 101,
             done_bytes: 101 << 16,
             skipped_objects: 1,

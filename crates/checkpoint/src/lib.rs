@@ -85,8 +85,8 @@ pub use crate::leased::{
 };
 pub use crate::memory::MemoryStore;
 pub use crate::record::{
-    Acquired, Failure, FlipRecord, JobRecord, Lease, LeaseHolder, Loaded, Progress, ProgressUpdate,
-    UploadRecord, Warning,
+    Acquired, Failure, FlipRecord, JobRecord, KeyHasher, Lease, LeaseHolder, Loaded, Progress,
+    ProgressUpdate, UploadRecord, Warning,
 };
 #[cfg(feature = "redb")]
 pub use crate::redb_store::RedbStore;

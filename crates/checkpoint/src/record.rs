@@ -57,6 +57,11 @@ impl JobRecord {
     }
 }
 
+/// The hasher of a record's key sets ([`Progress::done_above`], [`Progress::copying`],
+/// [`Progress::flips`]): seeded per process, since keys come from clients, and several times
+/// faster than std's SipHash on short keys (every object moved passes through each set).
+pub type KeyHasher = foldhash::quality::RandomState;
+
 /// Which objects of a job are done, and the counters.
 ///
 /// Every key `<=` [`watermark`](Progress::watermark) is done; above it, the keys in
@@ -68,8 +73,10 @@ impl JobRecord {
 pub struct Progress {
     /// Every key up to and including this one is done; `None`: no prefix is done yet.
     pub watermark: Option<ObjectKey>,
-    /// Keys above the watermark that are done.
-    pub done_above: BTreeSet<ObjectKey>,
+    /// Keys above the watermark that are done. A hash set, as [`flips`](Progress::flips) is
+    /// a hash map: each object moved goes in, and out again when the watermark passes it
+    /// (a B-tree's ordered insert cost ~1,200 instructions an object).
+    pub done_above: HashSet<ObjectKey, KeyHasher>,
     /// Objects done (skipped ones included).
     pub done_objects: u64,
     /// Bytes of the objects done.
@@ -84,14 +91,14 @@ pub struct Progress {
     /// knows which keys may have been served from the target (SPEC I2, I3). Added in format
     /// version 2; empty in records of version 1. A hash map (every object moved goes in and
     /// out of it, and each save copies it): no order is kept, and none is encoded.
-    pub flips: HashMap<ObjectKey, FlipRecord>,
+    pub flips: HashMap<ObjectKey, FlipRecord, KeyHasher>,
     /// Copy intents: objects whose copy may have begun writing the target and whose end is
     /// not recorded yet (a small set: at most the objects dispatched ahead of the saves). An
     /// intent is durable before its copy begins, so after a crash the engine knows every
     /// copy the stopped run may have left on the target (SPEC I8), and takes each up again.
     /// Added in format version 3; empty in older records. A hash set, as
     /// [`flips`](Progress::flips) is a hash map.
-    pub copying: HashSet<ObjectKey>,
+    pub copying: HashSet<ObjectKey, KeyHasher>,
     /// Keys of the job's selection the target held before the job began, and that the job
     /// has not copied over since (a copy intent takes a key out). A resume forwards none of
     /// them: their content is not the job's (SPEC I3). Empty unless the target already held
@@ -310,9 +317,7 @@ impl Progress {
         if self.watermark.as_ref().is_some_and(|w| &key <= w) {
             return;
         }
-        let mut above = self.done_above.split_off(&key);
-        above.remove(&key);
-        self.done_above = above;
+        self.done_above.retain(|done| done > &key);
         self.watermark = Some(key);
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ferry_checkpoint::{FlipRecord, Progress, ProgressUpdate};
+use ferry_checkpoint::{FlipRecord, KeyHasher, Progress, ProgressUpdate};
 use ferry_types::{MigrationPlan, ObjectKey, ObjectSelection};
 use futures_util::{StreamExt, TryStreamExt};
 
@@ -52,7 +52,7 @@ pub(crate) async fn resolve_flips(
     plan: &MigrationPlan,
     source: &dyn Store,
     target: &dyn Store,
-    journal: &HashMap<ObjectKey, FlipRecord>,
+    journal: &HashMap<ObjectKey, FlipRecord, KeyHasher>,
 ) -> Result<(Vec<ProgressUpdate>, BTreeMap<ObjectKey, [u8; 32]>)> {
     let mut updates = Vec::new();
     let mut committed = BTreeMap::new();
