@@ -684,6 +684,6 @@ pub(super) async fn sync_target(ctx: &JobCtx) -> Result<()> {
 pub(super) struct Order {
     pub(super) dispatched: std::collections::VecDeque<ObjectKey>,
     /// Keys whose task is on the task set (copying, or waiting out a grace period).
-    pub(super) flying: std::collections::HashSet<ObjectKey, foldhash::quality::RandomState>,
-    pub(super) finished: std::collections::HashSet<ObjectKey, foldhash::quality::RandomState>,
+    pub(super) flying: std::collections::HashSet<ObjectKey, ferry_checkpoint::KeyHasher>,
+    pub(super) finished: std::collections::HashSet<ObjectKey, ferry_checkpoint::KeyHasher>,
 }
